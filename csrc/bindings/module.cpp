@@ -1,0 +1,370 @@
+// halcdl._core: the Model handle, batch assembly from sample dicts, and run_op for tests.
+// Every halcdl::Error becomes the Python class registered with set_error_class (halcdl's
+// HOperatorError) called as cls(error_code, message).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <dnnl.hpp>
+#include <memory>
+#include <new>
+
+#include "core/error.h"
+#include "engine/kernels.h"
+#include "engine/model.h"
+
+namespace py = pybind11;
+using namespace halcdl;
+
+namespace {
+
+py::object& error_class() {
+  static py::object* cls = new py::object();  // leaked on purpose: lives until interpreter exit
+  return *cls;
+}
+
+void raise(int code, const char* msg) {
+  if (error_class()) {
+    py::object e = error_class()(code, msg);
+    PyErr_SetObject(error_class().ptr(), e.ptr());
+  } else {
+    PyErr_SetString(PyExc_RuntimeError, msg);
+  }
+}
+
+// ---- spec ------------------------------------------------------------------------------
+
+std::vector<double> attr_values(const std::string& node, const std::string& key, py::handle v) {
+  std::vector<double> out;
+  auto one = [&](py::handle x) {
+    if (py::isinstance<py::bool_>(x) || py::isinstance<py::int_>(x) || py::isinstance<py::float_>(x) ||
+        py::hasattr(x, "__index__") || py::hasattr(x, "__float__")) {
+      out.push_back(py::cast<double>(py::float_(py::reinterpret_borrow<py::object>(x))));
+    } else {
+      HALCDL_THROW(kErrInvalidInputShape, "node '", node, "': attribute '", key, "' must be a number or a list of numbers");
+    }
+  };
+  if (py::isinstance<py::list>(v) || py::isinstance<py::tuple>(v)) {
+    for (auto x : v) one(x);
+  } else {
+    one(v);
+  }
+  return out;
+}
+
+std::vector<NodeSpec> to_spec(const py::list& spec) {
+  std::vector<NodeSpec> out;
+  for (auto item : spec) {
+    HALCDL_CHECK(py::isinstance<py::dict>(item), kErrInvalidInputShape, "every node of the graph spec must be a dict");
+    auto d = py::reinterpret_borrow<py::dict>(item);
+    NodeSpec s;
+    HALCDL_CHECK(d.contains("name") && d.contains("op"), kErrInvalidInputShape, "a node needs 'name' and 'op'");
+    s.name = py::str(d["name"]);
+    s.op = py::str(d["op"]);
+    if (d.contains("inputs"))
+      for (auto x : d["inputs"]) s.inputs.push_back(py::str(x));
+    for (auto kv : d) {
+      std::string k = py::str(kv.first);
+      if (k == "name" || k == "op" || k == "inputs" || k == "comment") continue;
+      s.attrs[k] = attr_values(s.name, k, kv.second);
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+// ---- batch assembly --------------------------------------------------------------------
+
+struct Batch {
+  std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> images;
+  std::vector<int> labels;
+};
+
+// Reads and checks the samples while holding the GIL; pixel copies happen later without it.
+Batch gather(Model& m, const py::list& samples, int c, int h, int w, bool labels) {
+  Batch b;
+  b.images.reserve(samples.size());
+  for (size_t i = 0; i < samples.size(); ++i) {
+    py::handle s = samples[i];
+    HALCDL_CHECK(py::isinstance<py::dict>(s), kErrInputsMissing, "sample ", i, " is not a dict (DLSample)");
+    auto d = py::reinterpret_borrow<py::dict>(s);
+    HALCDL_CHECK(d.contains("image"), kErrInputsMissing, "sample ", i, " has no key 'image'");
+    py::object img = d["image"];
+    py::array_t<float, py::array::c_style | py::array::forcecast> a;
+    try {
+      a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(img);
+    } catch (py::error_already_set&) {
+      a = {};
+    }
+    HALCDL_CHECK(a && a.size() > 0 && !py::isinstance<py::str>(img), kErrInvalidInputData, "sample ", i,
+                 ": 'image' is not a numeric image array");
+    HALCDL_CHECK(a.ndim() == 2 || a.ndim() == 3, kErrInvalidInputShape, "sample ", i,
+                 ": 'image' must have shape (H, W) or (H, W, C), got ", a.ndim(), " dimensions");
+    const int64_t ih = a.shape(0), iw = a.shape(1), ic = a.ndim() == 3 ? a.shape(2) : 1;
+    HALCDL_CHECK(ih == h && iw == w, kErrInvalidInputShape, "sample ", i, ": image size ", iw, "x", ih,
+                 " does not match the model's image size ", w, "x", h);
+    HALCDL_CHECK(ic == c, kErrInvalidInputData, "sample ", i, ": image has ", ic,
+                 " channel(s), the model takes ", c);
+    b.images.push_back(std::move(a));
+    if (!labels) continue;
+    HALCDL_CHECK(d.contains("image_label_id"), kErrInputsMissing, "sample ", i, " has no key 'image_label_id'");
+    py::object l = d["image_label_id"];
+    if ((py::isinstance<py::list>(l) || py::isinstance<py::tuple>(l)) && py::len(l) == 1) l = l[py::int_(0)];
+    if (py::isinstance<py::array>(l) && py::array(l).size() == 1) l = py::array(l).attr("item")();
+    int64_t id = 0;
+    bool ok = !py::isinstance<py::bool_>(l) && py::hasattr(l, "__index__");
+    if (ok) id = py::cast<int64_t>(py::int_(l));
+    int idx = ok ? m.label_index(id) : -1;
+    HALCDL_CHECK(idx >= 0, kErrInvalidLabels, "sample ", i, ": image_label_id ", std::string(py::repr(l)),
+                 " is not one of the model's class_ids");
+    b.labels.push_back(idx);
+  }
+  return b;
+}
+
+// Copies HWC images into NCHW staging (GIL released by the caller).
+void assemble(const Batch& b, float* dst, int c, int h, int w) {
+  const size_t img = static_cast<size_t>(c) * h * w;
+  const int64_t n = static_cast<int64_t>(b.images.size());
+  std::vector<const float*> src(n);
+  for (int64_t i = 0; i < n; ++i) src[i] = b.images[i].data();
+  int64_t bad = -1;
+#pragma omp parallel for
+  for (int64_t i = 0; i < n; ++i)
+    if (!kern::hwc_to_chw(src[i], dst + i * img, h, w, c)) {
+#pragma omp critical
+      bad = bad < 0 ? i : std::min(bad, i);
+    }
+  HALCDL_CHECK(bad < 0, kErrInvalidInputData, "sample ", bad, ": the image holds NaN or Inf values");
+}
+
+py::array_t<float> to_array(const std::vector<float>& v, const Dims& shape) {
+  std::vector<py::ssize_t> s(shape.begin(), shape.end());
+  py::array_t<float> a(s);
+  std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(float));
+  return a;
+}
+
+HParams parse_hparams(const HParams& cur, const py::dict& d) {
+  HParams hp = cur;
+  for (auto kv : d) {
+    std::string k = py::str(kv.first);
+    py::handle v = kv.second;
+    if (k == "solver") hp.solver = py::str(v);
+    else if (k == "class_weights") hp.class_weights = py::cast<std::vector<float>>(v);
+    else if (k == "learning_rate") hp.learning_rate = py::cast<float>(v);
+    else if (k == "momentum") hp.momentum = py::cast<float>(v);
+    else if (k == "weight_prior") hp.weight_prior = py::cast<float>(v);
+    else if (k == "adam_beta1") hp.adam_beta1 = py::cast<float>(v);
+    else if (k == "adam_beta2") hp.adam_beta2 = py::cast<float>(v);
+    else if (k == "adam_epsilon") hp.adam_epsilon = py::cast<float>(v);
+    else if (k == "batchnorm_momentum") hp.batchnorm_momentum = py::cast<float>(v);
+    else HALCDL_THROW(kErrUnsupportedParam, "unknown hyperparameter '", k, "'");
+  }
+  return hp;
+}
+
+// ---- run_op (tests) --------------------------------------------------------------------
+
+py::tuple run_op(const py::dict& node, const py::list& inputs, const py::dict& params, py::object grad_output,
+                 bool training) {
+  std::vector<NodeSpec> spec;
+  std::vector<Dims> in_dims;
+  std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> arrs;
+  NodeSpec op = to_spec(py::list(py::make_tuple(node)))[0];
+  op.inputs.clear();
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(inputs[i]);
+    HALCDL_CHECK(a && a.ndim() >= 2, kErrInvalidInputShape, "run_op: input ", i, " must be an array of rank >= 2");
+    Dims d(a.shape(), a.shape() + a.ndim());
+    HALCDL_CHECK(d.size() == 4, kErrInvalidInputShape, "run_op: inputs must be NCHW");
+    NodeSpec s;
+    s.name = "in" + std::to_string(i);
+    s.op = "input";
+    s.attrs["channels"] = {static_cast<double>(d[1])};
+    spec.push_back(s);
+    op.inputs.push_back(s.name);
+    in_dims.push_back(d);
+    arrs.push_back(a);
+  }
+  op.name = "op";
+  spec.push_back(op);
+  Graph g = build_graph(spec);
+  Buffer P(g.n_trainable * sizeof(float) + 64), S(g.n_state * sizeof(float) + 64), G(g.n_trainable * sizeof(float) + 64);
+  for (auto& p : g.params) {
+    std::string role = p.role;
+    HALCDL_CHECK(params.contains(role.c_str()), kErrInputsMissing, "run_op: missing param '", role, "'");
+    auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(params[role.c_str()]);
+    HALCDL_CHECK(a && static_cast<size_t>(a.size()) == p.size, kErrInvalidInputShape, "run_op: param '", role,
+                 "' needs ", p.size, " values");
+    std::memcpy((p.kind == ParamKind::State ? S.f() : P.f()) + p.offset, a.data(), p.size * sizeof(float));
+  }
+  uint64_t version = 1;
+  const bool backward = !grad_output.is_none();
+  auto plan = make_cpu_plan(g, in_dims, training, backward, ParamViews{P.f(), S.f(), &version});
+  for (size_t i = 0; i < arrs.size(); ++i)
+    std::memcpy(plan->input_buffer(static_cast<int>(i)), arrs[i].data(), arrs[i].size() * sizeof(float));
+  plan->forward(12345);
+  const Dims od = plan->output_dims();
+  size_t on = 1;
+  for (auto d : od) on *= d;
+  std::vector<float> out(plan->output(), plan->output() + on);
+  py::list gins;
+  py::dict gparams;
+  if (backward) {
+    auto go = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(grad_output);
+    HALCDL_CHECK(go && static_cast<size_t>(go.size()) == on, kErrInvalidInputShape, "run_op: grad_output needs ",
+                 on, " values");
+    plan->backward(go.data(), G.f());
+    for (size_t i = 0; i < arrs.size(); ++i) {
+      std::vector<float> gi(arrs[i].size());
+      plan->input_grad(static_cast<int>(i), gi.data());
+      gins.append(to_array(gi, in_dims[i]));
+    }
+    for (auto& p : g.params) {
+      if (p.kind == ParamKind::State) continue;
+      std::vector<float> v(G.f() + p.offset, G.f() + p.offset + p.size);
+      gparams[p.role.c_str()] = to_array(v, p.shape);
+    }
+  }
+  if (training && g.nodes.back().op == OpKind::Dropout) {
+    std::vector<float> mask(on);
+    plan->dropout_mask(static_cast<int>(g.nodes.size()) - 1, mask.data());
+    gparams["mask"] = to_array(mask, od);
+  }
+  if (training && g.nodes.back().op == OpKind::BN) {
+    auto st = plan->bn_stats().at(0);
+    const int c = g.nodes.back().channels;
+    gparams["batch_mean"] = to_array(std::vector<float>(st.mean, st.mean + c), {c});
+    gparams["batch_var"] = to_array(std::vector<float>(st.var, st.var + c), {c});
+  }
+  return py::make_tuple(to_array(out, od), gins, gparams);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "halcdl's C++ engine (oneDNN CPU backend)";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const halcdl::Error& e) {
+      raise(e.code(), e.what());
+    } catch (const dnnl::error& e) {
+      raise(kErrRuntimeUnsupported, (std::string("oneDNN error: ") + e.what()).c_str());
+    } catch (const std::bad_alloc&) {
+      raise(kErrNoMemory, "not enough memory");
+    }
+  });
+
+  m.def("set_error_class", [](py::object cls) { error_class() = cls; });
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &get_num_threads);
+  m.def("dnnl_version", [] {
+    auto v = dnnl_version();
+    return py::make_tuple(v->major, v->minor, v->patch);
+  });
+  m.def("run_op", &run_op, py::arg("node"), py::arg("inputs"), py::arg("params"), py::arg("grad_output") = py::none(),
+        py::arg("training") = true);
+
+  py::class_<Model, std::shared_ptr<Model>>(m, "Model")
+      .def(py::init([](const py::list& spec, uint64_t seed) { return std::make_shared<Model>(to_spec(spec), seed); }),
+           py::arg("spec"), py::arg("seed") = 42)
+      .def("param_names",
+           [](const Model& md) {
+             std::vector<std::string> r;
+             for (auto& p : md.graph().params) r.push_back(p.name);
+             return r;
+           })
+      .def("get_param",
+           [](Model& md, const std::string& name) {
+             std::lock_guard<std::mutex> lk(md.mutex());
+             int i = md.graph().param_index(name);
+             auto v = md.get_param(name);
+             return to_array(v, md.graph().params[i].shape);
+           })
+      .def("set_param",
+           [](Model& md, const std::string& name, py::object arr) {
+             auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(arr);
+             HALCDL_CHECK(a, kErrInvalidInputData, "parameter '", name, "' must be a numeric array");
+             int i = md.graph().param_index(name);
+             HALCDL_CHECK(i >= 0, kErrUnsupportedParam, "the model has no parameter '", name, "'");
+             const Dims& shape = md.graph().params[i].shape;
+             HALCDL_CHECK(Dims(a.shape(), a.shape() + a.ndim()) == shape, kErrInvalidInputShape, "parameter '", name,
+                          "' has another shape");
+             HALCDL_CHECK(kern::all_finite(a.data(), a.size()), kErrInvalidInputData, "parameter '", name,
+                          "' holds NaN or Inf");
+             std::lock_guard<std::mutex> lk(md.mutex());
+             md.set_param(name, a.data(), a.size());
+           })
+      .def("copy_params_from",
+           [](Model& md, Model& other) {
+             HALCDL_CHECK(&md != &other, kErrInvalidValue, "copy_params_from: source and target are the same model");
+             std::scoped_lock lk(md.mutex(), other.mutex());
+             return md.copy_params_from(other);
+           },
+           py::arg("other"))
+      .def("num_trainable_params", &Model::num_trainable_params)
+      .def("num_classes", &Model::num_classes)
+      .def("output_shape", [](const Model& md, int64_t h, int64_t w) { return md.output_dims(h, w); })
+      .def("set_class_ids",
+           [](Model& md, const std::vector<int64_t>& ids) {
+             std::lock_guard<std::mutex> lk(md.mutex());
+             md.set_class_ids(ids);
+           })
+      .def("set_hparams",
+           [](Model& md, const py::dict& d) {
+             std::lock_guard<std::mutex> lk(md.mutex());
+             md.set_hparams(parse_hparams(md.hparams(), d));
+           })
+      .def("reset_optimizer",
+           [](Model& md) {
+             std::lock_guard<std::mutex> lk(md.mutex());
+             md.reset_optimizer();
+           })
+      .def("summary", &Model::summary)
+      .def("train_step",
+           [](Model& md, const py::list& samples, int batch_size, int multiplier, int height, int width,
+              int channels) {
+             HALCDL_CHECK(batch_size > 0, kErrInvalidValue, "batch_size must be > 0");
+             HALCDL_CHECK(multiplier > 0, kErrBatchSizeMultiplier, "batch_size_multiplier must be > 0");
+             const size_t need = static_cast<size_t>(batch_size) * multiplier;
+             HALCDL_CHECK(samples.size() == need, kErrWrongNumSamples, "the batch holds ", samples.size(),
+                          " samples, but batch_size × batch_size_multiplier = ", batch_size, " × ", multiplier,
+                          " = ", need);
+             std::lock_guard<std::mutex> lk(md.mutex());
+             Batch b = gather(md, samples, channels, height, width, true);
+             TrainResult r;
+             {
+               py::gil_scoped_release nogil;
+               float* st = md.staging(need * channels * height * width);
+               assemble(b, st, channels, height, width);
+               r = md.train_step(st, b.labels.data(), batch_size, multiplier, channels, height, width);
+             }
+             py::dict out;
+             out["total_loss"] = r.total_loss;
+             out["loss_cls"] = r.loss_cls;
+             return out;
+           },
+           py::arg("samples"), py::arg("batch_size"), py::arg("multiplier"), py::arg("height"), py::arg("width"),
+           py::arg("channels"))
+      .def("infer",
+           [](Model& md, const py::list& samples, int batch_size, int height, int width, int channels) {
+             HALCDL_CHECK(batch_size > 0, kErrInvalidValue, "batch_size must be > 0");
+             HALCDL_CHECK(samples.size() > 0, kErrInvalidValue, "no samples given");
+             std::lock_guard<std::mutex> lk(md.mutex());
+             Batch b = gather(md, samples, channels, height, width, false);
+             const int n = static_cast<int>(samples.size()), k = md.num_classes();
+             py::array_t<float> probs({n, k});
+             float* out = probs.mutable_data();
+             {
+               py::gil_scoped_release nogil;
+               float* st = md.staging(static_cast<size_t>(n) * channels * height * width);
+               assemble(b, st, channels, height, width);
+               md.infer(st, n, batch_size, channels, height, width, out);
+             }
+             return probs;
+           },
+           py::arg("samples"), py::arg("batch_size"), py::arg("height"), py::arg("width"), py::arg("channels"));
+}

@@ -1,0 +1,56 @@
+// halcdl::Error — every failure the engine reports carries one of HALCON's error numbers.
+// The bindings translate it to halcdl.HOperatorError(error_code, message). Nothing in the
+// engine aborts or asserts on user input.
+#pragma once
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace halcdl {
+
+// HALCON error numbers used by the engine (see docs/operators.md for the full table).
+enum ErrorCode : int {
+  kErrNoMemory = 6001,
+  kErrTrainingUnsupported = 7707,
+  kErrInvalidLabels = 7714,
+  kErrTrainingFailed = 7720,
+  kErrInputTooSmall = 7722,
+  kErrChannels = 7724,
+  kErrInvalidInputShape = 7735,
+  kErrInvalidInputData = 7736,
+  kErrRuntimeUnsupported = 7742,
+  kErrInputsMissing = 7783,
+  kErrClassIdsNotUnique = 7792,
+  kErrBatchSizeMultiplier = 7799,
+  kErrWrongNumSamples = 7800,
+  kErrInvalidSolver = 7840,
+  kErrUnsupportedParam = 7911,
+  kErrInvalidValue = 7914,
+};
+
+class Error : public std::runtime_error {
+ public:
+  Error(int code, const std::string& msg) : std::runtime_error(msg), code_(code) {}
+  int code() const { return code_; }
+
+ private:
+  int code_;
+};
+
+namespace detail {
+template <typename... Args>
+std::string cat(Args&&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+}  // namespace detail
+
+}  // namespace halcdl
+
+// Throw a halcdl::Error with a message built from the remaining arguments.
+#define HALCDL_THROW(code, ...) throw ::halcdl::Error((code), ::halcdl::detail::cat(__VA_ARGS__))
+#define HALCDL_CHECK(cond, code, ...) \
+  do {                                \
+    if (!(cond)) HALCDL_THROW(code, __VA_ARGS__); \
+  } while (0)

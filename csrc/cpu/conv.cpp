@@ -1,0 +1,132 @@
+// Convolution on oneDNN.
+//   forward:  y = conv(x, W) + b
+//   backward: dW = conv_bwd_weights(x, dy), db = sum dy  (written into the gradient arena)
+//             dx = conv_bwd_data(dy, W)                    (written into gin[0])
+// Layouts: src/weights/dst are `any`; oneDNN picks blocked formats. The input is reordered
+// only if its layout differs from the one the primitive wants (rare: consecutive convolutions
+// agree). Weights stay plain (OIHW / GOIHW) in the arena and are mirrored once per version.
+#include "cpu/node.h"
+
+namespace halcdl::cpu {
+namespace {
+
+class Conv : public CpuNode {
+ public:
+  using CpuNode::CpuNode;
+
+  void create(Build& b) override {
+    const Slot& x = in(b, 0);
+    const Dims& yd = b.slots[idx].dims;
+    const Node& n = node;
+    const int64_t G = n.groups, O = n.channels, I = x.dims[1];
+    memory::dims wdims = G > 1 ? memory::dims{G, O / G, I / G, n.kh, n.kw} : memory::dims{O, I, n.kh, n.kw};
+    wplain_ = memory::desc(wdims, dt::f32, G > 1 ? tag::goihw : tag::oihw);
+    memory::dims strides{n.sh, n.sw}, dil{n.dh - 1, n.dw - 1}, pl{n.ph, n.pw};
+    memory::dims pr{pad_right(x.dims[2], yd[2], n.kh, n.sh, n.ph, n.dh),
+                    pad_right(x.dims[3], yd[3], n.kw, n.sw, n.pw, n.dw)};
+    memory::desc src_any(to_dims(x.dims), dt::f32, tag::any), dst_any(to_dims(yd), dt::f32, tag::any);
+    memory::desc w_any(wdims, dt::f32, tag::any);
+    bias_md_ = n.bias ? memory::desc({O}, dt::f32, tag::x) : memory::desc();
+    const auto alg = dnnl::algorithm::convolution_direct;
+    auto prop = b.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+    fwd_pd_ = dnnl::convolution_forward::primitive_desc(b.eng, prop, alg, src_any, w_any, bias_md_, dst_any, strides,
+                                                        dil, pl, pr);
+    src_md_ = fwd_pd_.src_desc();
+    out(b).md = fwd_pd_.dst_desc();
+    const int keep = b.training ? b.tb(idx) : b.tf(idx);
+    if (src_md_ != x.md) src_buf_ = b.request(src_md_, b.tf(idx), keep);
+    if (fwd_pd_.weights_desc() != wplain_) w_buf_ = b.request(fwd_pd_.weights_desc(), 0, b.t_end());
+    if (!b.training) return;
+    bwdw_pd_ = dnnl::convolution_backward_weights::primitive_desc(b.eng, alg, src_md_, w_any, bias_md_, out(b).md,
+                                                                  strides, dil, pl, pr, fwd_pd_);
+    if (bwdw_pd_.diff_weights_desc() != wplain_)
+      dw_buf_ = b.request(bwdw_pd_.diff_weights_desc(), b.tb(idx), b.tb(idx));
+    if (x.need_grad) {
+      bwdd_pd_ = dnnl::convolution_backward_data::primitive_desc(b.eng, alg, src_md_, w_any, out(b).md, strides, dil,
+                                                                 pl, pr, fwd_pd_);
+      if (bwdd_pd_.weights_desc() != fwd_pd_.weights_desc())
+        wb_buf_ = b.request(bwdd_pd_.weights_desc(), 0, b.t_end());
+      if (src_md_ != x.md) dsrc_buf_ = b.request(src_md_, b.tb(idx), b.tb(idx));
+    }
+  }
+
+  void bind(Build& b) override {
+    const Slot& x = in(b, 0);
+    memory src = x.data;
+    if (src_buf_ >= 0) {
+      src = b.mem(src_md_, src_buf_);
+      src_cvt_ = Reorder(x.data, src);
+    }
+    w_ = weight_mirror(b, node.p_weight, wplain_, fwd_pd_.weights_desc(), w_buf_);
+    fwd_ = dnnl::convolution_forward(fwd_pd_);
+    fwd_args_ = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w_.used}, {DNNL_ARG_DST, y}};
+    if (node.bias)
+      fwd_args_[DNNL_ARG_BIAS] = memory(bias_md_, b.eng, b.views.weights + b.g.params[node.p_bias].offset);
+    if (!b.training) return;
+
+    bwdw_ = dnnl::convolution_backward_weights(bwdw_pd_);
+    dw_ = grad_target(b, node.p_weight, wplain_);
+    memory dw = dw_.m;
+    if (dw_buf_ >= 0) {
+      dw = b.mem(bwdw_pd_.diff_weights_desc(), dw_buf_);
+      dw_cvt_ = Reorder(dw, dw_.m);
+    }
+    bwdw_args_ = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_WEIGHTS, dw}};
+    if (node.bias) {
+      db_ = grad_target(b, node.p_bias, bias_md_);
+      bwdw_args_[DNNL_ARG_DIFF_BIAS] = db_.m;
+    }
+    if (x.need_grad) {
+      bwdd_ = dnnl::convolution_backward_data(bwdd_pd_);
+      memory w = w_.used;
+      if (wb_buf_ >= 0) {
+        wb_ = weight_mirror(b, node.p_weight, wplain_, bwdd_pd_.weights_desc(), wb_buf_);
+        w = wb_.used;
+      }
+      memory dsrc = gin[0];
+      if (dsrc_buf_ >= 0) {
+        dsrc = b.mem(src_md_, dsrc_buf_);
+        dsrc_cvt_ = Reorder(dsrc, gin[0]);
+      }
+      bwdd_args_ = {{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, dsrc}};
+    }
+  }
+
+  void forward(Exec& e) override {
+    if (src_cvt_) src_cvt_.run(e.s);
+    w_.refresh(e);
+    fwd_.execute(e.s, fwd_args_);
+  }
+
+  void backward(Exec& e) override {
+    dw_.point(e);
+    if (node.bias) db_.point(e);
+    bwdw_.execute(e.s, bwdw_args_);
+    if (dw_cvt_) dw_cvt_.run(e.s);
+    if (bwdd_) {
+      if (wb_buf_ >= 0) wb_.refresh(e);
+      bwdd_.execute(e.s, bwdd_args_);
+      if (dsrc_cvt_) dsrc_cvt_.run(e.s);
+    }
+  }
+
+ private:
+  memory::desc wplain_, bias_md_, src_md_;
+  dnnl::convolution_forward::primitive_desc fwd_pd_;
+  dnnl::convolution_backward_weights::primitive_desc bwdw_pd_;
+  dnnl::convolution_backward_data::primitive_desc bwdd_pd_;
+  dnnl::convolution_forward fwd_;
+  dnnl::convolution_backward_weights bwdw_;
+  dnnl::convolution_backward_data bwdd_;
+  int src_buf_ = -1, w_buf_ = -1, dw_buf_ = -1, wb_buf_ = -1, dsrc_buf_ = -1;
+  Args fwd_args_, bwdw_args_, bwdd_args_;
+  Reorder src_cvt_, dw_cvt_, dsrc_cvt_;
+  WeightMirror w_, wb_;
+  GradTarget dw_, db_;
+};
+
+}  // namespace
+
+std::unique_ptr<CpuNode> make_conv(const Node& n, int idx) { return std::make_unique<Conv>(n, idx); }
+
+}  // namespace halcdl::cpu

@@ -1,0 +1,123 @@
+// CPU twins of engine/kernels.h: plain loops, vectorised by the compiler, OpenMP across cores.
+#include "engine/kernels.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace halcdl::kern {
+
+double softmax_xent(const float* logits, const int* labels, const float* class_w, int n, int k, float scale,
+                    float* dlogits) {
+  double wsum = 0;
+  for (int i = 0; i < n; ++i) wsum += class_w ? class_w[labels[i]] : 1.0;
+  double loss = 0;
+  for (int i = 0; i < n; ++i) {
+    const float* z = logits + static_cast<size_t>(i) * k;
+    float* dz = dlogits + static_cast<size_t>(i) * k;
+    double mx = z[0];
+    for (int j = 1; j < k; ++j) mx = std::max(mx, static_cast<double>(z[j]));
+    double se = 0;
+    for (int j = 0; j < k; ++j) se += std::exp(z[j] - mx);
+    const double lse = mx + std::log(se);
+    const double wi = class_w ? class_w[labels[i]] : 1.0;
+    loss += wi * (lse - z[labels[i]]);
+    const double f = wsum > 0 ? scale * wi / wsum : 0.0;
+    for (int j = 0; j < k; ++j) {
+      double p = std::exp(z[j] - lse);
+      dz[j] = static_cast<float>(f * (p - (j == labels[i] ? 1.0 : 0.0)));
+    }
+  }
+  return wsum > 0 ? loss / wsum : 0.0;
+}
+
+void softmax_rows(const float* logits, int n, int k, float* probs) {
+#pragma omp parallel for if (n > 64)
+  for (int i = 0; i < n; ++i) {
+    const float* z = logits + static_cast<size_t>(i) * k;
+    float* p = probs + static_cast<size_t>(i) * k;
+    float mx = *std::max_element(z, z + k);
+    double se = 0;
+    for (int j = 0; j < k; ++j) se += std::exp(static_cast<double>(z[j] - mx));
+    for (int j = 0; j < k; ++j) p[j] = static_cast<float>(std::exp(static_cast<double>(z[j] - mx)) / se);
+  }
+}
+
+double sum_squares(const float* w, size_t n) {
+  double s = 0;
+  const int64_t m = static_cast<int64_t>(n);
+#pragma omp parallel for reduction(+ : s) if (m > (1 << 16))
+  for (int64_t i = 0; i < m; ++i) s += static_cast<double>(w[i]) * w[i];
+  return s;
+}
+
+void accumulate(float* dst, const float* src, size_t n) {
+  const int64_t m = static_cast<int64_t>(n);
+#pragma omp parallel for simd
+  for (int64_t i = 0; i < m; ++i) dst[i] += src[i];
+}
+
+bool all_finite(const float* x, size_t n) {
+  const int64_t m = static_cast<int64_t>(n);
+  int bad = 0;
+#pragma omp parallel for reduction(| : bad) if (m > (1 << 16))
+  for (int64_t i = 0; i < m; ++i) bad |= !std::isfinite(x[i]);
+  return !bad;
+}
+
+void sgd_update(float* w, const float* grad, float* v, size_t n_weight, size_t n, float lr, float momentum,
+                float weight_prior) {
+  const int64_t nw = static_cast<int64_t>(n_weight), m = static_cast<int64_t>(n);
+#pragma omp parallel for simd
+  for (int64_t i = 0; i < m; ++i) {
+    float g = grad[i] + (i < nw ? weight_prior * w[i] : 0.f);
+    v[i] = momentum * v[i] - lr * g;
+    w[i] += v[i];
+  }
+}
+
+void adam_update(float* w, const float* grad, float* m1, float* m2, size_t n_weight, size_t n, float lr, float beta1,
+                 float beta2, float eps, float weight_prior, int64_t t) {
+  const int64_t nw = static_cast<int64_t>(n_weight), m = static_cast<int64_t>(n);
+  const float c1 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(t)));
+  const float c2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(t)));
+#pragma omp parallel for simd
+  for (int64_t i = 0; i < m; ++i) {
+    float g = grad[i] + (i < nw ? weight_prior * w[i] : 0.f);
+    m1[i] = beta1 * m1[i] + (1.f - beta1) * g;
+    m2[i] = beta2 * m2[i] + (1.f - beta2) * g * g;
+    w[i] -= lr * (m1[i] / c1) / (std::sqrt(m2[i] / c2) + eps);
+  }
+}
+
+void bn_running_update(float* mean, float* var, const float* bmean, const float* bvar, int c, int64_t count,
+                       float momentum) {
+  const double unbias = count > 1 ? static_cast<double>(count) / (count - 1) : 1.0;
+  for (int i = 0; i < c; ++i) {
+    mean[i] = (1.f - momentum) * mean[i] + momentum * bmean[i];
+    var[i] = static_cast<float>((1.0 - momentum) * var[i] + momentum * bvar[i] * unbias);
+  }
+}
+
+bool hwc_to_chw(const float* src, float* dst, int64_t h, int64_t w, int64_t c) {
+  const int64_t hw = h * w;
+  int bad = 0;
+  if (c == 1) {
+    for (int64_t i = 0; i < hw; ++i) {
+      dst[i] = src[i];
+      bad |= !std::isfinite(src[i]);
+    }
+  } else {
+    for (int64_t i = 0; i < hw; ++i)
+      for (int64_t k = 0; k < c; ++k) {
+        float v = src[i * c + k];
+        dst[k * hw + i] = v;
+        bad |= !std::isfinite(v);
+      }
+  }
+  return !bad;
+}
+
+}  // namespace halcdl::kern

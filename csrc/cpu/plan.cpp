@@ -1,0 +1,305 @@
+// The oneDNN execution plan: builds the ops for one set of input shapes, lays out one
+// workspace by buffer lifetimes, wires gradient targets, and runs forward / backward.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include "cpu/node.h"
+
+namespace halcdl::cpu {
+
+// ---- helpers -------------------------------------------------------------------------------
+
+memory::dims to_dims(const Dims& d) { return memory::dims(d.begin(), d.end()); }
+
+memory::desc plain_desc(const Dims& d) {
+  tag t = d.size() == 4 ? tag::nchw : d.size() == 3 ? tag::ncw : d.size() == 2 ? tag::nc : tag::x;
+  return memory::desc(to_dims(d), dt::f32, t);
+}
+
+int64_t pad_right(int64_t x, int64_t out, int k, int s, int pl, int dil) {
+  return (out - 1) * s + static_cast<int64_t>(dil) * (k - 1) + 1 - x - pl;
+}
+
+GradTarget grad_target(Build& b, int param, const memory::desc& md) {
+  GradTarget t;
+  t.offset = b.g.params[param].offset;
+  t.m = memory(md, b.eng, b.views.weights);  // re-pointed at the gradient arena per backward
+  return t;
+}
+
+WeightMirror weight_mirror(Build& b, int param, const memory::desc& plain, const memory::desc& want, int buf) {
+  WeightMirror w;
+  w.plain = memory(plain, b.eng, b.views.weights + b.g.params[param].offset);
+  if (buf >= 0) {
+    w.used = b.mem(want, buf);
+    w.r = Reorder(w.plain, w.used);
+  } else {
+    w.used = w.plain;
+  }
+  return w;
+}
+
+int Workspace::request(size_t bytes, int t0, int t1) {
+  reqs_.push_back({(bytes + 63) / 64 * 64, t0, t1, 0});
+  return static_cast<int>(reqs_.size()) - 1;
+}
+
+// Greedy: largest buffers first, each at the lowest offset that does not collide with an
+// already placed buffer whose lifetime overlaps.
+void Workspace::assign() {
+  std::vector<int> order(reqs_.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return reqs_[a].bytes > reqs_[b].bytes; });
+  std::vector<int> placed;
+  size_t total = 0;
+  for (int id : order) {
+    Req& r = reqs_[id];
+    std::vector<std::pair<size_t, size_t>> busy;
+    for (int o : placed) {
+      const Req& q = reqs_[o];
+      if (q.t0 <= r.t1 && r.t0 <= q.t1) busy.push_back({q.off, q.off + q.bytes});
+    }
+    std::sort(busy.begin(), busy.end());
+    size_t off = 0;
+    for (auto& [lo, hi] : busy) {
+      if (off + r.bytes <= lo) break;
+      off = std::max(off, hi);
+    }
+    r.off = off;
+    total = std::max(total, off + r.bytes);
+    placed.push_back(id);
+  }
+  arena_.resize(total);
+}
+
+// ---- the plan ------------------------------------------------------------------------------
+
+namespace {
+
+std::unique_ptr<CpuNode> make_node(const Node& n, int idx) {
+  switch (n.op) {
+    case OpKind::Conv: return make_conv(n, idx);
+    case OpKind::BN: return make_bn(n, idx);
+    case OpKind::Relu:
+    case OpKind::Relu6: return make_eltwise(n, idx);
+    case OpKind::MaxPool:
+    case OpKind::AvgPool:
+    case OpKind::GAP: return make_pool(n, idx);
+    case OpKind::FC: return make_fc(n, idx);
+    case OpKind::Add: return make_add(n, idx);
+    case OpKind::Concat: return make_concat(n, idx);
+    case OpKind::Dropout: return make_dropout(n, idx);
+    case OpKind::Softmax: return make_softmax(n, idx);
+    case OpKind::Input: return nullptr;
+  }
+  return nullptr;
+}
+
+void add_into(float* dst, const float* src, size_t n) {
+  const int64_t m = static_cast<int64_t>(n);
+#pragma omp parallel for simd
+  for (int64_t i = 0; i < m; ++i) dst[i] += src[i];
+}
+
+class CpuPlan : public Plan {
+ public:
+  CpuPlan(const Graph& g, const std::vector<Dims>& input_dims, bool training, bool input_grads, ParamViews views)
+      : g_(g), eng_(dnnl::engine::kind::cpu, 0), strm_(eng_), training_(training) {
+    const int n = static_cast<int>(g.nodes.size());
+    std::vector<Dims> dims = g.infer_shapes(input_dims);
+    slots_.resize(n);
+    nodes_.resize(n);
+    Build b{eng_, g, slots_, ws_, n, training, views};
+
+    // Which tensors need a gradient.
+    std::vector<std::vector<std::pair<int, int>>> consumers(n);  // (node, input slot)
+    for (int i = 0; i < n; ++i) {
+      const Node& nd = g.nodes[i];
+      slots_[i].dims = dims[i];
+      for (size_t k = 0; k < nd.inputs.size(); ++k) consumers[nd.inputs[k]].push_back({i, static_cast<int>(k)});
+      if (!training) continue;
+      if (nd.op == OpKind::Input) {
+        slots_[i].need_grad = input_grads;
+      } else {
+        bool ng = nd.p_weight >= 0 || nd.p_bias >= 0;
+        for (int in : nd.inputs) ng = ng || slots_[in].need_grad;
+        slots_[i].need_grad = ng;
+      }
+    }
+
+    // Layouts and op buffers, in topological order.
+    for (int i = 0; i < n; ++i) {
+      const Node& nd = g.nodes[i];
+      if (nd.op == OpKind::Input) {
+        slots_[i].md = plain_desc(dims[i]);
+        input_slots_.push_back(i);
+        input_dims_.push_back(dims[i]);
+      } else {
+        nodes_[i] = make_node(nd, i);
+        nodes_[i]->create(b);
+      }
+      int last = i;
+      for (auto& c : consumers[i]) last = std::max(last, c.first);
+      if (i == g.output) last = b.t_end();
+      slots_[i].data_id = b.request(slots_[i].md, b.tf(i), training ? b.t_end() : last);
+    }
+
+    // Gradient buffers and targets: the consumer whose backward runs first (the latest one)
+    // writes the tensor's gradient; the others write scratch that is added afterwards.
+    std::vector<std::vector<int>> scratch(n);  // per node and input: scratch buffer id or -1
+    if (training) {
+      for (int i = 0; i < n; ++i) {
+        Slot& s = slots_[i];
+        scratch[i].assign(g.nodes[i].inputs.size(), -1);
+        if (!s.need_grad) continue;
+        int t0 = b.tb(i);
+        for (auto& c : consumers[i]) t0 = std::min(t0, b.tb(c.first));
+        if (i == g.output) t0 = n - 1;
+        s.grad_id = b.request(s.md, t0, b.tb(i));
+        if (consumers[i].empty() && i != g.output) zero_grads_.push_back(i);
+      }
+      for (int i = 0; i < n; ++i) {
+        auto& cs = consumers[i];
+        if (!slots_[i].need_grad || cs.empty()) continue;
+        // first writer: the latest consumer, its first use of the tensor
+        auto first = *std::max_element(cs.begin(), cs.end(), [](auto& a, auto& c) {
+          return a.first != c.first ? a.first < c.first : a.second > c.second;
+        });
+        for (auto& c : cs)
+          if (c != first) scratch[c.first][c.second] = b.request(slots_[i].md, b.tb(c.first), b.tb(c.first));
+      }
+    }
+
+    ws_.assign();
+
+    for (int i = 0; i < n; ++i) {
+      Slot& s = slots_[i];
+      s.data = b.mem(s.md, s.data_id);
+      if (s.grad_id >= 0) s.grad = b.mem(s.md, s.grad_id);
+    }
+    accum_.resize(n);
+    for (int i = 0; i < n; ++i) {
+      if (!nodes_[i]) continue;
+      CpuNode& nd = *nodes_[i];
+      nd.y = slots_[i].data;
+      nd.dy = slots_[i].grad;
+      const auto& ins = g.nodes[i].inputs;
+      nd.gin.resize(ins.size());
+      for (size_t k = 0; k < ins.size(); ++k) {
+        const Slot& x = slots_[ins[k]];
+        if (!training || !x.need_grad) continue;
+        if (scratch[i][k] >= 0) {
+          nd.gin[k] = b.mem(x.md, scratch[i][k]);
+          accum_[i].push_back({static_cast<float*>(x.grad.get_data_handle()),
+                               static_cast<const float*>(nd.gin[k].get_data_handle()), x.md.get_size() / 4});
+        } else {
+          nd.gin[k] = x.grad;
+        }
+      }
+      nd.bind(b);
+      if (nd.bn_stats()) bn_nodes_.push_back(i);
+    }
+
+    // Plain views of the output (and its gradient) for the loss.
+    const Slot& o = slots_[g.output];
+    out_plain_.resize(o.md.get_size());
+    memory::desc pmd = plain_desc(o.dims);
+    HALCDL_CHECK(pmd.get_size() <= out_plain_.bytes(), kErrInvalidInputShape, "output layout");
+    out_mem_ = memory(pmd, eng_, out_plain_.f());
+    out_r_ = Reorder(o.data, out_mem_);
+    if (training && o.need_grad) {
+      gout_plain_.resize(pmd.get_size());
+      gout_mem_ = memory(pmd, eng_, gout_plain_.f());
+      gout_r_ = Reorder(gout_mem_, o.grad);
+    }
+    for (size_t k = 0; k < input_slots_.size(); ++k)
+      in_ptr_.push_back(static_cast<float*>(slots_[input_slots_[k]].data.get_data_handle()));
+    views_ = views;
+  }
+
+  const Dims& input_dims(int i) const override { return input_dims_.at(i); }
+  const Dims& output_dims() const override { return slots_[g_.output].dims; }
+  float* input_buffer(int i) override { return in_ptr_.at(i); }
+  size_t workspace_bytes() const override { return ws_.bytes(); }
+
+  void forward(uint64_t rng) override {
+    Exec e{strm_, *views_.version, rng, nullptr};
+    for (auto& nd : nodes_)
+      if (nd) nd->forward(e);
+    out_r_.run(strm_);
+    strm_.wait();
+  }
+
+  const float* output() override { return out_plain_.f(); }
+
+  void backward(const float* grad_output, float* param_grad) override {
+    HALCDL_CHECK(training_ && gout_r_, kErrTrainingUnsupported, "backward on a plan without gradients");
+    Exec e{strm_, *views_.version, 0, param_grad};
+    std::memcpy(gout_plain_.f(), grad_output, gout_mem_.get_desc().get_size());
+    gout_r_.run(strm_);
+    for (int i : zero_grads_) std::memset(slots_[i].grad.get_data_handle(), 0, slots_[i].md.get_size());
+    for (int i = static_cast<int>(nodes_.size()) - 1; i >= 0; --i) {
+      if (!nodes_[i] || !slots_[i].need_grad) continue;
+      nodes_[i]->backward(e);
+      for (auto& a : accum_[i]) add_into(a.dst, a.src, a.n);
+    }
+    strm_.wait();
+  }
+
+  void input_grad(int i, float* dst) override {
+    const Slot& s = slots_[input_slots_.at(i)];
+    HALCDL_CHECK(s.grad_id >= 0, kErrTrainingUnsupported, "this plan keeps no input gradient");
+    std::memcpy(dst, s.grad.get_data_handle(), s.md.get_size());
+  }
+
+  std::vector<BNStats> bn_stats() const override {
+    std::vector<BNStats> r;
+    for (int i : bn_nodes_) r.push_back(*nodes_[i]->bn_stats());
+    return r;
+  }
+
+  void dropout_mask(int node, float* dst) override {
+    const memory* m = nodes_.at(node) ? nodes_[node]->dropout_mask() : nullptr;
+    HALCDL_CHECK(m, kErrInvalidInputShape, "node ", node, " has no dropout mask");
+    memory src = *m, plain(plain_desc(slots_[node].dims), eng_, dst);
+    dnnl::reorder(src, plain).execute(strm_, src, plain);
+    strm_.wait();
+  }
+
+ private:
+  struct Accum { float* dst; const float* src; size_t n; };
+  const Graph& g_;
+  dnnl::engine eng_;
+  dnnl::stream strm_;
+  bool training_;
+  ParamViews views_;
+  Workspace ws_;
+  std::vector<Slot> slots_;
+  std::vector<std::unique_ptr<CpuNode>> nodes_;
+  std::vector<std::vector<Accum>> accum_;
+  std::vector<int> input_slots_, zero_grads_, bn_nodes_;
+  std::vector<Dims> input_dims_;
+  std::vector<float*> in_ptr_;
+  Buffer out_plain_, gout_plain_;
+  memory out_mem_, gout_mem_;
+  Reorder out_r_, gout_r_;
+};
+
+}  // namespace
+}  // namespace halcdl::cpu
+
+namespace halcdl {
+
+std::unique_ptr<Plan> make_cpu_plan(const Graph& g, const std::vector<Dims>& input_dims, bool training,
+                                    bool input_grads, ParamViews views) {
+  try {
+    return std::make_unique<cpu::CpuPlan>(g, input_dims, training, input_grads, views);
+  } catch (const dnnl::error& e) {
+    HALCDL_THROW(kErrRuntimeUnsupported, "oneDNN could not create a primitive for this network: ", e.what());
+  }
+}
+
+}  // namespace halcdl

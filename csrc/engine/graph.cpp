@@ -1,0 +1,304 @@
+#include "engine/graph.h"
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_map>
+
+#include "core/error.h"
+
+namespace halcdl {
+
+const char* op_name(OpKind k) {
+  switch (k) {
+    case OpKind::Input: return "input";
+    case OpKind::Conv: return "conv";
+    case OpKind::BN: return "bn";
+    case OpKind::Relu: return "relu";
+    case OpKind::Relu6: return "relu6";
+    case OpKind::MaxPool: return "maxpool";
+    case OpKind::AvgPool: return "avgpool";
+    case OpKind::GAP: return "gap";
+    case OpKind::FC: return "fc";
+    case OpKind::Add: return "add";
+    case OpKind::Concat: return "concat";
+    case OpKind::Dropout: return "dropout";
+    case OpKind::Softmax: return "softmax";
+  }
+  return "?";
+}
+
+namespace {
+
+const std::unordered_map<std::string, OpKind>& op_table() {
+  static const std::unordered_map<std::string, OpKind> t = {
+      {"input", OpKind::Input}, {"conv", OpKind::Conv},       {"bn", OpKind::BN},
+      {"relu", OpKind::Relu},   {"relu6", OpKind::Relu6},     {"maxpool", OpKind::MaxPool},
+      {"avgpool", OpKind::AvgPool}, {"gap", OpKind::GAP},     {"fc", OpKind::FC},
+      {"add", OpKind::Add},     {"concat", OpKind::Concat},   {"dropout", OpKind::Dropout},
+      {"softmax", OpKind::Softmax}};
+  return t;
+}
+
+struct Attrs {
+  const NodeSpec& s;
+  bool has(const char* k) const { return s.attrs.count(k) > 0; }
+  double num(const char* k, double def) const {
+    auto it = s.attrs.find(k);
+    if (it == s.attrs.end()) return def;
+    HALCDL_CHECK(it->second.size() == 1, kErrInvalidInputShape, "node '", s.name, "': attribute '", k,
+                 "' must be a single number");
+    return it->second[0];
+  }
+  int integer(const char* k, int def) const {
+    double v = num(k, def);
+    HALCDL_CHECK(v == std::floor(v), kErrInvalidInputShape, "node '", s.name, "': attribute '", k,
+                 "' must be an integer");
+    return static_cast<int>(v);
+  }
+  // int or [a, b]
+  void pair(const char* k, int def, int& a, int& b) const {
+    auto it = s.attrs.find(k);
+    if (it == s.attrs.end()) { a = b = def; return; }
+    const auto& v = it->second;
+    HALCDL_CHECK(v.size() == 1 || v.size() == 2, kErrInvalidInputShape, "node '", s.name, "': attribute '", k,
+                 "' must be an int or a pair");
+    a = static_cast<int>(v[0]);
+    b = static_cast<int>(v.size() == 2 ? v[1] : v[0]);
+  }
+};
+
+}  // namespace
+
+int Graph::param_index(const std::string& name) const {
+  for (size_t i = 0; i < params.size(); ++i)
+    if (params[i].name == name) return static_cast<int>(i);
+  return -1;
+}
+
+Graph build_graph(const std::vector<NodeSpec>& spec) {
+  Graph g;
+  HALCDL_CHECK(!spec.empty(), kErrInvalidInputShape, "the graph spec is empty");
+  std::unordered_map<std::string, int> index;
+  std::vector<ParamInfo> weights, biases, states;
+  auto add_param = [&](Node& n, int node_idx, const char* role, Dims shape, ParamKind kind) {
+    ParamInfo p;
+    p.name = n.name + "." + role;
+    p.role = role;
+    p.shape = shape;
+    p.kind = kind;
+    p.node = node_idx;
+    p.size = 1;
+    for (auto d : shape) p.size *= static_cast<size_t>(d);
+    (kind == ParamKind::Weight ? weights : kind == ParamKind::Bias ? biases : states).push_back(p);
+  };
+
+  for (const auto& s : spec) {
+    HALCDL_CHECK(!s.name.empty(), kErrInvalidInputShape, "a node of the graph spec has no name");
+    HALCDL_CHECK(!index.count(s.name), kErrInvalidInputShape, "node name '", s.name, "' appears twice");
+    auto ot = op_table().find(s.op);
+    HALCDL_CHECK(ot != op_table().end(), kErrInvalidInputShape, "node '", s.name, "': unknown op '", s.op, "'");
+    Node n;
+    n.name = s.name;
+    n.op = ot->second;
+    for (const auto& in : s.inputs) {
+      auto it = index.find(in);
+      HALCDL_CHECK(it != index.end(), kErrInvalidInputShape, "node '", s.name, "': input '", in,
+                   "' is not an earlier node");
+      n.inputs.push_back(it->second);
+    }
+    Attrs a{s};
+    const int idx = static_cast<int>(g.nodes.size());
+    auto in_ch = [&](int i) { return g.nodes[n.inputs[i]].channels; };
+    auto need_inputs = [&](size_t lo, size_t hi) {
+      HALCDL_CHECK(n.inputs.size() >= lo && n.inputs.size() <= hi, kErrInvalidInputShape, "node '", s.name,
+                   "' (", s.op, ") takes ", lo, lo == hi ? "" : " or more", " input(s), got ", n.inputs.size());
+    };
+    switch (n.op) {
+      case OpKind::Input:
+        need_inputs(0, 0);
+        n.channels = a.integer("channels", 3);
+        HALCDL_CHECK(n.channels > 0, kErrInvalidInputShape, "node '", s.name, "': channels must be > 0");
+        g.input_nodes.push_back(idx);
+        break;
+      case OpKind::Conv: {
+        need_inputs(1, 1);
+        n.channels = a.integer("out_channels", 0);
+        a.pair("kernel", 1, n.kh, n.kw);
+        a.pair("stride", 1, n.sh, n.sw);
+        a.pair("pad", 0, n.ph, n.pw);
+        a.pair("dilation", 1, n.dh, n.dw);
+        n.groups = a.integer("groups", 1);
+        n.bias = a.num("bias", 1) != 0;
+        const int ic = in_ch(0);
+        HALCDL_CHECK(n.channels > 0 && n.kh > 0 && n.kw > 0 && n.sh > 0 && n.sw > 0 && n.ph >= 0 && n.pw >= 0 &&
+                         n.dh > 0 && n.dw > 0 && n.groups > 0,
+                     kErrInvalidInputShape, "node '", s.name, "': invalid convolution attributes");
+        HALCDL_CHECK(ic % n.groups == 0 && n.channels % n.groups == 0, kErrInvalidInputShape, "node '", s.name,
+                     "': groups (", n.groups, ") must divide input (", ic, ") and output (", n.channels,
+                     ") channels");
+        add_param(n, idx, "weight", {n.channels, ic / n.groups, n.kh, n.kw}, ParamKind::Weight);
+        if (n.bias) add_param(n, idx, "bias", {n.channels}, ParamKind::Bias);
+        break;
+      }
+      case OpKind::BN:
+        need_inputs(1, 1);
+        n.channels = in_ch(0);
+        n.eps = static_cast<float>(a.num("eps", 1e-5));
+        add_param(n, idx, "scale", {n.channels}, ParamKind::Weight);
+        add_param(n, idx, "shift", {n.channels}, ParamKind::Bias);
+        add_param(n, idx, "running_mean", {n.channels}, ParamKind::State);
+        add_param(n, idx, "running_var", {n.channels}, ParamKind::State);
+        break;
+      case OpKind::Relu:
+      case OpKind::Relu6:
+      case OpKind::GAP:
+      case OpKind::Softmax:
+        need_inputs(1, 1);
+        n.channels = in_ch(0);
+        break;
+      case OpKind::Dropout:
+        need_inputs(1, 1);
+        n.channels = in_ch(0);
+        n.p = static_cast<float>(a.num("p", 0.5));
+        HALCDL_CHECK(n.p >= 0 && n.p < 1, kErrInvalidInputShape, "node '", s.name, "': dropout p must be in [0, 1)");
+        break;
+      case OpKind::MaxPool:
+      case OpKind::AvgPool:
+        need_inputs(1, 1);
+        n.channels = in_ch(0);
+        a.pair("kernel", 2, n.kh, n.kw);
+        if (a.has("stride")) a.pair("stride", 1, n.sh, n.sw); else { n.sh = n.kh; n.sw = n.kw; }
+        a.pair("pad", 0, n.ph, n.pw);
+        HALCDL_CHECK(n.kh > 0 && n.kw > 0 && n.sh > 0 && n.sw > 0 && n.ph >= 0 && n.pw >= 0 && 2 * n.ph <= n.kh &&
+                         2 * n.pw <= n.kw,
+                     kErrInvalidInputShape, "node '", s.name, "': invalid pooling attributes");
+        break;
+      case OpKind::FC: {
+        need_inputs(1, 1);
+        n.channels = a.integer("out_features", 0);
+        n.bias = a.num("bias", 1) != 0;
+        n.in_features = static_cast<int64_t>(a.num("in_features", in_ch(0)));
+        HALCDL_CHECK(n.channels > 0 && n.in_features > 0, kErrInvalidInputShape, "node '", s.name,
+                     "': out_features and in_features must be > 0");
+        add_param(n, idx, "weight", {n.channels, n.in_features}, ParamKind::Weight);
+        if (n.bias) add_param(n, idx, "bias", {n.channels}, ParamKind::Bias);
+        break;
+      }
+      case OpKind::Add:
+        need_inputs(2, 2);
+        n.channels = in_ch(0);
+        HALCDL_CHECK(in_ch(1) == n.channels, kErrInvalidInputShape, "node '", s.name,
+                     "': add needs equal channel counts, got ", in_ch(0), " and ", in_ch(1));
+        break;
+      case OpKind::Concat:
+        need_inputs(2, 64);
+        n.channels = 0;
+        for (size_t i = 0; i < n.inputs.size(); ++i) n.channels += in_ch(static_cast<int>(i));
+        break;
+    }
+    index[s.name] = idx;
+    g.nodes.push_back(std::move(n));
+  }
+  HALCDL_CHECK(!g.input_nodes.empty(), kErrInvalidInputShape, "the graph spec has no 'input' node");
+  g.output = static_cast<int>(g.nodes.size()) - 1;
+  HALCDL_CHECK(g.nodes[g.output].op != OpKind::Input, kErrInvalidInputShape, "the graph has no operations");
+
+  // Arena order: weights (get weight_prior), then biases, then running statistics.
+  size_t off = 0;
+  for (auto& p : weights) { p.offset = off; off += p.size; }
+  g.n_weight = off;
+  for (auto& p : biases) { p.offset = off; off += p.size; }
+  g.n_trainable = off;
+  size_t soff = 0;
+  for (auto& p : states) { p.offset = soff; soff += p.size; }
+  g.n_state = soff;
+  for (auto* v : {&weights, &biases, &states})
+    for (auto& p : *v) g.params.push_back(p);
+  for (size_t i = 0; i < g.params.size(); ++i) {
+    auto& p = g.params[i];
+    Node& n = g.nodes[p.node];
+    if (p.role == "weight" || p.role == "scale") n.p_weight = static_cast<int>(i);
+    else if (p.role == "bias" || p.role == "shift") n.p_bias = static_cast<int>(i);
+    else if (p.role == "running_mean") n.p_mean = static_cast<int>(i);
+    else if (p.role == "running_var") n.p_var = static_cast<int>(i);
+  }
+  return g;
+}
+
+std::vector<Dims> Graph::infer_shapes(const std::vector<Dims>& input_dims) const {
+  HALCDL_CHECK(input_dims.size() == input_nodes.size(), kErrInvalidInputShape, "the graph has ",
+               input_nodes.size(), " inputs, got ", input_dims.size(), " input shapes");
+  std::vector<Dims> out(nodes.size());
+  size_t next_input = 0;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const Node& n = nodes[i];
+    auto in = [&](int k) -> const Dims& { return out[n.inputs[k]]; };
+    auto spatial = [&](int64_t x, int k, int s, int p, int d, const char* what) {
+      int64_t o = (x + 2 * p - static_cast<int64_t>(d) * (k - 1) - 1) / s + 1;
+      HALCDL_CHECK(x + 2 * p - static_cast<int64_t>(d) * (k - 1) - 1 >= 0 && o >= 1, kErrInputTooSmall,
+                   "input image too small: at node '", n.name, "' (", op_name(n.op), ") the ", what, " is ", x,
+                   " px but the kernel needs ", static_cast<int64_t>(d) * (k - 1) + 1 - 2 * p, " px");
+      return o;
+    };
+    switch (n.op) {
+      case OpKind::Input: {
+        const Dims& d = input_dims[next_input++];
+        HALCDL_CHECK(d.size() == 4 && d[0] > 0 && d[2] > 0 && d[3] > 0, kErrInvalidInputShape,
+                     "input shape must be (N, C, H, W) with positive sizes");
+        HALCDL_CHECK(d[1] == n.channels, kErrInvalidInputData, "the model takes images with ", n.channels,
+                     " channel(s), got ", d[1]);
+        out[i] = d;
+        break;
+      }
+      case OpKind::Conv:
+      case OpKind::MaxPool:
+      case OpKind::AvgPool: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        int dh = n.op == OpKind::Conv ? n.dh : 1, dw = n.op == OpKind::Conv ? n.dw : 1;
+        out[i] = {x[0], n.channels, spatial(x[2], n.kh, n.sh, n.ph, dh, "height"),
+                  spatial(x[3], n.kw, n.sw, n.pw, dw, "width")};
+        break;
+      }
+      case OpKind::GAP: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        out[i] = {x[0], x[1], 1, 1};
+        break;
+      }
+      case OpKind::FC: {
+        const Dims& x = in(0);
+        int64_t f = 1;
+        for (size_t k = 1; k < x.size(); ++k) f *= x[k];
+        HALCDL_CHECK(f == n.in_features, kErrInvalidInputShape, "node '", n.name, "' (fully connected) takes ",
+                     n.in_features, " input features but gets ", f,
+                     ": this network needs its original image size");
+        out[i] = {x[0], n.channels};
+        break;
+      }
+      case OpKind::Add:
+        HALCDL_CHECK(in(0) == in(1), kErrInvalidInputShape, "node '", n.name, "': add needs equal shapes");
+        out[i] = in(0);
+        break;
+      case OpKind::Concat: {
+        Dims d = in(0);
+        HALCDL_CHECK(d.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs 4-D inputs");
+        d[1] = 0;
+        for (size_t k = 0; k < n.inputs.size(); ++k) {
+          const Dims& x = in(static_cast<int>(k));
+          HALCDL_CHECK(x.size() == 4 && x[0] == d[0] && x[2] == d[2] && x[3] == d[3], kErrInvalidInputShape,
+                       "node '", n.name, "': concat needs equal N, H, W");
+          d[1] += x[1];
+        }
+        out[i] = d;
+        break;
+      }
+      default:  // shape-preserving ops
+        out[i] = in(0);
+        break;
+    }
+  }
+  return out;
+}
+
+}  // namespace halcdl

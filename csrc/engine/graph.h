@@ -1,0 +1,70 @@
+// The static graph: nodes built once from a spec (a list of node dicts in topological order),
+// with the channel rule of every op and the parameters each op owns. Device-neutral: the
+// backends (cpu/, later cuda/) turn a Graph plus input shapes into an execution plan.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace halcdl {
+
+using Dims = std::vector<int64_t>;
+
+enum class OpKind { Input, Conv, BN, Relu, Relu6, MaxPool, AvgPool, GAP, FC, Add, Concat, Dropout, Softmax };
+
+const char* op_name(OpKind k);
+
+// Attributes as the spec gives them: every value a list of numbers (ints, floats, bools).
+struct NodeSpec {
+  std::string name, op;
+  std::vector<std::string> inputs;
+  std::map<std::string, std::vector<double>> attrs;
+};
+
+enum class ParamKind { Weight, Bias, State };
+
+struct ParamInfo {
+  std::string name;      // "<node>.<role>"
+  std::string role;      // weight, bias, scale, shift, running_mean, running_var
+  Dims shape;            // PyTorch layout
+  ParamKind kind;
+  int node = -1;
+  size_t offset = 0;     // in floats, into the trainable arena (Weight/Bias) or the state arena
+  size_t size = 0;       // number of floats
+};
+
+struct Node {
+  std::string name;
+  OpKind op;
+  std::vector<int> inputs;
+  int channels = 0;        // output channels (or features for fc)
+  // conv / pooling geometry
+  int kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, groups = 1;
+  bool bias = true;
+  float eps = 1e-5f;       // bn
+  float p = 0.5f;          // dropout
+  int64_t in_features = 0; // fc: C*H*W of its input
+  // parameter indices into Graph::params (-1 when absent)
+  int p_weight = -1, p_bias = -1, p_mean = -1, p_var = -1;
+};
+
+struct Graph {
+  std::vector<Node> nodes;
+  std::vector<ParamInfo> params;   // arena order: weights, then biases, then state
+  std::vector<int> input_nodes;    // nodes of kind Input, in spec order
+  int output = -1;                 // the last node
+  size_t n_weight = 0;             // floats in the weight range [0, n_weight)
+  size_t n_trainable = 0;          // floats in weights + biases
+  size_t n_state = 0;              // floats of running statistics
+
+  // Output dims of every node for the given input dims (N, C, H, W) per input node.
+  // Throws 7722 when an image is too small for the network, 7735 when shapes don't fit.
+  std::vector<Dims> infer_shapes(const std::vector<Dims>& input_dims) const;
+  int param_index(const std::string& name) const;
+};
+
+// Builds and checks a graph. Throws halcdl::Error(7735) naming the node on a bad spec.
+Graph build_graph(const std::vector<NodeSpec>& spec);
+
+}  // namespace halcdl

@@ -1,0 +1,33 @@
+// Losses, regulariser and optimizer updates over the flat arenas. The CPU twins live in
+// cpu/kernels.cpp (a CUDA twin implements the same signatures on device pointers).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace halcdl::kern {
+
+// Multinomial logistic loss with class weights (PyTorch's cross_entropy(weight=w)):
+//   loss = Σ_n w[y_n]·(−log softmax(z_n)[y_n]) / Σ_n w[y_n]
+//   dz_n = scale · w[y_n]·(softmax(z_n) − onehot(y_n)) / Σ_n w[y_n]
+// `class_w` may be null (uniform). A batch whose weights sum to 0 has loss 0 and gradient 0.
+double softmax_xent(const float* logits, const int* labels, const float* class_w, int n, int k, float scale,
+                    float* dlogits);
+void softmax_rows(const float* logits, int n, int k, float* probs);
+// Σ w² over [0, n)
+double sum_squares(const float* w, size_t n);
+void accumulate(float* dst, const float* src, size_t n);
+bool all_finite(const float* x, size_t n);
+// HALCON's SGD: g ← ∇L + λw (λ = weight_prior, only on [0, n_weight)); v ← μv − lr·g; w ← w + v.
+void sgd_update(float* w, const float* grad, float* v, size_t n_weight, size_t n, float lr, float momentum,
+                float weight_prior);
+// Adam with L2 through the gradient: g ← ∇L + λw; m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²;
+// w ← w − lr · (m / (1−β1^t)) / (sqrt(v / (1−β2^t)) + ε).
+void adam_update(float* w, const float* grad, float* m, float* v, size_t n_weight, size_t n, float lr, float beta1,
+                 float beta2, float eps, float weight_prior, int64_t t);
+// Running statistics, PyTorch's convention: r ← (1−μ)·r + μ·batch (variance unbiased).
+void bn_running_update(float* mean, float* var, const float* bmean, const float* bvar, int c, int64_t count,
+                       float momentum);
+// (H, W, C) or (H, W) float image → (C, H, W); returns false if it holds NaN or Inf.
+bool hwc_to_chw(const float* src, float* dst, int64_t h, int64_t w, int64_t c);
+
+}  // namespace halcdl::kern

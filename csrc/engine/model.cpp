@@ -1,0 +1,236 @@
+#include "engine/model.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <sstream>
+
+#include "core/error.h"
+#include "engine/kernels.h"
+
+namespace halcdl {
+
+namespace {
+int g_threads = 0;
+void apply_threads() {
+  if (g_threads > 0) omp_set_num_threads(g_threads);
+}
+}  // namespace
+
+void set_num_threads(int n) {
+  HALCDL_CHECK(n >= 0, kErrInvalidValue, "thread_num must be >= 0, got ", n);
+  g_threads = n;
+  apply_threads();
+}
+int get_num_threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
+
+Model::Model(const std::vector<NodeSpec>& spec, uint64_t seed) : g_(build_graph(spec)), seed_(seed) {
+  const size_t n = g_.n_trainable * sizeof(float);
+  P_.resize(n);
+  G_.resize(n);
+  T_.resize(n);
+  M1_.resize(n);
+  M2_.resize(n);
+  S_.resize(g_.n_state * sizeof(float));
+  S2_.resize(g_.n_state * sizeof(float));
+  // Initialisation: conv weights Kaiming normal (fan_out, ReLU gain, as torchvision), fc
+  // weights uniform ±1/sqrt(fan_in) (PyTorch's default), biases 0, bn scale 1 / shift 0,
+  // running mean 0 / var 1.
+  std::mt19937_64 rng(seed);
+  for (const auto& p : g_.params) {
+    float* base = (p.kind == ParamKind::State ? S_.f() : P_.f()) + p.offset;
+    const Node& nd = g_.nodes[p.node];
+    if (p.role == "weight" && nd.op == OpKind::Conv) {
+      double fan_out = static_cast<double>(p.shape[0]) * p.shape[2] * p.shape[3];
+      std::normal_distribution<float> d(0.f, static_cast<float>(std::sqrt(2.0 / fan_out)));
+      for (size_t i = 0; i < p.size; ++i) base[i] = d(rng);
+    } else if (p.role == "weight" && nd.op == OpKind::FC) {
+      float b = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.shape[1])));
+      std::uniform_real_distribution<float> d(-b, b);
+      for (size_t i = 0; i < p.size; ++i) base[i] = d(rng);
+    } else if (p.role == "scale" || p.role == "running_var") {
+      std::fill(base, base + p.size, 1.f);
+    }  // biases, shifts, running means stay 0
+  }
+  const int k = num_classes();
+  for (int i = 0; i < k; ++i) {
+    class_ids_.push_back(i);
+    label_index_[i] = i;
+  }
+}
+
+int Model::num_classes() const {
+  const Node& o = g_.nodes[g_.output];
+  return o.channels;
+}
+
+Dims Model::output_dims(int64_t h, int64_t w) const {
+  std::vector<Dims> in;
+  for (int i : g_.input_nodes) in.push_back({1, g_.nodes[i].channels, h, w});
+  return g_.infer_shapes(in)[g_.output];
+}
+
+std::vector<float> Model::get_param(const std::string& name) const {
+  int i = g_.param_index(name);
+  HALCDL_CHECK(i >= 0, kErrUnsupportedParam, "the model has no parameter '", name, "'");
+  const ParamInfo& p = g_.params[i];
+  const float* base = (p.kind == ParamKind::State ? S_.f() : P_.f()) + p.offset;
+  return std::vector<float>(base, base + p.size);
+}
+
+void Model::set_param(const std::string& name, const float* data, size_t n) {
+  int i = g_.param_index(name);
+  HALCDL_CHECK(i >= 0, kErrUnsupportedParam, "the model has no parameter '", name, "'");
+  const ParamInfo& p = g_.params[i];
+  HALCDL_CHECK(n == p.size, kErrInvalidInputShape, "parameter '", name, "' holds ", p.size, " values, got ", n);
+  float* base = (p.kind == ParamKind::State ? S_.f() : P_.f()) + p.offset;
+  std::memcpy(base, data, n * sizeof(float));
+  ++version_;
+}
+
+std::vector<std::string> Model::copy_params_from(const Model& other) {
+  std::vector<std::string> copied;
+  for (const auto& p : g_.params) {
+    int j = other.g_.param_index(p.name);
+    if (j < 0) continue;
+    const ParamInfo& q = other.g_.params[j];
+    if (q.shape != p.shape || q.kind != p.kind) continue;
+    const float* src = (q.kind == ParamKind::State ? other.S_.f() : other.P_.f()) + q.offset;
+    float* dst = (p.kind == ParamKind::State ? S_.f() : P_.f()) + p.offset;
+    std::memcpy(dst, src, p.size * sizeof(float));
+    copied.push_back(p.name);
+  }
+  ++version_;
+  return copied;
+}
+
+void Model::set_class_ids(const std::vector<int64_t>& ids) {
+  HALCDL_CHECK(static_cast<int>(ids.size()) == num_classes(), kErrInvalidValue, "the model has ", num_classes(),
+               " classes, got ", ids.size(), " class ids");
+  std::unordered_map<int64_t, int> idx;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    HALCDL_CHECK(!idx.count(ids[i]), kErrClassIdsNotUnique, "class id ", ids[i], " appears twice");
+    idx[ids[i]] = static_cast<int>(i);
+  }
+  class_ids_ = ids;
+  label_index_ = std::move(idx);
+}
+
+int Model::label_index(int64_t id) const {
+  auto it = label_index_.find(id);
+  return it == label_index_.end() ? -1 : it->second;
+}
+
+void Model::set_hparams(const HParams& hp) {
+  HALCDL_CHECK(hp.solver == "sgd" || hp.solver == "adam", kErrInvalidSolver, "invalid solver type '", hp.solver,
+               "' (use 'sgd' or 'adam')");
+  HALCDL_CHECK(hp.class_weights.empty() || static_cast<int>(hp.class_weights.size()) == num_classes(),
+               kErrInvalidValue, "class_weights needs ", num_classes(), " values, got ", hp.class_weights.size());
+  if (hp.solver != hp_.solver) reset_optimizer();
+  hp_ = hp;
+}
+
+void Model::reset_optimizer() {
+  std::memset(M1_.c(), 0, M1_.bytes());
+  std::memset(M2_.c(), 0, M2_.bytes());
+  adam_t_ = 0;
+}
+
+float* Model::staging(size_t floats) {
+  if (staging_.bytes() < floats * sizeof(float)) staging_.resize(floats * sizeof(float));
+  return staging_.f();
+}
+
+Plan& Model::plan(int n, int c, int h, int w, bool training) {
+  auto key = std::make_tuple(n, c, h, w, training);
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return *it->second;
+  if (plans_.size() >= 8) plans_.clear();
+  ParamViews v{P_.f(), S_.f(), &version_};
+  auto p = make_cpu_plan(g_, {{n, c, h, w}}, training, false, v);
+  auto& ref = *p;
+  plans_[key] = std::move(p);
+  return ref;
+}
+
+TrainResult Model::train_step(const float* images, const int* labels, int bs, int m, int c, int h, int w) {
+  apply_threads();
+  Plan& p = plan(bs, c, h, w, true);
+  const int k = num_classes();
+  const size_t img = static_cast<size_t>(c) * h * w;
+  if (dlogits_.bytes() < static_cast<size_t>(bs) * k * sizeof(float)) dlogits_.resize(static_cast<size_t>(bs) * k * sizeof(float));
+  const size_t nt = g_.n_trainable;
+  std::memcpy(S2_.c(), S_.c(), S_.bytes());
+  const float* cw = hp_.class_weights.empty() ? nullptr : hp_.class_weights.data();
+  double ce = 0;
+  for (int s = 0; s < m; ++s) {
+    std::memcpy(p.input_buffer(0), images + s * bs * img, bs * img * sizeof(float));
+    p.forward(seed_ * 0x9e3779b97f4a7c15ull + steps_ * 1315423911ull + s);
+    const float* z = p.output();
+    double l = kern::softmax_xent(z, labels + s * bs, cw, bs, k, 1.f / m, dlogits_.f());
+    HALCDL_CHECK(std::isfinite(l), kErrTrainingFailed, "training step failed: the loss became ", l,
+                 " (lower the learning rate); the weights were not changed");
+    ce += l / m;
+    p.backward(dlogits_.f(), s == 0 ? G_.f() : T_.f());
+    if (s > 0) kern::accumulate(G_.f(), T_.f(), nt);
+    for (const BNStats& st : p.bn_stats()) {
+      const Node& nd = g_.nodes[st.node];
+      float* mean = S2_.f() + g_.params[nd.p_mean].offset;
+      float* var = S2_.f() + g_.params[nd.p_var].offset;
+      kern::bn_running_update(mean, var, st.mean, st.var, nd.channels, st.count, hp_.batchnorm_momentum);
+    }
+  }
+  const double reg = 0.5 * hp_.weight_prior * kern::sum_squares(P_.f(), g_.n_weight);
+  const double total = ce + reg;
+  HALCDL_CHECK(std::isfinite(total) && kern::all_finite(G_.f(), nt), kErrTrainingFailed,
+               "training step failed: the loss or its gradient is not finite (lower the learning rate); "
+               "the weights were not changed");
+  // Commit: update, optimizer state, running statistics.
+  if (hp_.solver == "adam") {
+    ++adam_t_;
+    kern::adam_update(P_.f(), G_.f(), M1_.f(), M2_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.adam_beta1,
+                      hp_.adam_beta2, hp_.adam_epsilon, hp_.weight_prior, adam_t_);
+  } else {
+    kern::sgd_update(P_.f(), G_.f(), M1_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.momentum, hp_.weight_prior);
+  }
+  std::memcpy(S_.c(), S2_.c(), S_.bytes());
+  ++version_;
+  ++steps_;
+  return {total, ce};
+}
+
+void Model::infer(const float* images, int n, int bs, int c, int h, int w, float* probs) {
+  apply_threads();
+  const int k = num_classes();
+  const size_t img = static_cast<size_t>(c) * h * w;
+  for (int start = 0; start < n; start += bs) {
+    const int cnt = std::min(bs, n - start);
+    Plan& p = plan(cnt, c, h, w, false);
+    std::memcpy(p.input_buffer(0), images + start * img, cnt * img * sizeof(float));
+    p.forward(0);
+    kern::softmax_rows(p.output(), cnt, k, probs + static_cast<size_t>(start) * k);
+  }
+}
+
+std::string Model::summary() const {
+  std::ostringstream os;
+  os << "layer                          type      output channels  params\n";
+  for (const auto& nd : g_.nodes) {
+    size_t np = 0;
+    for (int pi : {nd.p_weight, nd.p_bias})
+      if (pi >= 0) np += g_.params[pi].size;
+    os.width(31);
+    os << std::left << nd.name;
+    os.width(10);
+    os << op_name(nd.op);
+    os.width(17);
+    os << nd.channels << np << "\n";
+  }
+  os << "trainable parameters: " << g_.n_trainable << "\n";
+  return os.str();
+}
+
+}  // namespace halcdl

@@ -1,0 +1,84 @@
+// A model: graph, parameter arenas, optimizer state, cached plans, and the train step.
+//
+// Arenas (one buffer each, same offsets): P weights+biases, G gradients, T gradient scratch
+// for sub-batches after the first, M1/M2 optimizer state; S running statistics.
+// One train step = for each of the m sub-batches: forward → loss (value and gradient scaled
+// by 1/m) → backward (into G for the first, T then G += T for the rest); then one update.
+// Nothing persistent (P, M1, M2, S, step counters) changes until the whole step succeeded.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "core/buffer.h"
+#include "engine/graph.h"
+#include "engine/plan.h"
+
+namespace halcdl {
+
+struct HParams {
+  float learning_rate = 0.001f, momentum = 0.9f, weight_prior = 0.f;
+  std::string solver = "sgd";
+  float adam_beta1 = 0.9f, adam_beta2 = 0.999f, adam_epsilon = 1e-8f;
+  float batchnorm_momentum = 0.1f;
+  std::vector<float> class_weights;  // empty: uniform
+};
+
+struct TrainResult {
+  double total_loss, loss_cls;
+};
+
+void set_num_threads(int n);   // 0: OpenMP's default
+int get_num_threads();
+
+class Model {
+ public:
+  Model(const std::vector<NodeSpec>& spec, uint64_t seed);
+
+  const Graph& graph() const { return g_; }
+  std::vector<float> get_param(const std::string& name) const;
+  void set_param(const std::string& name, const float* data, size_t n);
+  // Copies every parameter (and running statistic) whose name and shape match; returns the
+  // names copied. Used when the head or the input layer is re-created.
+  std::vector<std::string> copy_params_from(const Model& other);
+  int64_t num_trainable_params() const { return static_cast<int64_t>(g_.n_trainable); }
+  int num_classes() const;
+  Dims output_dims(int64_t h, int64_t w) const;
+
+  void set_class_ids(const std::vector<int64_t>& ids);
+  // -1 if the id is not a class id
+  int label_index(int64_t id) const;
+  void set_hparams(const HParams& hp);
+  const HParams& hparams() const { return hp_; }
+  void reset_optimizer();
+
+  // `images`: bs·m plain NCHW images; `labels`: their class indices.
+  TrainResult train_step(const float* images, const int* labels, int bs, int m, int c, int h, int w);
+  // `images`: n plain NCHW images, run in chunks of bs; writes n·K probabilities.
+  void infer(const float* images, int n, int bs, int c, int h, int w, float* probs);
+
+  // Staging buffer for batch assembly (grown on demand, reused).
+  float* staging(size_t floats);
+  std::string summary() const;
+  std::mutex& mutex() { return mu_; }
+
+ private:
+  Plan& plan(int n, int c, int h, int w, bool training);
+  Graph g_;
+  Buffer P_, G_, T_, M1_, M2_, S_, S2_, staging_, dlogits_;
+  uint64_t version_ = 1;
+  int64_t adam_t_ = 0;
+  uint64_t seed_, steps_ = 0;
+  HParams hp_;
+  std::vector<int64_t> class_ids_;
+  std::unordered_map<int64_t, int> label_index_;
+  std::map<std::tuple<int, int, int, int, bool>, std::unique_ptr<Plan>> plans_;
+  std::mutex mu_;
+};
+
+}  // namespace halcdl

@@ -1,0 +1,52 @@
+// An execution plan: one graph at one set of input shapes, built once and reused. It owns the
+// backend primitives and one workspace for activations, gradients and scratch, laid out by a
+// lifetime-aware allocator. Building a plan allocates; running one does not.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/graph.h"
+
+namespace halcdl {
+
+// Views of the model's arenas that a plan reads and writes.
+struct ParamViews {
+  float* weights = nullptr;        // trainable arena (weights then biases), PyTorch layouts
+  float* state = nullptr;          // running statistics
+  const uint64_t* version = nullptr;  // bumped whenever the trainable arena changes
+};
+
+struct BNStats {                   // batch statistics of one bn node after a training forward
+  int node;
+  const float* mean;
+  const float* var;                // biased variance
+  int64_t count;                   // N*H*W
+};
+
+class Plan {
+ public:
+  virtual ~Plan() = default;
+  virtual const Dims& input_dims(int i) const = 0;
+  virtual const Dims& output_dims() const = 0;
+  // Plain NCHW buffer of input i; fill it before forward().
+  virtual float* input_buffer(int i) = 0;
+  virtual void forward(uint64_t rng_seed) = 0;
+  // The output in plain layout ((N, K) or NCHW).
+  virtual const float* output() = 0;
+  // Backward from a plain gradient of the output. Parameter gradients are written (not
+  // accumulated) into `param_grad` (same offsets as the trainable arena); params the graph
+  // does not reach get zeros.
+  virtual void backward(const float* grad_output, float* param_grad) = 0;
+  // Plain NCHW gradient of input i (plans built with input_grads only).
+  virtual void input_grad(int i, float* dst) = 0;
+  virtual std::vector<BNStats> bn_stats() const = 0;
+  // Dropout masks (scale 0 or 1/(1-p)) in plain layout, for tests.
+  virtual void dropout_mask(int node, float* dst) = 0;
+  virtual size_t workspace_bytes() const = 0;
+};
+
+std::unique_ptr<Plan> make_cpu_plan(const Graph& g, const std::vector<Dims>& input_dims, bool training,
+                                    bool input_grads, ParamViews views);
+
+}  // namespace halcdl
