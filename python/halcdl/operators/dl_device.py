@@ -1,0 +1,142 @@
+"""Deep-learning devices: query_available_dl_devices, get_dl_device_param.
+
+This build runs on the CPU only: the device list holds one CPU device.  A GPU backend adds
+its devices here.
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+from typing import Any
+
+from ..errors import H_ERR_DL_MODEL_UNSUPPORTED_GENPARAM, HOperatorError
+from ._tuple import as_str, is_int, is_str, operator, to_scalar, to_tuple, wrong_num, wrong_type
+
+__all__ = ["DLDevice", "query_available_dl_devices", "get_dl_device_param", "available_devices"]
+
+
+class DLDevice:
+    """A deep-learning device handle (what query_available_dl_devices returns)."""
+
+    def __init__(self, type: str, id: int, name: str) -> None:  # noqa: A002
+        self.type = type
+        self.id = int(id)
+        self.name = name
+
+    @property
+    def runtime(self) -> str:
+        return self.type
+
+    def params(self) -> dict[str, list]:
+        return {
+            "type": [self.type],
+            "runtime": [self.runtime],
+            "id": [self.id],
+            "name": [self.name],
+            "ai_accelerator_interface": ["none"],
+            "inference_only": ["false"],
+            "precisions": ["float32"],
+        }
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DLDevice) and (self.type, self.id) == (other.type, other.id)
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.id))
+
+    def __repr__(self) -> str:
+        return f"<DLDevice {self.type}:{self.id} {self.name!r}>"
+
+
+@lru_cache(maxsize=1)
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+_CPU = None
+
+
+def cpu_device() -> DLDevice:
+    global _CPU
+    if _CPU is None:
+        _CPU = DLDevice("cpu", 0, _cpu_name())
+    return _CPU
+
+
+def available_devices() -> list[DLDevice]:
+    """All devices of this build (CPU only for now)."""
+    return [cpu_device()]
+
+
+_QUERY_KEYS = ("runtime", "type", "id", "name")
+
+
+def _matches(dev: DLDevice, key: str, value: Any) -> bool:
+    if key in ("runtime", "type"):
+        return dev.type == value
+    if key == "id":
+        return is_int(value) and dev.id == int(value)
+    return dev.name == value  # 'name'
+
+
+@operator
+def query_available_dl_devices(gen_param_name: Any, gen_param_value: Any) -> list:
+    """Devices matching the filter.  Several values for the same name are alternatives and
+    keep their order (``(['runtime', 'runtime'], ['gpu', 'cpu'])`` lists GPUs first);
+    different names must all match.  Names: 'runtime' / 'type' ('cpu', 'gpu'), 'id', 'name'.
+    Unknown name → 7911."""
+    names = to_tuple(gen_param_name)
+    values = to_tuple(gen_param_value)
+    if len(names) != len(values):
+        raise wrong_num(2, f"{len(names)} parameter names but {len(values)} values")
+    groups: dict[str, list] = {}
+    for n, v in zip(names, values):
+        if not is_str(n):
+            raise wrong_type(1, f"gen_param_name must be strings, got {n!r}")
+        if n not in _QUERY_KEYS:
+            raise HOperatorError(
+                H_ERR_DL_MODEL_UNSUPPORTED_GENPARAM,
+                f"Unsupported generic parameter {n!r} (supported: {', '.join(_QUERY_KEYS)})",
+            )
+        groups.setdefault("type" if n == "runtime" else n, []).append(v)
+    devices = available_devices()
+    if not groups:
+        return list(devices)
+    # order: by the first group's alternatives, then device order
+    first_key, first_values = next(iter(groups.items()))
+    out: list[DLDevice] = []
+    for v in first_values:
+        for dev in devices:
+            if dev in out or not _matches(dev, first_key, v):
+                continue
+            if all(any(_matches(dev, k, x) for x in vs) for k, vs in groups.items()):
+                out.append(dev)
+    return out
+
+
+@operator
+def get_dl_device_param(dldevice_handle: Any, gen_param_name: Any) -> list:
+    """Device information: 'type' ('cpu'/'gpu'), 'runtime', 'id', 'name',
+    'ai_accelerator_interface', 'inference_only', 'precisions'.  Unknown name → 7911."""
+    dev = dldevice_handle
+    if isinstance(dev, (list, tuple)) and len(dev) == 1:
+        dev = dev[0]
+    if not isinstance(dev, DLDevice):
+        raise wrong_type(1, f"dldevice_handle must be a device handle, got {type(dev).__name__}")
+    name = as_str(to_scalar(gen_param_name, 2, "one parameter name"), 2, "gen_param_name")
+    params = dev.params()
+    if name not in params:
+        raise HOperatorError(
+            H_ERR_DL_MODEL_UNSUPPORTED_GENPARAM,
+            f"Unsupported generic parameter {name!r} (supported: {', '.join(params)})",
+        )
+    return list(params[name])
+

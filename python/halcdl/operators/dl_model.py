@@ -1,0 +1,597 @@
+"""Deep-learning model operators: read_dl_model, set/get_dl_model_param, train_dl_model_batch,
+apply_dl_model, clear_dl_model.
+
+Every operator validates all of its arguments before it changes anything, so a call that
+raises leaves the model exactly as it was.  Error numbers: see docs/operators.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import (
+    H_ERR_CNN_GPU_REQUIRED,
+    H_ERR_CNN_INVALID_INPUT_DEPTH,
+    H_ERR_CNN_INVALID_INPUT_SIZE,
+    H_ERR_CNNGRAPH_NO_IMAGE_RESIZE,
+    H_ERR_DL_CLASS_IDS_INVALID,
+    H_ERR_DL_CLASS_IDS_NOT_UNIQUE,
+    H_ERR_DL_FILE_READ,
+    H_ERR_DL_INPUT_WRONG_LENGTH,
+    H_ERR_DL_INPUT_WRONG_TYPE,
+    H_ERR_DL_INPUT_WRONG_VALUES,
+    H_ERR_DL_MODEL_INVALID_NUM_SAMPLES,
+    H_ERR_DL_MODEL_UNSUPPORTED_GENPARAM,
+    H_ERR_DL_SOLVER_INVALID_TYPE,
+    H_ERR_DL_WRONG_BS_MULTIPLIER,
+    H_ERR_FNF,
+    H_ERR_HANDLE_CLEARED,
+    HOperatorError,
+    NotPretrainedWarning,
+)
+from ..models.handle import DLModel
+from ..models.zoo import ARCHITECTURES, get_architecture
+from ._tuple import (
+    as_str,
+    is_int,
+    is_number,
+    is_str,
+    operator,
+    py_value,
+    single,
+    to_scalar,
+    to_tuple,
+    wrong_num,
+    wrong_type,
+    wrong_value,
+)
+from .dl_device import DLDevice, cpu_device
+from .system import next_model_seed
+
+__all__ = [
+    "DLModel",
+    "read_dl_model",
+    "set_dl_model_param",
+    "get_dl_model_param",
+    "get_dl_model_param_s",
+    "train_dl_model_batch",
+    "apply_dl_model",
+    "clear_dl_model",
+]
+
+_NOT_PRETRAINED_WARNED = False
+_NOT_PRETRAINED_TEXT = (
+    "halcdl ships no pretrained (ImageNet) weights: {name} is randomly initialised "
+    "(Kaiming normal, seeded by set_system('seed_rand', ...)). Train it from scratch; "
+    "its meta_data says so. (This warning is shown once per process.)"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# handle checks
+# --------------------------------------------------------------------------------------------
+def check_model(handle: Any, pos: int = 1) -> DLModel:
+    """The model behind ``handle`` (1200+pos if it is not a model handle, 2454 if cleared)."""
+    if isinstance(handle, (list, tuple)) and len(handle) == 1:
+        handle = handle[0]
+    if not isinstance(handle, DLModel):
+        raise wrong_type(pos, f"expected a DL model handle, got {type(handle).__name__}")
+    if handle.cleared:
+        raise HOperatorError(H_ERR_HANDLE_CLEARED, "the DL model handle has been cleared")
+    return handle
+
+
+def _sample_list(batch: Any, pos: int) -> list:
+    """A DLSampleBatch as a list (a single dict is a batch of one).  The samples themselves
+    are validated by the engine."""
+    if isinstance(batch, dict):
+        return [batch]
+    if isinstance(batch, list):
+        return batch
+    if isinstance(batch, tuple):
+        return list(batch)
+    raise wrong_type(pos, f"dlsample_batch must be a dict or a list of dicts, got "
+                          f"{type(batch).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# read_dl_model
+# --------------------------------------------------------------------------------------------
+def _warn_not_pretrained(name: str) -> None:
+    global _NOT_PRETRAINED_WARNED
+    if not _NOT_PRETRAINED_WARNED:
+        _NOT_PRETRAINED_WARNED = True
+        warnings.warn(_NOT_PRETRAINED_TEXT.format(name=name), NotPretrainedWarning, stacklevel=4)
+
+
+def create_model(file_name: str) -> DLModel:
+    """A new model for a zoo file name (no argument checks, no warning).  Used by
+    read_dl_model and by the legacy classifier shim."""
+    arch = get_architecture(file_name)
+    if arch is None:
+        raise KeyError(file_name)
+    return DLModel(arch, next_model_seed())
+
+
+@operator
+def read_dl_model(file_name: Any) -> DLModel:
+    """Read a model.  The classification architectures are built in code under HALCON's file
+    names (``pretrained_dl_classifier_compact.hdl`` …, directory ignored, ``.hdl`` optional);
+    their weights are randomly initialised (warned once per process).  Anything else:
+    5200 (file not found) or 7780 (the file exists but halcdl cannot read it yet)."""
+    name = as_str(to_scalar(file_name, 1, "one file name"), 1, "file_name")
+    arch = get_architecture(name)
+    if arch is None:
+        if os.path.isfile(name) or os.path.isfile(name + ".hdl"):
+            raise HOperatorError(
+                H_ERR_DL_FILE_READ,
+                f"cannot read {name!r}: only the built-in architectures can be read "
+                f"(model files are not supported yet)",
+            )
+        raise HOperatorError(
+            H_ERR_FNF,
+            f"File not found: {name!r} (built-in models: {', '.join(ARCHITECTURES)})",
+        )
+    model = DLModel(arch, next_model_seed())
+    _warn_not_pretrained(arch.file_name)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# parameter validation (each setter validates everything, then applies)
+# --------------------------------------------------------------------------------------------
+# gen_param_value is control parameter 3 of set_dl_model_param: where HALCON has no more
+# specific number, a wrong type is 1203, a wrong value 1303, a wrong number of values 1403.
+_VAL = 3
+
+
+def _one(vals: list, name: str) -> Any:
+    if len(vals) != 1:
+        raise wrong_num(_VAL, f"{name} takes one value, got {len(vals)}")
+    return vals[0]
+
+
+def _int(v: Any, name: str) -> int:
+    if not is_int(v):
+        raise wrong_type(_VAL, f"{name} must be an integer, got {v!r}")
+    return int(v)
+
+
+def _float(v: Any, name: str) -> float:
+    if not is_number(v):
+        raise wrong_type(_VAL, f"{name} must be a number, got {v!r}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise wrong_value(_VAL, f"{name} must be finite, got {f!r}")
+    return f
+
+
+def _int_param(vals: list, name: str, minimum: int) -> int:
+    v = _int(_one(vals, name), name)
+    if v < minimum:
+        raise wrong_value(_VAL, f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def _float_param(vals: list, name: str, lo: float, hi: float | None = None,
+                 lo_open: bool = False, hi_open: bool = False) -> float:
+    v = _float(_one(vals, name), name)
+    bad_lo = v <= lo if lo_open else v < lo
+    bad_hi = hi is not None and (v >= hi if hi_open else v > hi)
+    if bad_lo or bad_hi:
+        left = "(" if lo_open else "["
+        right = ")" if (hi_open or hi is None) else "]"
+        upper = "inf" if hi is None else hi
+        raise wrong_value(_VAL, f"{name} must be in {left}{lo}, {upper}{right}, got {v}")
+    return v
+
+
+def _choice(vals: list, name: str, choices: tuple, code: int | None = None) -> str:
+    v = _one(vals, name)
+    msg = f"{name} must be one of {choices}, got {v!r}"
+    if not is_str(v):
+        raise wrong_type(_VAL, msg) if code is None else HOperatorError(code, msg)
+    if str(v) not in choices:
+        raise wrong_value(_VAL, msg) if code is None else HOperatorError(code, msg)
+    return str(v)
+
+
+def _check_image_size(m: DLModel, width: int, height: int) -> None:
+    """7775 for fixed-size networks, 7722 if too small (zoo minimum, then the engine)."""
+    arch = m.arch
+    if (width, height) == (m.params["image_width"], m.params["image_height"]):
+        return
+    if arch.fixed_size:
+        raise HOperatorError(
+            H_ERR_CNNGRAPH_NO_IMAGE_RESIZE,
+            f"{arch.file_name} has fully-connected layers: its image size is fixed to "
+            f"{arch.image_width}x{arch.image_height}",
+        )
+    if width < arch.min_size or height < arch.min_size:
+        raise HOperatorError(
+            H_ERR_CNN_INVALID_INPUT_SIZE,
+            f"{arch.file_name} needs image_width and image_height >= {arch.min_size}, got "
+            f"{width}x{height}",
+        )
+    m.core.output_shape(int(height), int(width))  # raises 7722 itself if too small
+
+
+def _check_channels(v: Any) -> int:
+    c = _int(v, "image_num_channels")
+    if c not in (1, 3):
+        raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DEPTH,
+                             f"image_num_channels must be 1 or 3, got {c}")
+    return c
+
+
+def _set_channels(m: DLModel, c: int) -> None:
+    if c == m.params["image_num_channels"]:
+        return
+    spec, new = m.rebuilt(m.num_classes, c, m.params["class_ids"], m.params["class_weights"])
+    m.adopt(spec, new)
+    m.params["image_num_channels"] = c
+
+
+def _set_batch_size(m: DLModel, vals: list) -> None:
+    m.params["batch_size"] = _int_param(vals, "batch_size", 1)
+
+
+def _set_multiplier(m: DLModel, vals: list) -> None:
+    v = _int(_one(vals, "batch_size_multiplier"), "batch_size_multiplier")
+    if v < 1:
+        raise HOperatorError(H_ERR_DL_WRONG_BS_MULTIPLIER,
+                             f"batch_size_multiplier must be greater than 0, got {v}")
+    m.params["batch_size_multiplier"] = v
+
+
+def _hparam_setter(name: str, **limits) -> Callable[[DLModel, list], None]:
+    def setter(m: DLModel, vals: list) -> None:
+        m.params[name] = _float_param(vals, name, **limits)
+        m.mark_hparams_dirty()
+
+    return setter
+
+
+def _set_solver(m: DLModel, vals: list) -> None:
+    v = _choice(vals, "solver_type", ("sgd", "adam"), H_ERR_DL_SOLVER_INVALID_TYPE)
+    if v != m.params["solver_type"]:
+        m.core.reset_optimizer()
+        m.params["solver_type"] = v
+        m.mark_hparams_dirty()
+
+
+def _set_class_ids(m: DLModel, vals: list) -> None:
+    if not vals:
+        raise HOperatorError(H_ERR_DL_CLASS_IDS_INVALID, "class_ids must not be empty")
+    for v in vals:
+        if not is_int(v) or int(v) < 0:
+            raise HOperatorError(H_ERR_DL_CLASS_IDS_INVALID,
+                                 f"class ids must be non-negative integers, got {v!r}")
+    ids = [int(v) for v in vals]
+    if len(set(ids)) != len(ids):
+        raise HOperatorError(H_ERR_DL_CLASS_IDS_NOT_UNIQUE, f"class ids are not unique: {ids}")
+    p = m.params
+    if len(ids) == len(p["class_ids"]):
+        m.core.set_class_ids(ids)
+        p["class_ids"] = ids
+        return
+    # new class count: re-create the head (everything else keeps its values)
+    spec, new = m.rebuilt(len(ids), p["image_num_channels"], ids, None)
+    m.adopt(spec, new)
+    p["class_ids"] = ids
+    p["class_names"] = [str(i) for i in ids]
+    p["class_weights"] = None
+
+
+def _set_class_names(m: DLModel, vals: list) -> None:
+    k = m.num_classes
+    if len(vals) != k:
+        raise HOperatorError(H_ERR_DL_INPUT_WRONG_LENGTH,
+                             f"class_names needs {k} names (one per class id), got {len(vals)}")
+    for v in vals:
+        if not is_str(v):
+            raise HOperatorError(H_ERR_DL_INPUT_WRONG_TYPE,
+                                 f"class_names must be strings, got {v!r}")
+    m.params["class_names"] = [str(v) for v in vals]
+
+
+def _set_class_weights(m: DLModel, vals: list) -> None:
+    k = m.num_classes
+    if not vals:  # [] = uniform
+        m.params["class_weights"] = None
+        m.mark_hparams_dirty()
+        return
+    if len(vals) != k:
+        raise HOperatorError(H_ERR_DL_INPUT_WRONG_LENGTH,
+                             f"class_weights needs {k} values (one per class id), got "
+                             f"{len(vals)}")
+    for v in vals:
+        if not is_number(v):
+            raise HOperatorError(H_ERR_DL_INPUT_WRONG_TYPE,
+                                 f"class_weights must be numbers, got {v!r}")
+    weights = [float(v) for v in vals]
+    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise HOperatorError(H_ERR_DL_INPUT_WRONG_VALUES,
+                             f"class_weights must be finite, >= 0 and not all 0: {weights}")
+    m.params["class_weights"] = weights
+    m.mark_hparams_dirty()
+
+
+def _set_image_width(m: DLModel, vals: list) -> None:
+    w = _int_param(vals, "image_width", 1)
+    _check_image_size(m, w, m.params["image_height"])
+    m.params["image_width"] = w
+
+
+def _set_image_height(m: DLModel, vals: list) -> None:
+    h = _int_param(vals, "image_height", 1)
+    _check_image_size(m, m.params["image_width"], h)
+    m.params["image_height"] = h
+
+
+def _set_num_channels(m: DLModel, vals: list) -> None:
+    _set_channels(m, _check_channels(_one(vals, "image_num_channels")))
+
+
+def _set_image_dimensions(m: DLModel, vals: list) -> None:
+    if len(vals) != 3:
+        raise wrong_num(_VAL, f"image_dimensions is [width, height, channels], got {vals!r}")
+    w = _int(vals[0], "image width")
+    h = _int(vals[1], "image height")
+    if w < 1 or h < 1:
+        raise wrong_value(_VAL, f"image width and height must be >= 1, got {w}x{h}")
+    c = _check_channels(vals[2])
+    _check_image_size(m, w, h)
+    _set_channels(m, c)  # may rebuild; the size was validated on the current graph
+    m.params["image_width"] = w
+    m.params["image_height"] = h
+
+
+def _range_setter(name: str) -> Callable[[DLModel, list], None]:
+    def setter(m: DLModel, vals: list) -> None:
+        m.params[name] = _float(_one(vals, name), name)
+
+    return setter
+
+
+def _set_runtime(m: DLModel, vals: list) -> None:
+    v = _choice(vals, "runtime", ("cpu", "gpu"))
+    if v == "gpu":
+        raise HOperatorError(H_ERR_CNN_GPU_REQUIRED,
+                             "runtime 'gpu': no GPU backend in this build of halcdl")
+    m.params["runtime"] = v
+
+
+def _set_device(m: DLModel, vals: list) -> None:
+    dev = _one(vals, "device")
+    if not isinstance(dev, DLDevice):
+        raise wrong_type(_VAL, f"device must be a handle from query_available_dl_devices, got "
+                               f"{type(dev).__name__}")
+    if dev.type != "cpu":
+        raise HOperatorError(H_ERR_CNN_GPU_REQUIRED,
+                             f"device {dev!r}: no GPU backend in this build of halcdl")
+    m.params["runtime"] = "cpu"
+
+
+def _set_gpu(m: DLModel, vals: list) -> None:
+    m.params["gpu"] = _int_param(vals, "gpu", 0)
+
+
+def _set_runtime_init(m: DLModel, vals: list) -> None:
+    m.params["runtime_init"] = _choice(vals, "runtime_init", ("immediately", "deferred"))
+
+
+def _set_optimize_for_inference(m: DLModel, vals: list) -> None:
+    m.params["optimize_for_inference"] = _choice(vals, "optimize_for_inference",
+                                                 ("true", "false"))
+
+
+def _set_meta_data(m: DLModel, vals: list) -> None:
+    d = _one(vals, "meta_data")
+    if not isinstance(d, dict):
+        raise wrong_type(_VAL, f"meta_data must be a dict, got {type(d).__name__}")
+    for k, v in d.items():
+        if not is_str(k):
+            raise HOperatorError(H_ERR_DL_INPUT_WRONG_TYPE, f"meta_data keys must be strings, "
+                                                            f"got {k!r}")
+        if not (is_str(v) or is_number(v)):
+            raise HOperatorError(H_ERR_DL_INPUT_WRONG_TYPE,
+                                 f"meta_data values must be strings or numbers, got {v!r}")
+    m.params["meta_data"] = {str(k): py_value(v) for k, v in d.items()}
+
+
+_SETTERS: dict[str, Callable[[DLModel, list], None]] = {
+    "batch_size": _set_batch_size,
+    "batch_size_multiplier": _set_multiplier,
+    "learning_rate": _hparam_setter("learning_rate", lo=0.0),
+    "momentum": _hparam_setter("momentum", lo=0.0, hi=1.0),
+    "weight_prior": _hparam_setter("weight_prior", lo=0.0),
+    "adam_beta1": _hparam_setter("adam_beta1", lo=0.0, hi=1.0, hi_open=True),
+    "adam_beta2": _hparam_setter("adam_beta2", lo=0.0, hi=1.0, hi_open=True),
+    "adam_epsilon": _hparam_setter("adam_epsilon", lo=0.0, lo_open=True),
+    "batchnorm_momentum": _hparam_setter("batchnorm_momentum", lo=0.0, hi=1.0),
+    "solver_type": _set_solver,
+    "class_ids": _set_class_ids,
+    "class_names": _set_class_names,
+    "class_weights": _set_class_weights,
+    "image_width": _set_image_width,
+    "image_height": _set_image_height,
+    "image_num_channels": _set_num_channels,
+    "image_dimensions": _set_image_dimensions,
+    "image_range_min": _range_setter("image_range_min"),
+    "image_range_max": _range_setter("image_range_max"),
+    "runtime": _set_runtime,
+    "device": _set_device,
+    "gpu": _set_gpu,
+    "runtime_init": _set_runtime_init,
+    "optimize_for_inference": _set_optimize_for_inference,
+    "meta_data": _set_meta_data,
+}
+
+_READ_ONLY = ("type", "num_trainable_params", "summary", "precision", "input_dimensions")
+
+
+def _unsupported(name: str, what: str) -> HOperatorError:
+    return HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENPARAM,
+                          f"Unsupported generic parameter {name!r} for {what}")
+
+
+def _param_name(gen_param_name: Any) -> str:
+    return as_str(to_scalar(gen_param_name, 2, "one parameter name"), 2, "gen_param_name")
+
+
+@operator
+def set_dl_model_param(dlmodel_handle: Any, gen_param_name: Any, gen_param_value: Any) -> None:
+    """Set one model parameter (see docs/operators.md for names, values and error numbers).
+    A call that raises leaves the model unchanged."""
+    m = check_model(dlmodel_handle, 1)
+    name = _param_name(gen_param_name)
+    setter = _SETTERS.get(name)
+    if setter is None:
+        if name in _READ_ONLY:
+            raise _unsupported(name, "set_dl_model_param (read-only)")
+        raise _unsupported(name, "set_dl_model_param")
+    vals = [gen_param_value] if isinstance(gen_param_value, dict) else to_tuple(gen_param_value)
+    with m.lock:
+        check_model(m)  # may have been cleared while waiting
+        setter(m, vals)
+
+
+# --------------------------------------------------------------------------------------------
+# get_dl_model_param
+# --------------------------------------------------------------------------------------------
+def _get_param(m: DLModel, name: str) -> list:
+    p = m.params
+    if name in ("image_dimensions", "input_dimensions"):
+        return [p["image_width"], p["image_height"], p["image_num_channels"]]
+    if name == "class_weights":
+        w = p["class_weights"]
+        return [1.0] * m.num_classes if w is None else list(w)
+    if name in ("class_ids", "class_names"):
+        return list(p[name])
+    if name == "meta_data":
+        return [dict(p["meta_data"])]
+    if name == "num_trainable_params":
+        return [int(m.core.num_trainable_params())]
+    if name == "summary":
+        return str(m.core.summary()).splitlines()
+    if name == "precision":
+        return ["float32"]
+    if name == "device":
+        return [cpu_device()]
+    if name in p:
+        return [p[name]]
+    raise _unsupported(name, "get_dl_model_param")
+
+
+def _get_dl_model_param(dlmodel_handle: Any, gen_param_name: Any) -> list:
+    m = check_model(dlmodel_handle, 1)
+    name = _param_name(gen_param_name)
+    with m.lock:
+        check_model(m)
+        return _get_param(m, name)
+
+
+@operator
+def get_dl_model_param(dlmodel_handle: Any, gen_param_name: Any) -> list:
+    """Value of a model parameter, as a list."""
+    return _get_dl_model_param(dlmodel_handle, gen_param_name)
+
+
+@operator
+def get_dl_model_param_s(dlmodel_handle: Any, gen_param_name: Any) -> Any:
+    """Value of a model parameter that holds exactly one value."""
+    return single(_get_dl_model_param(dlmodel_handle, gen_param_name))
+
+
+# --------------------------------------------------------------------------------------------
+# training and inference
+# --------------------------------------------------------------------------------------------
+@operator
+def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
+    """One training step (one weight update) on batch_size × batch_size_multiplier samples.
+    Returns the DLTrainResult dict: ``total_loss`` plus one key per loss term."""
+    m = check_model(dlmodel_handle, 1)
+    samples = _sample_list(dlsample_batch, 2)
+    with m.lock:
+        check_model(m)
+        p = m.params
+        m.push_hparams()
+        try:
+            result = m.core.train_step(samples, p["batch_size"], p["batch_size_multiplier"],
+                                       p["image_height"], p["image_width"],
+                                       p["image_num_channels"])
+        except TypeError as err:  # argument conversion in the bindings
+            raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
+                from None
+    return {str(k): py_value(v) for k, v in dict(result).items()}
+
+
+_RESULT_KEYS = (
+    "classification_class_ids",
+    "classification_class_names",
+    "classification_confidences",
+)
+
+
+def _outputs(outputs: Any) -> tuple:
+    names = to_tuple(outputs)
+    if not names or names == ["default"]:
+        return _RESULT_KEYS
+    for n in names:
+        if not is_str(n):
+            raise wrong_type(3, f"outputs must be names, got {n!r}")
+        if n not in _RESULT_KEYS:
+            raise wrong_value(3, f"unknown output {n!r} (available: {', '.join(_RESULT_KEYS)})")
+    return tuple(dict.fromkeys(str(n) for n in names))
+
+
+@operator
+def apply_dl_model(dlmodel_handle: Any, dlsample_batch: Any, outputs: Any) -> list:
+    """Infer any number of samples (in chunks of batch_size).  Returns one DLResult dict per
+    sample with classification_class_ids, classification_class_names and
+    classification_confidences over all classes, sorted by descending confidence
+    (``outputs`` = [] for all three, or a subset of these names)."""
+    m = check_model(dlmodel_handle, 1)
+    samples = _sample_list(dlsample_batch, 2)
+    keys = _outputs(outputs)
+    if not samples:
+        raise HOperatorError(H_ERR_DL_MODEL_INVALID_NUM_SAMPLES,
+                             "apply_dl_model needs at least one sample")
+    with m.lock:
+        check_model(m)
+        p = m.params
+        try:
+            probs = m.core.infer(samples, p["batch_size"], p["image_height"], p["image_width"],
+                                 p["image_num_channels"])
+        except TypeError as err:
+            raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
+                from None
+        class_ids = np.asarray(p["class_ids"], dtype=np.int64)
+        class_names = np.asarray(p["class_names"], dtype=object)
+    probs = np.asarray(probs).reshape(len(samples), -1)
+    order = np.argsort(-probs, axis=1, kind="stable")
+    columns = {
+        "classification_class_ids": class_ids[order].tolist(),
+        "classification_class_names": class_names[order].tolist(),
+        "classification_confidences": np.take_along_axis(probs, order, axis=1).tolist(),
+    }
+    return [{k: columns[k][i] for k in keys} for i in range(len(samples))]
+
+
+@operator
+def clear_dl_model(dlmodel_handle: Any) -> None:
+    """Free one model or a list of models.  Using a cleared handle raises 2454; clearing it
+    again does nothing."""
+    handles = dlmodel_handle if isinstance(dlmodel_handle, (list, tuple)) else [dlmodel_handle]
+    for h in handles:
+        if not isinstance(h, DLModel):
+            raise wrong_type(1, f"expected DL model handles, got {type(h).__name__}")
+    for h in handles:
+        with h.lock:
+            h.clear()

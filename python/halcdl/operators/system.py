@@ -1,0 +1,111 @@
+"""set_system / get_system.
+
+Supported parameters:
+
+* ``'seed_rand'`` (int, default 42): seeds the random generator of halcdl.  The n-th model
+  created after ``set_system('seed_rand', s)`` (read_dl_model, …) initialises its weights with
+  the engine seed ``(s + n) mod 2**31`` (n = 0, 1, …), so the same sequence of calls gives the
+  same weights.  get_system returns the value last set.
+* ``'thread_num'`` (int ≥ 1): number of CPU threads of the engine (OpenMP, shared with oneDNN).
+* ``'cudnn_deterministic'`` (``'true'``/``'false'``, default ``'false'``): stored; the GPU
+  backend reads it.
+
+Unknown parameter names raise HOperatorError 1301 (wrong value of control parameter 1), as
+HALCON does for set_system/get_system.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .._native import core
+from ._tuple import (
+    as_int,
+    as_str,
+    operator,
+    py_value,
+    single,
+    to_scalar,
+    wrong_type,
+    wrong_value,
+)
+
+__all__ = ["set_system", "get_system", "get_system_s", "next_model_seed", "get_system_value"]
+
+_DEFAULT_SEED = 42
+_lock = threading.Lock()
+_state: dict[str, Any] = {
+    "seed_rand": _DEFAULT_SEED,
+    "cudnn_deterministic": "false",
+}
+_seed_counter = 0  # models created since the last seed_rand
+
+
+def next_model_seed() -> int:
+    """Engine seed for the next model created (advances the stream)."""
+    global _seed_counter
+    with _lock:
+        seed = (int(_state["seed_rand"]) + _seed_counter) % (2**31)
+        _seed_counter += 1
+    return seed
+
+
+def get_system_value(name: str) -> Any:
+    """Internal read access for other modules (e.g. the GPU backend: cudnn_deterministic)."""
+    return _state[name]
+
+
+_SYSTEM_PARAMS = ("seed_rand", "thread_num", "cudnn_deterministic")
+
+
+@operator
+def set_system(system_parameter: Any, value: Any) -> None:
+    """Set a system parameter ('seed_rand', 'thread_num', 'cudnn_deterministic')."""
+    global _seed_counter
+    name = as_str(to_scalar(system_parameter, 1, "one parameter name"), 1, "system_parameter")
+    if name not in _SYSTEM_PARAMS:
+        raise wrong_value(1, f"unknown system parameter {name!r} (supported: {_SYSTEM_PARAMS})")
+    v = to_scalar(value, 2)
+    if name == "seed_rand":
+        seed = as_int(v, 2, "seed_rand")
+        with _lock:
+            _state["seed_rand"] = seed
+            _seed_counter = 0
+    elif name == "thread_num":
+        n = as_int(v, 2, "thread_num")
+        if n < 1:
+            raise wrong_value(2, f"thread_num must be >= 1, got {n}")
+        core.set_num_threads(n)
+    elif name == "cudnn_deterministic":
+        v = py_value(v)
+        if v is True or v is False:
+            v = "true" if v else "false"
+        if not isinstance(v, str):
+            raise wrong_type(2, f"cudnn_deterministic must be 'true' or 'false', got {v!r}")
+        if v not in ("true", "false"):
+            raise wrong_value(2, f"cudnn_deterministic must be 'true' or 'false', got {v!r}")
+        _state["cudnn_deterministic"] = v
+
+
+def _get_system(query: Any) -> list:
+    name = as_str(to_scalar(query, 1, "one parameter name"), 1, "query")
+    if name == "seed_rand":
+        return [_state["seed_rand"]]
+    if name == "thread_num":
+        return [int(core.get_num_threads())]
+    if name == "cudnn_deterministic":
+        return [_state["cudnn_deterministic"]]
+    raise wrong_value(1, f"unknown system parameter {name!r} (supported: {_SYSTEM_PARAMS})")
+
+
+@operator
+def get_system(query: Any) -> list:
+    """Value of a system parameter, as a list."""
+    return _get_system(query)
+
+
+@operator
+def get_system_s(query: Any) -> Any:
+    """Value of a system parameter, as a single value."""
+    return single(_get_system(query))
