@@ -323,6 +323,32 @@ PYBIND11_MODULE(_core, m) {
              std::lock_guard<std::mutex> lk(md.mutex());
              md.reset_optimizer();
            })
+      .def("get_state",
+           [](Model& md) {
+             std::lock_guard<std::mutex> lk(md.mutex());
+             Model::State st = md.get_state();
+             const int64_t n = static_cast<int64_t>(st.m1.size());
+             py::dict d;
+             d["m1"] = to_array(st.m1, {n});
+             d["m2"] = to_array(st.m2, {n});
+             d["adam_t"] = st.adam_t;
+             d["steps"] = st.steps;
+             d["seed"] = st.seed;
+             return d;
+           })
+      .def("set_state",
+           [](Model& md, const py::dict& d) {
+             for (const char* k : {"m1", "m2", "adam_t", "steps", "seed"})
+               HALCDL_CHECK(d.contains(k), kErrInputsMissing, "set_state: missing '", k, "'");
+             auto m1 = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(d["m1"]);
+             auto m2 = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(d["m2"]);
+             HALCDL_CHECK(m1 && m2, kErrInvalidInputData, "set_state: m1/m2 must be numeric arrays");
+             Model::State st{std::vector<float>(m1.data(), m1.data() + m1.size()),
+                             std::vector<float>(m2.data(), m2.data() + m2.size()), py::cast<int64_t>(d["adam_t"]),
+                             py::cast<uint64_t>(d["steps"]), py::cast<uint64_t>(d["seed"])};
+             std::lock_guard<std::mutex> lk(md.mutex());
+             md.set_state(st);
+           })
       .def("summary", &Model::summary)
       .def("train_step",
            [](Model& md, const py::list& samples, int batch_size, int multiplier, int height, int width,

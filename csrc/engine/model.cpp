@@ -139,6 +139,28 @@ void Model::reset_optimizer() {
   adam_t_ = 0;
 }
 
+Model::State Model::get_state() const {
+  State st;
+  st.m1.assign(M1_.f(), M1_.f() + g_.n_trainable);
+  st.m2.assign(M2_.f(), M2_.f() + g_.n_trainable);
+  st.adam_t = adam_t_;
+  st.steps = steps_;
+  st.seed = seed_;
+  return st;
+}
+
+void Model::set_state(const State& st) {
+  HALCDL_CHECK(st.m1.size() == g_.n_trainable && st.m2.size() == g_.n_trainable, kErrInvalidInputShape,
+               "optimizer state holds ", st.m1.size(), "/", st.m2.size(), " values, the model has ", g_.n_trainable,
+               " trainable parameters");
+  HALCDL_CHECK(st.adam_t >= 0, kErrInvalidValue, "invalid Adam step count ", st.adam_t);
+  std::memcpy(M1_.f(), st.m1.data(), st.m1.size() * sizeof(float));
+  std::memcpy(M2_.f(), st.m2.data(), st.m2.size() * sizeof(float));
+  adam_t_ = st.adam_t;
+  steps_ = st.steps;
+  seed_ = st.seed;
+}
+
 float* Model::staging(size_t floats) {
   if (staging_.bytes() < floats * sizeof(float)) staging_.resize(floats * sizeof(float));
   return staging_.f();

@@ -57,6 +57,15 @@ class Model {
   const HParams& hparams() const { return hp_; }
   void reset_optimizer();
 
+  // Everything besides parameters that a resumed run needs to continue bit-identically.
+  struct State {
+    std::vector<float> m1, m2;   // SGD velocity / Adam first moment; Adam second moment
+    int64_t adam_t;
+    uint64_t steps, seed;
+  };
+  State get_state() const;
+  void set_state(const State& st);  // validates sizes first; 7735 on mismatch
+
   // `images`: bs·m plain NCHW images; `labels`: their class indices.
   TrainResult train_step(const float* images, const int* labels, int bs, int m, int c, int h, int w);
   // `images`: n plain NCHW images, run in chunks of bs; writes n·K probabilities.
