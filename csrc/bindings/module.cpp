@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <dnnl.hpp>
+#include <cmath>
 #include <memory>
 #include <new>
 
@@ -75,13 +76,32 @@ std::vector<NodeSpec> to_spec(const py::list& spec) {
 
 // ---- batch assembly --------------------------------------------------------------------
 
+using FArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using IArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
 struct Batch {
-  std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> images;
-  std::vector<int> labels;
+  std::vector<FArray> images;
+  std::vector<int> labels;          // classification: one index per sample
+  std::vector<IArray> seg;          // segmentation: (H, W) class ids per sample
+  std::vector<FArray> weights;      // segmentation: (H, W) pixel weights, or empty arrays
+  bool any_weights = false;
 };
 
+enum class Labels { None, Class, Pixel };
+
+// Ensures `obj` is a numeric array (never a str); empty array on failure.
+template <typename A>
+A numeric_array(py::handle obj) {
+  if (py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj)) return A();
+  try {
+    return A::ensure(obj);
+  } catch (py::error_already_set&) {
+    return A();
+  }
+}
+
 // Reads and checks the samples while holding the GIL; pixel copies happen later without it.
-Batch gather(Model& m, const py::list& samples, int c, int h, int w, bool labels) {
+Batch gather(Model& m, const py::list& samples, int c, int h, int w, Labels labels) {
   Batch b;
   b.images.reserve(samples.size());
   for (size_t i = 0; i < samples.size(); ++i) {
@@ -89,35 +109,47 @@ Batch gather(Model& m, const py::list& samples, int c, int h, int w, bool labels
     HALCDL_CHECK(py::isinstance<py::dict>(s), kErrInputsMissing, "sample ", i, " is not a dict (DLSample)");
     auto d = py::reinterpret_borrow<py::dict>(s);
     HALCDL_CHECK(d.contains("image"), kErrInputsMissing, "sample ", i, " has no key 'image'");
-    py::object img = d["image"];
-    py::array_t<float, py::array::c_style | py::array::forcecast> a;
-    try {
-      a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(img);
-    } catch (py::error_already_set&) {
-      a = {};
-    }
-    HALCDL_CHECK(a && a.size() > 0 && !py::isinstance<py::str>(img), kErrInvalidInputData, "sample ", i,
-                 ": 'image' is not a numeric image array");
+    FArray a = numeric_array<FArray>(d["image"]);
+    HALCDL_CHECK(a && a.size() > 0, kErrInvalidInputData, "sample ", i, ": 'image' is not a numeric image array");
     HALCDL_CHECK(a.ndim() == 2 || a.ndim() == 3, kErrInvalidInputShape, "sample ", i,
                  ": 'image' must have shape (H, W) or (H, W, C), got ", a.ndim(), " dimensions");
     const int64_t ih = a.shape(0), iw = a.shape(1), ic = a.ndim() == 3 ? a.shape(2) : 1;
     HALCDL_CHECK(ih == h && iw == w, kErrInvalidInputShape, "sample ", i, ": image size ", iw, "x", ih,
                  " does not match the model's image size ", w, "x", h);
-    HALCDL_CHECK(ic == c, kErrInvalidInputData, "sample ", i, ": image has ", ic,
-                 " channel(s), the model takes ", c);
+    HALCDL_CHECK(ic == c, kErrInvalidInputData, "sample ", i, ": image has ", ic, " channel(s), the model takes ", c);
     b.images.push_back(std::move(a));
-    if (!labels) continue;
-    HALCDL_CHECK(d.contains("image_label_id"), kErrInputsMissing, "sample ", i, " has no key 'image_label_id'");
-    py::object l = d["image_label_id"];
-    if ((py::isinstance<py::list>(l) || py::isinstance<py::tuple>(l)) && py::len(l) == 1) l = l[py::int_(0)];
-    if (py::isinstance<py::array>(l) && py::array(l).size() == 1) l = py::array(l).attr("item")();
-    int64_t id = 0;
-    bool ok = !py::isinstance<py::bool_>(l) && py::hasattr(l, "__index__");
-    if (ok) id = py::cast<int64_t>(py::int_(l));
-    int idx = ok ? m.label_index(id) : -1;
-    HALCDL_CHECK(idx >= 0, kErrInvalidLabels, "sample ", i, ": image_label_id ", std::string(py::repr(l)),
-                 " is not one of the model's class_ids");
-    b.labels.push_back(idx);
+    if (labels == Labels::Class) {
+      HALCDL_CHECK(d.contains("image_label_id"), kErrInputsMissing, "sample ", i, " has no key 'image_label_id'");
+      py::object l = d["image_label_id"];
+      if ((py::isinstance<py::list>(l) || py::isinstance<py::tuple>(l)) && py::len(l) == 1) l = l[py::int_(0)];
+      if (py::isinstance<py::array>(l) && py::array(l).size() == 1) l = py::array(l).attr("item")();
+      int64_t id = 0;
+      bool ok = !py::isinstance<py::bool_>(l) && py::hasattr(l, "__index__");
+      if (ok) id = py::cast<int64_t>(py::int_(l));
+      int idx = ok ? m.label_index(id) : Model::kUnknown;
+      HALCDL_CHECK(idx >= 0, kErrInvalidLabels, "sample ", i, ": image_label_id ", std::string(py::repr(l)),
+                   " is not one of the model's class_ids");
+      b.labels.push_back(idx);
+    } else if (labels == Labels::Pixel) {
+      HALCDL_CHECK(d.contains("segmentation_image"), kErrInputsMissing, "sample ", i,
+                   " has no key 'segmentation_image'");
+      IArray sg = numeric_array<IArray>(d["segmentation_image"]);
+      HALCDL_CHECK(sg && (sg.ndim() == 2 || (sg.ndim() == 3 && sg.shape(2) == 1)) && sg.shape(0) == h &&
+                       sg.shape(1) == w,
+                   kErrInvalidInputShape, "sample ", i, ": 'segmentation_image' must be a (", h, ", ", w,
+                   ") array of class ids at the model's image size");
+      b.seg.push_back(std::move(sg));
+      FArray wi;
+      if (d.contains("weight_image")) {
+        wi = numeric_array<FArray>(d["weight_image"]);
+        HALCDL_CHECK(wi && (wi.ndim() == 2 || (wi.ndim() == 3 && wi.shape(2) == 1)) && wi.shape(0) == h &&
+                         wi.shape(1) == w,
+                     kErrInvalidInputData, "sample ", i, ": 'weight_image' must be a (", h, ", ", w,
+                     ") array of pixel weights");
+        b.any_weights = true;
+      }
+      b.weights.push_back(std::move(wi));
+    }
   }
   return b;
 }
@@ -136,6 +168,33 @@ void assemble(const Batch& b, float* dst, int c, int h, int w) {
       bad = bad < 0 ? i : std::min(bad, i);
     }
   HALCDL_CHECK(bad < 0, kErrInvalidInputData, "sample ", bad, ": the image holds NaN or Inf values");
+}
+
+// Maps segmentation ids to output indices and copies pixel weights (GIL released).
+void assemble_pixels(const Model& m, const Batch& b, int64_t hw, int* labels, float* weights) {
+  const int64_t n = static_cast<int64_t>(b.seg.size());
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t* ids = b.seg[i].data();
+    int* out = labels + i * hw;
+    for (int64_t p = 0; p < hw; ++p) {
+      int k = m.label_index(ids[p]);
+      HALCDL_CHECK(k != Model::kUnknown, kErrInvalidLabels, "sample ", i, ": segmentation_image holds id ", ids[p],
+                   ", which is neither a class id nor an ignore class id");
+      out[p] = k;
+    }
+    if (!weights) continue;
+    float* wo = weights + i * hw;
+    if (!b.weights[i]) {
+      std::fill(wo, wo + hw, 1.f);
+      continue;
+    }
+    const float* wi = b.weights[i].data();
+    for (int64_t p = 0; p < hw; ++p) {
+      HALCDL_CHECK(std::isfinite(wi[p]) && wi[p] >= 0, kErrInvalidInputData, "sample ", i,
+                   ": weight_image holds a negative or non-finite weight (", wi[p], ")");
+      wo[p] = wi[p];
+    }
+  }
 }
 
 py::array_t<float> to_array(const std::vector<float>& v, const Dims& shape) {
@@ -360,13 +419,23 @@ PYBIND11_MODULE(_core, m) {
                           " samples, but batch_size × batch_size_multiplier = ", batch_size, " × ", multiplier,
                           " = ", need);
              std::lock_guard<std::mutex> lk(md.mutex());
-             Batch b = gather(md, samples, channels, height, width, true);
+             const int64_t per = md.labels_per_sample(height, width);
+             Batch b = gather(md, samples, channels, height, width, per == 1 ? Labels::Class : Labels::Pixel);
              TrainResult r;
              {
                py::gil_scoped_release nogil;
                float* st = md.staging(need * channels * height * width);
                assemble(b, st, channels, height, width);
-               r = md.train_step(st, b.labels.data(), batch_size, multiplier, channels, height, width);
+               const int* labels = b.labels.data();
+               const float* pw = nullptr;
+               if (per > 1) {
+                 int* lab = md.label_staging(need * per);
+                 float* w = b.any_weights ? md.weight_staging(need * per) : nullptr;
+                 assemble_pixels(md, b, per, lab, w);
+                 labels = lab;
+                 pw = w;
+               }
+               r = md.train_step(st, labels, pw, batch_size, multiplier, channels, height, width);
              }
              py::dict out;
              out["total_loss"] = r.total_loss;
@@ -375,12 +444,38 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("samples"), py::arg("batch_size"), py::arg("multiplier"), py::arg("height"), py::arg("width"),
            py::arg("channels"))
+      .def("set_ignore_ids",
+           [](Model& md, const std::vector<int64_t>& ids) {
+             std::lock_guard<std::mutex> lk(md.mutex());
+             md.set_ignore_ids(ids);
+           })
+      .def("is_segmentation", [](const Model& md, int64_t h, int64_t w) { return md.labels_per_sample(h, w) > 1; })
+      .def("infer_segmentation",
+           [](Model& md, const py::list& samples, int batch_size, int height, int width, int channels) {
+             HALCDL_CHECK(batch_size > 0, kErrInvalidValue, "batch_size must be > 0");
+             HALCDL_CHECK(samples.size() > 0, kErrInvalidValue, "no samples given");
+             std::lock_guard<std::mutex> lk(md.mutex());
+             Batch b = gather(md, samples, channels, height, width, Labels::None);
+             const int n = static_cast<int>(samples.size());
+             py::array_t<int32_t> index({n, height, width});
+             py::array_t<float> conf({n, height, width});
+             int32_t* ip = index.mutable_data();
+             float* cp = conf.mutable_data();
+             {
+               py::gil_scoped_release nogil;
+               float* st = md.staging(static_cast<size_t>(n) * channels * height * width);
+               assemble(b, st, channels, height, width);
+               md.infer_segmentation(st, n, batch_size, channels, height, width, ip, cp);
+             }
+             return py::make_tuple(index, conf);
+           },
+           py::arg("samples"), py::arg("batch_size"), py::arg("height"), py::arg("width"), py::arg("channels"))
       .def("infer",
            [](Model& md, const py::list& samples, int batch_size, int height, int width, int channels) {
              HALCDL_CHECK(batch_size > 0, kErrInvalidValue, "batch_size must be > 0");
              HALCDL_CHECK(samples.size() > 0, kErrInvalidValue, "no samples given");
              std::lock_guard<std::mutex> lk(md.mutex());
-             Batch b = gather(md, samples, channels, height, width, false);
+             Batch b = gather(md, samples, channels, height, width, Labels::None);
              const int n = static_cast<int>(samples.size()), k = md.num_classes();
              py::array_t<float> probs({n, k});
              float* out = probs.mutable_data();

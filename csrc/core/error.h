@@ -21,6 +21,7 @@ enum ErrorCode : int {
   kErrRuntimeUnsupported = 7742,
   kErrInputsMissing = 7783,
   kErrClassIdsNotUnique = 7792,
+  kErrClassIdsOverlapIgnore = 7797,
   kErrBatchSizeMultiplier = 7799,
   kErrWrongNumSamples = 7800,
   kErrInvalidSolver = 7840,

@@ -45,6 +45,57 @@ void softmax_rows(const float* logits, int n, int k, float* probs) {
   }
 }
 
+double softmax_xent_pixels(const float* logits, const int* labels, const float* class_w, const float* pixel_w, int n,
+                           int k, int64_t hw, float scale, float* dlogits) {
+  const int64_t np = static_cast<int64_t>(n) * hw;
+  auto weight = [&](int64_t q) -> double {
+    const int y = labels[q];
+    if (y < 0) return 0.0;
+    return (class_w ? class_w[y] : 1.0) * (pixel_w ? pixel_w[q] : 1.0);
+  };
+  double wsum = 0;
+#pragma omp parallel for reduction(+ : wsum)
+  for (int64_t q = 0; q < np; ++q) wsum += weight(q);
+  double loss = 0;
+#pragma omp parallel for reduction(+ : loss)
+  for (int64_t q = 0; q < np; ++q) {
+    const int64_t b = q / hw, p = q % hw;
+    const float* z = logits + b * k * hw + p;
+    float* dz = dlogits + b * k * hw + p;
+    const double wq = weight(q);
+    if (wq == 0.0) {
+      for (int j = 0; j < k; ++j) dz[j * hw] = 0.f;
+      continue;
+    }
+    double mx = z[0];
+    for (int j = 1; j < k; ++j) mx = std::max(mx, static_cast<double>(z[j * hw]));
+    double se = 0;
+    for (int j = 0; j < k; ++j) se += std::exp(z[j * hw] - mx);
+    const double lse = mx + std::log(se);
+    const int y = labels[q];
+    loss += wq * (lse - z[y * hw]);
+    const double f = scale * wq / wsum;
+    for (int j = 0; j < k; ++j) dz[j * hw] = static_cast<float>(f * (std::exp(z[j * hw] - lse) - (j == y ? 1.0 : 0.0)));
+  }
+  return wsum > 0 ? loss / wsum : 0.0;
+}
+
+void softmax_argmax_pixels(const float* logits, int n, int k, int64_t hw, int* index, float* confidence) {
+  const int64_t np = static_cast<int64_t>(n) * hw;
+#pragma omp parallel for
+  for (int64_t q = 0; q < np; ++q) {
+    const int64_t b = q / hw, p = q % hw;
+    const float* z = logits + b * k * hw + p;
+    int best = 0;
+    for (int j = 1; j < k; ++j)
+      if (z[j * hw] > z[best * hw]) best = j;
+    double se = 0;
+    for (int j = 0; j < k; ++j) se += std::exp(static_cast<double>(z[j * hw] - z[best * hw]));
+    index[q] = best;
+    confidence[q] = static_cast<float>(1.0 / se);
+  }
+}
+
 double sum_squares(const float* w, size_t n) {
   double s = 0;
   const int64_t m = static_cast<int64_t>(n);

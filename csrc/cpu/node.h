@@ -130,6 +130,8 @@ std::unique_ptr<CpuNode> make_add(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_concat(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_dropout(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_softmax(const Node& n, int idx);
+std::unique_ptr<CpuNode> make_deconv(const Node& n, int idx);
+std::unique_ptr<CpuNode> make_upsample(const Node& n, int idx);
 
 // Helpers
 memory::desc plain_desc(const Dims& d);

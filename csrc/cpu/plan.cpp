@@ -93,6 +93,9 @@ std::unique_ptr<CpuNode> make_node(const Node& n, int idx) {
     case OpKind::Concat: return make_concat(n, idx);
     case OpKind::Dropout: return make_dropout(n, idx);
     case OpKind::Softmax: return make_softmax(n, idx);
+    case OpKind::Deconv: return make_deconv(n, idx);
+    case OpKind::UpNearest:
+    case OpKind::UpBilinear: return make_upsample(n, idx);
     case OpKind::Input: return nullptr;
   }
   return nullptr;

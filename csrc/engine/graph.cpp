@@ -23,6 +23,9 @@ const char* op_name(OpKind k) {
     case OpKind::Concat: return "concat";
     case OpKind::Dropout: return "dropout";
     case OpKind::Softmax: return "softmax";
+    case OpKind::Deconv: return "deconv";
+    case OpKind::UpNearest: return "upsample_nearest";
+    case OpKind::UpBilinear: return "upsample_bilinear";
   }
   return "?";
 }
@@ -35,7 +38,8 @@ const std::unordered_map<std::string, OpKind>& op_table() {
       {"relu", OpKind::Relu},   {"relu6", OpKind::Relu6},     {"maxpool", OpKind::MaxPool},
       {"avgpool", OpKind::AvgPool}, {"gap", OpKind::GAP},     {"fc", OpKind::FC},
       {"add", OpKind::Add},     {"concat", OpKind::Concat},   {"dropout", OpKind::Dropout},
-      {"softmax", OpKind::Softmax}};
+      {"softmax", OpKind::Softmax}, {"deconv", OpKind::Deconv},
+      {"upsample_nearest", OpKind::UpNearest}, {"upsample_bilinear", OpKind::UpBilinear}};
   return t;
 }
 
@@ -140,6 +144,33 @@ Graph build_graph(const std::vector<NodeSpec>& spec) {
         if (n.bias) add_param(n, idx, "bias", {n.channels}, ParamKind::Bias);
         break;
       }
+      case OpKind::Deconv: {
+        // PyTorch's ConvTranspose2d (groups 1): weight (I, O, kh, kw)
+        need_inputs(1, 1);
+        n.channels = a.integer("out_channels", 0);
+        a.pair("kernel", 1, n.kh, n.kw);
+        a.pair("stride", 1, n.sh, n.sw);
+        a.pair("pad", 0, n.ph, n.pw);
+        a.pair("output_padding", 0, n.oph, n.opw);
+        a.pair("dilation", 1, n.dh, n.dw);
+        n.bias = a.num("bias", 1) != 0;
+        HALCDL_CHECK(a.integer("groups", 1) == 1, kErrInvalidInputShape, "node '", s.name,
+                     "': transposed convolution supports groups = 1 only");
+        HALCDL_CHECK(n.channels > 0 && n.kh > 0 && n.kw > 0 && n.sh > 0 && n.sw > 0 && n.ph >= 0 && n.pw >= 0 &&
+                         n.dh > 0 && n.dw > 0 && n.oph >= 0 && n.opw >= 0 && n.oph < std::max(n.sh, n.dh) &&
+                         n.opw < std::max(n.sw, n.dw),
+                     kErrInvalidInputShape, "node '", s.name, "': invalid transposed convolution attributes");
+        add_param(n, idx, "weight", {in_ch(0), n.channels, n.kh, n.kw}, ParamKind::Weight);
+        if (n.bias) add_param(n, idx, "bias", {n.channels}, ParamKind::Bias);
+        break;
+      }
+      case OpKind::UpNearest:
+      case OpKind::UpBilinear:
+        need_inputs(1, 1);
+        n.channels = in_ch(0);
+        n.scale = a.integer("scale", 2);
+        HALCDL_CHECK(n.scale >= 1, kErrInvalidInputShape, "node '", s.name, "': scale must be >= 1");
+        break;
       case OpKind::BN:
         need_inputs(1, 1);
         n.channels = in_ch(0);
@@ -258,6 +289,24 @@ std::vector<Dims> Graph::infer_shapes(const std::vector<Dims>& input_dims) const
         int dh = n.op == OpKind::Conv ? n.dh : 1, dw = n.op == OpKind::Conv ? n.dw : 1;
         out[i] = {x[0], n.channels, spatial(x[2], n.kh, n.sh, n.ph, dh, "height"),
                   spatial(x[3], n.kw, n.sw, n.pw, dw, "width")};
+        break;
+      }
+      case OpKind::Deconv: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        auto o = [&](int64_t v, int k, int st, int p, int d, int op) {
+          return (v - 1) * st - 2 * p + static_cast<int64_t>(d) * (k - 1) + op + 1;
+        };
+        int64_t oh = o(x[2], n.kh, n.sh, n.ph, n.dh, n.oph), ow = o(x[3], n.kw, n.sw, n.pw, n.dw, n.opw);
+        HALCDL_CHECK(oh >= 1 && ow >= 1, kErrInputTooSmall, "input image too small for node '", n.name, "'");
+        out[i] = {x[0], n.channels, oh, ow};
+        break;
+      }
+      case OpKind::UpNearest:
+      case OpKind::UpBilinear: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        out[i] = {x[0], x[1], x[2] * n.scale, x[3] * n.scale};
         break;
       }
       case OpKind::GAP: {

@@ -11,7 +11,10 @@ namespace halcdl {
 
 using Dims = std::vector<int64_t>;
 
-enum class OpKind { Input, Conv, BN, Relu, Relu6, MaxPool, AvgPool, GAP, FC, Add, Concat, Dropout, Softmax };
+enum class OpKind {
+  Input, Conv, BN, Relu, Relu6, MaxPool, AvgPool, GAP, FC, Add, Concat, Dropout, Softmax,
+  Deconv, UpNearest, UpBilinear
+};
 
 const char* op_name(OpKind k);
 
@@ -41,6 +44,8 @@ struct Node {
   int channels = 0;        // output channels (or features for fc)
   // conv / pooling geometry
   int kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, groups = 1;
+  int oph = 0, opw = 0;     // deconv output padding
+  int scale = 1;            // upsampling factor
   bool bias = true;
   float eps = 1e-5f;       // bn
   float p = 0.5f;          // dropout

@@ -13,6 +13,12 @@ namespace halcdl::kern {
 double softmax_xent(const float* logits, const int* labels, const float* class_w, int n, int k, float scale,
                     float* dlogits);
 void softmax_rows(const float* logits, int n, int k, float* probs);
+// The same per pixel for (N, K, HW) logits: label −1 = ignored pixel; `pixel_w` (N, HW) may
+// be null. loss = Σ w[y]·pw·l / Σ w[y]·pw over the pixels not ignored.
+double softmax_xent_pixels(const float* logits, const int* labels, const float* class_w, const float* pixel_w, int n,
+                           int k, int64_t hw, float scale, float* dlogits);
+// Per pixel of (N, K, HW) logits: the winning channel and its softmax probability.
+void softmax_argmax_pixels(const float* logits, int n, int k, int64_t hw, int* index, float* confidence);
 // Σ w² over [0, n)
 double sum_squares(const float* w, size_t n);
 void accumulate(float* dst, const float* src, size_t n);

@@ -43,8 +43,10 @@ Model::Model(const std::vector<NodeSpec>& spec, uint64_t seed) : g_(build_graph(
   for (const auto& p : g_.params) {
     float* base = (p.kind == ParamKind::State ? S_.f() : P_.f()) + p.offset;
     const Node& nd = g_.nodes[p.node];
-    if (p.role == "weight" && nd.op == OpKind::Conv) {
-      double fan_out = static_cast<double>(p.shape[0]) * p.shape[2] * p.shape[3];
+    if (p.role == "weight" && (nd.op == OpKind::Conv || nd.op == OpKind::Deconv)) {
+      // fan_out: output channels × kernel area (a deconv weight is (I, O, kh, kw))
+      const int64_t o = nd.op == OpKind::Conv ? p.shape[0] : p.shape[1];
+      double fan_out = static_cast<double>(o) * p.shape[2] * p.shape[3];
       std::normal_distribution<float> d(0.f, static_cast<float>(std::sqrt(2.0 / fan_out)));
       for (size_t i = 0; i < p.size; ++i) base[i] = d(rng);
     } else if (p.role == "weight" && nd.op == OpKind::FC) {
@@ -115,13 +117,38 @@ void Model::set_class_ids(const std::vector<int64_t>& ids) {
     HALCDL_CHECK(!idx.count(ids[i]), kErrClassIdsNotUnique, "class id ", ids[i], " appears twice");
     idx[ids[i]] = static_cast<int>(i);
   }
+  for (int64_t id : ignore_ids_)
+    HALCDL_CHECK(!idx.count(id), kErrClassIdsOverlapIgnore, "id ", id, " is both a class id and an ignore class id");
+  for (int64_t id : ignore_ids_) idx[id] = kIgnored;
   class_ids_ = ids;
   label_index_ = std::move(idx);
 }
 
 int Model::label_index(int64_t id) const {
   auto it = label_index_.find(id);
-  return it == label_index_.end() ? -1 : it->second;
+  return it == label_index_.end() ? kUnknown : it->second;
+}
+
+void Model::set_ignore_ids(const std::vector<int64_t>& ids) {
+  std::unordered_map<int64_t, int> idx;
+  for (size_t i = 0; i < class_ids_.size(); ++i) idx[class_ids_[i]] = static_cast<int>(i);
+  for (int64_t id : ids) {
+    HALCDL_CHECK(!idx.count(id) || idx[id] == kIgnored, kErrClassIdsOverlapIgnore, "id ", id,
+                 " is both a class id and an ignore class id");
+    idx[id] = kIgnored;
+  }
+  ignore_ids_ = ids;
+  label_index_ = std::move(idx);
+}
+
+int64_t Model::labels_per_sample(int64_t h, int64_t w) const {
+  Dims o = output_dims(h, w);
+  int64_t spatial = 1;
+  for (size_t i = 2; i < o.size(); ++i) spatial *= o[i];
+  if (spatial == 1) return 1;
+  HALCDL_CHECK(o.size() == 4 && o[2] == h && o[3] == w, kErrInvalidInputShape, "the network's output (", o[2], "x",
+               o[3], ") is neither one score per class nor one per pixel of the ", h, "x", w, " image");
+  return h * w;
 }
 
 void Model::set_hparams(const HParams& hp) {
@@ -166,6 +193,16 @@ float* Model::staging(size_t floats) {
   return staging_.f();
 }
 
+int* Model::label_staging(size_t n) {
+  if (labels_.bytes() < n * sizeof(int)) labels_.resize(n * sizeof(int));
+  return reinterpret_cast<int*>(labels_.c());
+}
+
+float* Model::weight_staging(size_t n) {
+  if (pixel_w_.bytes() < n * sizeof(float)) pixel_w_.resize(n * sizeof(float));
+  return pixel_w_.f();
+}
+
 Plan& Model::plan(int n, int c, int h, int w, bool training) {
   auto key = std::make_tuple(n, c, h, w, training);
   auto it = plans_.find(key);
@@ -178,12 +215,15 @@ Plan& Model::plan(int n, int c, int h, int w, bool training) {
   return ref;
 }
 
-TrainResult Model::train_step(const float* images, const int* labels, int bs, int m, int c, int h, int w) {
+TrainResult Model::train_step(const float* images, const int* labels, const float* pixel_w, int bs, int m, int c,
+                              int h, int w) {
   apply_threads();
   Plan& p = plan(bs, c, h, w, true);
   const int k = num_classes();
   const size_t img = static_cast<size_t>(c) * h * w;
-  if (dlogits_.bytes() < static_cast<size_t>(bs) * k * sizeof(float)) dlogits_.resize(static_cast<size_t>(bs) * k * sizeof(float));
+  const int64_t per = labels_per_sample(h, w);
+  const size_t nlog = static_cast<size_t>(bs) * k * per;
+  if (dlogits_.bytes() < nlog * sizeof(float)) dlogits_.resize(nlog * sizeof(float));
   const size_t nt = g_.n_trainable;
   std::memcpy(S2_.c(), S_.c(), S_.bytes());
   const float* cw = hp_.class_weights.empty() ? nullptr : hp_.class_weights.data();
@@ -192,7 +232,10 @@ TrainResult Model::train_step(const float* images, const int* labels, int bs, in
     std::memcpy(p.input_buffer(0), images + s * bs * img, bs * img * sizeof(float));
     p.forward(seed_ * 0x9e3779b97f4a7c15ull + steps_ * 1315423911ull + s);
     const float* z = p.output();
-    double l = kern::softmax_xent(z, labels + s * bs, cw, bs, k, 1.f / m, dlogits_.f());
+    const size_t lo = static_cast<size_t>(s) * bs * per;
+    double l = per == 1 ? kern::softmax_xent(z, labels + lo, cw, bs, k, 1.f / m, dlogits_.f())
+                        : kern::softmax_xent_pixels(z, labels + lo, cw, pixel_w ? pixel_w + lo : nullptr, bs, k, per,
+                                                    1.f / m, dlogits_.f());
     HALCDL_CHECK(std::isfinite(l), kErrTrainingFailed, "training step failed: the loss became ", l,
                  " (lower the learning rate); the weights were not changed");
     ce += l / m;
@@ -226,6 +269,8 @@ TrainResult Model::train_step(const float* images, const int* labels, int bs, in
 
 void Model::infer(const float* images, int n, int bs, int c, int h, int w, float* probs) {
   apply_threads();
+  HALCDL_CHECK(labels_per_sample(h, w) == 1, kErrInvalidInputShape,
+               "this network outputs one score per pixel: use the segmentation inference");
   const int k = num_classes();
   const size_t img = static_cast<size_t>(c) * h * w;
   for (int start = 0; start < n; start += bs) {
@@ -234,6 +279,22 @@ void Model::infer(const float* images, int n, int bs, int c, int h, int w, float
     std::memcpy(p.input_buffer(0), images + start * img, cnt * img * sizeof(float));
     p.forward(0);
     kern::softmax_rows(p.output(), cnt, k, probs + static_cast<size_t>(start) * k);
+  }
+}
+
+void Model::infer_segmentation(const float* images, int n, int bs, int c, int h, int w, int* index,
+                               float* confidence) {
+  apply_threads();
+  const int k = num_classes();
+  const int64_t per = labels_per_sample(h, w);
+  HALCDL_CHECK(per > 1, kErrInvalidInputShape, "this network does not output one score per pixel");
+  const size_t img = static_cast<size_t>(c) * h * w;
+  for (int start = 0; start < n; start += bs) {
+    const int cnt = std::min(bs, n - start);
+    Plan& p = plan(cnt, c, h, w, false);
+    std::memcpy(p.input_buffer(0), images + start * img, cnt * img * sizeof(float));
+    p.forward(0);
+    kern::softmax_argmax_pixels(p.output(), cnt, k, per, index + start * per, confidence + start * per);
   }
 }
 

@@ -51,8 +51,14 @@ class Model {
   Dims output_dims(int64_t h, int64_t w) const;
 
   void set_class_ids(const std::vector<int64_t>& ids);
-  // -1 if the id is not a class id
+  // Segmentation: ids whose pixels the loss skips (7797 if one is also a class id).
+  void set_ignore_ids(const std::vector<int64_t>& ids);
+  // Output index of a label id; kIgnored for an ignored id; kUnknown otherwise.
+  static constexpr int kIgnored = -1, kUnknown = -2;
   int label_index(int64_t id) const;
+  // Labels per sample: 1 (classification) or H·W (segmentation, the output at image size);
+  // 7735 when the network's output fits neither.
+  int64_t labels_per_sample(int64_t h, int64_t w) const;
   void set_hparams(const HParams& hp);
   const HParams& hparams() const { return hp_; }
   void reset_optimizer();
@@ -66,25 +72,31 @@ class Model {
   State get_state() const;
   void set_state(const State& st);  // validates sizes first; 7735 on mismatch
 
-  // `images`: bs·m plain NCHW images; `labels`: their class indices.
-  TrainResult train_step(const float* images, const int* labels, int bs, int m, int c, int h, int w);
-  // `images`: n plain NCHW images, run in chunks of bs; writes n·K probabilities.
+  // `images`: bs·m plain NCHW images; `labels`: class indices, labels_per_sample() per image
+  // (kIgnored = skip the pixel); `pixel_w`: null or one weight per label.
+  TrainResult train_step(const float* images, const int* labels, const float* pixel_w, int bs, int m, int c, int h,
+                         int w);
+  // `images`: n plain NCHW images, run in chunks of bs. Classification: n·K probabilities into
+  // `probs`. Segmentation: per pixel the winning class index and its probability.
   void infer(const float* images, int n, int bs, int c, int h, int w, float* probs);
+  void infer_segmentation(const float* images, int n, int bs, int c, int h, int w, int* index, float* confidence);
 
-  // Staging buffer for batch assembly (grown on demand, reused).
+  // Staging buffers for batch assembly (grown on demand, reused).
   float* staging(size_t floats);
+  int* label_staging(size_t n);
+  float* weight_staging(size_t n);
   std::string summary() const;
   std::mutex& mutex() { return mu_; }
 
  private:
   Plan& plan(int n, int c, int h, int w, bool training);
   Graph g_;
-  Buffer P_, G_, T_, M1_, M2_, S_, S2_, staging_, dlogits_;
+  Buffer P_, G_, T_, M1_, M2_, S_, S2_, staging_, dlogits_, labels_, pixel_w_;
   uint64_t version_ = 1;
   int64_t adam_t_ = 0;
   uint64_t seed_, steps_ = 0;
   HParams hp_;
-  std::vector<int64_t> class_ids_;
+  std::vector<int64_t> class_ids_, ignore_ids_;
   std::unordered_map<int64_t, int> label_index_;
   std::map<std::tuple<int, int, int, int, bool>, std::unique_ptr<Plan>> plans_;
   std::mutex mu_;
