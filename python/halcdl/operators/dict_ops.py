@@ -46,6 +46,7 @@ __all__ = [
     "set_dict_object",
     "get_dict_object",
     "get_dict_param",
+    "get_dict_param_s",
     "remove_dict_key",
     "copy_dict",
 ]
@@ -175,8 +176,7 @@ def get_dict_object(dict_handle: dict, key: Any) -> Any:
     return v
 
 
-@operator
-def get_dict_param(dict_handle: dict, gen_param_name: Any, key: Any) -> list:
+def _dict_param(dict_handle: dict, gen_param_name: Any, key: Any) -> list:
     """Information about the dict:
 
     * ``'keys'``: all keys (``key`` is ignored, pass ``[]``);
@@ -206,6 +206,18 @@ def get_dict_param(dict_handle: dict, gen_param_name: Any, key: Any) -> list:
     raise wrong_value(
         2, f"unknown gen_param_name {name!r} (use 'keys', 'key_exists' or 'key_data_type')"
     )
+
+
+@operator
+def get_dict_param(dict_handle: dict, gen_param_name: Any, key: Any) -> list:
+    """Information about the dict ('keys', 'key_exists', 'key_data_type'), as a list."""
+    return _dict_param(dict_handle, gen_param_name, key)
+
+
+@operator
+def get_dict_param_s(dict_handle: dict, gen_param_name: Any, key: Any) -> Any:
+    """Like get_dict_param, for exactly one value (e.g. 'key_exists' of one key)."""
+    return single(_dict_param(dict_handle, gen_param_name, key))
 
 
 @operator

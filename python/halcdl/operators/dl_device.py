@@ -11,9 +11,26 @@ from functools import lru_cache
 from typing import Any
 
 from ..errors import H_ERR_DL_MODEL_UNSUPPORTED_GENPARAM, HOperatorError
-from ._tuple import as_str, is_int, is_str, operator, to_scalar, to_tuple, wrong_num, wrong_type
+from ._tuple import (
+    as_str,
+    is_int,
+    is_str,
+    operator,
+    single,
+    to_scalar,
+    to_tuple,
+    wrong_num,
+    wrong_type,
+)
 
-__all__ = ["DLDevice", "query_available_dl_devices", "get_dl_device_param", "available_devices"]
+__all__ = [
+    "DLDevice",
+    "query_available_dl_devices",
+    "query_available_dl_devices_s",
+    "get_dl_device_param",
+    "get_dl_device_param_s",
+    "available_devices",
+]
 
 
 class DLDevice:
@@ -87,8 +104,7 @@ def _matches(dev: DLDevice, key: str, value: Any) -> bool:
     return dev.name == value  # 'name'
 
 
-@operator
-def query_available_dl_devices(gen_param_name: Any, gen_param_value: Any) -> list:
+def _query(gen_param_name: Any, gen_param_value: Any) -> list:
     """Devices matching the filter.  Several values for the same name are alternatives and
     keep their order (``(['runtime', 'runtime'], ['gpu', 'cpu'])`` lists GPUs first);
     different names must all match.  Names: 'runtime' / 'type' ('cpu', 'gpu'), 'id', 'name'.
@@ -123,9 +139,18 @@ def query_available_dl_devices(gen_param_name: Any, gen_param_value: Any) -> lis
 
 
 @operator
-def get_dl_device_param(dldevice_handle: Any, gen_param_name: Any) -> list:
-    """Device information: 'type' ('cpu'/'gpu'), 'runtime', 'id', 'name',
-    'ai_accelerator_interface', 'inference_only', 'precisions'.  Unknown name → 7911."""
+def query_available_dl_devices(gen_param_name: Any, gen_param_value: Any) -> list:
+    """Devices matching the filter, as a list of device handles (see :func:`_query`)."""
+    return _query(gen_param_name, gen_param_value)
+
+
+@operator
+def query_available_dl_devices_s(gen_param_name: Any, gen_param_value: Any) -> DLDevice:
+    """The one device matching the filter (HTupleConversionError for none or several)."""
+    return single(_query(gen_param_name, gen_param_value))
+
+
+def _device_param(dldevice_handle: Any, gen_param_name: Any) -> list:
     dev = dldevice_handle
     if isinstance(dev, (list, tuple)) and len(dev) == 1:
         dev = dev[0]
@@ -140,3 +165,15 @@ def get_dl_device_param(dldevice_handle: Any, gen_param_name: Any) -> list:
         )
     return list(params[name])
 
+
+@operator
+def get_dl_device_param(dldevice_handle: Any, gen_param_name: Any) -> list:
+    """Device information: 'type' ('cpu'/'gpu'), 'runtime', 'id', 'name',
+    'ai_accelerator_interface', 'inference_only', 'precisions'.  Unknown name → 7911."""
+    return _device_param(dldevice_handle, gen_param_name)
+
+
+@operator
+def get_dl_device_param_s(dldevice_handle: Any, gen_param_name: Any) -> Any:
+    """Like get_dl_device_param, for a parameter with exactly one value."""
+    return single(_device_param(dldevice_handle, gen_param_name))

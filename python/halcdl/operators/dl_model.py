@@ -61,6 +61,7 @@ __all__ = [
     "get_dl_model_param_s",
     "train_dl_model_batch",
     "apply_dl_model",
+    "apply_dl_model_s",
     "clear_dl_model",
 ]
 
@@ -582,6 +583,13 @@ def apply_dl_model(dlmodel_handle: Any, dlsample_batch: Any, outputs: Any) -> li
         "classification_confidences": np.take_along_axis(probs, order, axis=1).tolist(),
     }
     return [{k: columns[k][i] for k in keys} for i in range(len(samples))]
+
+
+@operator
+def apply_dl_model_s(dlmodel_handle: Any, dlsample_batch: Any, outputs: Any) -> dict:
+    """apply_dl_model for exactly one sample: its DLResult dict (HTupleConversionError if the
+    batch does not hold exactly one sample)."""
+    return single(apply_dl_model.__wrapped__(dlmodel_handle, dlsample_batch, outputs))
 
 
 @operator
