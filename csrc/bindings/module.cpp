@@ -225,8 +225,14 @@ HParams parse_hparams(const HParams& cur, const py::dict& d) {
 
 // ---- run_op (tests) --------------------------------------------------------------------
 
+Precision parse_precision(const std::string& s) {
+  if (s == "float32") return Precision::F32;
+  if (s == "bfloat16") return Precision::BF16;
+  HALCDL_THROW(kErrInvalidValue, "precision must be 'float32' or 'bfloat16', got '", s, "'");
+}
+
 py::tuple run_op(const py::dict& node, const py::list& inputs, const py::dict& params, py::object grad_output,
-                 bool training) {
+                 bool training, const std::string& precision) {
   std::vector<NodeSpec> spec;
   std::vector<Dims> in_dims;
   std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> arrs;
@@ -260,7 +266,8 @@ py::tuple run_op(const py::dict& node, const py::list& inputs, const py::dict& p
   }
   uint64_t version = 1;
   const bool backward = !grad_output.is_none();
-  auto plan = make_cpu_plan(g, in_dims, training, backward, ParamViews{P.f(), S.f(), &version});
+  auto plan = make_cpu_plan(g, in_dims, training, backward, ParamViews{P.f(), S.f(), &version},
+                            parse_precision(precision));
   for (size_t i = 0; i < arrs.size(); ++i)
     std::memcpy(plan->input_buffer(static_cast<int>(i)), arrs[i].data(), arrs[i].size() * sizeof(float));
   plan->forward(12345);
@@ -325,7 +332,8 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(v->major, v->minor, v->patch);
   });
   m.def("run_op", &run_op, py::arg("node"), py::arg("inputs"), py::arg("params"), py::arg("grad_output") = py::none(),
-        py::arg("training") = true);
+        py::arg("training") = true, py::arg("precision") = "float32");
+  m.def("bf16_supported", &bf16_supported);
 
   py::class_<Model, std::shared_ptr<Model>>(m, "Model")
       .def(py::init([](const py::list& spec, uint64_t seed) { return std::make_shared<Model>(to_spec(spec), seed); }),
@@ -408,6 +416,14 @@ PYBIND11_MODULE(_core, m) {
              std::lock_guard<std::mutex> lk(md.mutex());
              md.set_state(st);
            })
+      .def("set_precision",
+           [](Model& md, const std::string& p) {
+             Precision pr = parse_precision(p);
+             std::lock_guard<std::mutex> lk(md.mutex());
+             md.set_precision(pr);
+           })
+      .def("get_precision",
+           [](const Model& md) { return md.precision() == Precision::BF16 ? "bfloat16" : "float32"; })
       .def("summary", &Model::summary)
       .def("train_step",
            [](Model& md, const py::list& samples, int batch_size, int multiplier, int height, int width,

@@ -3,6 +3,8 @@
 //              (biased variance; the model turns them into running statistics after the step)
 //   inference: the running statistics replace the batch statistics.
 //   backward:  dx (into gin[0]), dscale, dshift (into the gradient arena).
+//   fused relu (the plan's bn → relu fusion): y = max(bn(x), 0); oneDNN keeps the relu mask
+//   in a workspace and its backward applies it to dy first.
 #include "cpu/node.h"
 
 namespace halcdl::cpu {
@@ -18,6 +20,7 @@ class BatchNorm : public CpuNode {
     out(b).md = md_;
     auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
     if (!b.training) flags = flags | dnnl::normalization_flags::use_global_stats;
+    if (fuse_relu) flags = flags | dnnl::normalization_flags::fuse_norm_relu;
     auto prop = b.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
     fwd_pd_ = dnnl::batch_normalization_forward::primitive_desc(b.eng, prop, md_, md_, node.eps, flags);
     if (!b.training) return;
@@ -25,6 +28,7 @@ class BatchNorm : public CpuNode {
     // read by the model's running-statistics update after the whole backward
     mean_buf_ = b.request(stat_md_, b.tf(idx), b.t_end());
     var_buf_ = b.request(stat_md_, b.tf(idx), b.t_end());
+    if (fuse_relu) ws_buf_ = b.request(fwd_pd_.workspace_desc(), b.tf(idx), b.tb(idx));
     bwd_pd_ = dnnl::batch_normalization_backward::primitive_desc(b.eng, dnnl::prop_kind::backward, md_, md_, md_,
                                                                  node.eps, flags, fwd_pd_);
     if (!x.need_grad) dsrc_buf_ = b.request(md_, b.tb(idx), b.tb(idx));
@@ -53,11 +57,13 @@ class BatchNorm : public CpuNode {
     fwd_args_[DNNL_ARG_VARIANCE] = var;
     dscale_ = grad_target(b, node.p_weight, c_md);
     dshift_ = grad_target(b, node.p_bias, c_md);
+    if (ws_buf_ >= 0) fwd_args_[DNNL_ARG_WORKSPACE] = b.mem(fwd_pd_.workspace_desc(), ws_buf_);
     bwd_ = dnnl::batch_normalization_backward(bwd_pd_);
     bwd_args_ = {{DNNL_ARG_SRC, x.data},          {DNNL_ARG_MEAN, mean},
                  {DNNL_ARG_VARIANCE, var},        {DNNL_ARG_DIFF_DST, dy},
                  {DNNL_ARG_SCALE, scale},         {DNNL_ARG_DIFF_SRC, gin[0] ? gin[0] : b.mem(md_, dsrc_buf_)},
                  {DNNL_ARG_DIFF_SCALE, dscale_.m}, {DNNL_ARG_DIFF_SHIFT, dshift_.m}};
+    if (ws_buf_ >= 0) bwd_args_[DNNL_ARG_WORKSPACE] = fwd_args_[DNNL_ARG_WORKSPACE];
   }
 
   void forward(Exec& e) override { fwd_.execute(e.s, fwd_args_); }
@@ -76,7 +82,7 @@ class BatchNorm : public CpuNode {
   dnnl::batch_normalization_backward::primitive_desc bwd_pd_;
   dnnl::batch_normalization_forward fwd_;
   dnnl::batch_normalization_backward bwd_;
-  int mean_buf_ = -1, var_buf_ = -1, dsrc_buf_ = -1;
+  int mean_buf_ = -1, var_buf_ = -1, dsrc_buf_ = -1, ws_buf_ = -1;
   Args fwd_args_, bwd_args_;
   GradTarget dscale_, dshift_;
   BNStats stats_{};

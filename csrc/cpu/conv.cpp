@@ -5,6 +5,12 @@
 // Layouts: src/weights/dst are `any`; oneDNN picks blocked formats. The input is reordered
 // only if its layout differs from the one the primitive wants (rare: consecutive convolutions
 // agree). Weights stay plain (OIHW / GOIHW) in the arena and are mirrored once per version.
+// Inference with a folded bn (the plan's conv → bn [→ relu|relu6] fusion):
+//   s = scale / sqrt(running_var + eps),  W' = W·s (per output channel),
+//   b' = (b − running_mean)·s + shift,   y = act(conv(x, W') + b')  (act as a post-op);
+// W' and b' are recomputed whenever the arena's version changes.
+#include <cmath>
+
 #include "cpu/node.h"
 
 namespace halcdl::cpu {
@@ -24,20 +30,33 @@ class Conv : public CpuNode {
     memory::dims strides{n.sh, n.sw}, dil{n.dh - 1, n.dw - 1}, pl{n.ph, n.pw};
     memory::dims pr{pad_right(x.dims[2], yd[2], n.kh, n.sh, n.ph, n.dh),
                     pad_right(x.dims[3], yd[3], n.kw, n.sw, n.pw, n.dw)};
-    memory::desc src_any(to_dims(x.dims), dt::f32, tag::any), dst_any(to_dims(yd), dt::f32, tag::any);
-    memory::desc w_any(wdims, dt::f32, tag::any);
-    bias_md_ = n.bias ? memory::desc({O}, dt::f32, tag::x) : memory::desc();
+    memory::desc src_any(to_dims(x.dims), b.adt, tag::any), dst_any(to_dims(yd), b.adt, tag::any);
+    // weights in the compute type; weight gradients always fp32 (master weights are fp32)
+    memory::desc w_any(wdims, b.adt, tag::any), dw_any(wdims, dt::f32, tag::any);
+    const bool fold = fused_bn >= 0;
+    bias_md_ = n.bias || fold ? memory::desc({O}, dt::f32, tag::x) : memory::desc();
     const auto alg = dnnl::algorithm::convolution_direct;
     auto prop = b.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+    dnnl::primitive_attr attr;
+    if (fused_act != OpKind::Input) {
+      dnnl::post_ops po;
+      if (fused_act == OpKind::Relu) po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+      else po.append_eltwise(dnnl::algorithm::eltwise_clip_v2, 0.f, 6.f);
+      attr.set_post_ops(po);
+    }
     fwd_pd_ = dnnl::convolution_forward::primitive_desc(b.eng, prop, alg, src_any, w_any, bias_md_, dst_any, strides,
-                                                        dil, pl, pr);
+                                                        dil, pl, pr, attr);
+    if (fold) {
+      fold_w_buf_ = b.request(wplain_, 0, b.t_end());
+      fold_b_buf_ = b.ws.request(O * sizeof(float), 0, b.t_end());
+    }
     src_md_ = fwd_pd_.src_desc();
     out(b).md = fwd_pd_.dst_desc();
     const int keep = b.training ? b.tb(idx) : b.tf(idx);
     if (src_md_ != x.md) src_buf_ = b.request(src_md_, b.tf(idx), keep);
     if (fwd_pd_.weights_desc() != wplain_) w_buf_ = b.request(fwd_pd_.weights_desc(), 0, b.t_end());
     if (!b.training) return;
-    bwdw_pd_ = dnnl::convolution_backward_weights::primitive_desc(b.eng, alg, src_md_, w_any, bias_md_, out(b).md,
+    bwdw_pd_ = dnnl::convolution_backward_weights::primitive_desc(b.eng, alg, src_md_, dw_any, bias_md_, out(b).md,
                                                                   strides, dil, pl, pr, fwd_pd_);
     if (bwdw_pd_.diff_weights_desc() != wplain_)
       dw_buf_ = b.request(bwdw_pd_.diff_weights_desc(), b.tb(idx), b.tb(idx));
@@ -57,8 +76,34 @@ class Conv : public CpuNode {
       src = b.mem(src_md_, src_buf_);
       src_cvt_ = Reorder(x.data, src);
     }
-    w_ = weight_mirror(b, node.p_weight, wplain_, fwd_pd_.weights_desc(), w_buf_);
     fwd_ = dnnl::convolution_forward(fwd_pd_);
+    if (fused_bn >= 0) {
+      const Node& bn = b.g.nodes[fused_bn];
+      const auto& P = b.g.params;
+      fold_ = {b.views.weights + P[node.p_weight].offset,
+               node.bias ? b.views.weights + P[node.p_bias].offset : nullptr,
+               b.views.weights + P[bn.p_weight].offset,
+               b.views.weights + P[bn.p_bias].offset,
+               b.views.state + P[bn.p_mean].offset,
+               b.views.state + P[bn.p_var].offset,
+               static_cast<float*>(b.ws.ptr(fold_w_buf_)),
+               static_cast<float*>(b.ws.ptr(fold_b_buf_)),
+               bn.eps,
+               node.channels,
+               static_cast<int64_t>(P[node.p_weight].size / node.channels)};
+      memory plain(wplain_, b.eng, fold_.w_out);
+      w_.plain = plain;
+      if (w_buf_ >= 0) {
+        w_.used = b.mem(fwd_pd_.weights_desc(), w_buf_);
+        w_.r = Reorder(plain, w_.used);
+      } else {
+        w_.used = plain;
+      }
+      fwd_args_ = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w_.used}, {DNNL_ARG_DST, y},
+                   {DNNL_ARG_BIAS, memory(bias_md_, b.eng, fold_.b_out)}};
+      return;  // inference only
+    }
+    w_ = weight_mirror(b, node.p_weight, wplain_, fwd_pd_.weights_desc(), w_buf_);
     fwd_args_ = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w_.used}, {DNNL_ARG_DST, y}};
     if (node.bias)
       fwd_args_[DNNL_ARG_BIAS] = memory(bias_md_, b.eng, b.views.weights + b.g.params[node.p_bias].offset);
@@ -94,6 +139,10 @@ class Conv : public CpuNode {
 
   void forward(Exec& e) override {
     if (src_cvt_) src_cvt_.run(e.s);
+    if (fused_bn >= 0 && fold_seen_ != e.version) {
+      fold_.run();
+      fold_seen_ = e.version;
+    }
     w_.refresh(e);
     fwd_.execute(e.s, fwd_args_);
   }
@@ -118,7 +167,22 @@ class Conv : public CpuNode {
   dnnl::convolution_forward fwd_;
   dnnl::convolution_backward_weights bwdw_;
   dnnl::convolution_backward_data bwdd_;
-  int src_buf_ = -1, w_buf_ = -1, dw_buf_ = -1, wb_buf_ = -1, dsrc_buf_ = -1;
+  struct Fold {
+    const float *w, *b, *scale, *shift, *mean, *var;
+    float *w_out, *b_out;
+    float eps;
+    int64_t channels, per_channel;
+    void run() const {
+      for (int64_t o = 0; o < channels; ++o) {
+        const float s = scale[o] / std::sqrt(var[o] + eps);
+        for (int64_t i = 0; i < per_channel; ++i) w_out[o * per_channel + i] = w[o * per_channel + i] * s;
+        b_out[o] = ((b ? b[o] : 0.f) - mean[o]) * s + shift[o];
+      }
+    }
+  };
+  Fold fold_{};
+  uint64_t fold_seen_ = ~0ull;
+  int src_buf_ = -1, w_buf_ = -1, dw_buf_ = -1, wb_buf_ = -1, dsrc_buf_ = -1, fold_w_buf_ = -1, fold_b_buf_ = -1;
   Args fwd_args_, bwdw_args_, bwdd_args_;
   Reorder src_cvt_, dw_cvt_, dsrc_cvt_;
   WeightMirror w_, wb_;

@@ -21,8 +21,8 @@ class Deconv : public CpuNode {
     // oneDNN relates the sizes as a convolution from y to x
     memory::dims pr{pad_right(yd[2], x.dims[2], n.kh, n.sh, n.ph, n.dh),
                     pad_right(yd[3], x.dims[3], n.kw, n.sw, n.pw, n.dw)};
-    memory::desc src_any(to_dims(x.dims), dt::f32, tag::any), dst_any(to_dims(yd), dt::f32, tag::any);
-    memory::desc w_any(wdims, dt::f32, tag::any);
+    memory::desc src_any(to_dims(x.dims), b.adt, tag::any), dst_any(to_dims(yd), b.adt, tag::any);
+    memory::desc w_any(wdims, b.adt, tag::any), dw_any(wdims, dt::f32, tag::any);
     bias_md_ = n.bias ? memory::desc({n.channels}, dt::f32, tag::x) : memory::desc();
     const auto alg = dnnl::algorithm::deconvolution_direct;
     auto prop = b.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
@@ -33,7 +33,7 @@ class Deconv : public CpuNode {
     if (src_md_ != x.md) src_buf_ = b.request(src_md_, b.tf(idx), b.training ? b.tb(idx) : b.tf(idx));
     if (fwd_pd_.weights_desc() != wplain_) w_buf_ = b.request(fwd_pd_.weights_desc(), 0, b.t_end());
     if (!b.training) return;
-    bwdw_pd_ = dnnl::deconvolution_backward_weights::primitive_desc(b.eng, alg, src_md_, w_any, bias_md_, out(b).md,
+    bwdw_pd_ = dnnl::deconvolution_backward_weights::primitive_desc(b.eng, alg, src_md_, dw_any, bias_md_, out(b).md,
                                                                     strides, dil, pl, pr, fwd_pd_);
     if (bwdw_pd_.diff_weights_desc() != wplain_)
       dw_buf_ = b.request(bwdw_pd_.diff_weights_desc(), b.tb(idx), b.tb(idx));
@@ -132,7 +132,7 @@ class Upsample : public CpuNode {
     const Dims& yd = b.slots[idx].dims;
     auto alg = node.op == OpKind::UpNearest ? dnnl::algorithm::resampling_nearest : dnnl::algorithm::resampling_linear;
     std::vector<float> f{static_cast<float>(node.scale), static_cast<float>(node.scale)};
-    memory::desc dst_any(to_dims(yd), dt::f32, tag::any);
+    memory::desc dst_any(to_dims(yd), x.md.get_data_type(), tag::any);
     auto prop = b.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
     fwd_pd_ = dnnl::resampling_forward::primitive_desc(b.eng, prop, alg, f, x.md, dst_any);
     out(b).md = fwd_pd_.dst_desc();

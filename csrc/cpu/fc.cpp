@@ -17,14 +17,14 @@ class FC : public CpuNode {
     memory::dims wd{O};
     for (size_t k = 1; k < x.dims.size(); ++k) wd.push_back(x.dims[k]);
     wplain_ = memory::desc(wd, dt::f32, wd.size() == 4 ? tag::oihw : wd.size() == 3 ? tag::oiw : tag::oi);
-    memory::desc w_any(wd, dt::f32, tag::any), dst_any({x.dims[0], O}, dt::f32, tag::any);
+    memory::desc w_any(wd, b.adt, tag::any), dw_any(wd, dt::f32, tag::any), dst_any({x.dims[0], O}, b.adt, tag::any);
     bias_md_ = node.bias ? memory::desc({O}, dt::f32, tag::x) : memory::desc();
     auto prop = b.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
     fwd_pd_ = dnnl::inner_product_forward::primitive_desc(b.eng, prop, x.md, w_any, bias_md_, dst_any);
     out(b).md = fwd_pd_.dst_desc();
     if (fwd_pd_.weights_desc() != wplain_) w_buf_ = b.request(fwd_pd_.weights_desc(), 0, b.t_end());
     if (!b.training) return;
-    bwdw_pd_ = dnnl::inner_product_backward_weights::primitive_desc(b.eng, x.md, w_any, bias_md_, out(b).md, fwd_pd_);
+    bwdw_pd_ = dnnl::inner_product_backward_weights::primitive_desc(b.eng, x.md, dw_any, bias_md_, out(b).md, fwd_pd_);
     if (bwdw_pd_.diff_weights_desc() != wplain_)
       dw_buf_ = b.request(bwdw_pd_.diff_weights_desc(), b.tb(idx), b.tb(idx));
     if (x.need_grad) {

@@ -53,7 +53,7 @@ class Concat : public CpuNode {
  public:
   using CpuNode::CpuNode;
 
-  void create(Build& b) override { out(b).md = plain_desc(b.slots[idx].dims); }
+  void create(Build& b) override { out(b).md = plain_desc(b.slots[idx].dims, b.adt); }
 
   void bind(Build& b) override {
     const Dims& yd = b.slots[idx].dims;

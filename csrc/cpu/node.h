@@ -7,6 +7,7 @@
 // Parameter gradients are written into the gradient arena the plan is run with.
 #pragma once
 #include <dnnl.hpp>
+#include <cstring>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -52,6 +53,7 @@ struct Build {
   Workspace& ws;
   int n;               // number of nodes
   bool training;
+  dt adt;              // activation (compute) data type: f32 or bf16
   ParamViews views;
   int tf(int i) const { return i; }
   int tb(int i) const { return 2 * n - 1 - i; }
@@ -116,6 +118,11 @@ class CpuNode {
   std::vector<memory> gin;   // gradient target per input (empty memory: no gradient needed)
   memory y, dy;              // this node's output and its gradient (set by the plan before bind)
 
+  // Fusions decided by the plan before create() (the fused nodes' slots alias this one's):
+  int fused_bn = -1;                     // conv (inference): the bn folded into it
+  OpKind fused_act = OpKind::Input;      // conv (inference): relu / relu6 as a post-op
+  bool fuse_relu = false;                // bn: the relu that follows it
+
  protected:
   const Slot& in(Build& b, int k) const { return b.slots[node.inputs[k]]; }
   Slot& out(Build& b) const { return b.slots[idx]; }
@@ -134,7 +141,21 @@ std::unique_ptr<CpuNode> make_deconv(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_upsample(const Node& n, int idx);
 
 // Helpers
-memory::desc plain_desc(const Dims& d);
+memory::desc plain_desc(const Dims& d, dt type = dt::f32);
+
+// bfloat16 <-> float (round to nearest even; NaN handling not needed for our buffers)
+inline float bf16_to_f32(uint16_t v) {
+  uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
 dnnl::memory::dims to_dims(const Dims& d);
 // Right padding so that oneDNN's output size equals floor((x + 2p - d(k-1) - 1)/s) + 1.
 int64_t pad_right(int64_t x, int64_t out, int k, int s, int pl, int dil);

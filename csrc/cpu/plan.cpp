@@ -14,9 +14,9 @@ namespace halcdl::cpu {
 
 memory::dims to_dims(const Dims& d) { return memory::dims(d.begin(), d.end()); }
 
-memory::desc plain_desc(const Dims& d) {
+memory::desc plain_desc(const Dims& d, dt type) {
   tag t = d.size() == 4 ? tag::nchw : d.size() == 3 ? tag::ncw : d.size() == 2 ? tag::nc : tag::x;
-  return memory::desc(to_dims(d), dt::f32, t);
+  return memory::desc(to_dims(d), type, t);
 }
 
 int64_t pad_right(int64_t x, int64_t out, int k, int s, int pl, int dil) {
@@ -101,21 +101,33 @@ std::unique_ptr<CpuNode> make_node(const Node& n, int idx) {
   return nullptr;
 }
 
-void add_into(float* dst, const float* src, size_t n) {
-  const int64_t m = static_cast<int64_t>(n);
+// dst += src over the physical elements of two buffers of one layout.
+void add_into(void* dst, const void* src, size_t bytes, bool bf16) {
+  if (!bf16) {
+    float* d = static_cast<float*>(dst);
+    const float* s = static_cast<const float*>(src);
+    const int64_t m = static_cast<int64_t>(bytes / sizeof(float));
 #pragma omp parallel for simd
-  for (int64_t i = 0; i < m; ++i) dst[i] += src[i];
+    for (int64_t i = 0; i < m; ++i) d[i] += s[i];
+    return;
+  }
+  uint16_t* d = static_cast<uint16_t*>(dst);
+  const uint16_t* s = static_cast<const uint16_t*>(src);
+  const int64_t m = static_cast<int64_t>(bytes / sizeof(uint16_t));
+#pragma omp parallel for simd
+  for (int64_t i = 0; i < m; ++i) d[i] = f32_to_bf16(bf16_to_f32(d[i]) + bf16_to_f32(s[i]));
 }
 
 class CpuPlan : public Plan {
  public:
-  CpuPlan(const Graph& g, const std::vector<Dims>& input_dims, bool training, bool input_grads, ParamViews views)
-      : g_(g), eng_(dnnl::engine::kind::cpu, 0), strm_(eng_), training_(training) {
+  CpuPlan(const Graph& g, const std::vector<Dims>& input_dims, bool training, bool input_grads, bool bf16,
+          ParamViews views, bool fuse)
+      : g_(g), eng_(dnnl::engine::kind::cpu, 0), strm_(eng_), training_(training), bf16_(bf16), fuse_(fuse) {
     const int n = static_cast<int>(g.nodes.size());
     std::vector<Dims> dims = g.infer_shapes(input_dims);
     slots_.resize(n);
     nodes_.resize(n);
-    Build b{eng_, g, slots_, ws_, n, training, views};
+    Build b{eng_, g, slots_, ws_, n, training, bf16 ? dt::bf16 : dt::f32, views};
 
     // Which tensors need a gradient.
     std::vector<std::vector<std::pair<int, int>>> consumers(n);  // (node, input slot)
@@ -133,20 +145,69 @@ class CpuPlan : public Plan {
       }
     }
 
+    // Fusions. A fused node does not run; its slot aliases the buffers of the node that
+    // absorbed it (root). Training: bn → relu (oneDNN's fuse_norm_relu). Inference:
+    // conv → bn [→ relu | relu6] (bn folded into the conv's weights, activation post-op).
+    std::vector<int> alias(n, -1), fuse_bn(n, -1);
+    std::vector<OpKind> fuse_act(n, OpKind::Input);
+    std::vector<bool> bn_relu(n, false);
+    auto sole = [&](int i, OpKind k) -> int {  // the only consumer of i, if of kind k
+      if (i == g.output || consumers[i].size() != 1) return -1;
+      int c = consumers[i][0].first;
+      return g.nodes[c].op == k ? c : -1;
+    };
+    for (int i = 0; i < n && !training && fuse_; ++i) {
+      if (g.nodes[i].op != OpKind::Conv) continue;
+      int bn = sole(i, OpKind::BN);
+      if (bn < 0) continue;
+      alias[bn] = i;
+      fuse_bn[i] = bn;
+      int act = sole(bn, OpKind::Relu);
+      if (act < 0) act = sole(bn, OpKind::Relu6);
+      if (act >= 0) {
+        alias[act] = i;
+        fuse_act[i] = g.nodes[act].op;
+      }
+    }
+    for (int i = 0; i < n && fuse_; ++i) {
+      if (g.nodes[i].op != OpKind::BN || alias[i] >= 0) continue;
+      int r = sole(i, OpKind::Relu);
+      if (r < 0) continue;
+      alias[r] = i;
+      bn_relu[i] = true;
+    }
+    // Per root: the consumers of its group (members excluded) and whether it is the output.
+    std::vector<std::vector<std::pair<int, int>>> gcons(n);
+    std::vector<bool> gout(n, false);
+    for (int i = 0; i < n; ++i) {
+      int r = alias[i] >= 0 ? alias[i] : i;
+      if (i == g.output) gout[r] = true;
+      for (auto& c : consumers[i])
+        if (alias[c.first] != r && c.first != r) gcons[r].push_back(c);
+    }
+
     // Layouts and op buffers, in topological order.
     for (int i = 0; i < n; ++i) {
       const Node& nd = g.nodes[i];
+      if (alias[i] >= 0) {
+        slots_[i].md = slots_[alias[i]].md;
+        continue;
+      }
       if (nd.op == OpKind::Input) {
-        slots_[i].md = plain_desc(dims[i]);
+        // plain, in the compute type: fp32 callers' data is converted on entry
+        slots_[i].md = plain_desc(dims[i], b.adt);
         input_slots_.push_back(i);
         input_dims_.push_back(dims[i]);
       } else {
         nodes_[i] = make_node(nd, i);
+        nodes_[i]->fused_bn = fuse_bn[i];
+        nodes_[i]->fused_act = fuse_act[i];
+        nodes_[i]->fuse_relu = bn_relu[i];
         nodes_[i]->create(b);
       }
       int last = i;
-      for (auto& c : consumers[i]) last = std::max(last, c.first);
-      if (i == g.output) last = b.t_end();
+      for (auto& c : gcons[i]) last = std::max(last, c.first);
+      if (gout[i]) last = b.t_end();
       slots_[i].data_id = b.request(slots_[i].md, b.tf(i), training ? b.t_end() : last);
     }
 
@@ -154,19 +215,19 @@ class CpuPlan : public Plan {
     // writes the tensor's gradient; the others write scratch that is added afterwards.
     std::vector<std::vector<int>> scratch(n);  // per node and input: scratch buffer id or -1
     if (training) {
+      for (int i = 0; i < n; ++i) scratch[i].assign(g.nodes[i].inputs.size(), -1);
       for (int i = 0; i < n; ++i) {
         Slot& s = slots_[i];
-        scratch[i].assign(g.nodes[i].inputs.size(), -1);
-        if (!s.need_grad) continue;
+        if (!s.need_grad || alias[i] >= 0) continue;
         int t0 = b.tb(i);
-        for (auto& c : consumers[i]) t0 = std::min(t0, b.tb(c.first));
-        if (i == g.output) t0 = n - 1;
+        for (auto& c : gcons[i]) t0 = std::min(t0, b.tb(c.first));
+        if (gout[i]) t0 = n - 1;
         s.grad_id = b.request(s.md, t0, b.tb(i));
-        if (consumers[i].empty() && i != g.output) zero_grads_.push_back(i);
+        if (gcons[i].empty() && !gout[i]) zero_grads_.push_back(i);
       }
       for (int i = 0; i < n; ++i) {
-        auto& cs = consumers[i];
-        if (!slots_[i].need_grad || cs.empty()) continue;
+        auto& cs = gcons[i];
+        if (!slots_[i].need_grad || alias[i] >= 0 || cs.empty()) continue;
         // first writer: the latest consumer, its first use of the tensor
         auto first = *std::max_element(cs.begin(), cs.end(), [](auto& a, auto& c) {
           return a.first != c.first ? a.first < c.first : a.second > c.second;
@@ -180,6 +241,11 @@ class CpuPlan : public Plan {
 
     for (int i = 0; i < n; ++i) {
       Slot& s = slots_[i];
+      if (alias[i] >= 0) {
+        s.data = slots_[alias[i]].data;
+        s.grad = slots_[alias[i]].grad;
+        continue;
+      }
       s.data = b.mem(s.md, s.data_id);
       if (s.grad_id >= 0) s.grad = b.mem(s.md, s.grad_id);
     }
@@ -196,8 +262,7 @@ class CpuPlan : public Plan {
         if (!training || !x.need_grad) continue;
         if (scratch[i][k] >= 0) {
           nd.gin[k] = b.mem(x.md, scratch[i][k]);
-          accum_[i].push_back({static_cast<float*>(x.grad.get_data_handle()),
-                               static_cast<const float*>(nd.gin[k].get_data_handle()), x.md.get_size() / 4});
+          accum_[i].push_back({x.grad.get_data_handle(), nd.gin[k].get_data_handle(), x.md.get_size()});
         } else {
           nd.gin[k] = x.grad;
         }
@@ -208,9 +273,8 @@ class CpuPlan : public Plan {
 
     // Plain views of the output (and its gradient) for the loss.
     const Slot& o = slots_[g.output];
-    out_plain_.resize(o.md.get_size());
     memory::desc pmd = plain_desc(o.dims);
-    HALCDL_CHECK(pmd.get_size() <= out_plain_.bytes(), kErrInvalidInputShape, "output layout");
+    out_plain_.resize(pmd.get_size());
     out_mem_ = memory(pmd, eng_, out_plain_.f());
     out_r_ = Reorder(o.data, out_mem_);
     if (training && o.need_grad) {
@@ -218,8 +282,17 @@ class CpuPlan : public Plan {
       gout_mem_ = memory(pmd, eng_, gout_plain_.f());
       gout_r_ = Reorder(gout_mem_, o.grad);
     }
-    for (size_t k = 0; k < input_slots_.size(); ++k)
-      in_ptr_.push_back(static_cast<float*>(slots_[input_slots_[k]].data.get_data_handle()));
+    for (size_t k = 0; k < input_slots_.size(); ++k) {
+      const Slot& s = slots_[input_slots_[k]];
+      if (!bf16) {
+        in_ptr_.push_back(static_cast<float*>(s.data.get_data_handle()));
+        continue;
+      }
+      in_f32_.emplace_back(plain_desc(s.dims).get_size());
+      memory f32(plain_desc(s.dims), eng_, in_f32_.back().f());
+      in_cvt_.emplace_back(f32, s.data);
+      in_ptr_.push_back(in_f32_.back().f());
+    }
     views_ = views;
   }
 
@@ -230,6 +303,7 @@ class CpuPlan : public Plan {
 
   void forward(uint64_t rng) override {
     Exec e{strm_, *views_.version, rng, nullptr};
+    for (auto& r : in_cvt_) r.run(strm_);
     for (auto& nd : nodes_)
       if (nd) nd->forward(e);
     out_r_.run(strm_);
@@ -247,7 +321,7 @@ class CpuPlan : public Plan {
     for (int i = static_cast<int>(nodes_.size()) - 1; i >= 0; --i) {
       if (!nodes_[i] || !slots_[i].need_grad) continue;
       nodes_[i]->backward(e);
-      for (auto& a : accum_[i]) add_into(a.dst, a.src, a.n);
+      for (auto& a : accum_[i]) add_into(a.dst, a.src, a.bytes, bf16_);
     }
     strm_.wait();
   }
@@ -255,7 +329,9 @@ class CpuPlan : public Plan {
   void input_grad(int i, float* dst) override {
     const Slot& s = slots_[input_slots_.at(i)];
     HALCDL_CHECK(s.grad_id >= 0, kErrTrainingUnsupported, "this plan keeps no input gradient");
-    std::memcpy(dst, s.grad.get_data_handle(), s.md.get_size());
+    memory src = s.grad, plain(plain_desc(s.dims), eng_, dst);
+    dnnl::reorder(src, plain).execute(strm_, src, plain);
+    strm_.wait();
   }
 
   std::vector<BNStats> bn_stats() const override {
@@ -273,11 +349,11 @@ class CpuPlan : public Plan {
   }
 
  private:
-  struct Accum { float* dst; const float* src; size_t n; };
+  struct Accum { void* dst; const void* src; size_t bytes; };
   const Graph& g_;
   dnnl::engine eng_;
   dnnl::stream strm_;
-  bool training_;
+  bool training_, bf16_, fuse_;
   ParamViews views_;
   Workspace ws_;
   std::vector<Slot> slots_;
@@ -287,6 +363,8 @@ class CpuPlan : public Plan {
   std::vector<Dims> input_dims_;
   std::vector<float*> in_ptr_;
   Buffer out_plain_, gout_plain_;
+  std::vector<Buffer> in_f32_;
+  std::vector<Reorder> in_cvt_;
   memory out_mem_, gout_mem_;
   Reorder out_r_, gout_r_;
 };
@@ -296,10 +374,24 @@ class CpuPlan : public Plan {
 
 namespace halcdl {
 
+bool bf16_supported() {
+  auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  auto need = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_bf16);
+  return (isa & need) == need;
+}
+
+void check_bf16_supported() {
+  HALCDL_CHECK(bf16_supported(), kErrRuntimeUnsupported,
+               "precision 'bfloat16' needs a CPU with bfloat16 instructions (AVX512-BF16 or AMX); this one has "
+               "none, and halcdl does not emulate them");
+}
+
 std::unique_ptr<Plan> make_cpu_plan(const Graph& g, const std::vector<Dims>& input_dims, bool training,
-                                    bool input_grads, ParamViews views) {
+                                    bool input_grads, ParamViews views, Precision precision, bool fuse) {
+  if (precision == Precision::BF16) check_bf16_supported();
   try {
-    return std::make_unique<cpu::CpuPlan>(g, input_dims, training, input_grads, views);
+    return std::make_unique<cpu::CpuPlan>(g, input_dims, training, input_grads, precision == Precision::BF16, views,
+                                          fuse);
   } catch (const dnnl::error& e) {
     HALCDL_THROW(kErrRuntimeUnsupported, "oneDNN could not create a primitive for this network: ", e.what());
   }

@@ -30,7 +30,7 @@ class Pool : public CpuNode {
     memory::dims dil{0, 0};
     auto alg = n.op == OpKind::MaxPool ? dnnl::algorithm::pooling_max : dnnl::algorithm::pooling_avg_exclude_padding;
     auto prop = b.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
-    memory::desc dst_any(to_dims(yd), dt::f32, tag::any);
+    memory::desc dst_any(to_dims(yd), x.md.get_data_type(), tag::any);
     fwd_pd_ = dnnl::pooling_forward::primitive_desc(b.eng, prop, alg, x.md, dst_any, strides, kernel, dil, pl, pr);
     out(b).md = fwd_pd_.dst_desc();
     if (!b.training) return;

@@ -188,6 +188,13 @@ void Model::set_state(const State& st) {
   seed_ = st.seed;
 }
 
+void Model::set_precision(Precision p) {
+  if (p == precision_) return;
+  if (p == Precision::BF16) check_bf16_supported();
+  precision_ = p;
+  plans_.clear();
+}
+
 float* Model::staging(size_t floats) {
   if (staging_.bytes() < floats * sizeof(float)) staging_.resize(floats * sizeof(float));
   return staging_.f();
@@ -209,7 +216,7 @@ Plan& Model::plan(int n, int c, int h, int w, bool training) {
   if (it != plans_.end()) return *it->second;
   if (plans_.size() >= 8) plans_.clear();
   ParamViews v{P_.f(), S_.f(), &version_};
-  auto p = make_cpu_plan(g_, {{n, c, h, w}}, training, false, v);
+  auto p = make_cpu_plan(g_, {{n, c, h, w}}, training, false, v, precision_);
   auto& ref = *p;
   plans_[key] = std::move(p);
   return ref;

@@ -62,6 +62,9 @@ class Model {
   void set_hparams(const HParams& hp);
   const HParams& hparams() const { return hp_; }
   void reset_optimizer();
+  // 'float32' or 'bfloat16' (bf16 compute, fp32 master weights); 7742 without bf16 hardware.
+  void set_precision(Precision p);
+  Precision precision() const { return precision_; }
 
   // Everything besides parameters that a resumed run needs to continue bit-identically.
   struct State {
@@ -98,6 +101,7 @@ class Model {
   HParams hp_;
   std::vector<int64_t> class_ids_, ignore_ids_;
   std::unordered_map<int64_t, int> label_index_;
+  Precision precision_ = Precision::F32;
   std::map<std::tuple<int, int, int, int, bool>, std::unique_ptr<Plan>> plans_;
   std::mutex mu_;
 };

@@ -46,7 +46,15 @@ class Plan {
   virtual size_t workspace_bytes() const = 0;
 };
 
+// Compute precision: fp32, or bf16 activations/weights with fp32 master weights, fp32
+// weight gradients and an fp32 loss.
+enum class Precision { F32, BF16 };
+
+bool bf16_supported();
+void check_bf16_supported();  // 7742 when the CPU lacks bfloat16 instructions
+
 std::unique_ptr<Plan> make_cpu_plan(const Graph& g, const std::vector<Dims>& input_dims, bool training,
-                                    bool input_grads, ParamViews views);
+                                    bool input_grads, ParamViews views, Precision precision = Precision::F32,
+                                    bool fuse = true);
 
 }  // namespace halcdl

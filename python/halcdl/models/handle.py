@@ -142,6 +142,7 @@ class DLModel:
         hp = self.hparams()
         hp["class_weights"] = [] if class_weights is None else [float(w) for w in class_weights]
         new.set_hparams(hp)
+        new.set_precision(self.core.get_precision())
         return spec, new
 
     def adopt(self, spec: list, new_core) -> None:

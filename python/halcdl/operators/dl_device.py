@@ -10,6 +10,7 @@ import platform
 from functools import lru_cache
 from typing import Any
 
+from .._native import core
 from ..errors import H_ERR_DL_MODEL_UNSUPPORTED_GENPARAM, HOperatorError
 from ._tuple import (
     as_str,
@@ -53,7 +54,7 @@ class DLDevice:
             "name": [self.name],
             "ai_accelerator_interface": ["none"],
             "inference_only": ["false"],
-            "precisions": ["float32"],
+            "precisions": ["float32", "bfloat16"] if core.bf16_supported() else ["float32"],
         }
 
     def __eq__(self, other: object) -> bool:

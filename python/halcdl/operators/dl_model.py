@@ -392,6 +392,11 @@ def _set_optimize_for_inference(m: DLModel, vals: list) -> None:
                                                  ("true", "false"))
 
 
+def _set_precision(m: DLModel, vals: list) -> None:
+    # bf16 compute with fp32 master weights; the engine raises 7742 on a CPU without bf16
+    m.core.set_precision(_choice(vals, "precision", ("float32", "bfloat16")))
+
+
 def _set_meta_data(m: DLModel, vals: list) -> None:
     d = _one(vals, "meta_data")
     if not isinstance(d, dict):
@@ -432,9 +437,10 @@ _SETTERS: dict[str, Callable[[DLModel, list], None]] = {
     "runtime_init": _set_runtime_init,
     "optimize_for_inference": _set_optimize_for_inference,
     "meta_data": _set_meta_data,
+    "precision": _set_precision,
 }
 
-_READ_ONLY = ("type", "num_trainable_params", "summary", "precision", "input_dimensions")
+_READ_ONLY = ("type", "num_trainable_params", "summary", "input_dimensions")
 
 
 def _unsupported(name: str, what: str) -> HOperatorError:
@@ -482,7 +488,7 @@ def _get_param(m: DLModel, name: str) -> list:
     if name == "summary":
         return str(m.core.summary()).splitlines()
     if name == "precision":
-        return ["float32"]
+        return [m.core.get_precision()]
     if name == "device":
         return [cpu_device()]
     if name in p:
