@@ -31,9 +31,7 @@ Model::Model(const std::vector<NodeSpec>& spec, uint64_t seed) : g_(build_graph(
   const size_t n = g_.n_trainable * sizeof(float);
   P_.resize(n);
   G_.resize(n);
-  T_.resize(n);
   M1_.resize(n);
-  M2_.resize(n);
   S_.resize(g_.n_state * sizeof(float));
   S2_.resize(g_.n_state * sizeof(float));
   // Initialisation: conv weights Kaiming normal (fan_out, ReLU gain, as torchvision), fc
@@ -162,14 +160,15 @@ void Model::set_hparams(const HParams& hp) {
 
 void Model::reset_optimizer() {
   std::memset(M1_.c(), 0, M1_.bytes());
-  std::memset(M2_.c(), 0, M2_.bytes());
+  if (M2_.bytes()) std::memset(M2_.c(), 0, M2_.bytes());
   adam_t_ = 0;
 }
 
 Model::State Model::get_state() const {
   State st;
   st.m1.assign(M1_.f(), M1_.f() + g_.n_trainable);
-  st.m2.assign(M2_.f(), M2_.f() + g_.n_trainable);
+  if (M2_.bytes()) st.m2.assign(M2_.f(), M2_.f() + g_.n_trainable);
+  else st.m2.assign(g_.n_trainable, 0.f);
   st.adam_t = adam_t_;
   st.steps = steps_;
   st.seed = seed_;
@@ -182,6 +181,7 @@ void Model::set_state(const State& st) {
                " trainable parameters");
   HALCDL_CHECK(st.adam_t >= 0, kErrInvalidValue, "invalid Adam step count ", st.adam_t);
   std::memcpy(M1_.f(), st.m1.data(), st.m1.size() * sizeof(float));
+  if (!M2_.bytes()) M2_.resize(g_.n_trainable * sizeof(float));
   std::memcpy(M2_.f(), st.m2.data(), st.m2.size() * sizeof(float));
   adam_t_ = st.adam_t;
   steps_ = st.steps;
@@ -234,6 +234,9 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
   const size_t nt = g_.n_trainable;
   std::memcpy(S2_.c(), S_.c(), S_.bytes());
   const float* cw = hp_.class_weights.empty() ? nullptr : hp_.class_weights.data();
+  // Arenas only some configurations need, allocated on first use (then reused).
+  if (m > 1 && !T_.bytes()) T_.resize(nt * sizeof(float));
+  if (hp_.solver == "adam" && !M2_.bytes()) M2_.resize(nt * sizeof(float));
   double ce = 0;
   for (int s = 0; s < m; ++s) {
     std::memcpy(p.input_buffer(0), images + s * bs * img, bs * img * sizeof(float));

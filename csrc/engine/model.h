@@ -1,7 +1,8 @@
 // A model: graph, parameter arenas, optimizer state, cached plans, and the train step.
 //
 // Arenas (one buffer each, same offsets): P weights+biases, G gradients, T gradient scratch
-// for sub-batches after the first, M1/M2 optimizer state; S running statistics.
+// for sub-batches after the first (allocated when a multiplier > 1 is first used), M1/M2
+// optimizer state (M2 only for Adam, on first use); S running statistics.
 // One train step = for each of the m sub-batches: forward → loss (value and gradient scaled
 // by 1/m) → backward (into G for the first, T then G += T for the rest); then one update.
 // Nothing persistent (P, M1, M2, S, step counters) changes until the whole step succeeded.
