@@ -268,7 +268,7 @@ class CpuPlan : public Plan {
         }
       }
       nd.bind(b);
-      if (nd.bn_stats()) bn_nodes_.push_back(i);
+      if (training && nd.bn_stats()) bn_stats_.push_back(*nd.bn_stats());
     }
 
     // Plain views of the output (and its gradient) for the loss.
@@ -334,11 +334,7 @@ class CpuPlan : public Plan {
     strm_.wait();
   }
 
-  std::vector<BNStats> bn_stats() const override {
-    std::vector<BNStats> r;
-    for (int i : bn_nodes_) r.push_back(*nodes_[i]->bn_stats());
-    return r;
-  }
+  const std::vector<BNStats>& bn_stats() const override { return bn_stats_; }
 
   void dropout_mask(int node, float* dst) override {
     const memory* m = nodes_.at(node) ? nodes_[node]->dropout_mask() : nullptr;
@@ -359,7 +355,8 @@ class CpuPlan : public Plan {
   std::vector<Slot> slots_;
   std::vector<std::unique_ptr<CpuNode>> nodes_;
   std::vector<std::vector<Accum>> accum_;
-  std::vector<int> input_slots_, zero_grads_, bn_nodes_;
+  std::vector<int> input_slots_, zero_grads_;
+  std::vector<BNStats> bn_stats_;
   std::vector<Dims> input_dims_;
   std::vector<float*> in_ptr_;
   Buffer out_plain_, gout_plain_;

@@ -40,7 +40,7 @@ class Plan {
   virtual void backward(const float* grad_output, float* param_grad) = 0;
   // Plain NCHW gradient of input i (plans built with input_grads only).
   virtual void input_grad(int i, float* dst) = 0;
-  virtual std::vector<BNStats> bn_stats() const = 0;
+  virtual const std::vector<BNStats>& bn_stats() const = 0;
   // Dropout masks (scale 0 or 1/(1-p)) in plain layout, for tests.
   virtual void dropout_mask(int node, float* dst) = 0;
   virtual size_t workspace_bytes() const = 0;
