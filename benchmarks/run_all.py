@@ -9,8 +9,8 @@ Sections (224x224, 10 classes, --threads threads for both libraries, default 2):
                    SGD(momentum, weight_decay) step): resnet18 bs16, compact bs32,
                    mobilenet_v2 bs16, resnet50 bs8
   2 train bf16     halcdl with set_dl_model_param(model, 'precision', 'bfloat16') vs torch
-                   fp32 and vs torch under torch.autocast('cpu', dtype=torch.bfloat16):
-                   resnet18 bs16, compact bs32
+                   fp32 and vs torch under torch.autocast('cpu', dtype=torch.bfloat16)
+                   (and halcdl fp32, for bf16's own speed-up): resnet18 bs16, compact bs32
   3 inference      apply_dl_model fp32 bs16, without and with 'optimize_for_inference', vs
                    torch eval() + inference_mode() forward + softmax + sort
   4 peak memory    of train steps, each library alone in a fresh process
@@ -152,9 +152,9 @@ def section_train_bf16(cfg):
         samples = make_samples(bs, *image_hw(ref))
         t_fp32, _ = torch_fns(from_model(ref), samples)
         t_auto, _ = torch_fns(from_model(ref), samples, autocast_bf16=True)
-        ha.clear_dl_model(ref)
         model, err = try_make(name, bs, precision="bfloat16")
-        fns = {"torch_fp32": t_fp32, "torch_bf16": t_auto}
+        fns = {"halcdl_fp32": lambda: ha.train_dl_model_batch(ref, samples),
+               "torch_fp32": t_fp32, "torch_bf16": t_auto}
         if model is not None:
             fns = {"halcdl_bf16": lambda: ha.train_dl_model_batch(model, samples), **fns}
             prec = ha.get_dl_model_param_s(model, "precision")
@@ -162,7 +162,9 @@ def section_train_bf16(cfg):
         r = {"model": name, "batch": bs, "times": ts, "error": err,
              "torch_fp32_img_s": bs / med(ts["torch_fp32"]),
              "torch_bf16_img_s": bs / med(ts["torch_bf16"]),
+             "halcdl_fp32_img_s": bs / med(ts["halcdl_fp32"]),
              "spread": max(spread(v) for v in ts.values())}
+        ha.clear_dl_model(ref)
         if model is not None:
             r["halcdl_precision"] = prec
             r["halcdl_bf16_img_s"] = bs / med(ts["halcdl_bf16"])
@@ -170,11 +172,13 @@ def section_train_bf16(cfg):
             r["ratio_vs_autocast"] = med(ts["torch_bf16"]) / med(ts["halcdl_bf16"])
             r["ratio_vs_fp32_best"] = best_ratio(ts, "torch_fp32", "halcdl_bf16")
             r["ratio_vs_autocast_best"] = best_ratio(ts, "torch_bf16", "halcdl_bf16")
+            r["bf16_speedup"] = med(ts["halcdl_fp32"]) / med(ts["halcdl_bf16"])
             ha.clear_dl_model(model)
         LOG(f"  train bf16 {name:12s} bs{bs:<3d} halcdl {fmt(r.get('halcdl_bf16_img_s')):>6s} "
             f"img/s  torch fp32 {r['torch_fp32_img_s']:6.1f}  torch autocast "
             f"{r['torch_bf16_img_s']:6.1f}  ratios {fmt(r.get('ratio_vs_fp32'), 2)} / "
-            f"{fmt(r.get('ratio_vs_autocast'), 2)}" + (f"  [{err}]" if err else ""))
+            f"{fmt(r.get('ratio_vs_autocast'), 2)}  (halcdl fp32 {r['halcdl_fp32_img_s']:.1f})"
+            + (f"  [{err}]" if err else ""))
         rows.append(r)
     return rows
 
@@ -370,6 +374,10 @@ def report(res) -> str:
              f"{', '.join(res['machine'].get('bf16_isa', [])) or 'none'}); threads "
              f"{a['threads']} for both; torch {res['torch']}, oneDNN {res['onednn']}")
     L.append(f"- halcdl: {res['build']}")
+    if len(res.get("builds_seen", [])) > 1:
+        L.append("- WARNING: _core was rebuilt during the run (sections started on "
+                 + " / ".join(res["builds_seen"]) + "); this process kept the first build, "
+                 "the memory children loaded whichever was on disk: measure again")
     L.append(f"- load average (1/5/15 min): start {res['load']['start']}, end "
              f"{res['load']['end']}; per section: " + "; ".join(
                  f"{k} {v[0][0]}->{v[1][0]}" for k, v in res["load"]["sections"].items()))
@@ -393,8 +401,9 @@ def report(res) -> str:
               f"≥ {TARGETS['train_bf16_vs_fp32']}×, and vs torch bf16 autocast, target ≥ "
               f"{TARGETS['train_bf16_vs_autocast']}×)", "",
               "| model | batch | halcdl bf16 img/s | torch fp32 img/s | torch autocast img/s "
-              "| vs fp32 (best) | met | vs autocast (best) | met | spread |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| vs fp32 (best) | met | vs autocast (best) | met | halcdl fp32 img/s "
+              "| bf16 / fp32 halcdl | spread |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in s["train_bf16"]:
             L.append(f"| {r['model']} | {r['batch']} | {fmt(r.get('halcdl_bf16_img_s'))} | "
                      f"{r['torch_fp32_img_s']:.1f} | {r['torch_bf16_img_s']:.1f} | "
@@ -403,6 +412,7 @@ def report(res) -> str:
                      f"{fmt(r.get('ratio_vs_autocast'), 2)} "
                      f"({fmt(r.get('ratio_vs_autocast_best'), 2)}) | "
                      f"{met(r.get('ratio_vs_autocast'), TARGETS['train_bf16_vs_autocast'])} | "
+                     f"{r['halcdl_fp32_img_s']:.1f} | {fmt(r.get('bf16_speedup'), 2)} | "
                      f"{r['spread']:.0%} |")
         errs = {r["error"] for r in s["train_bf16"] if r.get("error")}
         for e in errs:
@@ -503,6 +513,7 @@ def main(argv=None):
     LOG(f"{res['machine']['cpu']}, {res['machine']['cores']} cores, threads {cfg.threads}, "
         f"torch {res['torch']}, oneDNN {res['onednn']}, load {res['load']['start']}")
     t_start = time.time()
+    builds = [res["build"]]
     for key, num, fn in (("train_fp32", "1", section_train_fp32),
                          ("train_bf16", "2", section_train_bf16),
                          ("infer", "3", section_infer),
@@ -511,10 +522,13 @@ def main(argv=None):
         if num not in sections:
             continue
         l0, t0 = load_avg(), time.time()
+        builds.append(build_info())
         res["sections"][key] = fn(cfg)
         res["load"]["sections"][key] = [l0, load_avg()]
         LOG(f"  ({key}: {time.time() - t0:.0f} s, load {l0[0]} -> {load_avg()[0]})")
     res["load"]["end"] = load_avg()
+    builds.append(build_info())
+    res["builds_seen"] = list(dict.fromkeys(builds))
     res["elapsed_s"] = time.time() - t_start
     text = report(res)
     print()
