@@ -21,7 +21,11 @@ Op semantics (from docs/internals.md):
   relu / relu6, maxpool (floor mode), avgpool (padding excluded from the count),
   gap (N,C,1,1), fc (input flattened in C,H,W order; `in_features` attribute, default
   the input's channels), add, concat (channel axis),
-  dropout (inverted; identity at inference), softmax (over channels)
+  dropout (inverted; identity at inference), softmax (over channels),
+  deconv   F.conv_transpose2d(stride, padding, output_padding, dilation), weight (I, O, kh, kw),
+           optional bias
+  upsample_nearest / upsample_bilinear   F.interpolate(scale_factor=scale), bilinear with
+           align_corners=False
 The output is flattened to (N, K) when the last node gives (N, K, 1, 1).
 """
 from __future__ import annotations
@@ -42,7 +46,7 @@ SUFFIX_ROLE = {
 }
 
 OPS = ("input", "conv", "bn", "relu", "relu6", "maxpool", "avgpool", "gap", "fc", "add",
-       "concat", "dropout", "softmax")
+       "concat", "dropout", "softmax", "deconv", "upsample_nearest", "upsample_bilinear")
 
 
 def _pair(v) -> tuple:
@@ -67,6 +71,14 @@ def param_shapes(spec: List[dict], in_channels: int | None = None) -> Dict[str, 
             g = int(node.get("groups", 1))
             o = int(node["out_channels"])
             shapes[f"{name}.weight"] = (o, c // g, kh, kw)
+            if node.get("bias", True):
+                shapes[f"{name}.bias"] = (o,)
+            chans[name] = o
+        elif op == "deconv":
+            c = chans[ins[0]]
+            kh, kw = _pair(node["kernel"])
+            o = int(node["out_channels"])
+            shapes[f"{name}.weight"] = (c, o, kh, kw)
             if node.get("bias", True):
                 shapes[f"{name}.bias"] = (o,)
             chans[name] = o
@@ -186,6 +198,18 @@ class TorchTwin(nn.Module):
                         self.tensor(f"{name}.bias") if f"{name}.bias" in self.names else None,
                         stride=_pair(node.get("stride", 1)), padding=_pair(node.get("pad", 0)),
                         dilation=_pair(node.get("dilation", 1)), groups=int(node.get("groups", 1)))
+                elif op == "deconv":
+                    out = F.conv_transpose2d(
+                        a, self.tensor(f"{name}.weight"),
+                        self.tensor(f"{name}.bias") if f"{name}.bias" in self.names else None,
+                        stride=_pair(node.get("stride", 1)), padding=_pair(node.get("pad", 0)),
+                        output_padding=_pair(node.get("output_padding", 0)),
+                        dilation=_pair(node.get("dilation", 1)))
+                elif op == "upsample_nearest":
+                    out = F.interpolate(a, scale_factor=int(node.get("scale", 2)), mode="nearest")
+                elif op == "upsample_bilinear":
+                    out = F.interpolate(a, scale_factor=int(node.get("scale", 2)),
+                                        mode="bilinear", align_corners=False)
                 elif op == "bn":
                     out = F.batch_norm(
                         a, self.tensor(f"{name}.running_mean"), self.tensor(f"{name}.running_var"),
