@@ -60,7 +60,7 @@ class DLModel:
         self.spec: list = arch.build(k, arch.image_num_channels)
         self.core = build_core_model(self.spec, self.seed, class_ids)
         self.params: dict[str, Any] = {
-            "type": "classification",
+            "type": arch.model_type,
             "batch_size": 1,
             "batch_size_multiplier": 1,
             "learning_rate": 0.001,
@@ -90,12 +90,23 @@ class DLModel:
                 "ImageNet weights",
             },
         }
+        if self.is_segmentation:
+            self.params["ignore_class_ids"] = []  # segmentation only: ids the loss skips
         self._hparams_dirty = True
 
     # ----------------------------------------------------------------------------------------
     @property
     def cleared(self) -> bool:
         return self.core is None
+
+    @property
+    def is_segmentation(self) -> bool:
+        """True for a model of type 'segmentation' (one class score per pixel)."""
+        return self.params["type"] == "segmentation"
+
+    @property
+    def ignore_class_ids(self) -> list[int]:
+        return list(self.params.get("ignore_class_ids", []))
 
     @property
     def num_classes(self) -> int:
@@ -124,6 +135,8 @@ class DLModel:
         """Send the hyper-parameters to the engine if they changed since the last push."""
         if self._hparams_dirty:
             self.core.set_hparams(self.hparams())
+            if self.is_segmentation:
+                self.core.set_ignore_ids(self.ignore_class_ids)
             self._hparams_dirty = False
 
     def rebuilt(self, num_classes: int, channels: int, class_ids: list[int],
@@ -142,6 +155,8 @@ class DLModel:
         hp = self.hparams()
         hp["class_weights"] = [] if class_weights is None else [float(w) for w in class_weights]
         new.set_hparams(hp)
+        if self.is_segmentation:
+            new.set_ignore_ids(self.ignore_class_ids)  # 7797 if a new class id is ignored
         new.set_precision(self.core.get_precision())
         return spec, new
 

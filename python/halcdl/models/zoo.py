@@ -1,4 +1,4 @@
-"""The classification architectures, as graph specs (pure Python data).
+"""The classification and segmentation architectures, as graph specs (pure Python data).
 
 Each architecture is a function ``build(num_classes, channels) -> list[dict]`` returning the
 node list described in docs/internals.md, plus the defaults HALCON documents for the file of
@@ -27,6 +27,8 @@ __all__ = [
     "resnet50",
     "mobilenet_v2",
     "alexnet",
+    "segmentation_compact",
+    "segmentation_enhanced",
 ]
 
 
@@ -263,12 +265,70 @@ def alexnet(num_classes: int, channels: int) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------
+# segmentation: encoder–decoder networks with skip connections (U-Net-like), one score per
+# class and pixel at the input resolution
+# --------------------------------------------------------------------------------------------
+def _seg_stage(s: _Spec, prefix: str, out: int, convs: int) -> str:
+    """``convs`` × (conv 3×3 pad 1 → BN → ReLU) named ``PREFIX.convI`` / ``.bnI`` / ``.reluI``."""
+    for i in range(1, convs + 1):
+        s.conv_bn(f"{prefix}.conv{i}", f"{prefix}.bn{i}", f"{prefix}.relu{i}", out, 3, pad=1)
+    return s.last
+
+
+def segmentation_compact(num_classes: int, channels: int) -> list[dict]:
+    """A small U-Net: three 2×2 max pools (total stride 8), a decoder of 2×2/2 transposed
+    convolutions, each followed by the concat with the encoder feature map of the same
+    resolution (skip connection) and a conv-BN-ReLU, then a 1×1 conv to K class scores per
+    pixel.  Widths 16 → 32 → 64 → 128 (bottleneck)."""
+    s = _Spec(channels)
+    widths = (16, 32, 64)
+    skips = []
+    for i, c in enumerate(widths, start=1):
+        skips.append(_seg_stage(s, f"enc{i}", c, 2))
+        s.add(f"pool{i}", "maxpool", kernel=2, stride=2)
+    _seg_stage(s, "bottleneck", 128, 2)
+    for i in range(len(widths), 0, -1):
+        c = widths[i - 1]
+        up = s.add(f"dec{i}.up", "deconv", out_channels=c, kernel=2, stride=2, bias=True)
+        s.add(f"dec{i}.concat", "concat", inputs=[up, skips[i - 1]])
+        _seg_stage(s, f"dec{i}", c, 1)
+    s.add("classifier", "conv", out_channels=num_classes, kernel=1, bias=True)
+    return s.nodes
+
+
+def segmentation_enhanced(num_classes: int, channels: int) -> list[dict]:
+    """A deeper and wider U-Net: four 2×2 max pools (total stride 16), two conv-BN-ReLU per
+    stage (widths 32 → 64 → 128 → 256 → 512 bottleneck); the decoder upsamples bilinearly
+    (×2, align_corners False), reduces the channels with a 1×1 conv-BN-ReLU, concatenates the
+    encoder map of the same resolution and applies two conv-BN-ReLU; a 1×1 conv gives K class
+    scores per pixel."""
+    s = _Spec(channels)
+    widths = (32, 64, 128, 256)
+    skips = []
+    for i, c in enumerate(widths, start=1):
+        skips.append(_seg_stage(s, f"enc{i}", c, 2))
+        s.add(f"pool{i}", "maxpool", kernel=2, stride=2)
+    _seg_stage(s, "bottleneck", 512, 2)
+    for i in range(len(widths), 0, -1):
+        c = widths[i - 1]
+        s.add(f"dec{i}.up", "upsample_bilinear", scale=2)
+        up = s.conv_bn(f"dec{i}.reduce", f"dec{i}.reduce_bn", f"dec{i}.reduce_relu", c, 1)
+        s.add(f"dec{i}.concat", "concat", inputs=[up, skips[i - 1]])
+        _seg_stage(s, f"dec{i}", c, 2)
+    s.add("classifier", "conv", out_channels=num_classes, kernel=1, bias=True)
+    return s.nodes
+
+
+# --------------------------------------------------------------------------------------------
 # the zoo
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Architecture:
     """One entry of the zoo.  ``min_size``: smallest image width/height accepted (7722
-    below).  ``fixed_size``: the image size cannot change (7775)."""
+    below).  ``fixed_size``: the image size cannot change (7775).  ``model_type``: HALCON's
+    'type' ('classification' or 'segmentation').  ``size_multiple``: image width and height
+    must be multiples of it (the encoder's total downsampling of a segmentation network; 7722
+    otherwise)."""
 
     file_name: str
     build: Callable[[int, int], list]
@@ -281,6 +341,8 @@ class Architecture:
     fixed_size: bool = False
     min_size: int = 32
     num_classes: int = 1000  # class count of the head as read (ImageNet-sized)
+    model_type: str = "classification"
+    size_multiple: int = 1
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -303,6 +365,18 @@ ARCHITECTURES: dict[str, Architecture] = {
             "pretrained_dl_classifier_alexnet.hdl", alexnet,
             "torchvision AlexNet, fully-connected head: fixed 224×224 input",
             fixed_size=True, min_size=224,
+        ),
+        Architecture(
+            "pretrained_dl_segmentation_compact.hdl", segmentation_compact,
+            "small encoder-decoder (U-Net-like), transposed-convolution decoder, stride 8",
+            image_width=256, image_height=256, min_size=8, num_classes=2,
+            model_type="segmentation", size_multiple=8,
+        ),
+        Architecture(
+            "pretrained_dl_segmentation_enhanced.hdl", segmentation_enhanced,
+            "deeper encoder-decoder (U-Net-like), bilinear-upsampling decoder, stride 16",
+            image_width=256, image_height=256, min_size=16, num_classes=2,
+            model_type="segmentation", size_multiple=16,
         ),
     )
 }

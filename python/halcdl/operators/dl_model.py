@@ -20,6 +20,7 @@ from ..errors import (
     H_ERR_CNN_INVALID_INPUT_SIZE,
     H_ERR_CNNGRAPH_NO_IMAGE_RESIZE,
     H_ERR_DL_CLASS_IDS_INVALID,
+    H_ERR_DL_CLASS_IDS_INVALID_OVERLAP,
     H_ERR_DL_CLASS_IDS_NOT_UNIQUE,
     H_ERR_DL_FILE_READ,
     H_ERR_DL_INPUT_WRONG_LENGTH,
@@ -213,6 +214,13 @@ def _check_image_size(m: DLModel, width: int, height: int) -> None:
             f"{arch.file_name} has fully-connected layers: its image size is fixed to "
             f"{arch.image_width}x{arch.image_height}",
         )
+    f = int(arch.size_multiple)
+    if f > 1 and (width % f or height % f):
+        raise HOperatorError(
+            H_ERR_CNN_INVALID_INPUT_SIZE,
+            f"{arch.file_name} downsamples by {f} and upsamples back: image_width and "
+            f"image_height must be multiples of {f}, got {width}x{height}",
+        )
     if width < arch.min_size or height < arch.min_size:
         raise HOperatorError(
             H_ERR_CNN_INVALID_INPUT_SIZE,
@@ -276,6 +284,10 @@ def _set_class_ids(m: DLModel, vals: list) -> None:
     ids = [int(v) for v in vals]
     if len(set(ids)) != len(ids):
         raise HOperatorError(H_ERR_DL_CLASS_IDS_NOT_UNIQUE, f"class ids are not unique: {ids}")
+    overlap = sorted(set(ids) & set(m.ignore_class_ids))
+    if overlap:
+        raise HOperatorError(H_ERR_DL_CLASS_IDS_INVALID_OVERLAP,
+                             f"class ids {overlap} are also ignore_class_ids")
     p = m.params
     if len(ids) == len(p["class_ids"]):
         m.core.set_class_ids(ids)
@@ -321,6 +333,29 @@ def _set_class_weights(m: DLModel, vals: list) -> None:
                              f"class_weights must be finite, >= 0 and not all 0: {weights}")
     m.params["class_weights"] = weights
     m.mark_hparams_dirty()
+
+
+def _set_ignore_class_ids(m: DLModel, vals: list) -> None:
+    if not m.is_segmentation:
+        raise _unsupported("ignore_class_ids", f"a model of type {m.params['type']!r} "
+                                               f"(segmentation models only)")
+    for v in vals:
+        if not is_int(v):
+            raise HOperatorError(H_ERR_DL_INPUT_WRONG_TYPE,
+                                 f"ignore_class_ids must be integers, got {v!r}")
+    ids = [int(v) for v in vals]
+    if any(i < 0 for i in ids):
+        raise HOperatorError(H_ERR_DL_INPUT_WRONG_VALUES,
+                             f"ignore_class_ids must be non-negative, got {ids}")
+    if len(set(ids)) != len(ids):
+        raise HOperatorError(H_ERR_DL_CLASS_IDS_NOT_UNIQUE,
+                             f"ignore_class_ids are not unique: {ids}")
+    overlap = sorted(set(ids) & set(m.params["class_ids"]))
+    if overlap:
+        raise HOperatorError(H_ERR_DL_CLASS_IDS_INVALID_OVERLAP,
+                             f"ignore class ids {overlap} are also class_ids")
+    m.core.set_ignore_ids(ids)
+    m.params["ignore_class_ids"] = ids
 
 
 def _set_image_width(m: DLModel, vals: list) -> None:
@@ -425,6 +460,7 @@ _SETTERS: dict[str, Callable[[DLModel, list], None]] = {
     "class_ids": _set_class_ids,
     "class_names": _set_class_names,
     "class_weights": _set_class_weights,
+    "ignore_class_ids": _set_ignore_class_ids,
     "image_width": _set_image_width,
     "image_height": _set_image_height,
     "image_num_channels": _set_num_channels,
@@ -481,6 +517,10 @@ def _get_param(m: DLModel, name: str) -> list:
         return [1.0] * m.num_classes if w is None else list(w)
     if name in ("class_ids", "class_names"):
         return list(p[name])
+    if name == "ignore_class_ids":
+        if not m.is_segmentation:
+            raise _unsupported(name, f"a model of type {p['type']!r} (segmentation models only)")
+        return list(p[name])
     if name == "meta_data":
         return [dict(p["meta_data"])]
     if name == "num_trainable_params":
@@ -519,6 +559,19 @@ def get_dl_model_param_s(dlmodel_handle: Any, gen_param_name: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # training and inference
 # --------------------------------------------------------------------------------------------
+def _complete_weight_images(m: DLModel, samples: list) -> list:
+    """Engine workaround (remove once csrc/bindings reads a missing weight_image as all ones
+    in a batch where other samples have one; it currently reads past an empty array):
+    the samples without ``weight_image`` get an explicit all-ones one when others in the
+    batch carry one.  The caller's dicts are not modified."""
+    has = [isinstance(s, dict) and "weight_image" in s for s in samples]
+    if not any(has) or all(has):
+        return samples
+    ones = np.ones((m.params["image_height"], m.params["image_width"]), np.float32)
+    return [dict(s, weight_image=ones) if isinstance(s, dict) and not h else s
+            for s, h in zip(samples, has)]
+
+
 @operator
 def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
     """One training step (one weight update) on batch_size × batch_size_multiplier samples.
@@ -529,6 +582,8 @@ def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
         check_model(m)
         p = m.params
         m.push_hparams()
+        if m.is_segmentation:
+            samples = _complete_weight_images(m, samples)
         try:
             result = m.core.train_step(samples, p["batch_size"], p["batch_size_multiplier"],
                                        p["image_height"], p["image_width"],
@@ -544,34 +599,57 @@ _RESULT_KEYS = (
     "classification_class_names",
     "classification_confidences",
 )
+_SEGMENTATION_RESULT_KEYS = ("segmentation_image", "segmentation_confidence")
 
 
-def _outputs(outputs: Any) -> tuple:
+def _outputs(outputs: Any, available: tuple = _RESULT_KEYS) -> tuple:
     names = to_tuple(outputs)
     if not names or names == ["default"]:
-        return _RESULT_KEYS
+        return available
     for n in names:
         if not is_str(n):
             raise wrong_type(3, f"outputs must be names, got {n!r}")
-        if n not in _RESULT_KEYS:
-            raise wrong_value(3, f"unknown output {n!r} (available: {', '.join(_RESULT_KEYS)})")
+        if n not in available:
+            raise wrong_value(3, f"unknown output {n!r} (available: {', '.join(available)})")
     return tuple(dict.fromkeys(str(n) for n in names))
+
+
+def _apply_segmentation(m: DLModel, samples: list, keys: tuple) -> list:
+    """apply_dl_model of a segmentation model (the caller holds the lock): per sample the
+    class id of the winning class per pixel and its softmax probability, (H, W) arrays at
+    the model's image size."""
+    p = m.params
+    try:
+        index, confidence = m.core.infer_segmentation(
+            samples, p["batch_size"], p["image_height"], p["image_width"],
+            p["image_num_channels"])
+    except TypeError as err:
+        raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
+            from None
+    ids = np.asarray(p["class_ids"], dtype=np.int32)[np.asarray(index)]  # index → class id
+    confidence = np.asarray(confidence, dtype=np.float32)
+    columns = {"segmentation_image": ids, "segmentation_confidence": confidence}
+    return [{k: columns[k][i] for k in keys} for i in range(len(samples))]
 
 
 @operator
 def apply_dl_model(dlmodel_handle: Any, dlsample_batch: Any, outputs: Any) -> list:
     """Infer any number of samples (in chunks of batch_size).  Returns one DLResult dict per
-    sample with classification_class_ids, classification_class_names and
-    classification_confidences over all classes, sorted by descending confidence
-    (``outputs`` = [] for all three, or a subset of these names)."""
+    sample.  Classification: classification_class_ids, classification_class_names and
+    classification_confidences over all classes, sorted by descending confidence.
+    Segmentation: segmentation_image (int32 (H, W) class ids) and segmentation_confidence
+    (float32 (H, W), the winning class's probability).  ``outputs`` = [] for all keys of the
+    model's type, or a subset of these names."""
     m = check_model(dlmodel_handle, 1)
     samples = _sample_list(dlsample_batch, 2)
-    keys = _outputs(outputs)
+    keys = _outputs(outputs, _SEGMENTATION_RESULT_KEYS if m.is_segmentation else _RESULT_KEYS)
     if not samples:
         raise HOperatorError(H_ERR_DL_MODEL_INVALID_NUM_SAMPLES,
                              "apply_dl_model needs at least one sample")
     with m.lock:
         check_model(m)
+        if m.is_segmentation:
+            return _apply_segmentation(m, samples, keys)
         p = m.params
         try:
             probs = m.core.infer(samples, p["batch_size"], p["image_height"], p["image_width"],

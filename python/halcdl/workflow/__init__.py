@@ -1,0 +1,5 @@
+"""Workflow helpers above the operators: evaluation measures (more procedures to come)."""
+
+from .evaluation import evaluate_segmentation, segmentation_confusion_matrix
+
+__all__ = ["evaluate_segmentation", "segmentation_confusion_matrix"]
