@@ -154,15 +154,6 @@ def _reference_loss(W, b, samples, class_weights, ignore_ids, batch, mult):
     return float(total.detach()), dW.numpy(), db.numpy()
 
 
-# csrc/bindings/module.cpp (gather/assemble_pixels): in a batch where some samples carry a
-# weight_image and others do not, the engine reads the missing ones from an empty array
-# (a default-constructed py::array_t is not null) instead of using 1: 7736 or a wrong loss.
-# train_dl_model_batch works around it (operators/dl_model.py, _complete_weight_images).
-ENGINE_MIXED_WEIGHT_BUG = pytest.mark.xfail(
-    reason="engine: a sample without weight_image in a batch with weight images is read "
-           "past an empty array (csrc/bindings/module.cpp assemble_pixels)", strict=False)
-
-
 def _case(case_id, *args, marks=()):
     return pytest.param(case_id, *args, marks=marks, id=case_id)
 
@@ -170,8 +161,8 @@ def _case(case_id, *args, marks=()):
 LOSS_CASES = [
     # (id, class_weights, ignore ids, weight_image, batch, multiplier)
     _case("weights+ignore+weight_image", [1.0, 2.5, 0.5], [9, IGNORE], "all", 3, 1),
-    _case("some_weight_images+multiplier", [0.3, 1.0, 4.0], [IGNORE], "some", 2, 2,
-          marks=ENGINE_MIXED_WEIGHT_BUG),
+    # samples without weight_image in a batch with some: their pixels weigh 1
+    _case("some_weight_images+multiplier", [0.3, 1.0, 4.0], [IGNORE], "some", 2, 2),
     _case("all_weight_images+multiplier", [0.3, 1.0, 4.0], [IGNORE], "all", 2, 2),
     _case("zero_class_weight", [1.0, 0.0, 2.0], [], "all", 2, 1),
     _case("uniform_no_ignore", [], [], None, 2, 1),

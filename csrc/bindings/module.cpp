@@ -83,7 +83,8 @@ struct Batch {
   std::vector<FArray> images;
   std::vector<int> labels;          // classification: one index per sample
   std::vector<IArray> seg;          // segmentation: (H, W) class ids per sample
-  std::vector<FArray> weights;      // segmentation: (H, W) pixel weights, or empty arrays
+  std::vector<FArray> weights;      // segmentation: (H, W) pixel weights (valid where has_weights)
+  std::vector<bool> has_weights;
   bool any_weights = false;
 };
 
@@ -148,6 +149,7 @@ Batch gather(Model& m, const py::list& samples, int c, int h, int w, Labels labe
                      ") array of pixel weights");
         b.any_weights = true;
       }
+      b.has_weights.push_back(static_cast<bool>(wi) && wi.size() > 0);
       b.weights.push_back(std::move(wi));
     }
   }
@@ -184,7 +186,7 @@ void assemble_pixels(const Model& m, const Batch& b, int64_t hw, int* labels, fl
     }
     if (!weights) continue;
     float* wo = weights + i * hw;
-    if (!b.weights[i]) {
+    if (!b.has_weights[i]) {  // a sample without weight_image in a batch with some: weight 1
       std::fill(wo, wo + hw, 1.f);
       continue;
     }

@@ -1,5 +1,5 @@
-"""Deep-learning model operators: read_dl_model, set/get_dl_model_param, train_dl_model_batch,
-apply_dl_model, clear_dl_model.
+"""Deep-learning model operators: read_dl_model, write_dl_model, set/get_dl_model_param,
+train_dl_model_batch, apply_dl_model, clear_dl_model.
 
 Every operator validates all of its arguments before it changes anything, so a call that
 raises leaves the model exactly as it was.  Error numbers: see docs/operators.md.
@@ -35,6 +35,7 @@ from ..errors import (
     HOperatorError,
     NotPretrainedWarning,
 )
+from .. import io as model_io
 from ..models.handle import DLModel
 from ..models.zoo import ARCHITECTURES, get_architecture
 from ._tuple import (
@@ -57,6 +58,7 @@ from .system import next_model_seed
 __all__ = [
     "DLModel",
     "read_dl_model",
+    "write_dl_model",
     "set_dl_model_param",
     "get_dl_model_param",
     "get_dl_model_param_s",
@@ -120,21 +122,57 @@ def create_model(file_name: str) -> DLModel:
     return DLModel(arch, next_model_seed())
 
 
+def _file_name(file_name: Any, pos: int) -> str:
+    if isinstance(file_name, os.PathLike):
+        file_name = os.fspath(file_name)
+    name = as_str(to_scalar(file_name, pos, "one file name"), pos, "file_name")
+    if not name:
+        raise wrong_value(pos, "file_name must not be empty")
+    return name
+
+
+def _existing_file(name: str) -> str | None:
+    """The file read_dl_model reads for ``name``: ``name`` itself, else ``name + '.hdl'`` when
+    ``name`` has no extension.  A folder of that name is a read error (7780)."""
+    candidates = [name]
+    if not os.path.splitext(name)[1]:
+        candidates.append(name + ".hdl")
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+        if os.path.isdir(path):
+            raise HOperatorError(H_ERR_DL_FILE_READ,
+                                 f"cannot read model file {path!r}: it is a folder")
+    return None
+
+
 @operator
 def read_dl_model(file_name: Any) -> DLModel:
-    """Read a model.  The classification architectures are built in code under HALCON's file
-    names (``pretrained_dl_classifier_compact.hdl`` …, directory ignored, ``.hdl`` optional);
-    their weights are randomly initialised (warned once per process).  Anything else:
-    5200 (file not found) or 7780 (the file exists but halcdl cannot read it yet)."""
-    name = as_str(to_scalar(file_name, 1, "one file name"), 1, "file_name")
+    """Read a model.
+
+    A file of that name (or with ``.hdl`` appended) is read when it exists: a file written by
+    write_dl_model (recognised by its content, whatever its extension: weights, optimizer
+    state and parameters as written), or an ONNX classification network (``*.onnx``, needs
+    ``halcdl[onnx]``).  Otherwise the built-in classification architectures answer to
+    HALCON's file names (``pretrained_dl_classifier_compact.hdl`` …, directory ignored,
+    ``.hdl`` optional) with randomly initialised weights (warned once per process).
+    Errors: 5200 no such file or architecture; 7780 unreadable, truncated or corrupted file,
+    wrong magic or checksum; 7782 written by a newer halcdl; 7801 ONNX that cannot be
+    imported.  See docs/model_format.md and docs/onnx.md."""
+    name = _file_name(file_name, 1)
     arch = get_architecture(name)
+    path = _existing_file(name)
+    if path is not None:
+        try:
+            return model_io.read_file(path, next_model_seed())
+        except model_io.NotAModelFile as err:
+            if arch is None:
+                raise
+            # e.g. HALCON's own pretrained file next to the script: halcdl cannot read that
+            # format, so it builds the architecture of the same name, as without the file
+            warnings.warn(f"{err._text}; using halcdl's built-in {arch.file_name} instead",
+                          UserWarning, stacklevel=3)
     if arch is None:
-        if os.path.isfile(name) or os.path.isfile(name + ".hdl"):
-            raise HOperatorError(
-                H_ERR_DL_FILE_READ,
-                f"cannot read {name!r}: only the built-in architectures can be read "
-                f"(model files are not supported yet)",
-            )
         raise HOperatorError(
             H_ERR_FNF,
             f"File not found: {name!r} (built-in models: {', '.join(ARCHITECTURES)})",
@@ -142,6 +180,21 @@ def read_dl_model(file_name: Any) -> DLModel:
     model = DLModel(arch, next_model_seed())
     _warn_not_pretrained(arch.file_name)
     return model
+
+
+@operator
+def write_dl_model(dlmodel_handle: Any, file_name: Any) -> None:
+    """Write a model to ``file_name``: everything needed to continue training exactly where
+    it stopped (graph, weights, batch-norm statistics, optimizer state, all parameters),
+    in halcdl's format (docs/model_format.md), whatever the extension; or, for a name ending
+    in ``.onnx``, the inference graph as ONNX (opset 17, needs ``halcdl[onnx]``).  The write
+    is atomic: on any error the previous file stays as it was and no partial file is left.
+    Errors: 7781 the file cannot be written; 7803 the model cannot be exported to ONNX."""
+    m = check_model(dlmodel_handle, 1)
+    name = _file_name(file_name, 2)
+    with m.lock:
+        check_model(m)
+        model_io.write_file(m, name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -559,19 +612,6 @@ def get_dl_model_param_s(dlmodel_handle: Any, gen_param_name: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # training and inference
 # --------------------------------------------------------------------------------------------
-def _complete_weight_images(m: DLModel, samples: list) -> list:
-    """Engine workaround (remove once csrc/bindings reads a missing weight_image as all ones
-    in a batch where other samples have one; it currently reads past an empty array):
-    the samples without ``weight_image`` get an explicit all-ones one when others in the
-    batch carry one.  The caller's dicts are not modified."""
-    has = [isinstance(s, dict) and "weight_image" in s for s in samples]
-    if not any(has) or all(has):
-        return samples
-    ones = np.ones((m.params["image_height"], m.params["image_width"]), np.float32)
-    return [dict(s, weight_image=ones) if isinstance(s, dict) and not h else s
-            for s, h in zip(samples, has)]
-
-
 @operator
 def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
     """One training step (one weight update) on batch_size × batch_size_multiplier samples.
@@ -582,8 +622,6 @@ def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
         check_model(m)
         p = m.params
         m.push_hparams()
-        if m.is_segmentation:
-            samples = _complete_weight_images(m, samples)
         try:
             result = m.core.train_step(samples, p["batch_size"], p["batch_size_multiplier"],
                                        p["image_height"], p["image_width"],
