@@ -48,6 +48,7 @@ from .dl_model import (
     read_dl_model,
     set_dl_model_param,
     train_dl_model_batch,
+    write_dl_model,
 )
 from .system import get_system, get_system_s, set_system
 
@@ -91,6 +92,7 @@ __all__ = [
     "train_dl_classifier_batch",
     "train_dl_model_batch",
     "write_dl_classifier",
+    "write_dl_model",
     "DLModel",
     "DLDevice",
     "DLClassifier",

@@ -1,0 +1,224 @@
+"""Atomic file writes and the safetensors container, in plain Python + numpy.
+
+safetensors layout (https://github.com/huggingface/safetensors, "Format"):
+
+    8 bytes      N, unsigned little-endian 64-bit: the length of the header
+    N bytes      UTF-8 JSON object: {"__metadata__": {str: str}, TENSOR: {"dtype": "F32",
+                 "shape": [...], "data_offsets": [begin, end]}, ...}, padded with spaces
+    rest         the tensors' bytes, little-endian, C order; offsets are relative to the
+                 start of this section, contiguous, and together cover it exactly
+
+Nothing here knows about models; :mod:`halcdl.io.native` defines what goes in the file.
+Errors are raised as :class:`FileFormatError` (what is wrong) or ``OSError``; the caller
+turns them into HALCON error numbers naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from typing import Callable, Iterable
+
+import numpy as np
+
+__all__ = [
+    "FileFormatError",
+    "canonical_json",
+    "atomic_write",
+    "write_safetensors",
+    "parse_safetensors",
+    "looks_like_safetensors",
+]
+
+# dtype names of the safetensors format <-> numpy (little-endian)
+_DTYPES = {"F32": "<f4", "F64": "<f8", "I64": "<i8", "I32": "<i4", "U8": "u1"}
+_DTYPE_OF = {np.dtype(v): k for k, v in _DTYPES.items()}
+# the safetensors library refuses headers above 100 MB; so do we (a corrupted length field)
+MAX_HEADER = 100_000_000
+
+
+class FileFormatError(Exception):
+    """The bytes are not what they should be.  ``kind``: 'truncated', 'corrupted' or
+    'magic' (not this kind of file at all)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _plain(o):
+    if isinstance(o, np.generic):  # numpy scalars that slipped into parameters
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def canonical_json(obj) -> str:
+    """The one JSON spelling used for headers and checksums: sorted keys, no spaces, ASCII."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False, default=_plain)
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes
+# --------------------------------------------------------------------------------------------
+def _write_bytes(f, data) -> None:
+    """Every byte of a file goes through here (tests replace it to simulate a failure)."""
+    f.write(data)
+
+
+def atomic_write(path: str, write: Callable[[Callable[[bytes], None]], None]) -> None:
+    """Write a file so that ``path`` holds either its old content or the complete new one.
+
+    ``write(put)`` produces the content by calling ``put(bytes_like)`` any number of times.
+    The bytes go to a temporary file in the same folder (so the rename cannot cross file
+    systems), which is flushed and fsync'ed, then renamed over ``path`` (``os.replace``,
+    atomic on POSIX); the folder is fsync'ed so the rename itself survives a crash.  On any
+    error the temporary file is removed and the exception propagates (``OSError`` for the
+    file system's errors).  A symbolic link at ``path`` is followed: its target is replaced.
+    """
+    path = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(21, "is a directory", path)
+    folder = os.path.dirname(path)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
+                               f"{secrets.token_hex(4)}.tmp")
+    # O_EXCL: never follow or reuse anything that is already there; 0o666 & ~umask as for a
+    # plain open()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(lambda data: _write_bytes(f, data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename durable; not possible on every platform / file system
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# safetensors
+# --------------------------------------------------------------------------------------------
+def _le(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+    if a.dtype not in _DTYPE_OF:
+        raise TypeError(f"unsupported tensor dtype {a.dtype}")
+    return a
+
+
+def tensor_table(tensors: Iterable[tuple[str, np.ndarray]]) -> tuple[dict, list[np.ndarray]]:
+    """The header entries and the little-endian arrays, in the given order."""
+    table: dict = {}
+    arrays: list[np.ndarray] = []
+    offset = 0
+    for name, arr in tensors:
+        if name in table or name == "__metadata__":
+            raise ValueError(f"duplicate or reserved tensor name {name!r}")
+        a = _le(np.asarray(arr))
+        table[name] = {"dtype": _DTYPE_OF[a.dtype],
+                       "shape": [int(s) for s in a.shape],
+                       "data_offsets": [offset, offset + a.nbytes]}
+        arrays.append(a)
+        offset += a.nbytes
+    return table, arrays
+
+
+def header_bytes(header: dict) -> bytes:
+    """Canonical JSON, padded with spaces to a multiple of 8 (the data section stays
+    8-byte aligned, as the safetensors library writes it)."""
+    raw = canonical_json(header).encode("ascii")
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def write_safetensors(put: Callable[[bytes], None], header: dict,
+                      arrays: list[np.ndarray]) -> None:
+    """Emit a complete file: header (with ``__metadata__`` and the table) then the data."""
+    put(header_bytes(header))
+    for a in arrays:
+        if a.nbytes:
+            put(memoryview(a.reshape(-1)).cast("B"))
+
+
+def looks_like_safetensors(head: bytes) -> bool:
+    """True if the first bytes are those of a safetensors file: a length, then '{'."""
+    return len(head) >= 9 and head[8:9] == b"{"
+
+
+def parse_safetensors(data: bytes) -> tuple[dict, dict, memoryview]:
+    """``(metadata, table, data_section)`` of a whole file's bytes.
+
+    Checks the structure only: the header length, JSON, each entry's dtype/shape/offsets,
+    that the offsets are contiguous, and that the data section is exactly as long as they
+    say.  Raises :class:`FileFormatError`."""
+    size = len(data)
+    if size < 9:
+        raise FileFormatError("truncated", f"the file holds {size} bytes, less than a header")
+    if not looks_like_safetensors(data):
+        raise FileFormatError("magic", "not a safetensors file (no JSON header after the "
+                                       "8-byte length)")
+    n = int.from_bytes(data[:8], "little")
+    if n > MAX_HEADER:
+        raise FileFormatError("corrupted", f"header length field {n} is implausible")
+    if 8 + n > size:
+        raise FileFormatError("truncated", f"the header is {n} bytes but the file ends after "
+                                           f"{size - 8}")
+    try:
+        header = json.loads(bytes(data[8:8 + n]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise FileFormatError("corrupted", f"the header is not valid JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise FileFormatError("corrupted", "the header is not a JSON object")
+    meta = header.pop("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise FileFormatError("corrupted", "__metadata__ must map strings to strings")
+    body = memoryview(data)[8 + n:]
+    spans = []
+    for name, e in header.items():
+        ok = (isinstance(e, dict) and e.get("dtype") in _DTYPES
+              and isinstance(e.get("shape"), list)
+              and all(isinstance(s, int) and s >= 0 for s in e["shape"])
+              and isinstance(e.get("data_offsets"), list) and len(e["data_offsets"]) == 2
+              and all(isinstance(o, int) for o in e["data_offsets"]))
+        if not ok:
+            raise FileFormatError("corrupted", f"bad header entry for tensor {name!r}")
+        b, end = e["data_offsets"]
+        nbytes = int(np.prod(e["shape"], dtype=np.int64)) * np.dtype(_DTYPES[e["dtype"]]).itemsize
+        if end - b != nbytes or b < 0:
+            raise FileFormatError("corrupted", f"tensor {name!r}: offsets {b}..{end} do not "
+                                               f"match its shape {e['shape']}")
+        spans.append((b, end, name))
+    spans.sort()
+    pos = 0
+    for b, end, name in spans:
+        if b != pos:
+            raise FileFormatError("corrupted", f"tensor {name!r} starts at {b}, expected {pos}")
+        pos = end
+    if len(body) < pos:
+        raise FileFormatError("truncated", f"the data section holds {len(body)} of {pos} "
+                                           f"bytes")
+    if len(body) > pos:
+        raise FileFormatError("corrupted", f"{len(body) - pos} unexpected bytes after the "
+                                           f"last tensor")
+    return meta, header, body
+
+
+def tensor_view(table: dict, body: memoryview, name: str) -> np.ndarray:
+    """Read-only array view of one tensor of a parsed file (native byte order)."""
+    e = table[name]
+    b, end = e["data_offsets"]
+    a = np.frombuffer(body[b:end], dtype=np.dtype(_DTYPES[e["dtype"]]))
+    return a.reshape(e["shape"]).astype(a.dtype.newbyteorder("="), copy=False)
