@@ -11,7 +11,8 @@ in: forward + cross-entropy + backward + torch.optim.SGD(momentum, weight_decay)
 an inference-mode forward + softmax. Both sides start from the same numpy DLSample batch
 (torch stacks it into a tensor inside the timed region, as a user would). Reported: median
 images/s over --repeats timed calls after --warmup untimed ones, and halcdl / torch.
-Measured, never asserted.
+Measured, never asserted. Every row of issue 6 (bf16, optimize_for_inference, peak memory,
+overhead) in one command: benchmarks/run_all.py, results in docs/performance.md.
 """
 from __future__ import annotations
 

@@ -351,17 +351,21 @@ def machine_info() -> dict:
     return info
 
 
+def core_mtime() -> str:
+    so = sorted(__import__("glob").glob(os.path.join(common.ROOT, "python", "halcdl",
+                                                     "_core*.so")))
+    return (datetime.datetime.fromtimestamp(os.path.getmtime(so[0])).isoformat(
+        timespec="seconds") if so else "installed package")
+
+
 def build_info() -> str:
     """Which halcdl was measured: HEAD, uncommitted engine/Python changes, _core's mtime."""
     def git(*a):
         return subprocess.run(["git", "-C", common.ROOT, *a], capture_output=True,
                               text=True).stdout.strip()
-    so = sorted(__import__("glob").glob(os.path.join(common.ROOT, "python", "halcdl",
-                                                     "_core*.so")))
     head = git("rev-parse", "--short", "HEAD") or "?"
     dirty = git("status", "--porcelain", "--", "csrc", "python")
-    when = (datetime.datetime.fromtimestamp(os.path.getmtime(so[0])).isoformat(
-        timespec="seconds") if so else "installed package")
+    when = core_mtime()
     return f"{head}{' + uncommitted csrc/python changes' if dirty else ''}, _core built {when}"
 
 
@@ -375,8 +379,8 @@ def report(res) -> str:
              f"{a['threads']} for both; torch {res['torch']}, oneDNN {res['onednn']}")
     L.append(f"- halcdl: {res['build']}")
     if len(res.get("builds_seen", [])) > 1:
-        L.append("- WARNING: _core was rebuilt during the run (sections started on "
-                 + " / ".join(res["builds_seen"]) + "); this process kept the first build, "
+        L.append("- WARNING: _core was rebuilt during the run (builds of "
+                 + ", ".join(res["builds_seen"]) + "); this process kept the first one, "
                  "the memory children loaded whichever was on disk: measure again")
     L.append(f"- load average (1/5/15 min): start {res['load']['start']}, end "
              f"{res['load']['end']}; per section: " + "; ".join(
@@ -513,7 +517,7 @@ def main(argv=None):
     LOG(f"{res['machine']['cpu']}, {res['machine']['cores']} cores, threads {cfg.threads}, "
         f"torch {res['torch']}, oneDNN {res['onednn']}, load {res['load']['start']}")
     t_start = time.time()
-    builds = [res["build"]]
+    builds = [core_mtime()]
     for key, num, fn in (("train_fp32", "1", section_train_fp32),
                          ("train_bf16", "2", section_train_bf16),
                          ("infer", "3", section_infer),
@@ -522,12 +526,12 @@ def main(argv=None):
         if num not in sections:
             continue
         l0, t0 = load_avg(), time.time()
-        builds.append(build_info())
+        builds.append(core_mtime())
         res["sections"][key] = fn(cfg)
         res["load"]["sections"][key] = [l0, load_avg()]
         LOG(f"  ({key}: {time.time() - t0:.0f} s, load {l0[0]} -> {load_avg()[0]})")
     res["load"]["end"] = load_avg()
-    builds.append(build_info())
+    builds.append(core_mtime())
     res["builds_seen"] = list(dict.fromkeys(builds))
     res["elapsed_s"] = time.time() - t_start
     text = report(res)
