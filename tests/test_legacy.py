@@ -20,6 +20,7 @@ import pytest
 
 import halcdl as ha
 from halcdl import errors
+from halcdl.models.zoo import ARCHITECTURES
 
 # --- expected error numbers (docs/legacy.md) -----------------------------------------------
 CODES = {
@@ -181,7 +182,7 @@ def test_hdevelop_port_learns_digits(tmp_path):
         pytest.skip("model files (write_dl_model, issue 4) not available yet: "
                     "write_dl_classifier/read_dl_classifier cannot round-trip")
     train_x, train_y, test_x, test_y, classes = _digits(32)
-    epochs = 4
+    epochs = 3
     rng = np.random.default_rng(0)
     env = {
         "Classes": classes, "ImageWidth": 32, "ImageHeight": 32, "BatchSize": 32,
@@ -400,6 +401,34 @@ def test_write_read_restores_everything(tmp_path):
                                       "classes") == []
 
 
+def test_read_model_files_as_classifiers(tmp_path):
+    """A file written by write_dl_model reads as a classifier whose classes are its
+    class_names; HALCON's own file of a zoo name reads as that architecture, without classes."""
+    if not hasattr(ha, "write_dl_model"):
+        pytest.skip("model files (write_dl_model, issue 4) not available yet")
+    ha.set_system("seed_rand", SEED)
+    m = ha.read_dl_model("pretrained_dl_classifier_compact.hdl")
+    ha.set_dl_model_param(m, "image_dimensions", [SIZE, SIZE, 1])
+    ha.set_dl_model_param(m, "class_ids", [3, 5, 9])
+    ha.set_dl_model_param(m, "class_names", ["c3", "c5", "c9"])
+    ha.write_dl_model(m, str(tmp_path / "model.hdl"))
+    c = ha.read_dl_classifier(str(tmp_path / "model.hdl"))
+    assert ha.get_dl_classifier_param(c, "classes") == ["c3", "c5", "c9"]
+    assert_weights_equal(weights(c.model), weights(m), "model file as classifier")
+    res_c = ha.apply_dl_classifier(IM_APPLY, c)
+    res_m = ha.apply_dl_model(m, [{"image": im} for im in IM_APPLY], [])
+    assert ha.get_dl_classifier_result(res_c, "all", "predicted_classes") == \
+        [r["classification_class_names"][0] for r in res_m]
+    ha.set_dl_classifier_param(c, ["batch_size", "batch_size_multiplier"], [BATCH, MULT])
+    ha.train_dl_classifier_batch(IM1, c, ["c3", "c9", "c5", "c9"])
+    # not a halcdl file, under a zoo name: the built-in architecture, no classes
+    foreign = tmp_path / "pretrained_dl_classifier_compact.hdl"
+    foreign.write_bytes(b"HALCON's own model file, not readable by halcdl")
+    with pytest.warns(UserWarning):
+        f = ha.read_dl_classifier(str(foreign))
+    assert ha.get_dl_classifier_param(f, "classes") == []
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------
@@ -503,6 +532,9 @@ BAD = [
     ("read/not_a_string", lambda c: ha.read_dl_classifier(7), 1201),
     ("write/not_a_handle", lambda c: ha.write_dl_classifier(c.model, "x.hdl"), 1201),
 ]
+if "pretrained_dl_segmentation_compact.hdl" in ARCHITECTURES:
+    BAD.append(("read/segmentation_model",
+                lambda c: ha.read_dl_classifier("pretrained_dl_segmentation_compact.hdl"), 1301))
 # the cases that train on purpose (on_train_result) change the weights: state is not compared
 TRAINS = {"train_result/unknown_name", "train_result/name_not_a_string"}
 

@@ -199,8 +199,18 @@ def _classes_of(model: DLModel, file_name: str) -> list[str] | None:
         return list(model.params["class_names"]) if marker == "set" else None
     if not _is_file(file_name):
         return None  # a built-in architecture: HALCON's pretrained files have no classes
-    names = [str(n) for n in model.params["class_names"]]
+    ids, names = model.params["class_ids"], [str(n) for n in model.params["class_names"]]
+    zoo = get_architecture(file_name)
+    if zoo is not None and names == [str(i) for i in ids] and len(ids) == zoo.num_classes:
+        # the untouched placeholder head of a zoo name (e.g. HALCON's own file of that
+        # name, which read_dl_model answers with the built-in architecture)
+        return None
     return names if len(set(names)) == len(names) else None
+
+
+def _not_a_classifier(name: str, kind: str) -> HOperatorError:
+    return wrong_value(1, f"{name!r} holds a {kind} model, not a classifier "
+                          f"(use read_dl_model)")
 
 
 @operator
@@ -213,9 +223,15 @@ def read_dl_classifier(file_name: Any) -> DLClassifier:
     name = as_str(to_scalar(file_name, 1, "one file name"), 1, "file_name")
     arch = get_architecture(name)
     if arch is not None and not _is_file(name):
+        if getattr(arch, "model_type", "classification") != "classification":
+            raise _not_a_classifier(name, arch.model_type)
         # warn here so that the warning points at the caller's line (once per process)
         _dlm._warn_not_pretrained(arch.file_name)
     model = _dlm.read_dl_model.__wrapped__(name)
+    kind = model.params.get("type", "classification")
+    if kind != "classification":
+        model.clear()
+        raise _not_a_classifier(name, kind)
     classes = _classes_of(model, name)
     if classes is not None and model.params["class_ids"] != list(range(len(classes))):
         _dlm._SETTERS["class_ids"](model, list(range(len(classes))))  # same count: mapping
