@@ -108,6 +108,40 @@ def test_zoo_round_trip(name, tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f != "model.hdl"]  # no temp files left
 
 
+@pytest.mark.parametrize("name", ["compact", "enhanced"])
+def test_segmentation_zoo_round_trip(name, tmp_path):
+    """The segmentation models too: ignore_class_ids and the model type come back, and the
+    per-pixel results are identical."""
+    ha.set_system("seed_rand", 7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ha.NotPretrainedWarning)
+        m = ha.read_dl_model(f"pretrained_dl_segmentation_{name}.hdl")
+    ha.set_dl_model_param(m, "image_dimensions", [32, 32, 3])
+    ha.set_dl_model_param(m, "class_ids", [0, 1, 2])
+    ha.set_dl_model_param(m, "ignore_class_ids", [255])
+    ha.set_dl_model_param(m, "batch_size", 2)
+    rng = np.random.default_rng(4)
+
+    def sample():
+        seg = rng.choice([0, 1, 2, 255], size=(32, 32)).astype(np.uint8)
+        return {"image": rng.uniform(-127, 128, (32, 32, 3)).astype(np.float32),
+                "segmentation_image": seg}
+
+    ha.train_dl_model_batch(m, [sample(), sample()])
+    path = str(tmp_path / "seg.hdl")
+    ha.write_dl_model(m, path)
+    m2 = ha.read_dl_model(path)
+    assert_same(snapshot(m), snapshot(m2))
+    assert ha.get_dl_model_param_s(m2, "type") == "segmentation"
+    assert ha.get_dl_model_param(m2, "ignore_class_ids") == [255]
+    test = [sample()]
+    a, b = ha.apply_dl_model(m, test, []), ha.apply_dl_model(m2, test, [])
+    for key in ("segmentation_image", "segmentation_confidence"):
+        assert np.array_equal(a[0][key], b[0][key])
+    batch = [sample(), sample()]
+    assert ha.train_dl_model_batch(m, batch) == ha.train_dl_model_batch(m2, batch)
+
+
 def test_read_model_can_still_change_classes_and_channels(tmp_path):
     """A model read from a file re-creates its head / first conv like the original."""
     m = _new("resnet18", channels=1)

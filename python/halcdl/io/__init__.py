@@ -1,39 +1,71 @@
-"""Model files: halcdl's native format (docs/model_format.md).
+"""Model files: halcdl's native format (docs/model_format.md) and ONNX (docs/onnx.md).
 
-:func:`read_file` recognises a halcdl model file by its content (the safetensors header
-length, then ``{``), whatever its extension.  :func:`write_file` writes the native format.
-Both raise HOperatorError with HALCON's numbers and a message naming the file.
+:func:`read_file` recognises a file by its content (a halcdl model file starts with the
+safetensors header length and ``{``; an ONNX file is a protobuf ``ModelProto`` whose first
+field is ``ir_version``) and, for ONNX, by the ``.onnx`` extension.  :func:`write_file`
+writes the native format, or ONNX when the name ends in ``.onnx``.  Both raise
+HOperatorError with HALCON's numbers and a message naming the file.  ``onnx`` is imported
+only on an ONNX path.
 """
 
 from __future__ import annotations
+
+import os
 
 from ..errors import H_ERR_DL_FILE_READ, HOperatorError
 from ..models.handle import DLModel
 from .files import looks_like_safetensors
 from .native import FORMAT, FORMAT_VERSION, read_model_bytes, write_model
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "read_file", "write_file", "NotAModelFile"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "read_file", "write_file", "is_onnx_name",
+           "NotAModelFile"]
 
 
 class NotAModelFile(HOperatorError):
-    """7780: the file is not a halcdl model file (wrong magic)."""
+    """7780: the file is neither a halcdl model file nor an ONNX model (wrong magic)."""
+
+
+def is_onnx_name(path: str) -> bool:
+    return str(path).lower().endswith(".onnx")
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    # protobuf field 1 (ir_version, varint) first, as every ONNX writer serialises it
+    return len(head) >= 2 and head[0] == 0x08
 
 
 def read_file(path: str, seed: int) -> DLModel:
     """The model stored in the file ``path`` (which exists).  ``seed``: engine seed for a
-    model whose file carries none."""
+    model whose file carries none (ONNX)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as err:
         raise HOperatorError(H_ERR_DL_FILE_READ, f"cannot read model file {path!r}: "
                                                  f"{err.strerror or err}") from None
+    if is_onnx_name(path) and not looks_like_safetensors(data[:16]):
+        from .onnx_import import import_onnx
+
+        return import_onnx(path, seed, data)
     if len(data) >= 9 and not looks_like_safetensors(data[:16]):
+        if _looks_like_onnx(data[:16]):
+            from .onnx_import import OnnxParseError, import_onnx
+
+            try:
+                return import_onnx(path, seed, data)
+            except OnnxParseError:
+                pass  # only looked like one
         raise NotAModelFile(H_ERR_DL_FILE_READ, f"cannot read model file {path!r}: not a "
-                                                f"halcdl model file (wrong magic)")
+                                                f"halcdl model file (wrong magic) and not an "
+                                                f"ONNX model")
     return read_model_bytes(data, path)
 
 
 def write_file(m: DLModel, path: str) -> None:
-    """Write ``m`` (its lock held by the caller) in the native format."""
-    write_model(m, path)
+    """Write ``m`` (its lock held by the caller): ONNX for ``*.onnx``, else native."""
+    if is_onnx_name(path):
+        from .onnx_export import export_onnx
+
+        export_onnx(m, path)
+    else:
+        write_model(m, path)

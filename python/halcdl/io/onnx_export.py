@@ -1,0 +1,216 @@
+"""halcdl → ONNX: the inference graph of a model (opset 17), built with ``onnx.helper``.
+
+Input ``image``: float32 (N, C, H, W) at the model's image size, N free.  Output
+``confidences``: float32 (N, K), the softmax probabilities in class-id order (what
+apply_dl_model computes before it sorts them).  Initializers carry the engine's parameter
+names (``layer1.0.conv1.weight``, ``bn1.scale`` …), so an import gives the same names back.
+Details: docs/onnx.md.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ..errors import H_ERR_DL_FILE_WRITE, H_ERR_DL_WRITE_ONNX, HOperatorError
+from ..models.handle import DLModel
+from .files import atomic_write
+from .onnx_common import require_onnx
+
+__all__ = ["export_onnx", "build_onnx", "OPSET"]
+
+OPSET = 17
+IR_VERSION = 8  # the lowest IR version that carries opset 17: readable by older runtimes
+
+
+def _pair(v, default) -> list[int]:
+    if v is None:
+        v = default
+    if isinstance(v, (list, tuple)):
+        return [int(v[0]), int(v[-1])]
+    return [int(v), int(v)]
+
+
+def build_onnx(m: DLModel):
+    """The ``onnx.ModelProto`` of ``m`` (the caller holds the handle's lock)."""
+    onnx = require_onnx(H_ERR_DL_WRITE_ONNX)
+    from onnx import TensorProto, helper, numpy_helper
+
+    core = m.core
+    p = m.params
+    spec = m.spec
+    nodes, inits = [], []
+    tensor: dict[str, str] = {}  # spec node → ONNX tensor name
+    rank: dict[str, int] = {}    # spec node → 4 (N, C, H, W) or 2 (N, F)
+    taken = {n["name"] for n in spec}
+
+    def fresh(base: str) -> str:
+        name, i = base, 2
+        while name in taken:
+            name = f"{base}_{i}"
+            i += 1
+        taken.add(name)
+        return name
+
+    def param(name: str) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(core.get_param(name), np.float32),
+                                             name))
+        return name
+
+    clip_bounds: list[str] = []
+
+    def relu6_bounds() -> list[str]:
+        if not clip_bounds:
+            for n, v in (("relu6.min", 0.0), ("relu6.max", 6.0)):
+                name = fresh(n)
+                inits.append(numpy_helper.from_array(np.array(v, np.float32), name))
+                clip_bounds.append(name)
+        return clip_bounds
+
+    inp = spec[0]
+    tensor[inp["name"]] = "image"
+    taken.add("image")
+    rank[inp["name"]] = 4
+    c, h, w = int(inp["channels"]), int(p["image_height"]), int(p["image_width"])
+    bn_momentum = 1.0 - float(p["batchnorm_momentum"])
+
+    for n in spec[1:]:
+        op, name = n["op"], n["name"]
+        xs = [tensor[i] for i in n["inputs"]]
+        r = rank[n["inputs"][0]]
+        out = name
+        if op == "conv":
+            k = _pair(n.get("kernel"), 1)
+            ph, pw = _pair(n.get("pad"), 0)
+            ins = xs + [param(f"{name}.weight")]
+            if n.get("bias", True):
+                ins.append(param(f"{name}.bias"))
+            nodes.append(helper.make_node(
+                "Conv", ins, [out], name=name, kernel_shape=k, strides=_pair(n.get("stride"), 1),
+                pads=[ph, pw, ph, pw], dilations=_pair(n.get("dilation"), 1),
+                group=int(n.get("groups", 1))))
+        elif op == "deconv":
+            k = _pair(n.get("kernel"), 1)
+            ph, pw = _pair(n.get("pad"), 0)
+            ins = xs + [param(f"{name}.weight")]
+            if n.get("bias", True):
+                ins.append(param(f"{name}.bias"))
+            nodes.append(helper.make_node(
+                "ConvTranspose", ins, [out], name=name, kernel_shape=k,
+                strides=_pair(n.get("stride"), 1), pads=[ph, pw, ph, pw],
+                output_padding=_pair(n.get("output_padding"), 0),
+                dilations=_pair(n.get("dilation"), 1)))
+        elif op in ("upsample_nearest", "upsample_bilinear"):
+            sc = float(n.get("scale", 2))
+            scales = fresh(f"{name}.scales")
+            inits.append(numpy_helper.from_array(np.array([1, 1, sc, sc], np.float32), scales))
+            if op == "upsample_nearest":  # PyTorch's nearest: repeat each pixel
+                attrs = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
+                             nearest_mode="floor")
+            else:  # PyTorch's bilinear with align_corners=False
+                attrs = dict(mode="linear", coordinate_transformation_mode="half_pixel")
+            nodes.append(helper.make_node("Resize", xs + ["", scales], [out], name=name,
+                                          **attrs))
+        elif op == "bn":
+            ins = xs + [param(f"{name}.{s}") for s in ("scale", "shift", "running_mean",
+                                                       "running_var")]
+            nodes.append(helper.make_node("BatchNormalization", ins, [out], name=name,
+                                          epsilon=float(n.get("eps", 1e-5)),
+                                          momentum=bn_momentum))
+        elif op == "relu":
+            nodes.append(helper.make_node("Relu", xs, [out], name=name))
+        elif op == "relu6":
+            nodes.append(helper.make_node("Clip", xs + relu6_bounds(), [out], name=name))
+        elif op in ("maxpool", "avgpool"):
+            k = _pair(n.get("kernel"), 1)
+            ph, pw = _pair(n.get("pad"), 0)
+            attrs = dict(kernel_shape=k, strides=_pair(n.get("stride"), k), pads=[ph, pw, ph, pw])
+            if op == "avgpool":
+                attrs["count_include_pad"] = 0  # the engine averages over real pixels only
+            nodes.append(helper.make_node("MaxPool" if op == "maxpool" else "AveragePool", xs,
+                                          [out], name=name, **attrs))
+        elif op == "gap":
+            nodes.append(helper.make_node("GlobalAveragePool", xs, [out], name=name))
+        elif op == "fc":
+            x = xs[0]
+            if r == 4:
+                x = fresh(f"{name}.flatten")
+                nodes.append(helper.make_node("Flatten", xs, [x], name=x, axis=1))
+            ins = [x, param(f"{name}.weight")]
+            if n.get("bias", True):
+                ins.append(param(f"{name}.bias"))
+            nodes.append(helper.make_node("Gemm", ins, [out], name=name, transB=1))
+            r = 2
+        elif op == "add":
+            nodes.append(helper.make_node("Add", xs, [out], name=name))
+        elif op == "concat":
+            nodes.append(helper.make_node("Concat", xs, [out], name=name, axis=1))
+        elif op == "dropout":  # inverted dropout: the identity at inference
+            out = xs[0]
+        elif op == "softmax":
+            nodes.append(helper.make_node("Softmax", xs, [out], name=name, axis=1))
+        else:
+            raise HOperatorError(H_ERR_DL_WRITE_ONNX,
+                                 f"node {name!r}: op {op!r} has no ONNX export yet")
+        tensor[name] = out
+        rank[name] = r
+
+    last = spec[-1]["name"]
+    x = tensor[last]
+    if rank[last] == 4:  # (N, K, 1, 1) → (N, K)
+        flat = fresh("scores.flatten")
+        nodes.append(helper.make_node("Flatten", [x], [flat], name=flat, axis=1))
+        x = flat
+    nodes.append(helper.make_node("Softmax", [x], ["confidences"], name=fresh("softmax"),
+                                  axis=1))
+    k = len(p["class_ids"])
+    graph = helper.make_graph(
+        nodes, "halcdl",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info("confidences", TensorProto.FLOAT, ["N", k])],
+        initializer=inits)
+    try:
+        from importlib.metadata import version
+
+        ver = version("halcdl")
+    except Exception:
+        ver = ""
+    model = helper.make_model(graph, producer_name="halcdl", producer_version=ver,
+                              opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    model.doc_string = ("halcdl inference graph: input 'image' float32 (N, C, H, W), already "
+                        "preprocessed to image_range_min..image_range_max; output "
+                        "'confidences' (N, K) softmax probabilities in class_ids order")
+    helper.set_model_props(model, {
+        "halcdl.class_ids": json.dumps(list(p["class_ids"])),
+        "halcdl.class_names": json.dumps(list(p["class_names"])),
+        "halcdl.image_range_min": json.dumps(float(p["image_range_min"])),
+        "halcdl.image_range_max": json.dumps(float(p["image_range_max"])),
+        "halcdl.meta_data": json.dumps(dict(p["meta_data"])),
+    })
+    try:
+        onnx.checker.check_model(model)
+    except Exception as err:  # a spec the exporter maps wrongly: a bug, but say what it is
+        raise HOperatorError(H_ERR_DL_WRITE_ONNX, f"the exported graph is not valid ONNX: "
+                                                  f"{err}") from None
+    return model
+
+
+def export_onnx(m: DLModel, path: str) -> None:
+    """Write the ONNX file atomically (7803 if the model cannot be exported, 7781 if the file
+    cannot be written)."""
+    try:
+        model = build_onnx(m)
+        data = model.SerializeToString()
+    except HOperatorError as err:
+        raise HOperatorError(err.error_code, f"cannot write ONNX file {path!r}: "
+                                             f"{err._text}") from None
+    except ValueError as err:  # e.g. a model above protobuf's 2 GB limit
+        raise HOperatorError(H_ERR_DL_WRITE_ONNX,
+                             f"cannot write ONNX file {path!r}: {err}") from None
+    try:
+        atomic_write(path, lambda put: put(data))
+    except OSError as err:
+        raise HOperatorError(H_ERR_DL_FILE_WRITE,
+                             f"cannot write ONNX file {path!r}: {err.strerror or err}") from None
