@@ -10,6 +10,8 @@ checked against onnxruntime on the same inputs (docs/onnx.md).
 * halcdl → ONNX → onnxruntime equals apply_dl_model: the zoo's resnet18, mobilenet_v2 and
   compact after a training step, and the imported PyTorch networks (deconv, upsampling,
   ReLU6); importing the export gives the same weights back.
+* Segmentation: a PyTorch U-Net imported, re-exported, and the zoo's segmentation models
+  exported; per-pixel confidence and class against onnxruntime.
 * Imported models train, keep their weights when class_ids keep their count, and survive
   the native format.
 * Unsupported ops and attributes raise 7801 naming the node and its op type; without the
@@ -393,6 +395,99 @@ def test_imported_pytorch_net_exports_again(name, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# segmentation: one score per class and pixel
+# --------------------------------------------------------------------------------------------
+class TinyUNet(nn.Module):
+    """Two encoder stages, a transposed-convolution and a bilinear decoder stage with
+    concatenated skips, a 1×1 conv to K scores per pixel (total stride 4)."""
+
+    def __init__(self, k=3):
+        super().__init__()
+
+        def cbr(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, 1, 1, bias=False), nn.BatchNorm2d(o),
+                                 nn.ReLU(inplace=True))
+
+        self.enc1, self.enc2, self.mid = cbr(3, 8), cbr(8, 12), cbr(12, 16)
+        self.up2 = nn.ConvTranspose2d(16, 12, 2, stride=2)
+        self.dec2 = cbr(24, 12)
+        self.dec1 = cbr(20, 8)
+        self.classifier = nn.Conv2d(8, k, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(nn.functional.max_pool2d(e1, 2))
+        m = self.mid(nn.functional.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
+        up = nn.functional.interpolate(d2, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.classifier(self.dec1(torch.cat([up, e1], 1)))
+
+
+def assert_segmentation_matches(m, x_nchw, probs, what):
+    """apply_dl_model's per-pixel confidence = max probability, its class = the arg max
+    (wherever the best two probabilities are not within the tolerance of each other)."""
+    ids = np.asarray(ha.get_dl_model_param(m, "class_ids"))
+    samples = [{"image": np.ascontiguousarray(x.transpose(1, 2, 0))} for x in x_nchw]
+    res = ha.apply_dl_model(m, samples, [])
+    conf = np.stack([r["segmentation_confidence"] for r in res])
+    seg = np.stack([r["segmentation_image"] for r in res])
+    assert_close(conf, probs.max(axis=1), atol=ATOL, rtol=0, what=f"{what}: confidences")
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * ATOL
+    assert np.array_equal(seg[clear], ids[probs.argmax(axis=1)][clear]), what
+    assert clear.mean() > 0.9
+
+
+def test_segmentation_import_matches_onnxruntime(tmp_path):
+    net = randomize_bn(TinyUNet()).eval()
+    path = torch_export(net, tmp_path / "unet.onnx", size=16, do_constant_folding=False)
+    m = ha.read_dl_model(path)
+    assert ha.get_dl_model_param_s(m, "type") == "segmentation"
+    assert {"deconv", "upsample_bilinear", "concat"} <= {n["op"] for n in m.spec}
+    x = _inputs(2, 3, 16)
+    assert_segmentation_matches(m, x, softmax(ort_run(path, x)), "tiny U-Net")
+    with pytest.raises(ha.HOperatorError) as e:  # the skips need multiples of the stride
+        ha.set_dl_model_param(m, "image_width", 18)
+    assert e.value.error_code == 7722
+    ha.set_dl_model_param(m, "image_dimensions", [24, 24, 3])
+    ha.set_dl_model_param(m, "ignore_class_ids", [9])
+    out = str(tmp_path / "unet_out.onnx")
+    ha.write_dl_model(m, out)  # and back out (at the new size)
+    x = _inputs(2, 3, 24, seed=1)
+    assert_segmentation_matches(m, x, ort_run(out, x), "tiny U-Net re-exported")
+    m2 = ha.read_dl_model(out)
+    assert ha.get_dl_model_param(m2, "ignore_class_ids") == [9]
+    assert ha.get_dl_model_param(m2, "image_dimensions") == [24, 24, 3]
+
+
+@pytest.mark.parametrize("arch", ["compact", "enhanced"])
+def test_segmentation_export_matches_onnxruntime(arch, tmp_path):
+    ha.set_system("seed_rand", 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ha.NotPretrainedWarning)
+        m = ha.read_dl_model(f"pretrained_dl_segmentation_{arch}.hdl")
+    ids = [0, 3, 5]
+    ha.set_dl_model_param(m, "image_dimensions", [32, 32, 3])
+    ha.set_dl_model_param(m, "class_ids", ids)
+    ha.set_dl_model_param(m, "batch_size", 2)
+    rng = np.random.default_rng(0)
+    batch = [{"image": rng.uniform(-127, 128, (32, 32, 3)).astype(np.float32),
+              "segmentation_image": rng.choice(ids, (32, 32)).astype(np.uint8)}
+             for _ in range(2)]
+    ha.train_dl_model_batch(m, batch)
+    path = str(tmp_path / f"seg_{arch}.onnx")
+    ha.write_dl_model(m, path)
+    x = rng.uniform(-127, 128, (2, 3, 32, 32)).astype(np.float32)
+    probs = ort_run(path, x)
+    assert probs.shape == (2, 3, 32, 32)
+    assert_segmentation_matches(m, x, probs, f"segmentation_{arch}")
+    m2 = ha.read_dl_model(path)
+    assert ha.get_dl_model_param_s(m2, "type") == "segmentation"
+    for n in m.core.param_names():
+        assert np.array_equal(m2.core.get_param(n), m.core.get_param(n)), n
+
+
+# --------------------------------------------------------------------------------------------
 # what cannot be imported: 7801 naming node and op type
 # --------------------------------------------------------------------------------------------
 def _graph(nodes, inits=(), in_shape=(None, 3, 8, 8), out="y", extra_inputs=()):
@@ -480,7 +575,8 @@ def test_graph_level_import_errors(tmp_path):
         "two_inputs.onnx": _graph([helper.make_node("Add", ["x", "x2"], ["s"], name="a")]
                                   + _gap_head("s"), extra_inputs=["x2"]),
         "dynamic_size.onnx": _graph(_gap_head("x"), in_shape=(None, 3, "H", "W")),
-        "segmentation_output.onnx": _graph([helper.make_node("Relu", ["x"], ["y"], name="r")]),
+        "map_output.onnx": _graph([helper.make_node("MaxPool", ["x"], ["y"], name="p",
+                                                    kernel_shape=[2, 2], strides=[2, 2])]),
     }
     for fname, model in cases.items():
         path = str(tmp_path / fname)

@@ -10,7 +10,6 @@ only on an ONNX path.
 
 from __future__ import annotations
 
-import os
 
 from ..errors import H_ERR_DL_FILE_READ, HOperatorError
 from ..models.handle import DLModel

@@ -12,7 +12,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 from typing import Any
 
 import numpy as np

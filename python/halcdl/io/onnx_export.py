@@ -158,7 +158,8 @@ def build_onnx(m: DLModel):
 
     last = spec[-1]["name"]
     x = tensor[last]
-    if rank[last] == 4:  # (N, K, 1, 1) → (N, K)
+    segmentation = p.get("type") == "segmentation"
+    if rank[last] == 4 and not segmentation:  # (N, K, 1, 1) → (N, K)
         flat = fresh("scores.flatten")
         nodes.append(helper.make_node("Flatten", [x], [flat], name=flat, axis=1))
         x = flat
@@ -168,7 +169,8 @@ def build_onnx(m: DLModel):
     graph = helper.make_graph(
         nodes, "halcdl",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", c, h, w])],
-        [helper.make_tensor_value_info("confidences", TensorProto.FLOAT, ["N", k])],
+        [helper.make_tensor_value_info("confidences", TensorProto.FLOAT,
+                                       ["N", k, h, w] if segmentation else ["N", k])],
         initializer=inits)
     try:
         from importlib.metadata import version
@@ -181,13 +183,16 @@ def build_onnx(m: DLModel):
     model.ir_version = IR_VERSION
     model.doc_string = ("halcdl inference graph: input 'image' float32 (N, C, H, W), already "
                         "preprocessed to image_range_min..image_range_max; output "
-                        "'confidences' (N, K) softmax probabilities in class_ids order")
+                        "'confidences' softmax probabilities in class_ids order, (N, K) for "
+                        "classification, (N, K, H, W) per pixel for segmentation")
     helper.set_model_props(model, {
         "halcdl.class_ids": json.dumps(list(p["class_ids"])),
         "halcdl.class_names": json.dumps(list(p["class_names"])),
         "halcdl.image_range_min": json.dumps(float(p["image_range_min"])),
         "halcdl.image_range_max": json.dumps(float(p["image_range_max"])),
         "halcdl.meta_data": json.dumps(dict(p["meta_data"])),
+        **({"halcdl.ignore_class_ids": json.dumps(list(p.get("ignore_class_ids", [])))}
+           if segmentation else {}),
     })
     try:
         onnx.checker.check_model(model)

@@ -1,4 +1,5 @@
-"""ONNX → halcdl: a classification network becomes a graph spec plus its weights.
+"""ONNX → halcdl: a classification or segmentation network becomes a graph spec plus its
+weights.
 
 The converter walks the ONNX nodes in their (topological) order and keeps, for every tensor,
 either a constant (initializers, ``Constant`` nodes and what folds from them), a *shape value*
@@ -112,6 +113,7 @@ class _Converter:
         for o in self.graph.output:
             self.uses[o.name] = self.uses.get(o.name, 0) + 1
         self.drop_softmax: set[int] = set()
+        self.segmentation = False
 
     # ---------------------------------------------------------------------------------------
     # helpers
@@ -222,8 +224,11 @@ class _Converter:
             raise self.fail(f"the output {out_name!r} is not computed from the input")
         out = self.acts[out_name]
         k = out.shape[0] if out.shape else 0
-        if not out.shape or _prod(out.shape[1:]) != 1:
-            raise self.fail(f"the output must be class scores (N, K) or (N, K, 1, 1), it is "
+        self.segmentation = len(out.shape) == 3 and out.shape[1:] == (h, w) and h * w > 1 \
+            and out.eshape == out.shape
+        if not out.shape or (_prod(out.shape[1:]) != 1 and not self.segmentation):
+            raise self.fail(f"the output must be class scores: (N, K) or (N, K, 1, 1) for "
+                            f"classification, (N, K, {h}, {w}) for segmentation; it is "
                             f"(N, {', '.join(map(str, out.shape))})")
         out_node = out.node
         by_name = {n["name"]: n for n in self.spec}
@@ -821,13 +826,36 @@ class _Converter:
         self.acts[node.output[0]] = _Act(name, x.shape, x.eshape)
 
 
+def _size_multiple(spec: list) -> int:
+    """The largest downsampling factor inside the network (pooling and strided convolutions
+    divide, transposed convolutions and upsampling multiply back): a segmentation network
+    whose skip connections meet again needs image sizes divisible by it."""
+    factor: dict[str, float] = {}
+    worst = 1.0
+    for n in spec:
+        ins = [factor[i] for i in n["inputs"] if factor.get(i) is not None]
+        f = max(ins) if ins else 1.0
+        op = n["op"]
+        if op in ("conv", "maxpool", "avgpool"):
+            st = n.get("stride", 1 if op == "conv" else n.get("kernel", 1))
+            f *= max(st) if isinstance(st, list) else st
+        elif op == "deconv":
+            st = n.get("stride", 1)
+            f /= max(st) if isinstance(st, list) else st
+        elif op in ("upsample_nearest", "upsample_bilinear"):
+            f /= n.get("scale", 2)
+        factor[n["name"]] = f
+        worst = max(worst, f)
+    return max(1, int(math.ceil(worst - 1e-9)))
+
+
 def _meta_props(model) -> dict:
     return {p.key: p.value for p in model.metadata_props}
 
 
 def import_onnx(path: str, seed: int, data: bytes | None = None) -> DLModel:
-    """A model handle for the ONNX classification network in ``path`` (7801 on anything that
-    cannot be imported)."""
+    """A model handle for the ONNX classification or segmentation network in ``path`` (7801
+    on anything that cannot be imported)."""
     onnx = require_onnx(H_ERR_DL_READ_ONNX)
     try:
         if data is not None:
@@ -844,6 +872,10 @@ def import_onnx(path: str, seed: int, data: bytes | None = None) -> DLModel:
     conv = _Converter(onnx, model, path)
     spec, params, (c, h, w), k = conv.run()
     fixed = any(n["op"] == "fc" and "in_features" in n for n in spec)
+    kind = {}
+    if conv.segmentation:
+        multiple = _size_multiple(spec)
+        kind = dict(model_type="segmentation", size_multiple=multiple, min_size=multiple)
     props = _meta_props(model)
 
     def prop(key, kind, default):
@@ -865,7 +897,8 @@ def import_onnx(path: str, seed: int, data: bytes | None = None) -> DLModel:
     arch = spec_architecture(
         base, spec, k, f"imported from the ONNX file {base}",
         image_width=int(w), image_height=int(h), image_num_channels=int(c),
-        image_range_min=float(rmin), image_range_max=float(rmax), fixed_size=fixed, min_size=1)
+        image_range_min=float(rmin), image_range_max=float(rmax), fixed_size=fixed,
+        **({"min_size": 1} | kind))
     try:
         m = DLModel(arch, seed)
         core = m.core
@@ -884,6 +917,10 @@ def import_onnx(path: str, seed: int, data: bytes | None = None) -> DLModel:
         core.set_class_ids(class_ids)
     p["class_ids"] = list(class_ids)
     p["class_names"] = list(class_names)
+    if conv.segmentation:
+        ignore = prop("halcdl.ignore_class_ids", lambda v: isinstance(v, list) and all(
+            isinstance(i, int) and i >= 0 and i not in class_ids for i in v), [])
+        p["ignore_class_ids"] = list(ignore)
     if conv.bn_momenta and len(set(conv.bn_momenta)) == 1:
         mom = 1.0 - conv.bn_momenta[0]  # ONNX: running·momentum + batch·(1 − momentum)
         if 0.0 <= mom <= 1.0:

@@ -152,8 +152,8 @@ def read_dl_model(file_name: Any) -> DLModel:
 
     A file of that name (or with ``.hdl`` appended) is read when it exists: a file written by
     write_dl_model (recognised by its content, whatever its extension: weights, optimizer
-    state and parameters as written), or an ONNX classification network (``*.onnx``, needs
-    ``halcdl[onnx]``).  Otherwise the built-in classification architectures answer to
+    state and parameters as written), or an ONNX classification or segmentation network
+    (``*.onnx``, needs ``halcdl[onnx]``).  Otherwise the built-in architectures answer to
     HALCON's file names (``pretrained_dl_classifier_compact.hdl`` …, directory ignored,
     ``.hdl`` optional) with randomly initialised weights (warned once per process).
     Errors: 5200 no such file or architecture; 7780 unreadable, truncated or corrupted file,
@@ -476,8 +476,12 @@ def _set_runtime_init(m: DLModel, vals: list) -> None:
 
 
 def _set_optimize_for_inference(m: DLModel, vals: list) -> None:
-    m.params["optimize_for_inference"] = _choice(vals, "optimize_for_inference",
-                                                 ("true", "false"))
+    # inference plans are always fused (conv+bn+relu); 'true' also frees the training
+    # workspaces, which a later train step rebuilds
+    v = _choice(vals, "optimize_for_inference", ("true", "false"))
+    if v == "true":
+        m.core.release_training_plans()
+    m.params["optimize_for_inference"] = v
 
 
 def _set_precision(m: DLModel, vals: list) -> None:
