@@ -476,12 +476,8 @@ def _set_runtime_init(m: DLModel, vals: list) -> None:
 
 
 def _set_optimize_for_inference(m: DLModel, vals: list) -> None:
-    # inference plans are always fused (conv+bn+relu); 'true' also frees the training
-    # workspaces, which a later train step rebuilds
-    v = _choice(vals, "optimize_for_inference", ("true", "false"))
-    if v == "true":
-        m.core.release_training_plans()
-    m.params["optimize_for_inference"] = v
+    m.params["optimize_for_inference"] = _choice(vals, "optimize_for_inference",
+                                                 ("true", "false"))
 
 
 def _set_precision(m: DLModel, vals: list) -> None:
