@@ -424,6 +424,11 @@ PYBIND11_MODULE(_core, m) {
              std::lock_guard<std::mutex> lk(md.mutex());
              md.set_precision(pr);
            })
+      .def("release_training_plans",
+           [](Model& md) {
+             std::lock_guard<std::mutex> lk(md.mutex());
+             md.release_training_plans();
+           })
       .def("get_precision",
            [](const Model& md) { return md.precision() == Precision::BF16 ? "bfloat16" : "float32"; })
       .def("summary", &Model::summary)

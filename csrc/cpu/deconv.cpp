@@ -31,7 +31,10 @@ class Deconv : public CpuNode {
     src_md_ = fwd_pd_.src_desc();
     out(b).md = fwd_pd_.dst_desc();
     if (src_md_ != x.md) src_buf_ = b.request(src_md_, b.tf(idx), b.training ? b.tb(idx) : b.tf(idx));
-    if (fwd_pd_.weights_desc() != wplain_) w_buf_ = b.request(fwd_pd_.weights_desc(), 0, b.t_end());
+    // training changes the weights every step: the mirrors are transient, refreshed per use
+    if (fwd_pd_.weights_desc() != wplain_)
+      w_buf_ = b.training ? b.request(fwd_pd_.weights_desc(), b.tf(idx), b.tf(idx))
+                          : b.request(fwd_pd_.weights_desc(), 0, b.t_end());
     if (!b.training) return;
     bwdw_pd_ = dnnl::deconvolution_backward_weights::primitive_desc(b.eng, alg, src_md_, dw_any, bias_md_, out(b).md,
                                                                     strides, dil, pl, pr, fwd_pd_);
@@ -40,8 +43,7 @@ class Deconv : public CpuNode {
     if (x.need_grad) {
       bwdd_pd_ = dnnl::deconvolution_backward_data::primitive_desc(b.eng, alg, src_md_, w_any, out(b).md, strides,
                                                                    dil, pl, pr, fwd_pd_);
-      if (bwdd_pd_.weights_desc() != fwd_pd_.weights_desc())
-        wb_buf_ = b.request(bwdd_pd_.weights_desc(), 0, b.t_end());
+      if (bwdd_pd_.weights_desc() != wplain_) wb_buf_ = b.request(bwdd_pd_.weights_desc(), b.tb(idx), b.tb(idx));
       if (src_md_ != x.md) dsrc_buf_ = b.request(src_md_, b.tb(idx), b.tb(idx));
     }
   }
@@ -73,7 +75,7 @@ class Deconv : public CpuNode {
     }
     if (x.need_grad) {
       bwdd_ = dnnl::deconvolution_backward_data(bwdd_pd_);
-      memory w = w_.used;
+      memory w = w_.plain;  // the layout backward-data wants is the arena's own, or:
       if (wb_buf_ >= 0) {
         wb_ = weight_mirror(b, node.p_weight, wplain_, bwdd_pd_.weights_desc(), wb_buf_);
         w = wb_.used;

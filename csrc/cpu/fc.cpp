@@ -22,15 +22,17 @@ class FC : public CpuNode {
     auto prop = b.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
     fwd_pd_ = dnnl::inner_product_forward::primitive_desc(b.eng, prop, x.md, w_any, bias_md_, dst_any);
     out(b).md = fwd_pd_.dst_desc();
-    if (fwd_pd_.weights_desc() != wplain_) w_buf_ = b.request(fwd_pd_.weights_desc(), 0, b.t_end());
+    // training changes the weights every step: the mirrors are transient, refreshed per use
+    if (fwd_pd_.weights_desc() != wplain_)
+      w_buf_ = b.training ? b.request(fwd_pd_.weights_desc(), b.tf(idx), b.tf(idx))
+                          : b.request(fwd_pd_.weights_desc(), 0, b.t_end());
     if (!b.training) return;
     bwdw_pd_ = dnnl::inner_product_backward_weights::primitive_desc(b.eng, x.md, dw_any, bias_md_, out(b).md, fwd_pd_);
     if (bwdw_pd_.diff_weights_desc() != wplain_)
       dw_buf_ = b.request(bwdw_pd_.diff_weights_desc(), b.tb(idx), b.tb(idx));
     if (x.need_grad) {
       bwdd_pd_ = dnnl::inner_product_backward_data::primitive_desc(b.eng, x.md, w_any, out(b).md, fwd_pd_);
-      if (bwdd_pd_.weights_desc() != fwd_pd_.weights_desc())
-        wb_buf_ = b.request(bwdd_pd_.weights_desc(), 0, b.t_end());
+      if (bwdd_pd_.weights_desc() != wplain_) wb_buf_ = b.request(bwdd_pd_.weights_desc(), b.tb(idx), b.tb(idx));
     }
   }
 
@@ -56,7 +58,7 @@ class FC : public CpuNode {
     }
     if (x.need_grad) {
       bwdd_ = dnnl::inner_product_backward_data(bwdd_pd_);
-      memory w = w_.used;
+      memory w = w_.plain;  // the layout backward-data wants is the arena's own, or:
       if (wb_buf_ >= 0) {
         wb_ = weight_mirror(b, node.p_weight, wplain_, bwdd_pd_.weights_desc(), wb_buf_);
         w = wb_.used;

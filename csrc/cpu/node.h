@@ -86,8 +86,9 @@ struct WeightMirror {
   memory plain, used;
   Reorder r;
   uint64_t seen = ~0ull;
+  bool transient = false;  // its buffer is reused between uses: refresh every time
   void refresh(Exec& e) {
-    if (r && seen != e.version) { r.run(e.s); seen = e.version; }
+    if (r && (transient || seen != e.version)) { r.run(e.s); seen = e.version; }
   }
 };
 

@@ -32,6 +32,7 @@ GradTarget grad_target(Build& b, int param, const memory::desc& md) {
 
 WeightMirror weight_mirror(Build& b, int param, const memory::desc& plain, const memory::desc& want, int buf) {
   WeightMirror w;
+  w.transient = b.training;
   w.plain = memory(plain, b.eng, b.views.weights + b.g.params[param].offset);
   if (buf >= 0) {
     w.used = b.mem(want, buf);

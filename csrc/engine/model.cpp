@@ -195,6 +195,11 @@ void Model::set_precision(Precision p) {
   plans_.clear();
 }
 
+void Model::release_training_plans() {
+  for (auto it = plans_.begin(); it != plans_.end();)
+    it = std::get<4>(it->first) ? plans_.erase(it) : std::next(it);
+}
+
 float* Model::staging(size_t floats) {
   if (staging_.bytes() < floats * sizeof(float)) staging_.resize(floats * sizeof(float));
   return staging_.f();

@@ -66,6 +66,8 @@ class Model {
   // 'float32' or 'bfloat16' (bf16 compute, fp32 master weights); 7742 without bf16 hardware.
   void set_precision(Precision p);
   Precision precision() const { return precision_; }
+  // Frees the cached training plans (their workspaces); a later train step rebuilds one.
+  void release_training_plans();
 
   // Everything besides parameters that a resumed run needs to continue bit-identically.
   struct State {

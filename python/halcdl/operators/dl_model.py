@@ -476,8 +476,12 @@ def _set_runtime_init(m: DLModel, vals: list) -> None:
 
 
 def _set_optimize_for_inference(m: DLModel, vals: list) -> None:
-    m.params["optimize_for_inference"] = _choice(vals, "optimize_for_inference",
-                                                 ("true", "false"))
+    # inference plans are always fused (conv+bn+relu); 'true' also frees the training
+    # workspaces, which a later train step rebuilds
+    v = _choice(vals, "optimize_for_inference", ("true", "false"))
+    if v == "true":
+        m.core.release_training_plans()
+    m.params["optimize_for_inference"] = v
 
 
 def _set_precision(m: DLModel, vals: list) -> None:
