@@ -133,3 +133,16 @@ def test_bf16_unsupported_cpu_raises_7742():
     assert "CODE 7742" in out.stdout, out.stdout
     assert "PRECISION float32" in out.stdout, out.stdout
     assert "DEVICE ['float32']" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("value,code", [("float16", 1303), (16, 1203), (["bfloat16", "float32"], 1403)])
+def test_bad_precision_value_leaves_model_unchanged(value, code):
+    ha.set_system("seed_rand", 5)
+    model = ha.read_dl_model("pretrained_dl_classifier_compact.hdl")
+    before = {n: model.core.get_param(n) for n in model.core.param_names()}
+    with pytest.raises(ha.HOperatorError) as err:
+        ha.set_dl_model_param(model, "precision", value)
+    assert err.value.error_code == code, err.value
+    assert ha.get_dl_model_param_s(model, "precision") == "float32"
+    for n, v in before.items():
+        assert np.array_equal(model.core.get_param(n), v), n
