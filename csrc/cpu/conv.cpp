@@ -1,5 +1,7 @@
-// Convolution on oneDNN.
-//   forward:  y = conv(x, W) + b
+// Convolution and transposed convolution on oneDNN (one template: they differ in the weight
+// layout, the padding relation and the primitive types).
+//   forward:  y = conv(x, W) + b   (transposed: PyTorch's ConvTranspose2d, W as (I, O, kh, kw),
+//             oneDNN's {O, I, kh, kw} dims with the iohw tag over the same bytes)
 //   backward: dW = conv_bwd_weights(x, dy), db = sum dy  (written into the gradient arena)
 //             dx = conv_bwd_data(dy, W)                    (written into gin[0])
 // Layouts: src/weights/dst are `any`; oneDNN picks blocked formats. The input is reordered
@@ -16,7 +18,25 @@
 namespace halcdl::cpu {
 namespace {
 
-class Conv : public CpuNode {
+template <bool Transposed>
+struct Prims {
+  using Fwd = dnnl::convolution_forward;
+  using BwdD = dnnl::convolution_backward_data;
+  using BwdW = dnnl::convolution_backward_weights;
+  static constexpr auto alg = dnnl::algorithm::convolution_direct;
+};
+template <>
+struct Prims<true> {
+  using Fwd = dnnl::deconvolution_forward;
+  using BwdD = dnnl::deconvolution_backward_data;
+  using BwdW = dnnl::deconvolution_backward_weights;
+  static constexpr auto alg = dnnl::algorithm::deconvolution_direct;
+};
+
+template <bool Transposed>
+class ConvT : public CpuNode {
+  using P = Prims<Transposed>;
+
  public:
   using CpuNode::CpuNode;
 
@@ -26,16 +46,20 @@ class Conv : public CpuNode {
     const Node& n = node;
     const int64_t G = n.groups, O = n.channels, I = x.dims[1];
     memory::dims wdims = G > 1 ? memory::dims{G, O / G, I / G, n.kh, n.kw} : memory::dims{O, I, n.kh, n.kw};
-    wplain_ = memory::desc(wdims, dt::f32, G > 1 ? tag::goihw : tag::oihw);
+    wplain_ = memory::desc(wdims, dt::f32, Transposed ? tag::iohw : G > 1 ? tag::goihw : tag::oihw);
     memory::dims strides{n.sh, n.sw}, dil{n.dh - 1, n.dw - 1}, pl{n.ph, n.pw};
-    memory::dims pr{pad_right(x.dims[2], yd[2], n.kh, n.sh, n.ph, n.dh),
-                    pad_right(x.dims[3], yd[3], n.kw, n.sw, n.pw, n.dw)};
+    // a transposed convolution relates the sizes as a convolution from y to x
+    const Dims& from = Transposed ? yd : x.dims;
+    const Dims& to = Transposed ? x.dims : yd;
+    memory::dims pr{pad_right(from[2], to[2], n.kh, n.sh, n.ph, n.dh), pad_right(from[3], to[3], n.kw, n.sw, n.pw, n.dw)};
+    HALCDL_CHECK(!Transposed || (fused_bn < 0 && fused_act == OpKind::Input), kErrInvalidInputShape,
+                 "internal: fusion into a transposed convolution");
     memory::desc src_any(to_dims(x.dims), b.adt, tag::any), dst_any(to_dims(yd), b.adt, tag::any);
     // weights in the compute type; weight gradients always fp32 (master weights are fp32)
     memory::desc w_any(wdims, b.adt, tag::any), dw_any(wdims, dt::f32, tag::any);
     const bool fold = fused_bn >= 0;
     bias_md_ = n.bias || fold ? memory::desc({O}, dt::f32, tag::x) : memory::desc();
-    const auto alg = dnnl::algorithm::convolution_direct;
+    const auto alg = P::alg;
     auto prop = b.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
     dnnl::primitive_attr attr;
     if (fused_act != OpKind::Input) {
@@ -44,8 +68,8 @@ class Conv : public CpuNode {
       else po.append_eltwise(dnnl::algorithm::eltwise_clip_v2, 0.f, 6.f);
       attr.set_post_ops(po);
     }
-    fwd_pd_ = dnnl::convolution_forward::primitive_desc(b.eng, prop, alg, src_any, w_any, bias_md_, dst_any, strides,
-                                                        dil, pl, pr, attr);
+    fwd_pd_ = typename P::Fwd::primitive_desc(b.eng, prop, alg, src_any, w_any, bias_md_, dst_any, strides, dil, pl,
+                                              pr, attr);
     if (fold) {
       fold_w_buf_ = b.request(wplain_, 0, b.t_end());
       fold_b_buf_ = b.ws.request(O * sizeof(float), 0, b.t_end());
@@ -59,13 +83,13 @@ class Conv : public CpuNode {
       w_buf_ = b.training ? b.request(fwd_pd_.weights_desc(), b.tf(idx), b.tf(idx))
                           : b.request(fwd_pd_.weights_desc(), 0, b.t_end());
     if (!b.training) return;
-    bwdw_pd_ = dnnl::convolution_backward_weights::primitive_desc(b.eng, alg, src_md_, dw_any, bias_md_, out(b).md,
-                                                                  strides, dil, pl, pr, fwd_pd_);
+    bwdw_pd_ = typename P::BwdW::primitive_desc(b.eng, alg, src_md_, dw_any, bias_md_, out(b).md, strides, dil, pl,
+                                                pr, fwd_pd_);
     if (bwdw_pd_.diff_weights_desc() != wplain_)
       dw_buf_ = b.request(bwdw_pd_.diff_weights_desc(), b.tb(idx), b.tb(idx));
     if (x.need_grad) {
-      bwdd_pd_ = dnnl::convolution_backward_data::primitive_desc(b.eng, alg, src_md_, w_any, out(b).md, strides, dil,
-                                                                 pl, pr, fwd_pd_);
+      bwdd_pd_ = typename P::BwdD::primitive_desc(b.eng, alg, src_md_, w_any, out(b).md, strides, dil, pl, pr,
+                                                  fwd_pd_);
       if (bwdd_pd_.weights_desc() != wplain_) wb_buf_ = b.request(bwdd_pd_.weights_desc(), b.tb(idx), b.tb(idx));
       if (src_md_ != x.md) dsrc_buf_ = b.request(src_md_, b.tb(idx), b.tb(idx));
     }
@@ -78,7 +102,7 @@ class Conv : public CpuNode {
       src = b.mem(src_md_, src_buf_);
       src_cvt_ = Reorder(x.data, src);
     }
-    fwd_ = dnnl::convolution_forward(fwd_pd_);
+    fwd_ = typename P::Fwd(fwd_pd_);
     if (fused_bn >= 0) {
       const Node& bn = b.g.nodes[fused_bn];
       const auto& P = b.g.params;
@@ -111,7 +135,7 @@ class Conv : public CpuNode {
       fwd_args_[DNNL_ARG_BIAS] = memory(bias_md_, b.eng, b.views.weights + b.g.params[node.p_bias].offset);
     if (!b.training) return;
 
-    bwdw_ = dnnl::convolution_backward_weights(bwdw_pd_);
+    bwdw_ = typename P::BwdW(bwdw_pd_);
     dw_ = grad_target(b, node.p_weight, wplain_);
     memory dw = dw_.m;
     if (dw_buf_ >= 0) {
@@ -124,7 +148,7 @@ class Conv : public CpuNode {
       bwdw_args_[DNNL_ARG_DIFF_BIAS] = db_.m;
     }
     if (x.need_grad) {
-      bwdd_ = dnnl::convolution_backward_data(bwdd_pd_);
+      bwdd_ = typename P::BwdD(bwdd_pd_);
       memory w = w_.plain;  // the layout backward-data wants is the arena's own, or:
       if (wb_buf_ >= 0) {
         wb_ = weight_mirror(b, node.p_weight, wplain_, bwdd_pd_.weights_desc(), wb_buf_);
@@ -163,12 +187,12 @@ class Conv : public CpuNode {
 
  private:
   memory::desc wplain_, bias_md_, src_md_;
-  dnnl::convolution_forward::primitive_desc fwd_pd_;
-  dnnl::convolution_backward_weights::primitive_desc bwdw_pd_;
-  dnnl::convolution_backward_data::primitive_desc bwdd_pd_;
-  dnnl::convolution_forward fwd_;
-  dnnl::convolution_backward_weights bwdw_;
-  dnnl::convolution_backward_data bwdd_;
+  typename P::Fwd::primitive_desc fwd_pd_;
+  typename P::BwdW::primitive_desc bwdw_pd_;
+  typename P::BwdD::primitive_desc bwdd_pd_;
+  typename P::Fwd fwd_;
+  typename P::BwdW bwdw_;
+  typename P::BwdD bwdd_;
   struct Fold {
     const float *w, *b, *scale, *shift, *mean, *var;
     float *w_out, *b_out;
@@ -193,6 +217,7 @@ class Conv : public CpuNode {
 
 }  // namespace
 
-std::unique_ptr<CpuNode> make_conv(const Node& n, int idx) { return std::make_unique<Conv>(n, idx); }
+std::unique_ptr<CpuNode> make_conv(const Node& n, int idx) { return std::make_unique<ConvT<false>>(n, idx); }
+std::unique_ptr<CpuNode> make_deconv(const Node& n, int idx) { return std::make_unique<ConvT<true>>(n, idx); }
 
 }  // namespace halcdl::cpu
