@@ -11,6 +11,7 @@
 #include <new>
 
 #include "core/error.h"
+#include "engine/device.h"
 #include "engine/kernels.h"
 #include "engine/model.h"
 
@@ -102,7 +103,8 @@ A numeric_array(py::handle obj) {
 }
 
 // Reads and checks the samples while holding the GIL; pixel copies happen later without it.
-Batch gather(Model& m, const py::list& samples, int c, int h, int w, Labels labels) {
+// `with_images` false: the images are already on the GPU (the caller checked them).
+Batch gather(Model& m, const py::list& samples, int c, int h, int w, Labels labels, bool with_images = true) {
   Batch b;
   b.images.reserve(samples.size());
   for (size_t i = 0; i < samples.size(); ++i) {
@@ -110,15 +112,17 @@ Batch gather(Model& m, const py::list& samples, int c, int h, int w, Labels labe
     HALCDL_CHECK(py::isinstance<py::dict>(s), kErrInputsMissing, "sample ", i, " is not a dict (DLSample)");
     auto d = py::reinterpret_borrow<py::dict>(s);
     HALCDL_CHECK(d.contains("image"), kErrInputsMissing, "sample ", i, " has no key 'image'");
-    FArray a = numeric_array<FArray>(d["image"]);
-    HALCDL_CHECK(a && a.size() > 0, kErrInvalidInputData, "sample ", i, ": 'image' is not a numeric image array");
-    HALCDL_CHECK(a.ndim() == 2 || a.ndim() == 3, kErrInvalidInputShape, "sample ", i,
-                 ": 'image' must have shape (H, W) or (H, W, C), got ", a.ndim(), " dimensions");
-    const int64_t ih = a.shape(0), iw = a.shape(1), ic = a.ndim() == 3 ? a.shape(2) : 1;
-    HALCDL_CHECK(ih == h && iw == w, kErrInvalidInputShape, "sample ", i, ": image size ", iw, "x", ih,
-                 " does not match the model's image size ", w, "x", h);
-    HALCDL_CHECK(ic == c, kErrInvalidInputData, "sample ", i, ": image has ", ic, " channel(s), the model takes ", c);
-    b.images.push_back(std::move(a));
+    if (with_images) {
+      FArray a = numeric_array<FArray>(d["image"]);
+      HALCDL_CHECK(a && a.size() > 0, kErrInvalidInputData, "sample ", i, ": 'image' is not a numeric image array");
+      HALCDL_CHECK(a.ndim() == 2 || a.ndim() == 3, kErrInvalidInputShape, "sample ", i,
+                   ": 'image' must have shape (H, W) or (H, W, C), got ", a.ndim(), " dimensions");
+      const int64_t ih = a.shape(0), iw = a.shape(1), ic = a.ndim() == 3 ? a.shape(2) : 1;
+      HALCDL_CHECK(ih == h && iw == w, kErrInvalidInputShape, "sample ", i, ": image size ", iw, "x", ih,
+                   " does not match the model's image size ", w, "x", h);
+      HALCDL_CHECK(ic == c, kErrInvalidInputData, "sample ", i, ": image has ", ic, " channel(s), the model takes ", c);
+      b.images.push_back(std::move(a));
+    }
     if (labels == Labels::Class) {
       HALCDL_CHECK(d.contains("image_label_id"), kErrInputsMissing, "sample ", i, " has no key 'image_label_id'");
       py::object l = d["image_label_id"];
@@ -233,8 +237,55 @@ Precision parse_precision(const std::string& s) {
   HALCDL_THROW(kErrInvalidValue, "precision must be 'float32' or 'bfloat16', got '", s, "'");
 }
 
+// The GPU twin of the CPU part below (device >= 0): the same graph through the CUDA backend.
+py::tuple run_op_gpu(const Graph& g, const std::vector<Dims>& in_dims,
+                     const std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>>& arrs,
+                     const Buffer& P, const Buffer& S, py::object grad_output, bool training, Precision precision,
+                     int device, bool deterministic, bool tf32) {
+  RunRequest rq;
+  rq.graph = &g;
+  rq.input_dims = in_dims;
+  for (auto& a : arrs) rq.inputs.push_back(a.data());
+  rq.params = P.f();
+  rq.state = S.f();
+  rq.training = training;
+  rq.device = device;
+  rq.options.deterministic = deterministic;
+  rq.options.tf32 = tf32;
+  rq.precision = precision;
+  py::array_t<float, py::array::c_style | py::array::forcecast> go;
+  if (!grad_output.is_none()) {
+    go = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(grad_output);
+    HALCDL_CHECK(go, kErrInvalidInputData, "run_op: grad_output must be a numeric array");
+    rq.grad_output = go.data();
+  }
+  RunResult r;
+  const CudaApi& api = cuda_api();
+  {
+    py::gil_scoped_release nogil;
+    api.run_graph(&rq, &r);
+  }
+  py::list gins;
+  py::dict gparams;
+  if (rq.grad_output) {
+    for (size_t i = 0; i < r.input_grads.size(); ++i) gins.append(to_array(r.input_grads[i], in_dims[i]));
+    for (auto& p : g.params) {
+      if (p.kind == ParamKind::State) continue;
+      std::vector<float> v(r.param_grads.begin() + p.offset, r.param_grads.begin() + p.offset + p.size);
+      gparams[p.role.c_str()] = to_array(v, p.shape);
+    }
+  }
+  if (!r.dropout_mask.empty()) gparams["mask"] = to_array(r.dropout_mask, r.output_dims);
+  if (!r.bn_mean.empty()) {
+    const int64_t c = static_cast<int64_t>(r.bn_mean.size());
+    gparams["batch_mean"] = to_array(r.bn_mean, {c});
+    gparams["batch_var"] = to_array(r.bn_var, {c});
+  }
+  return py::make_tuple(to_array(r.output, r.output_dims), gins, gparams);
+}
+
 py::tuple run_op(const py::dict& node, const py::list& inputs, const py::dict& params, py::object grad_output,
-                 bool training, const std::string& precision) {
+                 bool training, const std::string& precision, int device, bool deterministic, bool tf32) {
   std::vector<NodeSpec> spec;
   std::vector<Dims> in_dims;
   std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> arrs;
@@ -266,6 +317,9 @@ py::tuple run_op(const py::dict& node, const py::list& inputs, const py::dict& p
                  "' needs ", p.size, " values");
     std::memcpy((p.kind == ParamKind::State ? S.f() : P.f()) + p.offset, a.data(), p.size * sizeof(float));
   }
+  if (device >= 0)
+    return run_op_gpu(g, in_dims, arrs, P, S, grad_output, training, parse_precision(precision), device,
+                      deterministic, tf32);
   uint64_t version = 1;
   const bool backward = !grad_output.is_none();
   auto plan = make_cpu_plan(g, in_dims, training, backward, ParamViews{P.f(), S.f(), &version},
@@ -334,7 +388,24 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(v->major, v->minor, v->patch);
   });
   m.def("run_op", &run_op, py::arg("node"), py::arg("inputs"), py::arg("params"), py::arg("grad_output") = py::none(),
-        py::arg("training") = true, py::arg("precision") = "float32");
+        py::arg("training") = true, py::arg("precision") = "float32", py::arg("device") = -1,
+        py::arg("deterministic") = false, py::arg("tf32") = false);
+  // ---- the CUDA backend (loaded on first use; see engine/device.h) ----
+  m.def("set_cuda_library_path", &set_cuda_library_path, py::arg("path"));
+  m.def("cuda_backend_built", &cuda_backend_built);
+  m.def("load_cuda", [] { cuda_api(); });
+  m.def("gpu_device_count", [] { return cuda_api().device_count(); });
+  m.def("gpu_device_info", [](int i) {
+    GpuInfo d = cuda_api().device_info(i);
+    py::dict r;
+    r["index"] = d.index;
+    r["name"] = d.name;
+    r["compute_capability"] = py::make_tuple(d.cc_major, d.cc_minor);
+    r["total_bytes"] = d.total_bytes;
+    r["free_bytes"] = d.free_bytes;
+    r["bf16"] = d.bf16;
+    return r;
+  });
   m.def("bf16_supported", &bf16_supported);
 
   py::class_<Model, std::shared_ptr<Model>>(m, "Model")
@@ -429,12 +500,31 @@ PYBIND11_MODULE(_core, m) {
              std::lock_guard<std::mutex> lk(md.mutex());
              md.release_training_plans();
            })
+      .def("set_device",
+           [](Model& md, int gpu) {
+             std::lock_guard<std::mutex> lk(md.mutex());
+             py::gil_scoped_release nogil;
+             md.set_device(gpu);
+           },
+           py::arg("gpu"))
+      .def("device", &Model::device)
+      .def("set_gpu_options",
+           [](Model& md, bool deterministic, bool tf32) {
+             std::lock_guard<std::mutex> lk(md.mutex());
+             md.set_gpu_options(GpuOptions{deterministic, tf32});
+           },
+           py::arg("deterministic"), py::arg("tf32"))
+      .def("gpu_plan_bytes",
+           [](Model& md) -> size_t {
+             std::lock_guard<std::mutex> lk(md.mutex());
+             return md.engine() ? md.engine()->plan_bytes() : 0;
+           })
       .def("get_precision",
            [](const Model& md) { return md.precision() == Precision::BF16 ? "bfloat16" : "float32"; })
       .def("summary", &Model::summary)
       .def("train_step",
            [](Model& md, const py::list& samples, int batch_size, int multiplier, int height, int width,
-              int channels) {
+              int channels, uintptr_t images_ptr) {
              HALCDL_CHECK(batch_size > 0, kErrInvalidValue, "batch_size must be > 0");
              HALCDL_CHECK(multiplier > 0, kErrBatchSizeMultiplier, "batch_size_multiplier must be > 0");
              const size_t need = static_cast<size_t>(batch_size) * multiplier;
@@ -443,12 +533,20 @@ PYBIND11_MODULE(_core, m) {
                           " = ", need);
              std::lock_guard<std::mutex> lk(md.mutex());
              const int64_t per = md.labels_per_sample(height, width);
-             Batch b = gather(md, samples, channels, height, width, per == 1 ? Labels::Class : Labels::Pixel);
+             const bool on_dev = images_ptr != 0;
+             HALCDL_CHECK(!on_dev || md.device() >= 0, kErrInvalidInputData,
+                          "GPU (CuPy) images need the model on the GPU: set 'runtime' to 'gpu'");
+             Batch b = gather(md, samples, channels, height, width, per == 1 ? Labels::Class : Labels::Pixel,
+                              !on_dev);
              TrainResult r;
              {
                py::gil_scoped_release nogil;
-               float* st = md.staging(need * channels * height * width);
-               assemble(b, st, channels, height, width);
+               const float* st = reinterpret_cast<const float*>(images_ptr);
+               if (!on_dev) {
+                 float* host = md.staging(need * channels * height * width);
+                 assemble(b, host, channels, height, width);
+                 st = host;
+               }
                const int* labels = b.labels.data();
                const float* pw = nullptr;
                if (per > 1) {
@@ -458,7 +556,7 @@ PYBIND11_MODULE(_core, m) {
                  labels = lab;
                  pw = w;
                }
-               r = md.train_step(st, labels, pw, batch_size, multiplier, channels, height, width);
+               r = md.train_step(st, labels, pw, batch_size, multiplier, channels, height, width, on_dev);
              }
              py::dict out;
              out["total_loss"] = r.total_loss;
@@ -466,7 +564,7 @@ PYBIND11_MODULE(_core, m) {
              return out;
            },
            py::arg("samples"), py::arg("batch_size"), py::arg("multiplier"), py::arg("height"), py::arg("width"),
-           py::arg("channels"))
+           py::arg("channels"), py::arg("images_ptr") = 0)
       .def("set_ignore_ids",
            [](Model& md, const std::vector<int64_t>& ids) {
              std::lock_guard<std::mutex> lk(md.mutex());
@@ -474,12 +572,25 @@ PYBIND11_MODULE(_core, m) {
            })
       .def("is_segmentation", [](const Model& md, int64_t h, int64_t w) { return md.labels_per_sample(h, w) > 1; })
       .def("infer_segmentation",
-           [](Model& md, const py::list& samples, int batch_size, int height, int width, int channels) {
+           [](Model& md, const py::list& samples, int batch_size, int height, int width, int channels,
+              uintptr_t images_ptr, uintptr_t index_ptr, uintptr_t conf_ptr) -> py::object {
              HALCDL_CHECK(batch_size > 0, kErrInvalidValue, "batch_size must be > 0");
              HALCDL_CHECK(samples.size() > 0, kErrInvalidValue, "no samples given");
+             const bool on_dev = images_ptr != 0;
+             HALCDL_CHECK(on_dev == (index_ptr != 0) && on_dev == (conf_ptr != 0), kErrInvalidValue,
+                          "device inference needs device images and device outputs together");
              std::lock_guard<std::mutex> lk(md.mutex());
-             Batch b = gather(md, samples, channels, height, width, Labels::None);
+             HALCDL_CHECK(!on_dev || md.device() >= 0, kErrInvalidInputData,
+                          "GPU (CuPy) images need the model on the GPU: set 'runtime' to 'gpu'");
+             Batch b = gather(md, samples, channels, height, width, Labels::None, !on_dev);
              const int n = static_cast<int>(samples.size());
+             if (on_dev) {
+               py::gil_scoped_release nogil;
+               md.infer_segmentation(reinterpret_cast<const float*>(images_ptr), n, batch_size, channels, height,
+                                     width, reinterpret_cast<int*>(index_ptr), reinterpret_cast<float*>(conf_ptr),
+                                     true);
+               return py::none();
+             }
              py::array_t<int32_t> index({n, height, width});
              py::array_t<float> conf({n, height, width});
              int32_t* ip = index.mutable_data();
@@ -492,14 +603,27 @@ PYBIND11_MODULE(_core, m) {
              }
              return py::make_tuple(index, conf);
            },
-           py::arg("samples"), py::arg("batch_size"), py::arg("height"), py::arg("width"), py::arg("channels"))
+           py::arg("samples"), py::arg("batch_size"), py::arg("height"), py::arg("width"), py::arg("channels"),
+           py::arg("images_ptr") = 0, py::arg("index_ptr") = 0, py::arg("conf_ptr") = 0)
       .def("infer",
-           [](Model& md, const py::list& samples, int batch_size, int height, int width, int channels) {
+           [](Model& md, const py::list& samples, int batch_size, int height, int width, int channels,
+              uintptr_t images_ptr, uintptr_t out_ptr) -> py::object {
              HALCDL_CHECK(batch_size > 0, kErrInvalidValue, "batch_size must be > 0");
              HALCDL_CHECK(samples.size() > 0, kErrInvalidValue, "no samples given");
+             const bool on_dev = images_ptr != 0;
+             HALCDL_CHECK(on_dev == (out_ptr != 0), kErrInvalidValue,
+                          "device inference needs device images and a device output together");
              std::lock_guard<std::mutex> lk(md.mutex());
-             Batch b = gather(md, samples, channels, height, width, Labels::None);
+             HALCDL_CHECK(!on_dev || md.device() >= 0, kErrInvalidInputData,
+                          "GPU (CuPy) images need the model on the GPU: set 'runtime' to 'gpu'");
+             Batch b = gather(md, samples, channels, height, width, Labels::None, !on_dev);
              const int n = static_cast<int>(samples.size()), k = md.num_classes();
+             if (on_dev) {
+               py::gil_scoped_release nogil;
+               md.infer(reinterpret_cast<const float*>(images_ptr), n, batch_size, channels, height, width,
+                        reinterpret_cast<float*>(out_ptr), true);
+               return py::none();
+             }
              py::array_t<float> probs({n, k});
              float* out = probs.mutable_data();
              {
@@ -508,7 +632,8 @@ PYBIND11_MODULE(_core, m) {
                assemble(b, st, channels, height, width);
                md.infer(st, n, batch_size, channels, height, width, out);
              }
-             return probs;
+             return std::move(probs);
            },
-           py::arg("samples"), py::arg("batch_size"), py::arg("height"), py::arg("width"), py::arg("channels"));
+           py::arg("samples"), py::arg("batch_size"), py::arg("height"), py::arg("width"), py::arg("channels"),
+           py::arg("images_ptr") = 0, py::arg("out_ptr") = 0);
 }

@@ -11,8 +11,13 @@ namespace halcdl {
 // HALCON error numbers used by the engine (see docs/operators.md for the full table).
 enum ErrorCode : int {
   kErrNoMemory = 6001,
+  kErrNoGpuMemory = 6021,       // cudaMalloc failed (lower the batch size)
   kErrTrainingUnsupported = 7707,
+  kErrGpuRequired = 7708,       // no usable GPU (none present, index out of range)
+  kErrCuda = 7709,              // CUDA runtime / driver missing or failing
   kErrInvalidLabels = 7714,
+  kErrCublas = 7717,            // cuBLAS missing or failing
+  kErrCudnn = 7718,             // cuDNN missing or failing
   kErrTrainingFailed = 7720,
   kErrInputTooSmall = 7722,
   kErrChannels = 7724,

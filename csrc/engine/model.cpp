@@ -76,6 +76,7 @@ Dims Model::output_dims(int64_t h, int64_t w) const {
 std::vector<float> Model::get_param(const std::string& name) const {
   int i = g_.param_index(name);
   HALCDL_CHECK(i >= 0, kErrUnsupportedParam, "the model has no parameter '", name, "'");
+  sync_host();
   const ParamInfo& p = g_.params[i];
   const float* base = (p.kind == ParamKind::State ? S_.f() : P_.f()) + p.offset;
   return std::vector<float>(base, base + p.size);
@@ -86,12 +87,16 @@ void Model::set_param(const std::string& name, const float* data, size_t n) {
   HALCDL_CHECK(i >= 0, kErrUnsupportedParam, "the model has no parameter '", name, "'");
   const ParamInfo& p = g_.params[i];
   HALCDL_CHECK(n == p.size, kErrInvalidInputShape, "parameter '", name, "' holds ", p.size, " values, got ", n);
+  sync_host();
   float* base = (p.kind == ParamKind::State ? S_.f() : P_.f()) + p.offset;
   std::memcpy(base, data, n * sizeof(float));
   ++version_;
+  push_device();
 }
 
 std::vector<std::string> Model::copy_params_from(const Model& other) {
+  sync_host();
+  other.sync_host();
   std::vector<std::string> copied;
   for (const auto& p : g_.params) {
     int j = other.g_.param_index(p.name);
@@ -104,6 +109,7 @@ std::vector<std::string> Model::copy_params_from(const Model& other) {
     copied.push_back(p.name);
   }
   ++version_;
+  push_device();
   return copied;
 }
 
@@ -162,9 +168,11 @@ void Model::reset_optimizer() {
   std::memset(M1_.c(), 0, M1_.bytes());
   if (M2_.bytes()) std::memset(M2_.c(), 0, M2_.bytes());
   adam_t_ = 0;
+  if (dev_) dev_->reset_optimizer();
 }
 
 Model::State Model::get_state() const {
+  sync_host();
   State st;
   st.m1.assign(M1_.f(), M1_.f() + g_.n_trainable);
   if (M2_.bytes()) st.m2.assign(M2_.f(), M2_.f() + g_.n_trainable);
@@ -180,17 +188,23 @@ void Model::set_state(const State& st) {
                "optimizer state holds ", st.m1.size(), "/", st.m2.size(), " values, the model has ", g_.n_trainable,
                " trainable parameters");
   HALCDL_CHECK(st.adam_t >= 0, kErrInvalidValue, "invalid Adam step count ", st.adam_t);
+  sync_host();
   std::memcpy(M1_.f(), st.m1.data(), st.m1.size() * sizeof(float));
   if (!M2_.bytes()) M2_.resize(g_.n_trainable * sizeof(float));
   std::memcpy(M2_.f(), st.m2.data(), st.m2.size() * sizeof(float));
   adam_t_ = st.adam_t;
   steps_ = st.steps;
   seed_ = st.seed;
+  push_device();
 }
 
 void Model::set_precision(Precision p) {
   if (p == precision_) return;
-  if (p == Precision::BF16) check_bf16_supported();
+  if (dev_) {
+    dev_->set_precision(p);  // 7742 where the GPU cannot; nothing changed then
+  } else if (p == Precision::BF16) {
+    check_bf16_supported();
+  }
   precision_ = p;
   plans_.clear();
 }
@@ -198,19 +212,59 @@ void Model::set_precision(Precision p) {
 void Model::release_training_plans() {
   for (auto it = plans_.begin(); it != plans_.end();)
     it = std::get<4>(it->first) ? plans_.erase(it) : std::next(it);
+  if (dev_) dev_->release_training_plans();
+}
+
+void Model::sync_host() const {
+  if (!dev_ || !host_stale_) return;
+  Model* self = const_cast<Model*>(this);
+  self->dev_->download(P_.f(), S_.f(), M1_.f(), M2_.bytes() ? M2_.f() : nullptr);
+  self->host_stale_ = false;
+}
+
+void Model::push_device() {
+  if (dev_) dev_->upload(P_.f(), S_.f(), M1_.f(), M2_.bytes() ? M2_.f() : nullptr);
+}
+
+void Model::set_gpu_options(const GpuOptions& o) {
+  gpu_opts_ = o;
+  if (dev_) dev_->set_options(o);
+}
+
+void Model::set_device(int gpu) {
+  HALCDL_CHECK(gpu >= -1, kErrInvalidValue, "invalid GPU index ", gpu);
+  if (gpu == gpu_) return;
+  sync_host();  // the host arenas hold the latest state from here on
+  if (gpu < 0) {
+    dev_.reset();
+    gpu_ = -1;
+    return;
+  }
+  const CudaApi& api = cuda_api();  // 7742 / 7709 / 7717 / 7718
+  std::unique_ptr<DeviceEngine> eng(api.create_engine(&g_, gpu, &gpu_opts_));  // 7708 / 7709 / 6021
+  if (precision_ != Precision::F32) eng->set_precision(precision_);
+  if (hp_.solver == "adam" && !M2_.bytes()) M2_.resize(g_.n_trainable * sizeof(float));
+  eng->upload(P_.f(), S_.f(), M1_.f(), M2_.bytes() ? M2_.f() : nullptr);
+  dev_ = std::move(eng);  // only now: a failure above left the model where it was
+  gpu_ = gpu;
+  host_stale_ = false;
+  plans_.clear();         // the CPU plans' workspaces are not needed on the GPU
 }
 
 float* Model::staging(size_t floats) {
+  if (dev_) return dev_->pinned_images(floats);
   if (staging_.bytes() < floats * sizeof(float)) staging_.resize(floats * sizeof(float));
   return staging_.f();
 }
 
 int* Model::label_staging(size_t n) {
+  if (dev_) return dev_->pinned_labels(n);
   if (labels_.bytes() < n * sizeof(int)) labels_.resize(n * sizeof(int));
   return reinterpret_cast<int*>(labels_.c());
 }
 
 float* Model::weight_staging(size_t n) {
+  if (dev_) return dev_->pinned_weights(n);
   if (pixel_w_.bytes() < n * sizeof(float)) pixel_w_.resize(n * sizeof(float));
   return pixel_w_.f();
 }
@@ -228,7 +282,19 @@ Plan& Model::plan(int n, int c, int h, int w, bool training) {
 }
 
 TrainResult Model::train_step(const float* images, const int* labels, const float* pixel_w, int bs, int m, int c,
-                              int h, int w) {
+                              int h, int w, bool images_on_device) {
+  if (dev_) {
+    if (hp_.solver == "adam" && !M2_.bytes()) M2_.resize(g_.n_trainable * sizeof(float));
+    const int64_t t = hp_.solver == "adam" ? adam_t_ + 1 : adam_t_;
+    TrainResult r = dev_->train_step(images, images_on_device, labels, pixel_w, bs, m, c, h, w, hp_, t,
+                                     seed_ * 0x9e3779b97f4a7c15ull + steps_ * 1315423911ull);
+    adam_t_ = t;  // committed: the device step succeeded
+    host_stale_ = true;
+    ++version_;
+    ++steps_;
+    return r;
+  }
+  HALCDL_CHECK(!images_on_device, kErrInvalidInputData, "device images need the model on the GPU");
   apply_threads();
   Plan& p = plan(bs, c, h, w, true);
   const int k = num_classes();
@@ -282,10 +348,12 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
   return {total, ce};
 }
 
-void Model::infer(const float* images, int n, int bs, int c, int h, int w, float* probs) {
+void Model::infer(const float* images, int n, int bs, int c, int h, int w, float* probs, bool on_device) {
   apply_threads();
   HALCDL_CHECK(labels_per_sample(h, w) == 1, kErrInvalidInputShape,
                "this network outputs one score per pixel: use the segmentation inference");
+  if (dev_) return dev_->infer(images, on_device, n, bs, c, h, w, probs, on_device);
+  HALCDL_CHECK(!on_device, kErrInvalidInputData, "device images need the model on the GPU");
   const int k = num_classes();
   const size_t img = static_cast<size_t>(c) * h * w;
   for (int start = 0; start < n; start += bs) {
@@ -298,11 +366,13 @@ void Model::infer(const float* images, int n, int bs, int c, int h, int w, float
 }
 
 void Model::infer_segmentation(const float* images, int n, int bs, int c, int h, int w, int* index,
-                               float* confidence) {
+                               float* confidence, bool on_device) {
   apply_threads();
   const int k = num_classes();
   const int64_t per = labels_per_sample(h, w);
   HALCDL_CHECK(per > 1, kErrInvalidInputShape, "this network does not output one score per pixel");
+  if (dev_) return dev_->infer_segmentation(images, on_device, n, bs, c, h, w, index, confidence, on_device);
+  HALCDL_CHECK(!on_device, kErrInvalidInputData, "device images need the model on the GPU");
   const size_t img = static_cast<size_t>(c) * h * w;
   for (int start = 0; start < n; start += bs) {
     const int cnt = std::min(bs, n - start);

@@ -17,22 +17,12 @@
 #include <vector>
 
 #include "core/buffer.h"
+#include "engine/device.h"
 #include "engine/graph.h"
+#include "engine/hparams.h"
 #include "engine/plan.h"
 
 namespace halcdl {
-
-struct HParams {
-  float learning_rate = 0.001f, momentum = 0.9f, weight_prior = 0.f;
-  std::string solver = "sgd";
-  float adam_beta1 = 0.9f, adam_beta2 = 0.999f, adam_epsilon = 1e-8f;
-  float batchnorm_momentum = 0.1f;
-  std::vector<float> class_weights;  // empty: uniform
-};
-
-struct TrainResult {
-  double total_loss, loss_cls;
-};
 
 void set_num_threads(int n);   // 0: OpenMP's default
 int get_num_threads();
@@ -69,6 +59,16 @@ class Model {
   // Frees the cached training plans (their workspaces); a later train step rebuilds one.
   void release_training_plans();
 
+  // Device: -1 = CPU, k >= 0 = GPU k (through the CUDA backend, engine/device.h). Moving
+  // takes parameters, running statistics and optimizer state along; training continues
+  // where it was. On failure (7742 no CUDA build, 7708 no such GPU, 7709/7717/7718 missing
+  // libraries, 6021) the model stays where it was, unchanged.
+  void set_device(int gpu);
+  int device() const { return gpu_; }
+  void set_gpu_options(const GpuOptions& o);
+  const GpuOptions& gpu_options() const { return gpu_opts_; }
+  DeviceEngine* engine() { return dev_.get(); }
+
   // Everything besides parameters that a resumed run needs to continue bit-identically.
   struct State {
     std::vector<float> m1, m2;   // SGD velocity / Adam first moment; Adam second moment
@@ -80,14 +80,17 @@ class Model {
 
   // `images`: bs·m plain NCHW images; `labels`: class indices, labels_per_sample() per image
   // (kIgnored = skip the pixel); `pixel_w`: null or one weight per label.
+  // With `images_on_device` (GPU only) `images` is device memory (a CuPy array), used in place.
   TrainResult train_step(const float* images, const int* labels, const float* pixel_w, int bs, int m, int c, int h,
-                         int w);
+                         int w, bool images_on_device = false);
   // `images`: n plain NCHW images, run in chunks of bs. Classification: n·K probabilities into
   // `probs`. Segmentation: per pixel the winning class index and its probability.
-  void infer(const float* images, int n, int bs, int c, int h, int w, float* probs);
-  void infer_segmentation(const float* images, int n, int bs, int c, int h, int w, int* index, float* confidence);
+  // On the GPU, `on_device` says that images and outputs are device memory (CuPy arrays).
+  void infer(const float* images, int n, int bs, int c, int h, int w, float* probs, bool on_device = false);
+  void infer_segmentation(const float* images, int n, int bs, int c, int h, int w, int* index, float* confidence,
+                          bool on_device = false);
 
-  // Staging buffers for batch assembly (grown on demand, reused).
+  // Staging buffers for batch assembly (grown on demand, reused; page-locked on the GPU).
   float* staging(size_t floats);
   int* label_staging(size_t n);
   float* weight_staging(size_t n);
@@ -96,6 +99,11 @@ class Model {
 
  private:
   Plan& plan(int n, int c, int h, int w, bool training);
+  // The host arenas are the truth on the CPU; on the GPU the device arenas are, and the host
+  // copies are refreshed (sync_host) before anything reads them and pushed (push_device)
+  // after anything on the host changes them.
+  void sync_host() const;  // refreshes a cache: logically const
+  void push_device();
   Graph g_;
   Buffer P_, G_, T_, M1_, M2_, S_, S2_, staging_, dlogits_, labels_, pixel_w_;
   uint64_t version_ = 1;
@@ -107,6 +115,10 @@ class Model {
   Precision precision_ = Precision::F32;
   std::map<std::tuple<int, int, int, int, bool>, std::unique_ptr<Plan>> plans_;
   std::mutex mu_;
+  std::unique_ptr<DeviceEngine> dev_;
+  int gpu_ = -1;
+  bool host_stale_ = false;  // device arenas changed since the last sync_host
+  GpuOptions gpu_opts_;
 };
 
 }  // namespace halcdl
