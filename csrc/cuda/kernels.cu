@@ -1,0 +1,837 @@
+// Our own CUDA kernels: the GPU twins of engine/kernels.h (losses, regulariser, optimizer),
+// the layout / precision conversions and the ops cuDNN does not cover (relu/relu6, add,
+// dropout, bias, gap, concat, upsampling, row softmax, argmax). Declarations and layouts in
+// kernels.cuh; the reference semantics are the CPU twins (cpu/kernels.cpp, cpu/dropout.cpp,
+// cpu/eltwise.cpp, cpu/resample.cpp, cpu/pool.cpp).
+//
+// Determinism rule: no float atomics, anywhere. Every reduction has a shape that depends only
+// on the sizes (never on the device or the scheduling): a fixed grid (at most kMaxPartials
+// blocks of kBlock threads), fixed per-thread element ranges (grid-stride over that fixed
+// grid), a fixed shared-memory / butterfly tree, and a single-block pass that adds the
+// per-block partials in a fixed order. Loss and Σx² accumulate in double. A row's softmax
+// is reduced by a group of W lanes (W = next power of two ≥ k, at most 32) with xor
+// butterflies, which leave bit-identical values in every lane (IEEE + and max commute).
+// Elementwise kernels are grid-stride loops over size_t indexes (tensors may exceed 2^31).
+// The optimizer and dropout use __f*_rn intrinsics so nvcc cannot contract them into FMAs:
+// they then round exactly like the CPU twin (built without FMA).
+#include <algorithm>
+#include <cmath>
+
+#include "cuda/common.h"
+#include "cuda/kernels.cuh"
+
+namespace halcdl::gpu::k {
+namespace {
+
+constexpr int kBlock = 256;                 // threads per block for every 1-D kernel
+constexpr int kMaxPartials = 1024;          // blocks of a reduction's first pass
+constexpr size_t kMaxGrid = size_t{1} << 16;  // elementwise grid cap (grid-stride beyond)
+constexpr int kTile = 32;                   // transpose / column tile
+constexpr int kRowLanes = 8;                // row lanes of a column-sum block (32 × 8)
+constexpr int64_t kChunkRows = 64;          // bias_grad: min rows per chunk
+constexpr int64_t kMaxChunks = 512;         // bias_grad: max chunks (scratch = chunks · c)
+// Scratch layout of the loss reductions: [0, P) partials A, [P, 2P) partials B, [2P] total.
+constexpr size_t kScrA = 0, kScrB = kMaxPartials, kScrTotal = 2 * kMaxPartials;
+
+inline unsigned grid_for(size_t n) {
+  size_t g = (n + kBlock - 1) / kBlock;
+  return static_cast<unsigned>(std::min(std::max<size_t>(g, 1), kMaxGrid));
+}
+// Blocks of a reduction's first pass: a function of n only.
+inline int partials_for(size_t n, size_t per_block) {
+  size_t g = (n + per_block - 1) / per_block;
+  return static_cast<int>(std::min<size_t>(std::max<size_t>(g, 1), kMaxPartials));
+}
+__device__ __forceinline__ size_t gtid() { return static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+__device__ __forceinline__ int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+__device__ __forceinline__ size_t gstride() { return static_cast<size_t>(gridDim.x) * blockDim.x; }
+
+// Sum of one double per thread of a kBlock block, fixed tree. Result valid in thread 0.
+__device__ double block_sum(double v) {
+  __shared__ double sh[kBlock];
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = kBlock / 2; s > 0; s >>= 1) {
+    if (static_cast<int>(threadIdx.x) < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+    __syncthreads();
+  }
+  return sh[0];
+}
+
+// Second pass: out = Σ partials[0, p) (one block; thread t sums t, t+kBlock, ... in order).
+__global__ void reduce_partials_kernel(const double* partials, int p, double* out) {
+  double acc = 0;
+  for (int i = threadIdx.x; i < p; i += kBlock) acc += partials[i];
+  double s = block_sum(acc);
+  if (threadIdx.x == 0) out[0] = s;
+}
+
+// ---- layout ----------------------------------------------------------------------------
+
+// dst[b][j][i] = src[b][i][j] for (rows × cols) matrices, 32×32 tiles through shared memory.
+__global__ void transpose_kernel(const float* __restrict__ src, float* __restrict__ dst, int64_t batch, int64_t rows,
+                                 int64_t cols) {
+  __shared__ float tile[kTile][kTile + 1];
+  const int64_t tr = (rows + kTile - 1) / kTile, tc = (cols + kTile - 1) / kTile;
+  const int64_t tiles = batch * tr * tc, mat = rows * cols;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int64_t b = t / (tr * tc), rem = t % (tr * tc);
+    const int64_t r0 = (rem / tc) * kTile, c0 = (rem % tc) * kTile;
+    const float* s = src + b * mat;
+    float* d = dst + b * mat;
+    for (int dy = ty; dy < kTile; dy += kRowLanes) {
+      const int64_t r = r0 + dy, c = c0 + tx;
+      if (r < rows && c < cols) tile[dy][tx] = s[r * cols + c];
+    }
+    __syncthreads();
+    for (int dy = ty; dy < kTile; dy += kRowLanes) {
+      const int64_t c = c0 + dy, r = r0 + tx;
+      if (r < rows && c < cols) d[c * rows + r] = tile[tx][dy];
+    }
+    __syncthreads();
+  }
+}
+
+void transpose(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols, cudaStream_t s) {
+  if (batch <= 0 || rows <= 0 || cols <= 0) return;
+  if (rows == 1 || cols == 1) {  // the permutation is the identity
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<size_t>(batch * rows * cols) * sizeof(float),
+                               cudaMemcpyDeviceToDevice, s));
+    return;
+  }
+  const int64_t tiles = batch * ((rows + kTile - 1) / kTile) * ((cols + kTile - 1) / kTile);
+  const unsigned g = static_cast<unsigned>(std::min<int64_t>(tiles, static_cast<int64_t>(kMaxGrid)));
+  transpose_kernel<<<g, dim3(kTile, kRowLanes), 0, s>>>(src, dst, batch, rows, cols);
+  CUDA_CHECK_LAUNCH();
+}
+
+// The CPU twin's rounding (cpu/node.h): round to nearest even on the raw bits.
+__global__ void f32_to_bf16_kernel(const float* __restrict__ src, uint16_t* __restrict__ dst, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    uint32_t u = __float_as_uint(src[i]);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    dst[i] = static_cast<uint16_t>(u >> 16);
+  }
+}
+__global__ void bf16_to_f32_kernel(const uint16_t* __restrict__ src, float* __restrict__ dst, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) dst[i] = __uint_as_float(static_cast<uint32_t>(src[i]) << 16);
+}
+
+// ---- elementwise -----------------------------------------------------------------------
+
+// NaN propagates (oneDNN / PyTorch relu do), so a diverging step is still caught.
+__device__ __forceinline__ float relu1(float x) { return (x > 0.f || x != x) ? x : 0.f; }
+__device__ __forceinline__ float relu6_1(float x) { return x != x ? x : (x > 0.f ? (x < 6.f ? x : 6.f) : 0.f); }
+
+__global__ void relu_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = relu1(x[i]);
+}
+__global__ void relu_bwd_kernel(const float* __restrict__ y, const float* __restrict__ dy, float* __restrict__ dx,
+                                size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
+}
+__global__ void relu6_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = relu6_1(x[i]);
+}
+__global__ void relu6_bwd_kernel(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx,
+                                 size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const float v = x[i];
+    dx[i] = (v > 0.f && v < 6.f) ? dy[i] : 0.f;
+  }
+}
+// No __restrict__: y may alias a or b.
+__global__ void add_kernel(const float* a, const float* b, float* y, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = a[i] + b[i];
+}
+__global__ void accumulate_kernel(float* dst, const float* src, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) dst[i] += src[i];
+}
+__global__ void mul_kernel(const float* a, const float* b, float* y, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = __fmul_rn(a[i], b[i]);
+}
+__global__ void scale_kernel(float* x, float a, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) x[i] = __fmul_rn(x[i], a);
+}
+
+__device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+__global__ void dropout_kernel(const float* x, float* y, float* __restrict__ mask, size_t n, uint64_t seed,
+                               uint64_t threshold, float keep) {
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const float m = splitmix64(seed + static_cast<uint64_t>(i)) >= threshold ? keep : 0.f;
+    mask[i] = m;
+    y[i] = __fmul_rn(x[i], m);
+  }
+}
+
+// ---- channel-wise ----------------------------------------------------------------------
+
+__global__ void bias_add_kernel(float* __restrict__ y, const float* __restrict__ b, size_t n, int64_t c) {
+  const size_t cc = static_cast<size_t>(c);
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] += b[i % cc];
+}
+
+// Column sums of rows [r0, r1) of a (·, c) matrix over a 32-column tile, block (32, 8):
+// lane ty sums rows r0+ty, r0+ty+8, ... in double; the 8 lanes are added in order.
+// Returns the sum in threads with ty == 0 (others: 0).
+__device__ double column_sum(const float* __restrict__ x, int64_t r0, int64_t r1, int64_t c, int64_t col) {
+  __shared__ double sh[kRowLanes][kTile];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  double acc = 0;
+  if (col < c)
+    for (int64_t r = r0 + ty; r < r1; r += kRowLanes) acc += x[r * c + col];
+  sh[ty][tx] = acc;
+  __syncthreads();
+  double s = 0;
+  if (ty == 0)
+    for (int i = 0; i < kRowLanes; ++i) s += sh[i][tx];
+  __syncthreads();  // sh is reused by the caller's next call
+  return s;
+}
+
+// Pass 1: chunk blockIdx.y's column sums → out[chunk·c + col].
+__global__ void bias_grad_chunks_kernel(const float* __restrict__ dy, float* __restrict__ out, int64_t rows,
+                                        int64_t c, int64_t rows_per_chunk) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x;
+  const int64_t chunk = blockIdx.y;
+  const int64_t r0 = chunk * rows_per_chunk, r1 = imin(rows, r0 + rows_per_chunk);
+  const double s = column_sum(dy, r0, r1, c, col);
+  if (threadIdx.y == 0 && col < c) out[chunk * c + col] = static_cast<float>(s);
+}
+// Pass 2: db[col] = Σ_chunk scratch[chunk·c + col], chunks in order.
+__global__ void bias_grad_final_kernel(const float* __restrict__ part, float* __restrict__ db, int64_t chunks,
+                                       int64_t c) {
+  for (size_t col = gtid(); col < static_cast<size_t>(c); col += gstride()) {
+    double acc = 0;
+    for (int64_t ch = 0; ch < chunks; ++ch) acc += part[ch * c + static_cast<int64_t>(col)];
+    db[col] = static_cast<float>(acc);
+  }
+}
+
+int64_t bias_chunks(int64_t rows) {
+  return std::min(kMaxChunks, std::max<int64_t>(1, (rows + kChunkRows - 1) / kChunkRows));
+}
+
+__global__ void gap_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t n, int64_t hw, int64_t c) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kTile + threadIdx.x;
+  for (int64_t img = blockIdx.y; img < n; img += gridDim.y) {
+    const double s = column_sum(x + img * hw * c, 0, hw, c, col);
+    if (threadIdx.y == 0 && col < c) y[img * c + col] = static_cast<float>(s / static_cast<double>(hw));
+  }
+}
+__global__ void gap_bwd_kernel(const float* __restrict__ dy, float* __restrict__ dx, size_t total, int64_t hw,
+                               int64_t c, float div) {
+  const size_t cc = static_cast<size_t>(c), img_sz = static_cast<size_t>(hw) * cc;
+  for (size_t i = gtid(); i < total; i += gstride()) {
+    const size_t img = i / img_sz, j = i % cc;
+    dx[i] = dy[img * cc + j] / div;
+  }
+}
+
+__global__ void concat_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t total, int64_t ci,
+                                  int64_t off, int64_t ctot) {
+  const size_t cc = static_cast<size_t>(ci);
+  for (size_t i = gtid(); i < total; i += gstride()) {
+    const size_t r = i / cc, j = i % cc;
+    y[r * ctot + off + j] = x[i];
+  }
+}
+__global__ void concat_bwd_kernel(const float* __restrict__ dy, float* __restrict__ dx, size_t total, int64_t ci,
+                                  int64_t off, int64_t ctot) {
+  const size_t cc = static_cast<size_t>(ci);
+  for (size_t i = gtid(); i < total; i += gstride()) {
+    const size_t r = i / cc, j = i % cc;
+    dx[i] = dy[r * ctot + off + j];
+  }
+}
+
+// ---- upsampling (NHWC) -----------------------------------------------------------------
+
+// y (n, h·f, w·f, c) from x (n, h, w, c): source pixel (oy / f, ox / f).
+__global__ void up_nearest_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t total, int64_t h,
+                                      int64_t w, int64_t c, int f) {
+  const int64_t W = w * f, H = h * f;
+  for (size_t i = gtid(); i < total; i += gstride()) {
+    const int64_t ch = static_cast<int64_t>(i % c);
+    int64_t p = static_cast<int64_t>(i / c);
+    const int64_t ox = p % W;
+    p /= W;
+    const int64_t oy = p % H, b = p / H;
+    y[i] = x[((b * h + oy / f) * w + ox / f) * c + ch];
+  }
+}
+// dx (n, h, w, c): Σ over the f×f output pixels of the block, row by row.
+__global__ void up_nearest_bwd_kernel(const float* __restrict__ dy, float* __restrict__ dx, size_t total, int64_t h,
+                                      int64_t w, int64_t c, int f) {
+  const int64_t W = w * f, H = h * f;
+  for (size_t i = gtid(); i < total; i += gstride()) {
+    const int64_t ch = static_cast<int64_t>(i % c);
+    int64_t p = static_cast<int64_t>(i / c);
+    const int64_t ix = p % w;
+    p /= w;
+    const int64_t iy = p % h, b = p / h;
+    float acc = 0.f;
+    for (int a = 0; a < f; ++a) {
+      const float* row = dy + ((b * H + iy * f + a) * W + ix * f) * c + ch;
+      for (int e = 0; e < f; ++e) acc += row[static_cast<int64_t>(e) * c];
+    }
+    dx[i] = acc;
+  }
+}
+
+// PyTorch's area_pixel_compute_source_index (align_corners=False, linear): src = scale·(o+½)−½
+// clamped at 0, i0 = ⌊src⌋, i1 = i0 + (i0 < in−1), weights 1−λ, λ.
+struct Lin {
+  int64_t i0, i1;
+  float l0, l1;
+};
+__device__ __forceinline__ Lin lin_src(int64_t o, int64_t in, float scale) {
+  float src = scale * (static_cast<float>(o) + 0.5f) - 0.5f;
+  if (src < 0.f) src = 0.f;
+  int64_t i0 = static_cast<int64_t>(src);
+  if (i0 > in - 1) i0 = in - 1;
+  const float l1 = src - static_cast<float>(i0);
+  return {i0, i0 + (i0 < in - 1 ? 1 : 0), 1.f - l1, l1};
+}
+
+__global__ void up_bilinear_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t total, int64_t h,
+                                       int64_t w, int64_t c, int f, float scale) {
+  const int64_t W = w * f, H = h * f;
+  for (size_t i = gtid(); i < total; i += gstride()) {
+    const int64_t ch = static_cast<int64_t>(i % c);
+    int64_t p = static_cast<int64_t>(i / c);
+    const int64_t ox = p % W;
+    p /= W;
+    const int64_t oy = p % H, b = p / H;
+    const Lin ly = lin_src(oy, h, scale), lx = lin_src(ox, w, scale);
+    const float* xb = x + b * h * w * c + ch;
+    const float v00 = xb[(ly.i0 * w + lx.i0) * c], v01 = xb[(ly.i0 * w + lx.i1) * c];
+    const float v10 = xb[(ly.i1 * w + lx.i0) * c], v11 = xb[(ly.i1 * w + lx.i1) * c];
+    y[i] = ly.l0 * (lx.l0 * v00 + lx.l1 * v01) + ly.l1 * (lx.l0 * v10 + lx.l1 * v11);
+  }
+}
+// Gather form of the adjoint: input pixel (iy, ix) sums (λy·λx)·dy over the output pixels
+// whose forward read it. Those lie within rows [(iy−1)f, (iy+2)f) (same for columns).
+__global__ void up_bilinear_bwd_kernel(const float* __restrict__ dy, float* __restrict__ dx, size_t total, int64_t h,
+                                       int64_t w, int64_t c, int f, float scale) {
+  const int64_t W = w * f, H = h * f;
+  for (size_t i = gtid(); i < total; i += gstride()) {
+    const int64_t ch = static_cast<int64_t>(i % c);
+    int64_t p = static_cast<int64_t>(i / c);
+    const int64_t ix = p % w;
+    p /= w;
+    const int64_t iy = p % h, b = p / h;
+    const int64_t oy0 = imax(0, (iy - 1) * f), oy1 = imin(H, (iy + 2) * f);
+    const int64_t ox0 = imax(0, (ix - 1) * f), ox1 = imin(W, (ix + 2) * f);
+    const float* db = dy + b * H * W * c + ch;
+    float acc = 0.f;
+    for (int64_t oy = oy0; oy < oy1; ++oy) {
+      const Lin ly = lin_src(oy, h, scale);
+      const bool y0 = ly.i0 == iy, y1 = ly.i1 == iy;
+      if (!y0 && !y1) continue;
+      for (int64_t ox = ox0; ox < ox1; ++ox) {
+        const Lin lx = lin_src(ox, w, scale);
+        const bool x0 = lx.i0 == ix, x1 = lx.i1 == ix;
+        if (!x0 && !x1) continue;
+        const float g = db[(oy * W + ox) * c];
+        if (y0 && x0) acc += (ly.l0 * lx.l0) * g;
+        if (y0 && x1) acc += (ly.l0 * lx.l1) * g;
+        if (y1 && x0) acc += (ly.l1 * lx.l0) * g;
+        if (y1 && x1) acc += (ly.l1 * lx.l1) * g;
+      }
+    }
+    dx[i] = acc;
+  }
+}
+
+// ---- row softmax family ----------------------------------------------------------------
+// A row of k values is handled by a group of W lanes (W ∈ {1, 2, ..., 32}, W ≥ k when
+// k ≤ 32); lane l takes j = l, l+W, ... Every lane of a warp reaches every shuffle: the
+// row loop's trip count is uniform per block and inactive groups run with zero elements.
+
+template <int W>
+__device__ __forceinline__ float group_max(float v) {
+#pragma unroll
+  for (int o = W / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o, W));
+  return v;
+}
+template <int W>
+__device__ __forceinline__ double group_sum(double v) {
+#pragma unroll
+  for (int o = W / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o, W);
+  return v;
+}
+
+template <int W>
+__global__ void softmax_rows_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t rows, int64_t k) {
+  constexpr int G = kBlock / W;
+  const int lane = threadIdx.x % W, grp = threadIdx.x / W;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * G; base < rows; base += static_cast<int64_t>(gridDim.x) * G) {
+    const int64_t r = base + grp;
+    const int64_t kk = r < rows ? k : 0;
+    const float* z = x + r * k;
+    float mx = -INFINITY;
+    for (int64_t j = lane; j < kk; j += W) mx = fmaxf(mx, z[j]);
+    mx = group_max<W>(mx);
+    double se = 0;
+    for (int64_t j = lane; j < kk; j += W) se += static_cast<double>(expf(z[j] - mx));
+    se = group_sum<W>(se);
+    const double inv = 1.0 / se;
+    float* o = y + r * k;
+    for (int64_t j = lane; j < kk; j += W) o[j] = static_cast<float>(static_cast<double>(expf(z[j] - mx)) * inv);
+  }
+}
+
+template <int W>
+__global__ void softmax_rows_bwd_kernel(const float* __restrict__ y, const float* __restrict__ dy,
+                                        float* __restrict__ dx, int64_t rows, int64_t k) {
+  constexpr int G = kBlock / W;
+  const int lane = threadIdx.x % W, grp = threadIdx.x / W;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * G; base < rows; base += static_cast<int64_t>(gridDim.x) * G) {
+    const int64_t r = base + grp;
+    const int64_t kk = r < rows ? k : 0;
+    const float* py = y + r * k;
+    const float* pd = dy + r * k;
+    double dot = 0;
+    for (int64_t j = lane; j < kk; j += W) dot += static_cast<double>(py[j]) * pd[j];
+    dot = group_sum<W>(dot);
+    const float d = static_cast<float>(dot);
+    float* o = dx + r * k;
+    for (int64_t j = lane; j < kk; j += W) o[j] = py[j] * (pd[j] - d);
+  }
+}
+
+// Argmax as the CPU's first-strictly-greater scan: NaN never wins except at j = 0 (the scan
+// starts there and nothing compares greater than NaN). Keys make that a total order, so the
+// tree (larger key, then smaller index) picks the same element in every lane.
+__device__ __forceinline__ float argmax_key(float v, int64_t j) {
+  return v != v ? (j == 0 ? INFINITY : -INFINITY) : v;
+}
+template <int W>
+__global__ void softmax_argmax_kernel(const float* __restrict__ x, int64_t rows, int64_t k, int* __restrict__ index,
+                                      float* __restrict__ confidence) {
+  constexpr int G = kBlock / W;
+  const int lane = threadIdx.x % W, grp = threadIdx.x / W;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * G; base < rows; base += static_cast<int64_t>(gridDim.x) * G) {
+    const int64_t r = base + grp;
+    const int64_t kk = r < rows ? k : 0;
+    const float* z = x + r * k;
+    float bv = -INFINITY;
+    int64_t bi = INT64_MAX;
+    for (int64_t j = lane; j < kk; j += W) {
+      const float v = argmax_key(z[j], j);
+      if (bi == INT64_MAX || v > bv) bv = v, bi = j;
+    }
+#pragma unroll
+    for (int o = W / 2; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o, W);
+      const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o, W);
+      if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
+    }
+    const float zb = kk > 0 ? z[bi] : 0.f;
+    double se = 0;
+    for (int64_t j = lane; j < kk; j += W) se += static_cast<double>(expf(z[j] - zb));
+    se = group_sum<W>(se);
+    if (lane == 0 && kk > 0) {
+      index[r] = static_cast<int>(bi);
+      confidence[r] = static_cast<float>(1.0 / se);
+    }
+  }
+}
+
+// ---- losses ----------------------------------------------------------------------------
+
+// Weight of row q: 0 for an ignored (< 0) or out-of-range label.
+__device__ __forceinline__ double row_weight(const int* labels, const float* cw, const float* pw, int64_t q,
+                                             int64_t k) {
+  const int y = labels[q];
+  if (y < 0 || y >= k) return 0.0;
+  return (cw ? static_cast<double>(cw[y]) : 1.0) * (pw ? static_cast<double>(pw[q]) : 1.0);
+}
+
+__global__ void weight_partials_kernel(const int* __restrict__ labels, const float* __restrict__ cw,
+                                       const float* __restrict__ pw, int64_t rows, int64_t k,
+                                       double* __restrict__ partials) {
+  double acc = 0;
+  for (size_t q = gtid(); q < static_cast<size_t>(rows); q += gstride())
+    acc += row_weight(labels, cw, pw, static_cast<int64_t>(q), k);
+  const double s = block_sum(acc);
+  if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+// Per row: l = (mx + log Σ e) − z[y] with e_j = exp(z_j − mx); dz_j = f·e_j/Σe (j ≠ y) and
+// dz_y = −f·(Σ_{j≠y} e_j)/Σe (no cancellation when p_y → 1), f = scale·w/Σw. A row with
+// weight 0 (or Σw = 0) gets dz = 0 and adds nothing. Block partial of Σ w·l → partials.
+template <int W>
+__global__ void xent_rows_kernel(const float* __restrict__ logits, const int* __restrict__ labels,
+                                 const float* __restrict__ cw, const float* __restrict__ pw, int64_t rows, int64_t k,
+                                 float scale, const double* __restrict__ wsum_p, float* __restrict__ dlogits,
+                                 double* __restrict__ partials) {
+  constexpr int G = kBlock / W;
+  const int lane = threadIdx.x % W, grp = threadIdx.x / W;
+  const double wsum = *wsum_p;
+  double acc = 0;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * G; base < rows; base += static_cast<int64_t>(gridDim.x) * G) {
+    const int64_t r = base + grp;
+    const bool active = r < rows;
+    const double wr = active ? row_weight(labels, cw, pw, r, k) : 0.0;
+    const bool live = active && wr != 0.0 && wsum > 0.0;
+    const int64_t kk = live ? k : 0;
+    const int y = live ? labels[r] : -1;
+    const float* z = logits + r * k;
+    float mx = -INFINITY;
+    for (int64_t j = lane; j < kk; j += W) mx = fmaxf(mx, z[j]);
+    mx = group_max<W>(mx);
+    double se = 0, so = 0;
+    for (int64_t j = lane; j < kk; j += W) {
+      const double e = expf(z[j] - mx);
+      se += e;
+      if (j != y) so += e;
+    }
+    se = group_sum<W>(se);
+    so = group_sum<W>(so);
+    if (!active) continue;
+    float* dz = dlogits + r * k;
+    if (!live) {
+      for (int64_t j = lane; j < k; j += W) dz[j] = 0.f;
+      continue;
+    }
+    if (lane == 0) acc += wr * ((static_cast<double>(mx) + log(se)) - static_cast<double>(z[y]));
+    const double f = static_cast<double>(scale) * wr / wsum;
+    const double fs = f / se;
+    for (int64_t j = lane; j < k; j += W)
+      dz[j] = j == y ? static_cast<float>(0.0 - fs * so) : static_cast<float>(fs * static_cast<double>(expf(z[j] - mx)));
+  }
+  const double s = block_sum(acc);
+  if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+__global__ void xent_final_kernel(const double* __restrict__ partials, int p, const double* __restrict__ wsum_p,
+                                  double* __restrict__ loss) {
+  double acc = 0;
+  for (int i = threadIdx.x; i < p; i += kBlock) acc += partials[i];
+  const double s = block_sum(acc);
+  if (threadIdx.x == 0) {
+    const double wsum = *wsum_p;
+    loss[0] = wsum > 0.0 ? s / wsum : 0.0;
+  }
+}
+
+int group_width(int64_t k) {
+  int w = 1;
+  while (w < 32 && w < k) w <<= 1;
+  return w;
+}
+
+// Launches KERNEL<W> with W = group_width(k).
+#define HALCDL_DISPATCH_W(k, KERNEL, GRID, STREAM, ...)                         \
+  switch (group_width(k)) {                                                      \
+    case 1: KERNEL<1><<<(GRID), kBlock, 0, (STREAM)>>>(__VA_ARGS__); break;      \
+    case 2: KERNEL<2><<<(GRID), kBlock, 0, (STREAM)>>>(__VA_ARGS__); break;      \
+    case 4: KERNEL<4><<<(GRID), kBlock, 0, (STREAM)>>>(__VA_ARGS__); break;      \
+    case 8: KERNEL<8><<<(GRID), kBlock, 0, (STREAM)>>>(__VA_ARGS__); break;      \
+    case 16: KERNEL<16><<<(GRID), kBlock, 0, (STREAM)>>>(__VA_ARGS__); break;    \
+    default: KERNEL<32><<<(GRID), kBlock, 0, (STREAM)>>>(__VA_ARGS__); break;    \
+  }
+
+// Rows per block of a row kernel, and grids: row kernels that reduce use a grid that is a
+// function of (rows, k) only.
+inline int64_t rows_per_block(int64_t k) { return kBlock / group_width(k); }
+inline unsigned row_grid(int64_t rows, int64_t k) {
+  return grid_for(static_cast<size_t>((rows + rows_per_block(k) - 1) / rows_per_block(k)) * kBlock);
+}
+
+void xent_impl(const float* logits, const int* labels, const float* class_w, const float* pixel_w, int64_t rows,
+               int64_t k, float scale, float* dlogits, double* loss, double* scratch, cudaStream_t s) {
+  if (rows <= 0 || k <= 0) {
+    CUDA_CHECK(cudaMemsetAsync(loss, 0, sizeof(double), s));
+    return;
+  }
+  double* wsum = scratch + kScrTotal;
+  const int pw = partials_for(static_cast<size_t>(rows), kBlock);
+  weight_partials_kernel<<<pw, kBlock, 0, s>>>(labels, class_w, pixel_w, rows, k, scratch + kScrA);
+  CUDA_CHECK_LAUNCH();
+  reduce_partials_kernel<<<1, kBlock, 0, s>>>(scratch + kScrA, pw, wsum);
+  CUDA_CHECK_LAUNCH();
+  const int pl = partials_for(static_cast<size_t>(rows), static_cast<size_t>(rows_per_block(k)));
+  HALCDL_DISPATCH_W(k, xent_rows_kernel, pl, s, logits, labels, class_w, pixel_w, rows, k, scale, wsum, dlogits,
+                    scratch + kScrB);
+  CUDA_CHECK_LAUNCH();
+  xent_final_kernel<<<1, kBlock, 0, s>>>(scratch + kScrB, pl, wsum, loss);
+  CUDA_CHECK_LAUNCH();
+}
+
+// ---- optimizer -------------------------------------------------------------------------
+
+__global__ void sum_squares_kernel(const float* __restrict__ x, size_t n, double* __restrict__ partials) {
+  double acc = 0;
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const double v = x[i];
+    acc += v * v;
+  }
+  const double s = block_sum(acc);
+  if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+__global__ void check_finite_kernel(const float* __restrict__ x, size_t n, int* flag) {
+  for (size_t i = gtid(); i < n; i += gstride())
+    if (!isfinite(x[i])) flag[0] = 0;
+}
+
+// The CPU twin's float expressions, each operation rounded separately (no FMA).
+__global__ void sgd_kernel(float* __restrict__ w, const float* __restrict__ grad, float* __restrict__ v,
+                           size_t n_weight, size_t n, float lr, float momentum, float weight_prior) {
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const float wi = w[i];
+    const float g = __fadd_rn(grad[i], i < n_weight ? __fmul_rn(weight_prior, wi) : 0.f);
+    const float vi = __fsub_rn(__fmul_rn(momentum, v[i]), __fmul_rn(lr, g));
+    v[i] = vi;
+    w[i] = __fadd_rn(wi, vi);
+  }
+}
+__global__ void adam_kernel(float* __restrict__ w, const float* __restrict__ grad, float* __restrict__ m1,
+                            float* __restrict__ m2, size_t n_weight, size_t n, float lr, float beta1, float beta2,
+                            float eps, float weight_prior, float c1, float c2) {
+  const float ob1 = __fsub_rn(1.f, beta1), ob2 = __fsub_rn(1.f, beta2);
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const float wi = w[i];
+    const float g = __fadd_rn(grad[i], i < n_weight ? __fmul_rn(weight_prior, wi) : 0.f);
+    const float a = __fadd_rn(__fmul_rn(beta1, m1[i]), __fmul_rn(ob1, g));
+    const float b = __fadd_rn(__fmul_rn(beta2, m2[i]), __fmul_rn(__fmul_rn(ob2, g), g));
+    m1[i] = a;
+    m2[i] = b;
+    const float num = __fmul_rn(lr, __fdiv_rn(a, c1));
+    const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(b, c2)), eps);
+    w[i] = __fsub_rn(wi, __fdiv_rn(num, den));
+  }
+}
+
+}  // namespace
+
+// ==== launchers =========================================================================
+
+void nchw_to_nhwc(const float* src, float* dst, int64_t n, int64_t c, int64_t hw, cudaStream_t s) {
+  transpose(src, dst, n, c, hw, s);
+}
+void nhwc_to_nchw(const float* src, float* dst, int64_t n, int64_t c, int64_t hw, cudaStream_t s) {
+  transpose(src, dst, n, hw, c, s);
+}
+void f32_to_bf16(const float* src, uint16_t* dst, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  f32_to_bf16_kernel<<<grid_for(n), kBlock, 0, s>>>(src, dst, n);
+  CUDA_CHECK_LAUNCH();
+}
+void bf16_to_f32(const uint16_t* src, float* dst, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  bf16_to_f32_kernel<<<grid_for(n), kBlock, 0, s>>>(src, dst, n);
+  CUDA_CHECK_LAUNCH();
+}
+
+void relu_forward(const float* x, float* y, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  relu_fwd_kernel<<<grid_for(n), kBlock, 0, s>>>(x, y, n);
+  CUDA_CHECK_LAUNCH();
+}
+void relu_backward(const float* y, const float* dy, float* dx, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  relu_bwd_kernel<<<grid_for(n), kBlock, 0, s>>>(y, dy, dx, n);
+  CUDA_CHECK_LAUNCH();
+}
+void relu6_forward(const float* x, float* y, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  relu6_fwd_kernel<<<grid_for(n), kBlock, 0, s>>>(x, y, n);
+  CUDA_CHECK_LAUNCH();
+}
+void relu6_backward(const float* x, const float* dy, float* dx, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  relu6_bwd_kernel<<<grid_for(n), kBlock, 0, s>>>(x, dy, dx, n);
+  CUDA_CHECK_LAUNCH();
+}
+void add(const float* a, const float* b, float* y, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  add_kernel<<<grid_for(n), kBlock, 0, s>>>(a, b, y, n);
+  CUDA_CHECK_LAUNCH();
+}
+void accumulate(float* dst, const float* src, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  accumulate_kernel<<<grid_for(n), kBlock, 0, s>>>(dst, src, n);
+  CUDA_CHECK_LAUNCH();
+}
+void mul(const float* a, const float* b, float* y, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  mul_kernel<<<grid_for(n), kBlock, 0, s>>>(a, b, y, n);
+  CUDA_CHECK_LAUNCH();
+}
+void scale(float* x, float a, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  scale_kernel<<<grid_for(n), kBlock, 0, s>>>(x, a, n);
+  CUDA_CHECK_LAUNCH();
+}
+void dropout_forward(const float* x, float* y, float* mask, size_t n, uint64_t seed, uint64_t threshold, float keep,
+                     cudaStream_t s) {
+  if (n == 0) return;
+  dropout_kernel<<<grid_for(n), kBlock, 0, s>>>(x, y, mask, n, seed, threshold, keep);
+  CUDA_CHECK_LAUNCH();
+}
+
+void bias_add(float* y, const float* bias, int64_t rows, int64_t c, cudaStream_t s) {
+  if (rows <= 0 || c <= 0) return;
+  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(c);
+  bias_add_kernel<<<grid_for(n), kBlock, 0, s>>>(y, bias, n, c);
+  CUDA_CHECK_LAUNCH();
+}
+
+size_t bias_grad_scratch_floats(int64_t rows, int64_t c) {
+  if (c <= 0) return 0;
+  return static_cast<size_t>(bias_chunks(rows)) * static_cast<size_t>(c);
+}
+
+void bias_grad(const float* dy, float* db, int64_t rows, int64_t c, float* scratch, cudaStream_t s) {
+  if (c <= 0) return;
+  if (rows <= 0) {
+    CUDA_CHECK(cudaMemsetAsync(db, 0, static_cast<size_t>(c) * sizeof(float), s));
+    return;
+  }
+  const int64_t chunks = bias_chunks(rows);
+  const int64_t rpc = (rows + chunks - 1) / chunks;
+  const dim3 grid(static_cast<unsigned>((c + kTile - 1) / kTile), static_cast<unsigned>(chunks));
+  bias_grad_chunks_kernel<<<grid, dim3(kTile, kRowLanes), 0, s>>>(dy, chunks == 1 ? db : scratch, rows, c, rpc);
+  CUDA_CHECK_LAUNCH();
+  if (chunks == 1) return;
+  bias_grad_final_kernel<<<grid_for(static_cast<size_t>(c)), kBlock, 0, s>>>(scratch, db, chunks, c);
+  CUDA_CHECK_LAUNCH();
+}
+
+void gap_forward(const float* x, float* y, int64_t n, int64_t hw, int64_t c, cudaStream_t s) {
+  if (n <= 0 || c <= 0) return;
+  if (hw <= 0) {
+    CUDA_CHECK(cudaMemsetAsync(y, 0, static_cast<size_t>(n * c) * sizeof(float), s));
+    return;
+  }
+  const dim3 grid(static_cast<unsigned>((c + kTile - 1) / kTile), static_cast<unsigned>(std::min<int64_t>(n, 65535)));
+  gap_fwd_kernel<<<grid, dim3(kTile, kRowLanes), 0, s>>>(x, y, n, hw, c);
+  CUDA_CHECK_LAUNCH();
+}
+void gap_backward(const float* dy, float* dx, int64_t n, int64_t hw, int64_t c, cudaStream_t s) {
+  if (n <= 0 || hw <= 0 || c <= 0) return;
+  const size_t total = static_cast<size_t>(n) * static_cast<size_t>(hw) * static_cast<size_t>(c);
+  gap_bwd_kernel<<<grid_for(total), kBlock, 0, s>>>(dy, dx, total, hw, c, static_cast<float>(hw));
+  CUDA_CHECK_LAUNCH();
+}
+
+void concat_forward(const float* x, float* y, int64_t rows, int64_t ci, int64_t off, int64_t ctot, cudaStream_t s) {
+  if (rows <= 0 || ci <= 0) return;
+  const size_t total = static_cast<size_t>(rows) * static_cast<size_t>(ci);
+  concat_fwd_kernel<<<grid_for(total), kBlock, 0, s>>>(x, y, total, ci, off, ctot);
+  CUDA_CHECK_LAUNCH();
+}
+void concat_backward(const float* dy, float* dx, int64_t rows, int64_t ci, int64_t off, int64_t ctot,
+                     cudaStream_t s) {
+  if (rows <= 0 || ci <= 0) return;
+  const size_t total = static_cast<size_t>(rows) * static_cast<size_t>(ci);
+  concat_bwd_kernel<<<grid_for(total), kBlock, 0, s>>>(dy, dx, total, ci, off, ctot);
+  CUDA_CHECK_LAUNCH();
+}
+
+void upsample_nearest_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int f,
+                              cudaStream_t s) {
+  if (n <= 0 || h <= 0 || w <= 0 || c <= 0 || f <= 0) return;
+  const size_t total = static_cast<size_t>(n * h * f * w * f * c);
+  up_nearest_fwd_kernel<<<grid_for(total), kBlock, 0, s>>>(x, y, total, h, w, c, f);
+  CUDA_CHECK_LAUNCH();
+}
+void upsample_nearest_backward(const float* dy, float* dx, int64_t n, int64_t h, int64_t w, int64_t c, int f,
+                               cudaStream_t s) {
+  if (n <= 0 || h <= 0 || w <= 0 || c <= 0 || f <= 0) return;
+  const size_t total = static_cast<size_t>(n * h * w * c);
+  up_nearest_bwd_kernel<<<grid_for(total), kBlock, 0, s>>>(dy, dx, total, h, w, c, f);
+  CUDA_CHECK_LAUNCH();
+}
+void upsample_bilinear_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int f,
+                               cudaStream_t s) {
+  if (n <= 0 || h <= 0 || w <= 0 || c <= 0 || f <= 0) return;
+  const size_t total = static_cast<size_t>(n * h * f * w * f * c);
+  // PyTorch's scale for a given scale_factor: 1/f, as float.
+  const float sc = static_cast<float>(1.0 / f);
+  up_bilinear_fwd_kernel<<<grid_for(total), kBlock, 0, s>>>(x, y, total, h, w, c, f, sc);
+  CUDA_CHECK_LAUNCH();
+}
+void upsample_bilinear_backward(const float* dy, float* dx, int64_t n, int64_t h, int64_t w, int64_t c, int f,
+                                cudaStream_t s) {
+  if (n <= 0 || h <= 0 || w <= 0 || c <= 0 || f <= 0) return;
+  const size_t total = static_cast<size_t>(n * h * w * c);
+  const float sc = static_cast<float>(1.0 / f);
+  up_bilinear_bwd_kernel<<<grid_for(total), kBlock, 0, s>>>(dy, dx, total, h, w, c, f, sc);
+  CUDA_CHECK_LAUNCH();
+}
+
+void softmax_rows(const float* x, float* y, int64_t rows, int64_t k, cudaStream_t s) {
+  if (rows <= 0 || k <= 0) return;
+  HALCDL_DISPATCH_W(k, softmax_rows_kernel, row_grid(rows, k), s, x, y, rows, k);
+  CUDA_CHECK_LAUNCH();
+}
+void softmax_rows_backward(const float* y, const float* dy, float* dx, int64_t rows, int64_t k, cudaStream_t s) {
+  if (rows <= 0 || k <= 0) return;
+  HALCDL_DISPATCH_W(k, softmax_rows_bwd_kernel, row_grid(rows, k), s, y, dy, dx, rows, k);
+  CUDA_CHECK_LAUNCH();
+}
+
+size_t loss_scratch_doubles(int64_t) { return kScrTotal + 2; }
+
+void softmax_xent(const float* logits, const int* labels, const float* class_w, int64_t n, int64_t k, float scale,
+                  float* dlogits, double* loss, double* scratch, cudaStream_t s) {
+  xent_impl(logits, labels, class_w, nullptr, n, k, scale, dlogits, loss, scratch, s);
+}
+void softmax_xent_pixels(const float* logits, const int* labels, const float* class_w, const float* pixel_w,
+                         int64_t rows, int64_t k, float scale, float* dlogits, double* loss, double* scratch,
+                         cudaStream_t s) {
+  xent_impl(logits, labels, class_w, pixel_w, rows, k, scale, dlogits, loss, scratch, s);
+}
+void softmax_argmax_rows(const float* logits, int64_t rows, int64_t k, int* index, float* confidence,
+                         cudaStream_t s) {
+  if (rows <= 0 || k <= 0) return;
+  HALCDL_DISPATCH_W(k, softmax_argmax_kernel, row_grid(rows, k), s, logits, rows, k, index, confidence);
+  CUDA_CHECK_LAUNCH();
+}
+
+void sum_squares(const float* x, size_t n, double* out, double* scratch, cudaStream_t s) {
+  if (n == 0) {
+    CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double), s));
+    return;
+  }
+  const int p = partials_for(n, kBlock);
+  sum_squares_kernel<<<p, kBlock, 0, s>>>(x, n, scratch + kScrA);
+  CUDA_CHECK_LAUNCH();
+  reduce_partials_kernel<<<1, kBlock, 0, s>>>(scratch + kScrA, p, out);
+  CUDA_CHECK_LAUNCH();
+}
+void check_finite(const float* x, size_t n, int* flag, cudaStream_t s) {
+  if (n == 0) return;
+  check_finite_kernel<<<grid_for(n), kBlock, 0, s>>>(x, n, flag);
+  CUDA_CHECK_LAUNCH();
+}
+void sgd_update(float* w, const float* grad, float* v, size_t n_weight, size_t n, float lr, float momentum,
+                float weight_prior, cudaStream_t s) {
+  if (n == 0) return;
+  sgd_kernel<<<grid_for(n), kBlock, 0, s>>>(w, grad, v, n_weight, n, lr, momentum, weight_prior);
+  CUDA_CHECK_LAUNCH();
+}
+void adam_update(float* w, const float* grad, float* m, float* v, size_t n_weight, size_t n, float lr, float beta1,
+                 float beta2, float eps, float weight_prior, int64_t t, cudaStream_t s) {
+  if (n == 0) return;
+  // Bias corrections as the CPU twin computes them (double pow, rounded to float).
+  const float c1 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(t)));
+  const float c2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(t)));
+  adam_kernel<<<grid_for(n), kBlock, 0, s>>>(w, grad, m, v, n_weight, n, lr, beta1, beta2, eps, weight_prior, c1,
+                                              c2);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace halcdl::gpu::k

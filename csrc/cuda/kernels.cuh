@@ -1,0 +1,98 @@
+// Our own CUDA kernels (kernels.cu), the GPU twins of engine/kernels.h plus the ops cuDNN
+// does not cover. Every function is a host-side launcher that enqueues on `s` and returns
+// (errors of the launch are checked). All pointers are device pointers unless noted.
+//
+// Determinism: no kernel here uses atomics whose order changes a result; every reduction
+// has a fixed shape (fixed grid, fixed per-thread ranges, a fixed tree), so a result depends
+// only on the inputs and sizes, never on scheduling.
+//
+// Layouts: activations are NHWC; a (N, K) matrix is row-major. "rows" of an NHWC tensor are
+// its N·H·W pixels, each holding C contiguous channels.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace halcdl::gpu::k {
+
+// ---- layout --------------------------------------------------------------------------
+void nchw_to_nhwc(const float* src, float* dst, int64_t n, int64_t c, int64_t hw, cudaStream_t s);
+void nhwc_to_nchw(const float* src, float* dst, int64_t n, int64_t c, int64_t hw, cudaStream_t s);
+void f32_to_bf16(const float* src, uint16_t* dst, size_t n, cudaStream_t s);
+void bf16_to_f32(const uint16_t* src, float* dst, size_t n, cudaStream_t s);
+
+// ---- elementwise ---------------------------------------------------------------------
+void relu_forward(const float* x, float* y, size_t n, cudaStream_t s);
+// dx = dy · [y > 0]
+void relu_backward(const float* y, const float* dy, float* dx, size_t n, cudaStream_t s);
+void relu6_forward(const float* x, float* y, size_t n, cudaStream_t s);
+// dx = dy · [0 < x < 6]   (x: the input, as PyTorch's hardtanh_backward)
+void relu6_backward(const float* x, const float* dy, float* dx, size_t n, cudaStream_t s);
+void add(const float* a, const float* b, float* y, size_t n, cudaStream_t s);
+void accumulate(float* dst, const float* src, size_t n, cudaStream_t s);   // dst += src
+void mul(const float* a, const float* b, float* y, size_t n, cudaStream_t s);
+void scale(float* x, float a, size_t n, cudaStream_t s);                   // x *= a
+// Inverted dropout, the CPU twin's rule: mask[i] = splitmix64(seed + i) >= threshold ?
+// 1/(1−p) : 0, y = x · mask. `seed` is already mixed by the caller, threshold = p·2^64.
+void dropout_forward(const float* x, float* y, float* mask, size_t n, uint64_t seed, uint64_t threshold,
+                     float keep, cudaStream_t s);
+
+// ---- channel-wise (NHWC: rows × c) ---------------------------------------------------
+void bias_add(float* y, const float* bias, int64_t rows, int64_t c, cudaStream_t s);      // y[r, j] += b[j]
+// db[j] = Σ_r dy[r, j], written (not accumulated); deterministic two-pass column sums.
+// `scratch` holds at least bias_grad_scratch_floats(rows, c) floats.
+size_t bias_grad_scratch_floats(int64_t rows, int64_t c);
+void bias_grad(const float* dy, float* db, int64_t rows, int64_t c, float* scratch, cudaStream_t s);
+// Global average pooling: y[n, j] = mean over the hw rows of image n; dx = dy / hw.
+void gap_forward(const float* x, float* y, int64_t n, int64_t hw, int64_t c, cudaStream_t s);
+void gap_backward(const float* dy, float* dx, int64_t n, int64_t hw, int64_t c, cudaStream_t s);
+// Concatenation along channels: input i has ci[i] channels and lands at channel offset
+// off[i] of the output's ctot. Forward copies one input; backward extracts its gradient.
+void concat_forward(const float* x, float* y, int64_t rows, int64_t ci, int64_t off, int64_t ctot, cudaStream_t s);
+void concat_backward(const float* dy, float* dx, int64_t rows, int64_t ci, int64_t off, int64_t ctot,
+                     cudaStream_t s);
+// Upsampling by an integer factor `f` (NHWC, c channels): nearest (PyTorch 'nearest') and
+// bilinear with align_corners=False. Backward in gather form (each input pixel sums the
+// output pixels that read it), no atomics.
+void upsample_nearest_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int f,
+                              cudaStream_t s);
+void upsample_nearest_backward(const float* dy, float* dx, int64_t n, int64_t h, int64_t w, int64_t c, int f,
+                               cudaStream_t s);
+void upsample_bilinear_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int f,
+                               cudaStream_t s);
+void upsample_bilinear_backward(const float* dy, float* dx, int64_t n, int64_t h, int64_t w, int64_t c, int f,
+                                cudaStream_t s);
+// Row-wise softmax of (rows, k); backward dx = y ⊙ (dy − Σ_j dy·y).
+void softmax_rows(const float* x, float* y, int64_t rows, int64_t k, cudaStream_t s);
+void softmax_rows_backward(const float* y, const float* dy, float* dx, int64_t rows, int64_t k, cudaStream_t s);
+
+// ---- losses (engine/kernels.h semantics) ---------------------------------------------
+// Scratch for the loss reductions: at least loss_scratch_doubles(rows) doubles.
+size_t loss_scratch_doubles(int64_t rows);
+// Classification: logits (n, k); labels n ints (device); class_w k floats or null.
+// loss[0] ← Σ w[y]·(−log softmax[y]) / Σ w[y]  (double, device); dlogits written, scaled by
+// `scale`. Σ w = 0 → loss 0, dlogits 0.
+void softmax_xent(const float* logits, const int* labels, const float* class_w, int64_t n, int64_t k, float scale,
+                  float* dlogits, double* loss, double* scratch, cudaStream_t s);
+// Segmentation: logits NHWC (n·hw rows of k); labels n·hw ints, −1 = ignored; pixel_w
+// n·hw floats or null. loss = Σ w[y]·pw·l / Σ w[y]·pw over pixels not ignored.
+void softmax_xent_pixels(const float* logits, const int* labels, const float* class_w, const float* pixel_w,
+                         int64_t rows, int64_t k, float scale, float* dlogits, double* loss, double* scratch,
+                         cudaStream_t s);
+// Per row of (rows, k) logits: the winning channel (first on ties) and its probability.
+void softmax_argmax_rows(const float* logits, int64_t rows, int64_t k, int* index, float* confidence,
+                         cudaStream_t s);
+
+// ---- optimizer -----------------------------------------------------------------------
+// out[0] ← Σ x² over [0, n) as double, deterministic. scratch: loss_scratch_doubles(n).
+void sum_squares(const float* x, size_t n, double* out, double* scratch, cudaStream_t s);
+// flag[0] ← 0 if any x[i] is NaN/Inf (only ever stores 0, so order-independent); the caller
+// sets flag[0] = 1 first.
+void check_finite(const float* x, size_t n, int* flag, cudaStream_t s);
+void sgd_update(float* w, const float* grad, float* v, size_t n_weight, size_t n, float lr, float momentum,
+                float weight_prior, cudaStream_t s);
+void adam_update(float* w, const float* grad, float* m, float* v, size_t n_weight, size_t n, float lr, float beta1,
+                 float beta2, float eps, float weight_prior, int64_t t, cudaStream_t s);
+
+}  // namespace halcdl::gpu::k

@@ -1,0 +1,328 @@
+// Convolution, transposed convolution, batch normalisation and max / avg pooling on cuDNN's
+// legacy API, NHWC fp32 (the GPU twins of cpu/conv.cpp, cpu/bn.cpp, cpu/pool.cpp).
+//
+// conv:   y = conv(x, W) + b with W as KRSC (O, kh, kw, I/g);  dW = BackwardFilter(x, dy),
+//         db = Σ dy (k::bias_grad, deterministic), dx = BackwardData(W, dy).
+// deconv: the transpose of the conv from y to x whose filter is (K = I, kh, kw, C = O/g):
+//         y = BackwardData(W, x) + b, dx = Forward(dy, W), dW = BackwardFilter(dy, x). The
+//         output padding is implied by y's larger dims (cuDNN derives nothing from them).
+// bn:     spatial; training uses the batch statistics and updates the running ones in
+//         p.state_out (cuDNN's exponential average, unbiased variance); inference uses p.state.
+// pool:   max (padding never wins) / avg excluding padding, floor mode.
+#include <algorithm>
+#include <vector>
+
+#include "cuda/gpu_node.h"
+#include "cuda/kernels.cuh"
+
+namespace halcdl::gpu {
+namespace {
+
+const float kOne = 1.f, kZero = 0.f;
+
+// Per-algorithm workspace cap: algorithms that need more are skipped.
+constexpr size_t kMaxAlgoWorkspace = size_t(1) << 30;
+
+// The three directions of a convolution (named by the cuDNN call, not by the node's use).
+enum Dir { kFwd = 0, kBwdData = 1, kBwdFilter = 2 };
+
+struct Algo {
+  int algo = -1;
+  size_t ws = 0;
+};
+
+// Picks an algorithm from cuDNN's list (heuristics in deterministic mode, timing otherwise):
+// the first with status success, deterministic if asked, and a workspace within the cap. The
+// math type the result was obtained with is set on `cd` (never a tensor-op one without TF32;
+// a second, relaxed pass keeps CUDNN_FMA_MATH on the descriptor if no result reports it).
+template <typename Perf, typename List, typename WsOf>
+Algo choose(Context& ctx, cudnnConvolutionDescriptor_t cd, int max_count, List list, WsOf ws_of, const Node& n,
+            const char* what) {
+  std::vector<Perf> res(static_cast<size_t>(std::max(1, max_count)));
+  int got = 0;
+  CUDNN_CHECK(list(static_cast<int>(res.size()), &got, res.data()));
+  const bool tf32 = ctx.opts.tf32, det = ctx.opts.deterministic;
+  bool alloc_failed = false;  // cudnnFind* could not allocate its trial buffers
+  for (int pass = 0; pass < (tf32 ? 1 : 2); ++pass) {
+    for (int i = 0; i < got; ++i) {
+      const Perf& r = res[i];
+      alloc_failed = alloc_failed || r.status == CUDNN_STATUS_ALLOC_FAILED;
+      if (r.status != CUDNN_STATUS_SUCCESS) continue;
+      if (det && r.determinism != CUDNN_DETERMINISTIC) continue;
+      cudnnMathType_t m = r.mathType;
+      if (!tf32) {
+        if (pass == 0 && m != CUDNN_FMA_MATH) continue;
+        m = CUDNN_FMA_MATH;
+      }
+      CUDNN_CHECK(cudnnSetConvolutionMathType(cd, m));
+      size_t bytes = 0;
+      if (ws_of(r.algo, &bytes) != CUDNN_STATUS_SUCCESS || bytes > kMaxAlgoWorkspace) continue;
+      return {static_cast<int>(r.algo), bytes};
+    }
+  }
+  HALCDL_CHECK(!alloc_failed, kErrNoGpuMemory, "node '", n.name, "': out of GPU memory choosing a ", what,
+               " algorithm (lower the batch size)");
+  HALCDL_THROW(kErrCudnn, "node '", n.name, "': cuDNN offers no usable ", what, " algorithm",
+               det ? " (deterministic)" : "", " for this shape");
+}
+
+template <bool Transposed>
+class ConvT : public GpuNode {
+ public:
+  using GpuNode::GpuNode;
+
+  void create(GBuild& b) override {
+    const GSlot& x = in(b, 0);
+    const GSlot& yo = out(b);
+    const Node& n = node;
+    const int64_t G = n.groups;
+    // the cuDNN convolution: from cx to cy (a deconv runs it backwards, from its y to its x)
+    const GSlot& cx = Transposed ? yo : x;
+    const GSlot& cy = Transposed ? x : yo;
+    HALCDL_CHECK(x.dims.size() == 4 && yo.dims.size() == 4 && cx.c % G == 0, kErrInvalidInputShape, "node '",
+                 n.name, "': invalid convolution shapes");
+    set_nhwc(cxd_, cx, n);
+    set_nhwc(cyd_, cy, n);
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(wd_, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, to_int(cy.c, n, "channel count"),
+                                           to_int(cx.c / G, n, "channel count"), n.kh, n.kw));
+    const cudnnMathType_t math = b.ctx.opts.tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+    for (auto& cd : cd_) {
+      CUDNN_CHECK(cudnnSetConvolution2dDescriptor(cd, n.ph, n.pw, n.sh, n.sw, n.dh, n.dw, CUDNN_CROSS_CORRELATION,
+                                                  CUDNN_DATA_FLOAT));
+      CUDNN_CHECK(cudnnSetConvolutionGroupCount(cd, n.groups));
+      CUDNN_CHECK(cudnnSetConvolutionMathType(cd, math));
+    }
+    int on = 0, oc = 0, oh = 0, ow = 0;
+    CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(cd_[kFwd], cxd_, wd_, &on, &oc, &oh, &ow));
+    if (on != cy.n || oc != cy.c || oh != cy.h || ow != cy.w) {
+      // a deconv's output padding >= stride (allowed when dilation > stride) makes the
+      // reversed convolution's output larger than the deconv's input
+      HALCDL_CHECK(!Transposed, kErrRuntimeUnsupported, "node '", n.name,
+                   "': transposed convolution with output_padding >= stride is not supported on the GPU");
+      HALCDL_THROW(kErrInvalidInputShape, "node '", n.name, "': cuDNN computes a ", oh, "x", ow,
+                   " output, the graph expects ", cy.h, "x", cy.w);
+    }
+    const bool dx = b.training && x.need_grad;
+    need_[kFwd] = Transposed ? dx : true;
+    need_[kBwdData] = Transposed ? true : dx;
+    need_[kBwdFilter] = b.training;
+    cudnnHandle_t h = b.ctx.dnn;
+    const bool det = b.ctx.opts.deterministic;
+    if (need_[kFwd]) {
+      int cnt = 0;
+      CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(h, &cnt));
+      auto list = [&](int req, int* got, cudnnConvolutionFwdAlgoPerf_t* r) {
+        return det ? cudnnGetConvolutionForwardAlgorithm_v7(h, cxd_, wd_, cd_[kFwd], cyd_, req, got, r)
+                   : cudnnFindConvolutionForwardAlgorithm(h, cxd_, wd_, cd_[kFwd], cyd_, req, got, r);
+      };
+      auto ws = [&](cudnnConvolutionFwdAlgo_t a, size_t* s) {
+        return cudnnGetConvolutionForwardWorkspaceSize(h, cxd_, wd_, cd_[kFwd], cyd_, a, s);
+      };
+      algo_[kFwd] = choose<cudnnConvolutionFwdAlgoPerf_t>(b.ctx, cd_[kFwd], cnt, list, ws, n, "forward convolution");
+    }
+    if (need_[kBwdData]) {
+      int cnt = 0;
+      CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(h, &cnt));
+      auto list = [&](int req, int* got, cudnnConvolutionBwdDataAlgoPerf_t* r) {
+        return det ? cudnnGetConvolutionBackwardDataAlgorithm_v7(h, wd_, cyd_, cd_[kBwdData], cxd_, req, got, r)
+                   : cudnnFindConvolutionBackwardDataAlgorithm(h, wd_, cyd_, cd_[kBwdData], cxd_, req, got, r);
+      };
+      auto ws = [&](cudnnConvolutionBwdDataAlgo_t a, size_t* s) {
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(h, wd_, cyd_, cd_[kBwdData], cxd_, a, s);
+      };
+      algo_[kBwdData] = choose<cudnnConvolutionBwdDataAlgoPerf_t>(b.ctx, cd_[kBwdData], cnt, list, ws, n,
+                                                                  "backward-data convolution");
+    }
+    if (need_[kBwdFilter]) {
+      int cnt = 0;
+      CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(h, &cnt));
+      auto list = [&](int req, int* got, cudnnConvolutionBwdFilterAlgoPerf_t* r) {
+        return det ? cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, cxd_, cyd_, cd_[kBwdFilter], wd_, req, got, r)
+                   : cudnnFindConvolutionBackwardFilterAlgorithm(h, cxd_, cyd_, cd_[kBwdFilter], wd_, req, got, r);
+      };
+      auto ws = [&](cudnnConvolutionBwdFilterAlgo_t a, size_t* s) {
+        return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, cxd_, cyd_, cd_[kBwdFilter], wd_, a, s);
+      };
+      algo_[kBwdFilter] = choose<cudnnConvolutionBwdFilterAlgoPerf_t>(b.ctx, cd_[kBwdFilter], cnt, list, ws, n,
+                                                                      "backward-filter convolution");
+    }
+    for (int d = 0; d < 3; ++d)
+      if (need_[d]) b.need_scratch(algo_[d].ws);
+    rows_ = yo.rows();
+    if (n.bias && b.training) b.need_scratch(k::bias_grad_scratch_floats(rows_, n.channels) * sizeof(float));
+    w_off_ = poff(b, n.p_weight);
+    if (n.bias) b_off_ = poff(b, n.p_bias);
+  }
+
+  void bind(GBuild& b) override { x_ = in(b, 0).data; }
+
+  void forward(GExec& e) override {
+    cudnnHandle_t h = e.ctx.dnn;
+    const float* w = e.p.weights + w_off_;
+    if (!Transposed) {
+      CUDNN_CHECK(cudnnConvolutionForward(h, &kOne, cxd_, x_, wd_, w, cd_[kFwd],
+                                          static_cast<cudnnConvolutionFwdAlgo_t>(algo_[kFwd].algo), e.scratch,
+                                          algo_[kFwd].ws, &kZero, cyd_, y));
+    } else {
+      CUDNN_CHECK(cudnnConvolutionBackwardData(h, &kOne, wd_, w, cyd_, x_, cd_[kBwdData],
+                                               static_cast<cudnnConvolutionBwdDataAlgo_t>(algo_[kBwdData].algo),
+                                               e.scratch, algo_[kBwdData].ws, &kZero, cxd_, y));
+    }
+    if (node.bias) k::bias_add(y, e.p.weights + b_off_, rows_, node.channels, e.ctx.stream);
+  }
+
+  void backward(GExec& e) override {
+    cudnnHandle_t h = e.ctx.dnn;
+    const float* w = e.p.weights + w_off_;
+    // the cuDNN convolution's x and dy: (x, dy) for a conv, (dy, x) for a deconv
+    const float* cx = Transposed ? dy : x_;
+    const float* cdy = Transposed ? x_ : dy;
+    CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, cxd_, cx, cyd_, cdy, cd_[kBwdFilter],
+                                               static_cast<cudnnConvolutionBwdFilterAlgo_t>(algo_[kBwdFilter].algo),
+                                               e.scratch, algo_[kBwdFilter].ws, &kZero, wd_, e.pgrad + w_off_));
+    if (node.bias)
+      k::bias_grad(dy, e.pgrad + b_off_, rows_, node.channels, static_cast<float*>(e.scratch), e.ctx.stream);
+    if (!gin[0]) return;
+    if (!Transposed) {
+      CUDNN_CHECK(cudnnConvolutionBackwardData(h, &kOne, wd_, w, cyd_, dy, cd_[kBwdData],
+                                               static_cast<cudnnConvolutionBwdDataAlgo_t>(algo_[kBwdData].algo),
+                                               e.scratch, algo_[kBwdData].ws, &kZero, cxd_, gin[0]));
+    } else {
+      CUDNN_CHECK(cudnnConvolutionForward(h, &kOne, cxd_, dy, wd_, w, cd_[kFwd],
+                                          static_cast<cudnnConvolutionFwdAlgo_t>(algo_[kFwd].algo), e.scratch,
+                                          algo_[kFwd].ws, &kZero, cyd_, gin[0]));
+    }
+  }
+
+ private:
+  TensorDesc cxd_, cyd_;
+  FilterDesc wd_;
+  ConvDesc cd_[3];  // per direction: each carries the math type of its chosen algorithm
+  Algo algo_[3];
+  bool need_[3] = {false, false, false};
+  int64_t rows_ = 0;
+  size_t w_off_ = 0, b_off_ = 0;
+  const float* x_ = nullptr;
+};
+
+class BatchNorm : public GpuNode {
+ public:
+  using GpuNode::GpuNode;
+
+  void create(GBuild& b) override {
+    const GSlot& x = in(b, 0);
+    set_nhwc(xd_, x, node);
+    CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(pd_, xd_, CUDNN_BATCHNORM_SPATIAL));
+    // cuDNN rejects eps < CUDNN_BN_MIN_EPSILON (0 in cuDNN 9): clamp
+    eps_ = std::max(static_cast<double>(node.eps), static_cast<double>(CUDNN_BN_MIN_EPSILON));
+    training_ = b.training;
+    const auto& P = b.g.params;
+    scale_off_ = P[node.p_weight].offset;
+    shift_off_ = P[node.p_bias].offset;
+    mean_off_ = P[node.p_mean].offset;
+    var_off_ = P[node.p_var].offset;
+    if (!training_) return;
+    const size_t cb = static_cast<size_t>(x.c) * sizeof(float);
+    // read by bn_batch_stats after the step
+    mean_buf_ = b.request(cb, b.tf(idx), b.t_end());
+    inv_buf_ = b.request(cb, b.tf(idx), b.t_end());
+    if (!x.need_grad) dx_buf_ = b.request(x.bytes(), b.tb(idx), b.tb(idx));
+  }
+
+  void bind(GBuild& b) override {
+    x_ = in(b, 0).data;
+    if (!training_) return;
+    save_mean_ = b.ws.f(mean_buf_);
+    save_inv_ = b.ws.f(inv_buf_);
+    dx_ = gin[0] ? gin[0] : b.ws.f(dx_buf_);
+  }
+
+  void forward(GExec& e) override {
+    const float* scale = e.p.weights + scale_off_;
+    const float* shift = e.p.weights + shift_off_;
+    if (!training_) {
+      CUDNN_CHECK(cudnnBatchNormalizationForwardInference(e.ctx.dnn, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, xd_, x_,
+                                                          xd_, y, pd_, scale, shift, e.p.state + mean_off_,
+                                                          e.p.state + var_off_, eps_));
+      return;
+    }
+    // no state_out: the running statistics are not updated (cuDNN takes both null)
+    float* rmean = e.p.state_out ? e.p.state_out + mean_off_ : nullptr;
+    float* rvar = e.p.state_out ? e.p.state_out + var_off_ : nullptr;
+    CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(e.ctx.dnn, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, xd_, x_, xd_,
+                                                       y, pd_, scale, shift, static_cast<double>(e.p.bn_momentum),
+                                                       rmean, rvar, eps_, save_mean_, save_inv_));
+  }
+
+  void backward(GExec& e) override {
+    // dscale / dshift written (betaParamDiff = 0); dx into gin[0] or a scratch when unneeded
+    CUDNN_CHECK(cudnnBatchNormalizationBackward(e.ctx.dnn, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, &kOne, &kZero, xd_,
+                                                x_, xd_, dy, xd_, dx_, pd_, e.p.weights + scale_off_,
+                                                e.pgrad + scale_off_, e.pgrad + shift_off_, eps_, save_mean_,
+                                                save_inv_));
+  }
+
+  bool bn_saved(const float** mean, const float** inv_std, double* eps) const override {
+    if (!training_) return false;
+    *mean = save_mean_;
+    *inv_std = save_inv_;
+    *eps = eps_;
+    return true;
+  }
+
+ private:
+  TensorDesc xd_, pd_;
+  double eps_ = 1e-5;
+  bool training_ = false;
+  size_t scale_off_ = 0, shift_off_ = 0, mean_off_ = 0, var_off_ = 0;
+  int mean_buf_ = -1, inv_buf_ = -1, dx_buf_ = -1;
+  const float* x_ = nullptr;
+  float *save_mean_ = nullptr, *save_inv_ = nullptr, *dx_ = nullptr;
+};
+
+class Pool : public GpuNode {
+ public:
+  using GpuNode::GpuNode;
+
+  void create(GBuild& b) override {
+    const GSlot& x = in(b, 0);
+    const GSlot& yo = out(b);
+    const Node& n = node;
+    HALCDL_CHECK(x.dims.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+    set_nhwc(xd_, x, n);
+    set_nhwc(yd_, yo, n);
+    cudnnPoolingMode_t mode = n.op == OpKind::AvgPool ? CUDNN_POOLING_AVERAGE_COUNT_EXCLUDE_PADDING
+                              : b.ctx.opts.deterministic ? CUDNN_POOLING_MAX_DETERMINISTIC
+                                                         : CUDNN_POOLING_MAX;
+    CUDNN_CHECK(cudnnSetPooling2dDescriptor(pd_, mode, CUDNN_PROPAGATE_NAN, n.kh, n.kw, n.ph, n.pw, n.sh, n.sw));
+    int on = 0, oc = 0, oh = 0, ow = 0;
+    CUDNN_CHECK(cudnnGetPooling2dForwardOutputDim(pd_, xd_, &on, &oc, &oh, &ow));
+    HALCDL_CHECK(on == yo.n && oc == yo.c && oh == yo.h && ow == yo.w, kErrInvalidInputShape, "node '", n.name,
+                 "': cuDNN pools to ", oh, "x", ow, ", the graph expects ", yo.h, "x", yo.w);
+  }
+
+  void bind(GBuild& b) override { x_ = in(b, 0).data; }
+
+  void forward(GExec& e) override {
+    CUDNN_CHECK(cudnnPoolingForward(e.ctx.dnn, pd_, &kOne, xd_, x_, &kZero, yd_, y));
+  }
+
+  void backward(GExec& e) override {
+    if (!gin[0]) return;
+    CUDNN_CHECK(cudnnPoolingBackward(e.ctx.dnn, pd_, &kOne, yd_, y, yd_, dy, xd_, x_, &kZero, xd_, gin[0]));
+  }
+
+ private:
+  TensorDesc xd_, yd_;
+  PoolDesc pd_;
+  const float* x_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<GpuNode> make_conv(const Node& n, int idx) { return std::make_unique<ConvT<false>>(n, idx); }
+std::unique_ptr<GpuNode> make_deconv(const Node& n, int idx) { return std::make_unique<ConvT<true>>(n, idx); }
+std::unique_ptr<GpuNode> make_bn(const Node& n, int idx) { return std::make_unique<BatchNorm>(n, idx); }
+std::unique_ptr<GpuNode> make_pool(const Node& n, int idx) { return std::make_unique<Pool>(n, idx); }
+
+}  // namespace halcdl::gpu

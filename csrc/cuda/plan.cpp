@@ -1,0 +1,309 @@
+// The CUDA execution plan: builds the ops for one set of input shapes, lays out one device
+// arena by buffer lifetimes (activations, gradients, scratch, the shared cuDNN workspace),
+// wires gradient targets as the CPU plan does, and runs forward / backward on the context's
+// stream. Building allocates once; forward / backward enqueue work and never allocate or sync.
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <numeric>
+
+#include "cuda/gpu_node.h"
+#include "cuda/kernels.cuh"
+
+namespace halcdl::gpu {
+
+// ---- helpers -------------------------------------------------------------------------------
+
+int to_int(int64_t v, const Node& n, const char* what) {
+  HALCDL_CHECK(v >= 0 && v <= INT_MAX, kErrRuntimeUnsupported, "node '", n.name, "': the ", what, " (", v,
+               ") is too large for cuDNN / cuBLAS on the GPU (lower the batch size or image size)");
+  return static_cast<int>(v);
+}
+
+void set_nhwc(cudnnTensorDescriptor_t d, int64_t n, int64_t c, int64_t h, int64_t w, const Node& node) {
+  to_int(n * c * h * w, node, "tensor size");  // cuDNN's limit: 2^31 elements per tensor
+  CUDNN_CHECK(cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, to_int(n, node, "batch size"),
+                                         to_int(c, node, "channel count"), to_int(h, node, "height"),
+                                         to_int(w, node, "width")));
+}
+
+int Arena::request(size_t bytes, int t0, int t1) {
+  constexpr size_t kAlign = 256;
+  reqs_.push_back({std::max<size_t>(1, (bytes + kAlign - 1) / kAlign) * kAlign, t0, t1, 0});
+  return static_cast<int>(reqs_.size()) - 1;
+}
+
+// Greedy: largest buffers first, each at the lowest offset that does not collide with an
+// already placed buffer whose lifetime overlaps (cpu::Workspace's rule).
+void Arena::assign() {
+  std::vector<int> order(reqs_.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return reqs_[a].bytes > reqs_[b].bytes; });
+  std::vector<int> placed;
+  size_t total = 256;
+  for (int id : order) {
+    Req& r = reqs_[id];
+    std::vector<std::pair<size_t, size_t>> busy;
+    for (int o : placed) {
+      const Req& q = reqs_[o];
+      if (q.t0 <= r.t1 && r.t0 <= q.t1) busy.push_back({q.off, q.off + q.bytes});
+    }
+    std::sort(busy.begin(), busy.end());
+    size_t off = 0;
+    for (auto& [lo, hi] : busy) {
+      if (off + r.bytes <= lo) break;
+      off = std::max(off, hi);
+    }
+    r.off = off;
+    total = std::max(total, off + r.bytes);
+    placed.push_back(id);
+  }
+  buf_.resize(total);
+}
+
+namespace {
+
+std::unique_ptr<GpuNode> make_node(const Node& n, int idx) {
+  switch (n.op) {
+    case OpKind::Conv: return make_conv(n, idx);
+    case OpKind::Deconv: return make_deconv(n, idx);
+    case OpKind::BN: return make_bn(n, idx);
+    case OpKind::MaxPool:
+    case OpKind::AvgPool: return make_pool(n, idx);
+    case OpKind::FC: return make_fc(n, idx);
+    case OpKind::Relu:
+    case OpKind::Relu6: return make_eltwise(n, idx);
+    case OpKind::Add: return make_add(n, idx);
+    case OpKind::Concat: return make_concat(n, idx);
+    case OpKind::Dropout: return make_dropout(n, idx);
+    case OpKind::Softmax: return make_softmax(n, idx);
+    case OpKind::GAP: return make_gap(n, idx);
+    case OpKind::UpNearest:
+    case OpKind::UpBilinear: return make_upsample(n, idx);
+    case OpKind::Input: return nullptr;  // its slot is the plan's input buffer
+  }
+  return nullptr;
+}
+
+void fill_shape(GSlot& s, const Dims& d, const Node& n) {
+  s.dims = d;
+  if (d.size() == 4) {
+    s.n = d[0]; s.c = d[1]; s.h = d[2]; s.w = d[3];
+  } else if (d.size() == 2) {
+    s.n = d[0]; s.c = d[1]; s.h = 1; s.w = 1;
+  } else {
+    HALCDL_THROW(kErrInvalidInputShape, "node '", n.name, "': a ", d.size(), "-D tensor is not supported on the GPU");
+  }
+  s.count = static_cast<size_t>(s.n * s.c * s.h * s.w);
+}
+
+class CudaPlan : public GpuPlan {
+ public:
+  CudaPlan(Context& ctx, const Graph& g, const std::vector<Dims>& input_dims, bool training, bool input_grads)
+      : ctx_(ctx), g_(g), training_(training) {
+    const int n = static_cast<int>(g.nodes.size());
+    std::vector<Dims> dims = g.infer_shapes(input_dims);
+    slots_.resize(n);
+    nodes_.resize(n);
+    GBuild b{ctx, g, slots_, ws_, n, training};
+
+    // Which tensors need a gradient.
+    std::vector<std::vector<std::pair<int, int>>> consumers(n);  // (node, input slot)
+    for (int i = 0; i < n; ++i) {
+      const Node& nd = g.nodes[i];
+      fill_shape(slots_[i], dims[i], nd);
+      for (size_t k = 0; k < nd.inputs.size(); ++k) consumers[nd.inputs[k]].push_back({i, static_cast<int>(k)});
+      if (!training) continue;
+      if (nd.op == OpKind::Input) {
+        slots_[i].need_grad = input_grads;
+      } else {
+        bool ng = nd.p_weight >= 0 || nd.p_bias >= 0;
+        for (int in : nd.inputs) ng = ng || slots_[in].need_grad;
+        slots_[i].need_grad = ng;
+      }
+    }
+
+    // Op descriptors and buffers, in topological order; every node's output buffer.
+    for (int i = 0; i < n; ++i) {
+      const Node& nd = g.nodes[i];
+      int first = b.tf(i);
+      if (nd.op == OpKind::Input) {
+        first = 0;  // filled by the caller before any op runs
+        input_slots_.push_back(i);
+        input_dims_.push_back(dims[i]);
+      } else {
+        nodes_[i] = make_node(nd, i);
+        nodes_[i]->create(b);
+      }
+      int last = i;
+      for (auto& c : consumers[i]) last = std::max(last, c.first);
+      if (i == g.output) last = b.t_end();
+      slots_[i].data_id = b.request(slots_[i].bytes(), first, training ? b.t_end() : last);
+    }
+
+    // Gradient buffers and targets: the consumer whose backward runs first (the latest one)
+    // writes the tensor's gradient; the others write scratch that is added afterwards.
+    std::vector<std::vector<int>> scratch(n);  // per node and input: scratch buffer id or -1
+    if (training) {
+      for (int i = 0; i < n; ++i) scratch[i].assign(g.nodes[i].inputs.size(), -1);
+      for (int i = 0; i < n; ++i) {
+        GSlot& s = slots_[i];
+        if (!s.need_grad) continue;
+        int t0 = b.tb(i);
+        for (auto& c : consumers[i]) t0 = std::min(t0, b.tb(c.first));
+        if (i == g.output) t0 = n - 1;
+        // input gradients are read after the backward: keep them to the end
+        s.grad_id = b.request(s.bytes(), t0, g.nodes[i].op == OpKind::Input ? b.t_end() : b.tb(i));
+        if (consumers[i].empty() && i != g.output) zero_grads_.push_back(i);
+      }
+      for (int i = 0; i < n; ++i) {
+        auto& cs = consumers[i];
+        if (!slots_[i].need_grad || cs.empty()) continue;
+        auto first = *std::max_element(cs.begin(), cs.end(), [](auto& a, auto& c) {
+          return a.first != c.first ? a.first < c.first : a.second > c.second;
+        });
+        for (auto& c : cs)
+          if (c != first) scratch[c.first][c.second] = b.request(slots_[i].bytes(), b.tb(c.first), b.tb(c.first));
+      }
+    }
+
+    // One shared scratch for every op (cuDNN workspace, bias_grad): ops run one at a time.
+    int scratch_id = b.scratch_bytes ? b.request(b.scratch_bytes, 0, b.t_end()) : -1;
+    ws_.assign();
+    scratch_bytes_ = b.scratch_bytes;
+    scratch_ = scratch_id >= 0 ? ws_.ptr(scratch_id) : nullptr;
+
+    for (int i = 0; i < n; ++i) {
+      GSlot& s = slots_[i];
+      s.data = ws_.f(s.data_id);
+      if (s.grad_id >= 0) s.grad = ws_.f(s.grad_id);
+    }
+    accum_.resize(n);
+    for (int i = 0; i < n; ++i) {
+      if (!nodes_[i]) continue;
+      GpuNode& nd = *nodes_[i];
+      nd.y = slots_[i].data;
+      nd.dy = slots_[i].grad;
+      const auto& ins = g.nodes[i].inputs;
+      nd.gin.assign(ins.size(), nullptr);
+      for (size_t k = 0; k < ins.size(); ++k) {
+        const GSlot& x = slots_[ins[k]];
+        if (!training || !x.need_grad || !slots_[i].need_grad) continue;
+        if (scratch[i][k] >= 0) {
+          nd.gin[k] = ws_.f(scratch[i][k]);
+          accum_[i].push_back({x.grad, nd.gin[k], x.count});
+        } else {
+          nd.gin[k] = x.grad;
+        }
+      }
+      nd.bind(b);
+    }
+
+    // Parameters whose node never runs a backward get zeros (none in a well-formed graph:
+    // every node with parameters needs a gradient in training).
+    if (training) {
+      for (const auto& p : g.params) {
+        if (p.kind == ParamKind::State) continue;
+        if (!slots_[p.node].need_grad || !nodes_[p.node]) zero_params_.push_back({p.offset, p.size});
+      }
+    }
+  }
+
+  const Dims& input_dims(int i) const override {
+    HALCDL_CHECK(i >= 0 && i < static_cast<int>(input_dims_.size()), kErrInvalidInputShape, "the graph has ",
+                 input_dims_.size(), " inputs, asked for input ", i);
+    return input_dims_[i];
+  }
+  const Dims& output_dims() const override { return slots_[g_.output].dims; }
+
+  float* input(int i) override {
+    input_dims(i);
+    return slots_[input_slots_[i]].data;
+  }
+
+  void forward(const DeviceParams& p, uint64_t rng) override {
+    GExec e{ctx_, p, rng, nullptr, scratch_, scratch_bytes_};
+    for (auto& nd : nodes_)
+      if (nd) nd->forward(e);
+  }
+
+  const float* output() const override { return slots_[g_.output].data; }
+
+  void backward(const DeviceParams& p, const float* grad_output, float* param_grad) override {
+    const GSlot& o = slots_[g_.output];
+    HALCDL_CHECK(training_ && o.grad, kErrTrainingUnsupported, "backward on a GPU plan without gradients");
+    GExec e{ctx_, p, 0, param_grad, scratch_, scratch_bytes_};
+    if (grad_output != o.grad)
+      CUDA_CHECK(cudaMemcpyAsync(o.grad, grad_output, o.bytes(), cudaMemcpyDeviceToDevice, ctx_.stream));
+    for (int i : zero_grads_) CUDA_CHECK(cudaMemsetAsync(slots_[i].grad, 0, slots_[i].bytes(), ctx_.stream));
+    for (auto& z : zero_params_)
+      CUDA_CHECK(cudaMemsetAsync(param_grad + z.first, 0, z.second * sizeof(float), ctx_.stream));
+    for (int i = static_cast<int>(nodes_.size()) - 1; i >= 0; --i) {
+      if (!nodes_[i] || !slots_[i].need_grad) continue;
+      nodes_[i]->backward(e);
+      for (auto& a : accum_[i]) k::accumulate(a.dst, a.src, a.count, ctx_.stream);
+    }
+  }
+
+  const float* input_grad(int i) const override {
+    HALCDL_CHECK(i >= 0 && i < static_cast<int>(input_slots_.size()), kErrInvalidInputShape, "the graph has ",
+                 input_slots_.size(), " inputs, asked for input ", i);
+    const GSlot& s = slots_[input_slots_[i]];
+    HALCDL_CHECK(s.grad, kErrTrainingUnsupported, "this GPU plan keeps no input gradient");
+    return s.grad;
+  }
+
+  const float* dropout_mask(int node) const override {
+    const float* m = node >= 0 && node < static_cast<int>(nodes_.size()) && nodes_[node]
+                         ? nodes_[node]->dropout_mask() : nullptr;
+    HALCDL_CHECK(m, kErrInvalidInputShape, "node ", node, " has no dropout mask");
+    return m;
+  }
+
+  void bn_batch_stats(int node, std::vector<float>& mean, std::vector<float>& var) override {
+    const float *m = nullptr, *inv = nullptr;
+    double eps = 0;
+    const bool ok = node >= 0 && node < static_cast<int>(nodes_.size()) && nodes_[node] &&
+                    nodes_[node]->bn_saved(&m, &inv, &eps);
+    HALCDL_CHECK(ok, kErrInvalidInputShape, "node ", node, " is not a batch normalisation of a training plan");
+    const size_t c = static_cast<size_t>(g_.nodes[node].channels);
+    mean.resize(c);
+    var.resize(c);
+    CUDA_CHECK(cudaMemcpyAsync(mean.data(), m, c * sizeof(float), cudaMemcpyDeviceToHost, ctx_.stream));
+    CUDA_CHECK(cudaMemcpyAsync(var.data(), inv, c * sizeof(float), cudaMemcpyDeviceToHost, ctx_.stream));
+    ctx_.sync();
+    // cuDNN saves 1/sqrt(var_B + eps) with the biased batch variance
+    for (size_t j = 0; j < c; ++j) {
+      const double s = var[j];
+      var[j] = static_cast<float>(std::max(0.0, 1.0 / (s * s) - eps));
+    }
+  }
+
+  size_t bytes() const override { return ws_.bytes(); }
+
+ private:
+  struct Accum { float* dst; const float* src; size_t count; };
+  Context& ctx_;
+  const Graph& g_;
+  bool training_;
+  Arena ws_;
+  std::vector<GSlot> slots_;
+  std::vector<std::unique_ptr<GpuNode>> nodes_;
+  std::vector<std::vector<Accum>> accum_;
+  std::vector<int> input_slots_, zero_grads_;
+  std::vector<std::pair<size_t, size_t>> zero_params_;  // (offset, floats) in the gradient arena
+  std::vector<Dims> input_dims_;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<GpuPlan> make_gpu_plan(Context& ctx, const Graph& g, const std::vector<Dims>& input_dims,
+                                       bool training, bool input_grads, Precision precision) {
+  HALCDL_CHECK(precision != Precision::BF16, kErrRuntimeUnsupported, "bfloat16 on the GPU is not implemented yet");
+  DeviceGuard guard(ctx.device);
+  return std::make_unique<CudaPlan>(ctx, g, input_dims, training, input_grads);
+}
+
+}  // namespace halcdl::gpu
