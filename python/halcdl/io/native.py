@@ -230,6 +230,7 @@ def _build(meta: dict, table: dict, body: memoryview) -> DLModel:
             raise ValueError(f"tensor {name!r} is not float32")
         core.set_param(name, tensor_view(table, body, name))  # 7735 on a shape mismatch
     core.set_class_ids([int(c) for c in class_ids])
+    params["runtime"] = "cpu"  # a read model starts on the CPU; set runtime to move it
     m.params = params
     m.mark_hparams_dirty()
     m.push_hparams()  # before set_state: a solver change would reset the optimizer state

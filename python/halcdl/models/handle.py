@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from .. import _gpu
 from .._native import core
 from ..errors import H_ERR_CNN_INVALID_SHAPE, HOperatorError
 from .zoo import Architecture
@@ -82,6 +83,7 @@ class DLModel:
             "runtime": "cpu",
             "gpu": 0,
             "runtime_init": "immediately",
+            "gpu_outputs": "false",
             "optimize_for_inference": "false",
             "meta_data": {
                 "architecture": arch.file_name,
@@ -158,7 +160,28 @@ class DLModel:
         if self.is_segmentation:
             new.set_ignore_ids(self.ignore_class_ids)  # 7797 if a new class id is ignored
         new.set_precision(self.core.get_precision())
+        if self.core.device() >= 0:  # the new model lives where the old one did
+            self.place(new, self.core.device())
         return spec, new
+
+    @staticmethod
+    def place(core_model, gpu: int) -> None:
+        """Move an engine model to GPU ``gpu`` (-1: the CPU) with the current set_system GPU
+        options; weights, running statistics and optimizer state move along.  Raises
+        7742/7708/7709/7717/7718/6021 and leaves the model where it was."""
+        from ..operators.system import gpu_options  # noqa: PLC0415  (import cycle)
+
+        if gpu >= 0:
+            _gpu.require_gpu(gpu)
+            core_model.set_gpu_options(*gpu_options())
+        core_model.set_device(gpu)
+
+    def sync_gpu_options(self) -> None:
+        """Apply the current set_system GPU options (cheap when unchanged)."""
+        if self.core.device() >= 0:
+            from ..operators.system import gpu_options  # noqa: PLC0415
+
+            self.core.set_gpu_options(*gpu_options())
 
     def adopt(self, spec: list, new_core) -> None:
         """Swap in a model produced by :meth:`rebuilt` (its hparams are already pushed)."""

@@ -1,7 +1,7 @@
 """Deep-learning devices: query_available_dl_devices, get_dl_device_param.
 
-This build runs on the CPU only: the device list holds one CPU device.  A GPU backend adds
-its devices here.
+The device list holds the CPU and, in a CUDA-enabled build on a machine with an NVIDIA
+driver, every CUDA GPU (probed once, on the first query; see halcdl._gpu).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import platform
 from functools import lru_cache
 from typing import Any
 
+from .. import _gpu
 from .._native import core
 from ..errors import H_ERR_DL_MODEL_UNSUPPORTED_GENPARAM, HOperatorError
 from ._tuple import (
@@ -37,16 +38,30 @@ __all__ = [
 class DLDevice:
     """A deep-learning device handle (what query_available_dl_devices returns)."""
 
-    def __init__(self, type: str, id: int, name: str) -> None:  # noqa: A002
+    def __init__(self, type: str, id: int, name: str, info: dict | None = None) -> None:  # noqa: A002
         self.type = type
         self.id = int(id)
         self.name = name
+        self.info = dict(info or {})
 
     @property
     def runtime(self) -> str:
         return self.type
 
     def params(self) -> dict[str, list]:
+        if self.type == "gpu":
+            cc = self.info.get("compute_capability", (0, 0))
+            return {
+                "type": ["gpu"],
+                "runtime": ["gpu"],
+                "id": [self.id],
+                "name": [self.name],
+                "ai_accelerator_interface": ["none"],
+                "inference_only": ["false"],
+                "precisions": ["float32"],  # bfloat16 on the GPU is not implemented yet
+                "compute_capability": [f"{cc[0]}.{cc[1]}"],
+                "memory": [int(self.info.get("total_bytes", 0))],
+            }
         return {
             "type": [self.type],
             "runtime": [self.runtime],
@@ -89,9 +104,27 @@ def cpu_device() -> DLDevice:
     return _CPU
 
 
+_GPUS: list[DLDevice] | None = None
+
+
+def gpu_devices() -> list[DLDevice]:
+    """The CUDA GPUs (empty without a CUDA build, driver or GPU)."""
+    global _GPUS
+    if _GPUS is None:
+        _GPUS = [DLDevice("gpu", d["index"], str(d["name"]), d) for d in _gpu.gpu_list()]
+    return list(_GPUS)
+
+
+def gpu_device(index: int) -> DLDevice:
+    for d in gpu_devices():
+        if d.id == index:
+            return d
+    return DLDevice("gpu", index, f"gpu {index}")
+
+
 def available_devices() -> list[DLDevice]:
-    """All devices of this build (CPU only for now)."""
-    return [cpu_device()]
+    """All devices: the CPU, then the GPUs."""
+    return [cpu_device(), *gpu_devices()]
 
 
 _QUERY_KEYS = ("runtime", "type", "id", "name")

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import (
     H_ERR_CNN_GPU_REQUIRED,
+    H_ERR_CNN_INVALID_INPUT_DATA,
     H_ERR_CNN_INVALID_INPUT_DEPTH,
     H_ERR_CNN_INVALID_INPUT_SIZE,
     H_ERR_CNNGRAPH_NO_IMAGE_RESIZE,
@@ -52,7 +53,8 @@ from ._tuple import (
     wrong_type,
     wrong_value,
 )
-from .dl_device import DLDevice, cpu_device
+from .. import _gpu
+from .dl_device import DLDevice, cpu_device, gpu_device
 from .system import next_model_seed
 
 __all__ = [
@@ -449,10 +451,10 @@ def _range_setter(name: str) -> Callable[[DLModel, list], None]:
 
 
 def _set_runtime(m: DLModel, vals: list) -> None:
+    # moves weights, running statistics and optimizer state; a failure (7742 no CUDA build,
+    # 7709/7717/7718 libraries, 7708 no GPU, 6021) leaves the model where it was
     v = _choice(vals, "runtime", ("cpu", "gpu"))
-    if v == "gpu":
-        raise HOperatorError(H_ERR_CNN_GPU_REQUIRED,
-                             "runtime 'gpu': no GPU backend in this build of halcdl")
+    DLModel.place(m.core, m.params["gpu"] if v == "gpu" else -1)
     m.params["runtime"] = v
 
 
@@ -461,14 +463,27 @@ def _set_device(m: DLModel, vals: list) -> None:
     if not isinstance(dev, DLDevice):
         raise wrong_type(_VAL, f"device must be a handle from query_available_dl_devices, got "
                                f"{type(dev).__name__}")
-    if dev.type != "cpu":
-        raise HOperatorError(H_ERR_CNN_GPU_REQUIRED,
-                             f"device {dev!r}: no GPU backend in this build of halcdl")
-    m.params["runtime"] = "cpu"
+    if dev.type == "gpu":
+        DLModel.place(m.core, dev.id)
+        m.params["runtime"] = "gpu"
+        m.params["gpu"] = dev.id
+    elif dev.type == "cpu":
+        DLModel.place(m.core, -1)
+        m.params["runtime"] = "cpu"
+    else:
+        raise HOperatorError(H_ERR_CNN_GPU_REQUIRED, f"device {dev!r}: unknown device type")
 
 
 def _set_gpu(m: DLModel, vals: list) -> None:
-    m.params["gpu"] = _int_param(vals, "gpu", 0)
+    g = _int_param(vals, "gpu", 0)
+    if m.params["runtime"] == "gpu":  # already on a GPU: move to the new one
+        DLModel.place(m.core, g)
+    m.params["gpu"] = g
+
+
+def _set_gpu_outputs(m: DLModel, vals: list) -> None:
+    # halcdl's own: apply_dl_model returns CuPy arrays (no host copy) for a model on the GPU
+    m.params["gpu_outputs"] = _choice(vals, "gpu_outputs", ("true", "false"))
 
 
 def _set_runtime_init(m: DLModel, vals: list) -> None:
@@ -527,6 +542,7 @@ _SETTERS: dict[str, Callable[[DLModel, list], None]] = {
     "runtime": _set_runtime,
     "device": _set_device,
     "gpu": _set_gpu,
+    "gpu_outputs": _set_gpu_outputs,
     "runtime_init": _set_runtime_init,
     "optimize_for_inference": _set_optimize_for_inference,
     "meta_data": _set_meta_data,
@@ -587,7 +603,7 @@ def _get_param(m: DLModel, name: str) -> list:
     if name == "precision":
         return [m.core.get_precision()]
     if name == "device":
-        return [cpu_device()]
+        return [gpu_device(m.core.device()) if m.core.device() >= 0 else cpu_device()]
     if name in p:
         return [p[name]]
     raise _unsupported(name, "get_dl_model_param")
@@ -626,10 +642,13 @@ def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
         check_model(m)
         p = m.params
         m.push_hparams()
+        m.sync_gpu_options()
+        dev = _device_images(m, samples)  # CuPy images: assembled on the GPU, used in place
         try:
             result = m.core.train_step(samples, p["batch_size"], p["batch_size_multiplier"],
                                        p["image_height"], p["image_width"],
-                                       p["image_num_channels"])
+                                       p["image_num_channels"],
+                                       0 if dev is None else dev.data.ptr)
         except TypeError as err:  # argument conversion in the bindings
             raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
                 from None
@@ -642,6 +661,22 @@ _RESULT_KEYS = (
     "classification_confidences",
 )
 _SEGMENTATION_RESULT_KEYS = ("segmentation_image", "segmentation_confidence")
+
+
+def _device_images(m: DLModel, samples: list):
+    """The batch as one CuPy NCHW array when its images are CuPy arrays, else None."""
+    p = m.params
+    gpu = m.core.device()
+    batch = _gpu.device_batch(samples, p["image_height"], p["image_width"],
+                              p["image_num_channels"], max(gpu, 0))
+    if batch is not None and gpu < 0:
+        raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
+                             "GPU (CuPy) images need the model on the GPU: set 'runtime' to 'gpu'")
+    return batch
+
+
+def _gpu_outputs(m: DLModel) -> bool:
+    return m.core.device() >= 0 and m.params.get("gpu_outputs", "false") == "true"
 
 
 def _outputs(outputs: Any, available: tuple = _RESULT_KEYS) -> tuple:
@@ -661,6 +696,9 @@ def _apply_segmentation(m: DLModel, samples: list, keys: tuple) -> list:
     class id of the winning class per pixel and its softmax probability, (H, W) arrays at
     the model's image size."""
     p = m.params
+    dev = _device_images(m, samples)
+    if dev is not None or _gpu_outputs(m):
+        return _apply_segmentation_gpu(m, samples, keys, dev)
     try:
         index, confidence = m.core.infer_segmentation(
             samples, p["batch_size"], p["image_height"], p["image_width"],
@@ -672,6 +710,58 @@ def _apply_segmentation(m: DLModel, samples: list, keys: tuple) -> list:
     confidence = np.asarray(confidence, dtype=np.float32)
     columns = {"segmentation_image": ids, "segmentation_confidence": confidence}
     return [{k: columns[k][i] for k in keys} for i in range(len(samples))]
+
+
+def _to_device(m: DLModel, samples: list):
+    """Host images → one CuPy NCHW batch (for gpu_outputs with numpy input)."""
+    cp = _gpu.cupy()
+    p = m.params
+    with cp.cuda.Device(m.core.device()):
+        imgs = [cp.asarray(np.asarray(s["image"], dtype=np.float32)) for s in samples]
+        return _gpu.device_batch([{"image": x} for x in imgs], p["image_height"],
+                                 p["image_width"], p["image_num_channels"], m.core.device())
+
+
+def _apply_segmentation_gpu(m: DLModel, samples: list, keys: tuple, dev) -> list:
+    p = m.params
+    cp = _gpu.cupy()
+    if dev is None:
+        dev = _to_device(m, samples)
+    n, h, w = len(samples), p["image_height"], p["image_width"]
+    with cp.cuda.Device(m.core.device()):
+        index = cp.empty((n, h, w), dtype=cp.int32)
+        conf = cp.empty((n, h, w), dtype=cp.float32)
+        m.core.infer_segmentation(samples, p["batch_size"], h, w, p["image_num_channels"],
+                                  dev.data.ptr, index.data.ptr, conf.data.ptr)
+        ids = cp.asarray(np.asarray(p["class_ids"], dtype=np.int32))[index]
+    if not _gpu_outputs(m):
+        ids, conf = cp.asnumpy(ids), cp.asnumpy(conf)
+    columns = {"segmentation_image": ids, "segmentation_confidence": conf}
+    return [{k: columns[k][i] for k in keys} for i in range(n)]
+
+
+def _apply_classification_gpu(m: DLModel, samples: list, keys: tuple, dev) -> list | None:
+    """Device inference: probabilities stay on the GPU; with gpu_outputs the per-sample
+    class ids and confidences are CuPy arrays (sorted by descending confidence), else the
+    probabilities come back to the host and the usual lists are built (returns None)."""
+    p = m.params
+    cp = _gpu.cupy()
+    if dev is None:
+        dev = _to_device(m, samples)
+    n = len(samples)
+    with cp.cuda.Device(m.core.device()):
+        probs = cp.empty((n, m.num_classes), dtype=cp.float32)
+        m.core.infer(samples, p["batch_size"], p["image_height"], p["image_width"],
+                     p["image_num_channels"], dev.data.ptr, probs.data.ptr)
+        if not _gpu_outputs(m):
+            return cp.asnumpy(probs)
+        order = cp.argsort(-probs, axis=1)
+        ids = cp.asarray(np.asarray(p["class_ids"], dtype=np.int64))[order]
+        conf = cp.take_along_axis(probs, order, axis=1)
+    names = np.asarray(p["class_names"], dtype=object)[cp.asnumpy(order)]
+    columns = {"classification_class_ids": ids, "classification_class_names": names.tolist(),
+               "classification_confidences": conf}
+    return [{k: columns[k][i] for k in keys} for i in range(n)]
 
 
 @operator
@@ -690,15 +780,23 @@ def apply_dl_model(dlmodel_handle: Any, dlsample_batch: Any, outputs: Any) -> li
                              "apply_dl_model needs at least one sample")
     with m.lock:
         check_model(m)
+        m.sync_gpu_options()
         if m.is_segmentation:
             return _apply_segmentation(m, samples, keys)
         p = m.params
-        try:
-            probs = m.core.infer(samples, p["batch_size"], p["image_height"], p["image_width"],
-                                 p["image_num_channels"])
-        except TypeError as err:
-            raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
-                from None
+        dev = _device_images(m, samples)
+        if dev is not None or _gpu_outputs(m):
+            got = _apply_classification_gpu(m, samples, keys, dev)
+            if not isinstance(got, np.ndarray):
+                return got
+            probs = got
+        else:
+            try:
+                probs = m.core.infer(samples, p["batch_size"], p["image_height"],
+                                     p["image_width"], p["image_num_channels"])
+            except TypeError as err:
+                raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
+                    from None
         class_ids = np.asarray(p["class_ids"], dtype=np.int64)
         class_names = np.asarray(p["class_names"], dtype=object)
     probs = np.asarray(probs).reshape(len(samples), -1)

@@ -7,8 +7,13 @@ Supported parameters:
   the engine seed ``(s + n) mod 2**31`` (n = 0, 1, …), so the same sequence of calls gives the
   same weights.  get_system returns the value last set.
 * ``'thread_num'`` (int ≥ 1): number of CPU threads of the engine (OpenMP, shared with oneDNN).
-* ``'cudnn_deterministic'`` (``'true'``/``'false'``, default ``'false'``): stored; the GPU
-  backend reads it.
+* ``'cudnn_deterministic'`` (``'true'``/``'false'``, default ``'false'``): the GPU backend
+  uses only deterministic cuDNN algorithms, chosen by heuristics rather than timing, so two
+  identical training runs on the same GPU give bit-identical weights.  Applies from the next
+  train or apply call.
+* ``'tf32'`` (``'true'``/``'false'``, default ``'true'``; halcdl's own, not HALCON's): the GPU
+  backend may use TF32 tensor-core math for float32 convolutions and fully connected layers
+  (as PyTorch's cuDNN default).  ``'false'`` gives full float32 products.
 
 Unknown parameter names raise HOperatorError 1301 (wrong value of control parameter 1), as
 HALCON does for set_system/get_system.
@@ -31,13 +36,15 @@ from ._tuple import (
     wrong_value,
 )
 
-__all__ = ["set_system", "get_system", "get_system_s", "next_model_seed", "get_system_value"]
+__all__ = ["set_system", "get_system", "get_system_s", "next_model_seed", "get_system_value",
+           "gpu_options"]
 
 _DEFAULT_SEED = 42
 _lock = threading.Lock()
 _state: dict[str, Any] = {
     "seed_rand": _DEFAULT_SEED,
     "cudnn_deterministic": "false",
+    "tf32": "true",
 }
 _seed_counter = 0  # models created since the last seed_rand
 
@@ -56,12 +63,17 @@ def get_system_value(name: str) -> Any:
     return _state[name]
 
 
-_SYSTEM_PARAMS = ("seed_rand", "thread_num", "cudnn_deterministic")
+_SYSTEM_PARAMS = ("seed_rand", "thread_num", "cudnn_deterministic", "tf32")
+
+
+def gpu_options() -> tuple[bool, bool]:
+    """(deterministic, tf32) for the GPU backend, from set_system."""
+    return _state["cudnn_deterministic"] == "true", _state["tf32"] == "true"
 
 
 @operator
 def set_system(system_parameter: Any, value: Any) -> None:
-    """Set a system parameter ('seed_rand', 'thread_num', 'cudnn_deterministic')."""
+    """Set a system parameter ('seed_rand', 'thread_num', 'cudnn_deterministic', 'tf32')."""
     global _seed_counter
     name = as_str(to_scalar(system_parameter, 1, "one parameter name"), 1, "system_parameter")
     if name not in _SYSTEM_PARAMS:
@@ -77,15 +89,15 @@ def set_system(system_parameter: Any, value: Any) -> None:
         if n < 1:
             raise wrong_value(2, f"thread_num must be >= 1, got {n}")
         core.set_num_threads(n)
-    elif name == "cudnn_deterministic":
+    elif name in ("cudnn_deterministic", "tf32"):
         v = py_value(v)
         if v is True or v is False:
             v = "true" if v else "false"
         if not isinstance(v, str):
-            raise wrong_type(2, f"cudnn_deterministic must be 'true' or 'false', got {v!r}")
+            raise wrong_type(2, f"{name} must be 'true' or 'false', got {v!r}")
         if v not in ("true", "false"):
-            raise wrong_value(2, f"cudnn_deterministic must be 'true' or 'false', got {v!r}")
-        _state["cudnn_deterministic"] = v
+            raise wrong_value(2, f"{name} must be 'true' or 'false', got {v!r}")
+        _state[name] = v
 
 
 def _get_system(query: Any) -> list:
@@ -94,8 +106,8 @@ def _get_system(query: Any) -> list:
         return [_state["seed_rand"]]
     if name == "thread_num":
         return [int(core.get_num_threads())]
-    if name == "cudnn_deterministic":
-        return [_state["cudnn_deterministic"]]
+    if name in ("cudnn_deterministic", "tf32"):
+        return [_state[name]]
     raise wrong_value(1, f"unknown system parameter {name!r} (supported: {_SYSTEM_PARAMS})")
 
 
