@@ -1,9 +1,20 @@
-"""GPU twin vs CPU twin (skipped unless halcdl reports a GPU).
+"""The GPU backend against its CPU twin (every test is `gpu`-marked: skipped unless halcdl
+reports a GPU; run them on a GPU machine with benchmarks/gpu_check.sh).
 
-The same seed, data and hyperparameters on 'cpu' and 'gpu': inference probabilities and a
-short train sequence (losses, final parameters) agree within float32 tolerances.
+- every op, forward and backward, through core.run_op(device=0) vs the CPU run_op;
+- a 5-step train sequence (momentum, weight_prior, class weights, multiplier; SGD and Adam)
+  and a segmentation sequence, GPU vs CPU;
+- determinism: two runs with cudnn_deterministic give bit-identical weights;
+- CuPy images used in place (same weights as numpy images), CuPy outputs;
+- moving a model CPU → GPU → CPU mid-training continues the same run;
+- out of GPU memory → 6021, and the model still trains on a smaller batch.
+
+TF32 is switched off (set_system('tf32', 'false')) so the GPU computes full float32 products
+and the CPU tolerances apply.
 """
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 import pytest
@@ -11,40 +22,332 @@ import pytest
 from helpers import assert_close, make_samples
 
 import halcdl as ha
+from halcdl._native import core
+
 pytestmark = pytest.mark.gpu
 
-SIZE, BATCH, STEPS = 48, 4, 3
+FWD = dict(atol=1e-5, rtol=1e-4)
+BWD = dict(atol=1e-4, rtol=1e-3)
+
+
+@pytest.fixture(autouse=True)
+def _full_fp32():
+    ha.set_system("tf32", "false")
+    ha.set_system("cudnn_deterministic", "false")
+    yield
+    ha.set_system("tf32", "true")
+    ha.set_system("cudnn_deterministic", "false")
+
+
+def node(op, n_inputs=1, **attrs):
+    return {"name": "op", "op": op, "inputs": [f"in{i}" for i in range(n_inputs)], **attrs}
+
+
+def randn(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# 1. every op: GPU twin vs CPU twin
+def _op_cases():
+    r = np.random.default_rng(0)
+    cases = []
+    for (n, c, h, w, o, k, s, p, d, g, b) in [
+        (2, 3, 9, 9, 4, 3, 1, 1, 1, 1, True),
+        (2, 4, 10, 11, 6, 3, 2, 0, 1, 1, False),
+        (1, 4, 12, 13, 8, [3, 5], [2, 1], [1, 2], 1, 2, True),
+        (2, 8, 8, 8, 8, 3, 1, 1, 1, 8, True),          # depthwise
+        (2, 8, 9, 9, 16, 3, 2, 1, 1, 8, False),        # depthwise ×2
+        (2, 3, 11, 11, 5, 3, 1, 2, 2, 1, True),        # dilation
+        (2, 8, 7, 7, 16, 1, 2, 0, 1, 1, False),
+        (1, 3, 16, 16, 8, 7, 2, 3, 1, 1, False),
+    ]:
+        kh, kw = (k if isinstance(k, list) else [k, k])
+        prm = {"weight": randn(r, o, c // g, kh, kw, scale=(1.0 / (c // g * kh * kw)) ** 0.5)}
+        if b:
+            prm["bias"] = randn(r, o)
+        cases.append((f"conv{len(cases)}", node("conv", out_channels=o, kernel=k, stride=s, pad=p,
+                                                dilation=d, groups=g, bias=b),
+                      [randn(r, n, c, h, w)], prm))
+    for i, case in enumerate([dict(out_channels=4, kernel=2, stride=2),
+                              dict(out_channels=3, kernel=3, stride=2, pad=1, output_padding=1),
+                              dict(out_channels=5, kernel=3, stride=1, pad=1, bias=False)]):
+        prm = {"weight": randn(r, 6, case["out_channels"], case["kernel"], case["kernel"], scale=0.2)}
+        if case.get("bias", True):
+            prm["bias"] = randn(r, case["out_channels"], scale=0.5)
+        cases.append((f"deconv{i}", node("deconv", **case), [randn(r, 2, 6, 5, 6)], prm))
+    for shape in [(4, 5, 6, 7), (8, 3, 1, 1)]:
+        c = shape[1]
+        prm = {"scale": randn(r, c) + 1.0, "shift": randn(r, c), "running_mean": randn(r, c),
+               "running_var": np.abs(randn(r, c)) + 0.5}
+        cases.append((f"bn{shape}", node("bn", eps=1e-5), [randn(r, *shape) * 2 + 0.5], prm))
+    x = randn(r, 2, 5, 9, 8)
+    for op in ("relu", "relu6", "softmax"):
+        cases.append((op, node(op), [x * 4], {}))
+    cases.append(("maxpool", node("maxpool", kernel=3, stride=2, pad=1), [x], {}))
+    cases.append(("avgpool", node("avgpool", kernel=3, stride=2, pad=1), [x], {}))
+    cases.append(("gap", node("gap"), [x], {}))
+    cases.append(("fc2d", node("fc", out_features=7, bias=True, in_features=5),
+                  [randn(r, 4, 5, 1, 1)], {"weight": randn(r, 7, 5), "bias": randn(r, 7)}))
+    cases.append(("fc4d", node("fc", out_features=6, bias=False, in_features=5 * 3 * 4),
+                  [randn(r, 3, 5, 3, 4)], {"weight": randn(r, 6, 60, scale=0.2)}))
+    cases.append(("add", node("add", 2), [x, randn(r, 2, 5, 9, 8)], {}))
+    cases.append(("concat", node("concat", 3),
+                  [randn(r, 2, 3, 4, 5), randn(r, 2, 1, 4, 5), randn(r, 2, 6, 4, 5)], {}))
+    cases.append(("up_nearest", node("upsample_nearest", scale=2), [randn(r, 2, 3, 4, 5)], {}))
+    cases.append(("up_bilinear", node("upsample_bilinear", scale=2), [randn(r, 2, 3, 4, 5)], {}))
+    cases.append(("up_bilinear3", node("upsample_bilinear", scale=3), [randn(r, 1, 2, 3, 4)], {}))
+    return cases
+
+
+OP_CASES = _op_cases()
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("case", OP_CASES, ids=[c[0] for c in OP_CASES])
+def test_op_matches_cpu(case, training):
+    name, nd, inputs, params = case
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    out_c, _, _ = core.run_op(nd, inputs, params, None, training)
+    go = rng.standard_normal(np.asarray(out_c).shape).astype(np.float32)
+    out_c, gin_c, gpar_c = core.run_op(nd, inputs, params, go if training else None, training)
+    out_g, gin_g, gpar_g = core.run_op(nd, inputs, params, go if training else None, training,
+                                       device=0, deterministic=True, tf32=False)
+    assert_close(out_g, out_c, what=f"{name} forward", **FWD)
+    if not training:
+        return
+    assert len(gin_g) == len(gin_c)
+    for i, (a, b) in enumerate(zip(gin_g, gin_c)):
+        assert_close(a, b, what=f"{name} d/d input{i}", **BWD)
+    for k, v in gpar_c.items():
+        if k in ("mask",):
+            continue
+        assert k in gpar_g, f"{name}: the GPU gave no {k!r}"
+        assert_close(gpar_g[k], v, what=f"{name} {k}", **BWD)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout(p):
+    rng = np.random.default_rng(3)
+    x = randn(rng, 4, 6, 5, 7)
+    go = randn(rng, 4, 6, 5, 7)
+    out, gin, extra = core.run_op(node("dropout", p=p), [x], {}, go, True, device=0)
+    mask = np.asarray(extra["mask"])
+    keep = 1.0 / (1.0 - p)
+    assert set(np.unique(mask)).issubset({0.0, np.float32(keep)})
+    assert abs((mask == 0).mean() - p) < 0.05
+    assert_close(out, x * mask, what="dropout forward", atol=1e-6, rtol=1e-6)
+    assert_close(gin[0], go * mask, what="dropout backward", atol=1e-6, rtol=1e-6)
+    out_i, _, _ = core.run_op(node("dropout", p=p), [x], {}, None, False, device=0)
+    assert_close(out_i, x, what="dropout inference", atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------
+# 2. train sequences: GPU vs CPU
+SIZE, BATCH, MULT, STEPS = 48, 4, 2, 5
 CLASS_IDS = [0, 1, 2]
 
 
-def _model(runtime):
-    ha.set_system("seed_rand", 5)
-    ha.set_system("cudnn_deterministic", "true")
-    m = ha.read_dl_model("pretrained_dl_classifier_compact.hdl")
+def _model(runtime, solver="sgd", name="pretrained_dl_classifier_compact.hdl", seed=5):
+    ha.set_system("seed_rand", seed)
+    m = ha.read_dl_model(name)
     for k, v in [("image_dimensions", [SIZE, SIZE, 3]), ("class_ids", CLASS_IDS),
-                 ("class_weights", [1.0, 2.0, 0.5]), ("batch_size", BATCH),
-                 ("batch_size_multiplier", 2), ("learning_rate", 0.01), ("momentum", 0.9),
-                 ("weight_prior", 1e-3), ("runtime", runtime)]:
+                 ("class_weights", [1.0, 2.5, 0.5]), ("batch_size", BATCH),
+                 ("batch_size_multiplier", MULT), ("learning_rate", 0.01 if solver == "sgd" else 1e-3),
+                 ("momentum", 0.9), ("weight_prior", 1e-3), ("solver_type", solver),
+                 ("runtime", runtime)]:
         ha.set_dl_model_param(m, k, v)
     return m
 
 
-def test_gpu_train_sequence_matches_cpu():
-    rng = np.random.default_rng(0)
-    batches = [make_samples(2 * BATCH, SIZE, SIZE, 3, CLASS_IDS, rng) for _ in range(STEPS)]
-    test = make_samples(5, SIZE, SIZE, 3, CLASS_IDS, rng)
-    cpu, gpu = _model("cpu"), _model("gpu")
-    for b in batches:
+def _batches(n_steps=STEPS, seed=0):
+    rng = np.random.default_rng(seed)
+    return [make_samples(BATCH * MULT, SIZE, SIZE, 3, CLASS_IDS, rng) for _ in range(n_steps)]
+
+
+def _params(m):
+    return {n: np.asarray(m.core.get_param(n)) for n in m.core.param_names()}
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("name", ["pretrained_dl_classifier_compact.hdl",
+                                  "pretrained_dl_classifier_resnet18.hdl"])
+def test_train_sequence_matches_cpu(solver, name):
+    cpu, gpu = _model("cpu", solver, name), _model("gpu", solver, name)
+    for b in _batches():
         lc = ha.train_dl_model_batch(cpu, b)["total_loss"]
         lg = ha.train_dl_model_batch(gpu, b)["total_loss"]
-        assert_close(np.ravel(lg), np.ravel(lc), atol=1e-5, rtol=1e-4, what="gpu total_loss")
-    for name in cpu.core.param_names():
-        assert_close(gpu.core.get_param(name), cpu.core.get_param(name), atol=1e-4, rtol=1e-3,
-                     what=f"gpu {name}")
-    pc = ha.apply_dl_model(cpu, test, [])
-    pg = ha.apply_dl_model(gpu, test, [])
-    for rc, rg in zip(pc, pg):
-        conf_c = dict(zip(rc["classification_class_ids"], rc["classification_confidences"]))
-        conf_g = dict(zip(rg["classification_class_ids"], rg["classification_confidences"]))
-        assert_close([conf_g[c] for c in CLASS_IDS], [conf_c[c] for c in CLASS_IDS],
-                     atol=1e-4, rtol=1e-3, what="gpu confidences")
+        assert_close(np.ravel(lg), np.ravel(lc), atol=1e-5, rtol=1e-4, what="total_loss")
+    pc, pg = _params(cpu), _params(gpu)
+    for n in pc:
+        assert_close(pg[n], pc[n], atol=1e-4, rtol=1e-3, what=f"{name} {solver} {n}")
+    sc, sg = cpu.core.get_state(), gpu.core.get_state()
+    assert_close(sg["m1"], sc["m1"], atol=1e-4, rtol=1e-3, what="optimizer state m1")
+    test = make_samples(5, SIZE, SIZE, 3, CLASS_IDS, np.random.default_rng(9))
+    for rc, rg in zip(ha.apply_dl_model(cpu, test, []), ha.apply_dl_model(gpu, test, [])):
+        cc = dict(zip(rc["classification_class_ids"], rc["classification_confidences"]))
+        cg = dict(zip(rg["classification_class_ids"], rg["classification_confidences"]))
+        assert_close([cg[c] for c in CLASS_IDS], [cc[c] for c in CLASS_IDS], atol=1e-4, rtol=1e-3,
+                     what="confidences")
+
+
+def test_segmentation_matches_cpu():
+    from test_segmentation import seg_batches  # noqa: PLC0415
+
+    def make(runtime):
+        ha.set_system("seed_rand", 3)
+        m = ha.read_dl_model("pretrained_dl_segmentation_compact.hdl")
+        for k, v in [("image_dimensions", [32, 32, 3]), ("class_ids", [2, 5, 7]),
+                     ("ignore_class_ids", [255]), ("batch_size", 2), ("batch_size_multiplier", 2),
+                     ("learning_rate", 0.01), ("weight_prior", 1e-4), ("runtime", runtime)]:
+            ha.set_dl_model_param(m, k, v)
+        return m
+    cpu, gpu = make("cpu"), make("gpu")
+    for b in seg_batches(4, 3, 4, 32, 32, 3, [2, 5, 7], ignore=(255,)):
+        lc = ha.train_dl_model_batch(cpu, b)["total_loss"]
+        lg = ha.train_dl_model_batch(gpu, b)["total_loss"]
+        assert_close(np.ravel(lg), np.ravel(lc), atol=1e-5, rtol=1e-4, what="seg total_loss")
+    pc, pg = _params(cpu), _params(gpu)
+    for n in pc:
+        assert_close(pg[n], pc[n], atol=1e-4, rtol=1e-3, what=f"seg {n}")
+    test = seg_batches(8, 1, 3, 32, 32, 3, [2, 5, 7], ignore=())[0]
+    rc, rg = ha.apply_dl_model(cpu, test, []), ha.apply_dl_model(gpu, test, [])
+    for a, b in zip(rc, rg):
+        agree = (np.asarray(a["segmentation_image"]) == np.asarray(b["segmentation_image"])).mean()
+        assert agree > 0.999
+        assert_close(b["segmentation_confidence"], a["segmentation_confidence"], atol=1e-4,
+                     rtol=1e-3, what="seg confidence")
+
+
+# ---------------------------------------------------------------------------------------
+# 3. determinism
+@pytest.mark.parametrize("name", ["pretrained_dl_classifier_resnet18.hdl",
+                                  "pretrained_dl_classifier_mobilenet_v2.hdl"])
+def test_deterministic_runs_are_bit_identical(name):
+    ha.set_system("cudnn_deterministic", "true")
+    ha.set_system("tf32", "true")  # the fast path must be deterministic too
+    runs = []
+    for _ in range(2):
+        m = _model("gpu", "sgd", name)
+        for b in _batches(3, seed=1):
+            ha.train_dl_model_batch(m, b)
+        runs.append(_params(m))
+    for n in runs[0]:
+        assert np.array_equal(runs[0][n], runs[1][n]), f"{name}: {n} differs between two runs"
+
+
+# ---------------------------------------------------------------------------------------
+# 4. CuPy in and out
+def test_cupy_images_used_in_place():
+    cp = pytest.importorskip("cupy")
+    ha.set_system("cudnn_deterministic", "true")
+    a, b = _model("gpu"), _model("gpu")
+    for batch in _batches(2, seed=2):
+        la = ha.train_dl_model_batch(a, batch)["total_loss"]
+        dev = [dict(s, image=cp.asarray(s["image"])) for s in batch]
+        lb = ha.train_dl_model_batch(b, dev)["total_loss"]
+        assert la == lb
+    pa, pb = _params(a), _params(b)
+    for n in pa:
+        assert np.array_equal(pa[n], pb[n]), n
+    test = make_samples(3, SIZE, SIZE, 3, CLASS_IDS, np.random.default_rng(4))
+    host = ha.apply_dl_model(a, test, [])
+    ha.set_dl_model_param(a, "gpu_outputs", "true")
+    dev = ha.apply_dl_model(a, [dict(s, image=cp.asarray(s["image"])) for s in test], [])
+    for h, d in zip(host, dev):
+        assert isinstance(d["classification_confidences"], cp.ndarray)
+        assert_close(cp.asnumpy(d["classification_confidences"]), h["classification_confidences"],
+                     atol=1e-6, rtol=1e-5, what="cupy confidences")
+        assert cp.asnumpy(d["classification_class_ids"]).tolist() == h["classification_class_ids"]
+
+
+def test_mixed_host_and_device_images_rejected():
+    cp = pytest.importorskip("cupy")
+    m = _model("gpu")
+    batch = _batches(1)[0]
+    batch[0] = dict(batch[0], image=cp.asarray(batch[0]["image"]))
+    before = _params(m)
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.train_dl_model_batch(m, batch)
+    assert e.value.error_code == 7736
+    after = _params(m)
+    assert all(np.array_equal(before[n], after[n]) for n in before)
+
+
+# ---------------------------------------------------------------------------------------
+# 5. moving between devices mid-training
+def test_device_switch_continues_training():
+    ref = _model("cpu")
+    mov = _model("cpu")
+    batches = _batches(6, seed=3)
+    for b in batches:
+        ha.train_dl_model_batch(ref, b)
+    for i, b in enumerate(batches):
+        if i == 2:
+            gpu = ha.query_available_dl_devices(["runtime"], ["gpu"])[0]
+            ha.set_dl_model_param(mov, "device", gpu)
+            assert ha.get_dl_model_param(mov, "runtime") == ["gpu"]
+        if i == 4:
+            ha.set_dl_model_param(mov, "runtime", "cpu")
+        ha.train_dl_model_batch(mov, b)
+    pr, pm = _params(ref), _params(mov)
+    for n in pr:
+        assert_close(pm[n], pr[n], atol=1e-4, rtol=1e-3, what=f"switched {n}")
+    assert_close(mov.core.get_state()["m1"], ref.core.get_state()["m1"], atol=1e-4, rtol=1e-3,
+                 what="switched m1")
+    assert mov.core.get_state()["steps"] == ref.core.get_state()["steps"] == 6
+
+
+def test_write_read_from_gpu(tmp_path):
+    m = _model("gpu")
+    for b in _batches(2):
+        ha.train_dl_model_batch(m, b)
+    path = str(tmp_path / "g.hdl")
+    ha.write_dl_model(m, path)
+    r = ha.read_dl_model(path)
+    assert ha.get_dl_model_param(r, "runtime") == ["cpu"]
+    pm, pr = _params(m), _params(r)
+    for n in pm:
+        assert np.array_equal(pm[n], pr[n]), n
+
+
+# ---------------------------------------------------------------------------------------
+# 6. faults
+def test_out_of_memory_then_smaller_batch():
+    ha.set_system("seed_rand", 1)
+    m = ha.read_dl_model("pretrained_dl_classifier_resnet50.hdl")
+    ha.set_dl_model_param(m, "class_ids", [0, 1])
+    ha.set_dl_model_param(m, "runtime", "gpu")
+    free = core.gpu_device_info(0)["free_bytes"]
+    # resnet50 at 224² keeps ~100 MB of activations per image in training: ask for 4× the memory
+    big = int(4 * free / 100e6) + 64
+    before = _params(m)
+    ha.set_dl_model_param(m, "batch_size", big)
+    img = np.zeros((224, 224, 3), np.float32)
+    samples = [{"image": img, "image_label_id": i % 2} for i in range(big)]
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.train_dl_model_batch(m, samples)
+    assert e.value.error_code == 6021, e.value
+    after = _params(m)
+    assert all(np.array_equal(before[n], after[n]) for n in before)
+    ha.set_dl_model_param(m, "batch_size", 4)
+    ha.train_dl_model_batch(m, samples[:4])
+
+
+def test_gpu_index_out_of_range():
+    m = _model("cpu")
+    n = core.gpu_device_count()
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.set_dl_model_param(m, "gpu", n)
+        ha.set_dl_model_param(m, "runtime", "gpu")
+    assert e.value.error_code == 7708
+    assert ha.get_dl_model_param(m, "runtime") == ["cpu"]
+
+
+def test_device_params():
+    devs = ha.query_available_dl_devices(["runtime"], ["gpu"])
+    assert devs
+    d = devs[0]
+    assert ha.get_dl_device_param(d, "type") == ["gpu"]
+    assert ha.get_dl_device_param(d, "name")[0]
+    assert "float32" in ha.get_dl_device_param(d, "precisions")
