@@ -173,6 +173,8 @@ class CudaEngine final : public DeviceEngine {
   void upload(const float* params, const float* state, const float* m1, const float* m2) override {
     DeviceGuard guard(dev_);
     const size_t nt = g_.n_trainable;
+    // Allocate first: a failure then changes nothing on the device.
+    if (m2 && !M2_.bytes()) M2_.resize(nt * sizeof(float));
     std::vector<float> tmp(nt);
     if (params) {
       arena_to_device(g_, params, tmp.data());
@@ -185,7 +187,6 @@ class CudaEngine final : public DeviceEngine {
     }
     // Optimizer state: elementwise over the params, so it uses the params' device layouts.
     upload_optimizer(M1_, m1, tmp);
-    if (m2 && !M2_.bytes()) M2_.resize(nt * sizeof(float));
     if (M2_.bytes()) upload_optimizer(M2_, m2, tmp);
   }
 
@@ -215,7 +216,7 @@ class CudaEngine final : public DeviceEngine {
   void set_options(const GpuOptions& o) override {
     DeviceGuard guard(dev_);
     const bool changed = o.deterministic != ctx_.opts.deterministic || o.tf32 != ctx_.opts.tf32;
-    if (changed) plans_.clear();
+    if (changed) drop_plans();
     ctx_.opts = o;
     ctx_.apply_options();
   }
@@ -224,13 +225,14 @@ class CudaEngine final : public DeviceEngine {
     HALCDL_CHECK(p == Precision::F32, kErrRuntimeUnsupported, "bfloat16 on the GPU is not implemented yet");
     if (p != precision_) {
       DeviceGuard guard(dev_);
-      plans_.clear();
+      drop_plans();
       precision_ = p;
     }
   }
 
   void release_training_plans() override {
     DeviceGuard guard(dev_);
+    ctx_.sync();  // nothing queued may still use a plan's memory
     for (auto it = plans_.begin(); it != plans_.end();)
       it = std::get<4>(it->first) ? plans_.erase(it) : std::next(it);
   }
@@ -426,6 +428,9 @@ class CudaEngine final : public DeviceEngine {
     const Key key{n, c, h, w, training};
     auto it = plans_.find(key);
     if (it != plans_.end()) return *it->second;
+    // Work queued by the caller (an earlier chunk) may still read a plan's or a scratch
+    // buffer's memory: finish it before anything below frees one.
+    ctx_.sync();
     if (plans_.size() >= 8) plans_.clear();
     const std::vector<Dims> dims{{n, c, h, w}};
     std::unique_ptr<GpuPlan> p;
@@ -446,6 +451,11 @@ class CudaEngine final : public DeviceEngine {
     GpuPlan& ref = *p;
     plans_[key] = std::move(p);
     return ref;
+  }
+
+  void drop_plans() {
+    ctx_.sync();
+    plans_.clear();
   }
 
   // Per-call buffers, regrown on the next use.

@@ -46,10 +46,13 @@ Algo choose(Context& ctx, cudnnConvolutionDescriptor_t cd, int max_count, List l
   for (int pass = 0; pass < (tf32 ? 1 : 2); ++pass) {
     for (int i = 0; i < got; ++i) {
       const Perf& r = res[i];
-      alloc_failed = alloc_failed || r.status == CUDNN_STATUS_ALLOC_FAILED;
+      alloc_failed = alloc_failed || r.status == CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED ||
+                     r.status == CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED;
       if (r.status != CUDNN_STATUS_SUCCESS) continue;
       if (det && r.determinism != CUDNN_DETERMINISTIC) continue;
       cudnnMathType_t m = r.mathType;
+      // never a down-conversion of fp32 data to fp16
+      if (m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) continue;
       if (!tf32) {
         if (pass == 0 && m != CUDNN_FMA_MATH) continue;
         m = CUDNN_FMA_MATH;
@@ -222,10 +225,15 @@ class BatchNorm : public GpuNode {
     mean_off_ = P[node.p_mean].offset;
     var_off_ = P[node.p_var].offset;
     if (!training_) return;
+    c_ = x.c;
     const size_t cb = static_cast<size_t>(x.c) * sizeof(float);
     // read by bn_batch_stats after the step
     mean_buf_ = b.request(cb, b.tf(idx), b.t_end());
     inv_buf_ = b.request(cb, b.tf(idx), b.t_end());
+    // One value per channel: cuDNN's unbiased variance divides by N·H·W − 1 = 0 (NaN running
+    // variance); the CPU twin uses the biased one then. The running update is ours in that case.
+    single_ = x.n * x.h * x.w == 1;
+    if (single_) tmp_buf_ = b.request(cb, b.tf(idx), b.tf(idx));
     if (!x.need_grad) dx_buf_ = b.request(x.bytes(), b.tb(idx), b.tb(idx));
   }
 
@@ -234,6 +242,7 @@ class BatchNorm : public GpuNode {
     if (!training_) return;
     save_mean_ = b.ws.f(mean_buf_);
     save_inv_ = b.ws.f(inv_buf_);
+    if (single_) tmp_ = b.ws.f(tmp_buf_);
     dx_ = gin[0] ? gin[0] : b.ws.f(dx_buf_);
   }
 
@@ -251,7 +260,18 @@ class BatchNorm : public GpuNode {
     float* rvar = e.p.state_out ? e.p.state_out + var_off_ : nullptr;
     CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(e.ctx.dnn, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, xd_, x_, xd_,
                                                        y, pd_, scale, shift, static_cast<double>(e.p.bn_momentum),
-                                                       rmean, rvar, eps_, save_mean_, save_inv_));
+                                                       single_ ? nullptr : rmean, single_ ? nullptr : rvar, eps_,
+                                                       save_mean_, save_inv_));
+    if (single_ && rmean) {
+      // mean = (1 − m)·mean + m·x (x is the batch mean), var = (1 − m)·var (batch variance 0)
+      const float m = e.p.bn_momentum;
+      const size_t c = static_cast<size_t>(c_);
+      CUDA_CHECK(cudaMemcpyAsync(tmp_, x_, c * sizeof(float), cudaMemcpyDeviceToDevice, e.ctx.stream));
+      k::scale(tmp_, m, c, e.ctx.stream);
+      k::scale(rmean, 1.f - m, c, e.ctx.stream);
+      k::accumulate(rmean, tmp_, c, e.ctx.stream);
+      k::scale(rvar, 1.f - m, c, e.ctx.stream);
+    }
   }
 
   void backward(GExec& e) override {
@@ -275,9 +295,11 @@ class BatchNorm : public GpuNode {
   double eps_ = 1e-5;
   bool training_ = false;
   size_t scale_off_ = 0, shift_off_ = 0, mean_off_ = 0, var_off_ = 0;
-  int mean_buf_ = -1, inv_buf_ = -1, dx_buf_ = -1;
+  int mean_buf_ = -1, inv_buf_ = -1, dx_buf_ = -1, tmp_buf_ = -1;
+  int64_t c_ = 0;
+  bool single_ = false;  // training with N·H·W = 1
   const float* x_ = nullptr;
-  float *save_mean_ = nullptr, *save_inv_ = nullptr, *dx_ = nullptr;
+  float *save_mean_ = nullptr, *save_inv_ = nullptr, *dx_ = nullptr, *tmp_ = nullptr;
 };
 
 class Pool : public GpuNode {

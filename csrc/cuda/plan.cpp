@@ -151,7 +151,9 @@ class CudaPlan : public GpuPlan {
         if (!s.need_grad) continue;
         int t0 = b.tb(i);
         for (auto& c : consumers[i]) t0 = std::min(t0, b.tb(c.first));
-        if (i == g.output) t0 = n - 1;
+        // the output's gradient is copied in, and an unconsumed tensor's zeroed, when the
+        // backward starts: their buffers must be live from then on
+        if (i == g.output || consumers[i].empty()) t0 = n - 1;
         // input gradients are read after the backward: keep them to the end
         s.grad_id = b.request(s.bytes(), t0, g.nodes[i].op == OpKind::Input ? b.t_end() : b.tb(i));
         if (consumers[i].empty() && i != g.output) zero_grads_.push_back(i);
