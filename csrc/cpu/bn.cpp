@@ -34,7 +34,8 @@ class BatchNorm : public CpuNode {
     if (!x.need_grad) dsrc_buf_ = b.request(md_, b.tb(idx), b.tb(idx));
     const Dims& d = x.dims;
     stats_.node = idx;
-    stats_.count = d[0] * d[2] * d[3];
+    stats_.count = d[0];  // N·H·W; a bn after an fc sees (N, C)
+    for (size_t k = 2; k < d.size(); ++k) stats_.count *= d[k];
   }
 
   void bind(Build& b) override {

@@ -222,7 +222,8 @@ class CpuPlan : public Plan {
         if (!s.need_grad || alias[i] >= 0) continue;
         int t0 = b.tb(i);
         for (auto& c : gcons[i]) t0 = std::min(t0, b.tb(c.first));
-        if (gout[i]) t0 = n - 1;
+        // the output's gradient is copied in, a dangling tensor's zeroed, when the backward starts
+        if (gout[i] || gcons[i].empty()) t0 = n - 1;
         s.grad_id = b.request(s.md, t0, b.tb(i));
         if (gcons[i].empty() && !gout[i]) zero_grads_.push_back(i);
       }
