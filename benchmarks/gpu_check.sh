@@ -5,11 +5,14 @@
 # after `bash benchmarks/gpu_wheels.sh` here (the machine has no network; .whl/ holds oneDNN,
 # pybind11 and scikit-build-core).
 #
-#   bash benchmarks/gpu_check.sh [all|build|test|bench] [--quick] [-- BENCH_ARGS...]
+#   bash benchmarks/gpu_check.sh [all|build|test|bench|debug] [--quick] [-- BENCH_ARGS...]
 #     build  install the carried wheels, build and install halcdl with HALCDL_CUDA=ON
 #     test   build, then tests/test_gpu.py (GPU vs CPU twin) and tests/test_ops.py -x (CPU)
 #     bench  build, then benchmarks/bench_gpu.py
 #     all    build, test, bench (the default); the bench turns --quick when little time is left
+#     debug  build, then tests/test_gpu.py -x with HALCDL_CUDA_DEBUG=2 (a sync and a finiteness
+#            check after every op: the failing op is named), then compute-sanitizer memcheck on
+#            the op tests (their logs replace gpu_tests.txt / cpu_tests.txt)
 # Every stage except `build` builds first: incremental while the machine is warm (the build
 # folder build/gpu is ignored by git, so it stays on a warm machine between calls), a full
 # build (ninja -j$(nproc); under a minute on 2 cores here) on a cold one.
@@ -30,11 +33,11 @@ QUICK=0
 BENCH_ARGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        all|build|test|bench) STAGE=$1 ;;
+        all|build|test|bench|debug) STAGE=$1 ;;
         --quick) QUICK=1 ;;
         --) shift; BENCH_ARGS=("$@"); break ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
-        *) echo "gpu_check.sh: unknown argument '$1' (all|build|test|bench, --quick, -- ARGS)" >&2
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        *) echo "gpu_check.sh: unknown argument '$1' (all|build|test|bench|debug, --quick, -- ARGS)" >&2
            exit 64 ;;
     esac
     shift
@@ -277,6 +280,25 @@ stage_test() {
     record cpu_tests "$RC" "$DT" "$(pytest_tail "$OUT/cpu_tests.txt")"
 }
 
+stage_debug() {
+    note "tests/test_gpu.py -x with HALCDL_CUDA_DEBUG=2 (log: $OUT/gpu_tests.txt)"
+    export HALCDL_CUDA_DEBUG=2
+    boxed 220 "$OUT/gpu_tests.txt" "$PY" -m pytest tests/test_gpu.py -q -rs -x -p no:cacheprovider \
+        -o faulthandler_timeout=180
+    unset HALCDL_CUDA_DEBUG
+    record gpu_tests_debug "$RC" "$DT" "$(pytest_tail "$OUT/gpu_tests.txt")"
+    local san
+    san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+    if [ -z "$san" ]; then
+        record sanitizer skip 0 "compute-sanitizer not found"
+        return
+    fi
+    note "compute-sanitizer memcheck, op tests (log: $OUT/cpu_tests.txt)"
+    boxed 250 "$OUT/cpu_tests.txt" "$san" --tool memcheck --error-exitcode 99 \
+        "$PY" -m pytest tests/test_gpu.py -q -x -k "op_matches or dropout" -p no:cacheprovider
+    record sanitizer "$RC" "$DT" "$(grep -m1 -E 'ERROR SUMMARY' "$OUT/cpu_tests.txt")"
+}
+
 # ---- benchmark --------------------------------------------------------------------------
 stage_bench() {
     local args=() t
@@ -302,6 +324,7 @@ if stage_build; then
         test) stage_test ;;
         bench) stage_bench ;;
         all) stage_test; stage_bench ;;
+        debug) stage_debug ;;
     esac
 else
     [ "$STAGE" = build ] || record "$STAGE" skip 0 "not run: the build failed (see build.log)"

@@ -1,6 +1,6 @@
 // ReLU and ReLU6 on oneDNN eltwise.
 //   relu:  y = max(x, 0),        dx = dy · [x > 0]
-//   relu6: y = min(max(x, 0), 6), dx = dy · [0 < x ≤ 6] (clip_v2)
+//   relu6: y = min(max(x, 0), 6), dx = dy · [0 < x < 6] (clip_v2, as PyTorch's hardtanh_backward)
 #include "cpu/node.h"
 
 namespace halcdl::cpu {

@@ -3,6 +3,7 @@
 // wires gradient targets as the CPU plan does, and runs forward / backward on the context's
 // stream. Building allocates once; forward / backward enqueue work and never allocate or sync.
 #include <algorithm>
+#include <cstdlib>
 #include <climits>
 #include <cstring>
 #include <numeric>
@@ -225,8 +226,11 @@ class CudaPlan : public GpuPlan {
 
   void forward(const DeviceParams& p, uint64_t rng) override {
     GExec e{ctx_, p, rng, nullptr, scratch_, scratch_bytes_};
-    for (auto& nd : nodes_)
-      if (nd) nd->forward(e);
+    for (size_t i = 0; i < nodes_.size(); ++i)
+      if (nodes_[i]) {
+        nodes_[i]->forward(e);
+        if (debug_) debug_check(static_cast<int>(i), "forward", slots_[i].data, slots_[i].count);
+      }
   }
 
   const float* output() const override { return slots_[g_.output].data; }
@@ -244,6 +248,9 @@ class CudaPlan : public GpuPlan {
       if (!nodes_[i] || !slots_[i].need_grad) continue;
       nodes_[i]->backward(e);
       for (auto& a : accum_[i]) k::accumulate(a.dst, a.src, a.count, ctx_.stream);
+      if (debug_)
+        for (int in : g_.nodes[i].inputs)
+          if (slots_[in].grad) debug_check(i, "backward", slots_[in].grad, slots_[in].count);
     }
   }
 
@@ -283,7 +290,34 @@ class CudaPlan : public GpuPlan {
 
   size_t bytes() const override { return ws_.bytes(); }
 
+  // HALCDL_CUDA_DEBUG=1: synchronise after every op and name the op an error comes from;
+  // =2: also stop at the first op whose output (or input gradient) is not finite.
+  void set_debug(int level) {
+    debug_ = level;
+    if (debug_ >= 2) flag_.resize(sizeof(int));
+  }
+
  private:
+  void debug_check(int i, const char* phase, const float* t, size_t count) {
+    const Node& nd = g_.nodes[i];
+    try {
+      if (debug_ >= 2 && count) {
+        CUDA_CHECK(cudaMemsetAsync(flag_.v(), 1, sizeof(int), ctx_.stream));
+        k::check_finite(t, count, flag_.i(), ctx_.stream);
+      }
+      ctx_.sync();
+    } catch (const Error& e) {
+      HALCDL_THROW(e.code(), "node '", nd.name, "' (", op_name(nd.op), ") ", phase, ": ", e.what());
+    }
+    if (debug_ < 2 || !count) return;
+    int ok = 0;
+    CUDA_CHECK(cudaMemcpy(&ok, flag_.v(), sizeof(int), cudaMemcpyDeviceToHost));
+    HALCDL_CHECK(ok != 0, kErrTrainingFailed, "HALCDL_CUDA_DEBUG: node '", nd.name, "' (", op_name(nd.op), ") ",
+                 phase, " produced a non-finite value");
+  }
+
+  int debug_ = 0;
+  DeviceBuffer flag_;
   struct Accum { float* dst; const float* src; size_t count; };
   Context& ctx_;
   const Graph& g_;
@@ -305,7 +339,9 @@ std::unique_ptr<GpuPlan> make_gpu_plan(Context& ctx, const Graph& g, const std::
                                        bool training, bool input_grads, Precision precision) {
   HALCDL_CHECK(precision != Precision::BF16, kErrRuntimeUnsupported, "bfloat16 on the GPU is not implemented yet");
   DeviceGuard guard(ctx.device);
-  return std::make_unique<CudaPlan>(ctx, g, input_dims, training, input_grads);
+  auto p = std::make_unique<CudaPlan>(ctx, g, input_dims, training, input_grads);
+  if (const char* d = std::getenv("HALCDL_CUDA_DEBUG")) p->set_debug(std::atoi(d));
+  return p;
 }
 
 }  // namespace halcdl::gpu
