@@ -314,13 +314,16 @@ def test_write_read_from_gpu(tmp_path):
 # ---------------------------------------------------------------------------------------
 # 6. faults
 def test_out_of_memory_then_smaller_batch():
+    # heuristic algorithm choice: cudnnFind would time every algorithm on multi-GB tensors
+    # before the plan's allocation fails
+    ha.set_system("cudnn_deterministic", "true")
     ha.set_system("seed_rand", 1)
     m = ha.read_dl_model("pretrained_dl_classifier_resnet50.hdl")
     ha.set_dl_model_param(m, "class_ids", [0, 1])
     ha.set_dl_model_param(m, "runtime", "gpu")
     free = core.gpu_device_info(0)["free_bytes"]
-    # resnet50 at 224² keeps ~100 MB of activations per image in training: ask for 4× the memory
-    big = int(4 * free / 100e6) + 64
+    # resnet50 at 224² keeps ~100 MB of activations per image in training: ask for 2× the memory
+    big = int(2 * free / 100e6) + 64
     before = _params(m)
     ha.set_dl_model_param(m, "batch_size", big)
     img = np.zeros((224, 224, 3), np.float32)
