@@ -137,3 +137,33 @@ def test_cuda_not_loaded_at_import():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "LOADED []" in out.stdout, out.stdout
+
+
+class _FakeDeviceArray:
+    """Looks like a CUDA array to halcdl (it has __cuda_array_interface__) but is none."""
+    __cuda_array_interface__ = {"shape": (32, 32, 3), "typestr": "<f4", "data": (0, False),
+                                "version": 3}
+    shape = (32, 32, 3)
+
+
+def test_mixed_host_and_device_images_rejected():
+    m = _model()
+    batch = make_samples(2, 32, 32, 3, [0, 1], np.random.default_rng(2))
+    batch[1] = dict(batch[1], image=_FakeDeviceArray())
+    snap = _snapshot(m)
+    for call in (lambda: ha.train_dl_model_batch(m, batch), lambda: ha.apply_dl_model(m, batch, [])):
+        with pytest.raises(ha.HOperatorError) as e:
+            call()
+        assert e.value.error_code == 7736
+        assert "only GPU" in str(e.value)
+    _unchanged(m, snap)
+
+
+def test_device_images_on_a_cpu_model_rejected():
+    m = _model()
+    batch = [{"image": _FakeDeviceArray(), "image_label_id": i} for i in (0, 1)]
+    snap = _snapshot(m)
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.train_dl_model_batch(m, batch)
+    assert e.value.error_code == 7736  # no CuPy here, or the model is not on the GPU
+    _unchanged(m, snap)
