@@ -274,6 +274,82 @@ def test_mixed_host_and_device_images_rejected():
     assert all(np.array_equal(before[n], after[n]) for n in before)
 
 
+def test_cupy_images_with_nan_rejected():
+    """As for host images: 7736 naming the sample, and nothing changes."""
+    cp = pytest.importorskip("cupy")
+    m = _model("gpu")
+    dev = [dict(s, image=cp.asarray(s["image"])) for s in _batches(1)[0]]
+    dev[3]["image"][0, 0, 0] = cp.nan
+    before = _params(m)
+    for call in (lambda: ha.train_dl_model_batch(m, dev), lambda: ha.apply_dl_model(m, dev, [])):
+        with pytest.raises(ha.HOperatorError) as e:
+            call()
+        assert e.value.error_code == 7736 and "sample 3" in str(e.value), e.value
+    after = _params(m)
+    assert all(np.array_equal(before[n], after[n]) for n in before)
+
+
+def test_cupy_on_a_non_blocking_stream():
+    """Images written on a non-blocking CuPy stream, outputs read on it: the engine (its own
+    stream) sees the images complete and hands back complete outputs."""
+    cp = pytest.importorskip("cupy")
+    ha.set_system("cudnn_deterministic", "true")
+    a, b = _model("gpu"), _model("gpu")
+    stream = cp.cuda.Stream(non_blocking=True)
+    for batch in _batches(2, seed=5):
+        la = ha.train_dl_model_batch(a, batch)["total_loss"]
+        with stream:
+            dev = [dict(s, image=cp.asarray(s["image"]) * 1.0) for s in batch]
+            lb = ha.train_dl_model_batch(b, dev)["total_loss"]
+        assert la == lb
+    test = make_samples(3, SIZE, SIZE, 3, CLASS_IDS, np.random.default_rng(6))
+    host = ha.apply_dl_model(a, test, [])
+    ha.set_dl_model_param(b, "gpu_outputs", "true")
+    with stream:
+        res = ha.apply_dl_model(b, [dict(s, image=cp.asarray(s["image"]) + 0.0) for s in test], [])
+        got = [(cp.asnumpy(r["classification_class_ids"]).tolist(),
+                cp.asnumpy(r["classification_confidences"])) for r in res]
+    for h, (ids, conf) in zip(host, got):
+        assert ids == h["classification_class_ids"]
+        assert_close(conf, h["classification_confidences"], atol=1e-6, rtol=1e-5,
+                     what="stream confidences")
+
+
+def test_segmentation_gpu_outputs_from_host_images():
+    cp = pytest.importorskip("cupy")
+    from test_segmentation import seg_batches  # noqa: PLC0415
+    ha.set_system("seed_rand", 3)
+    m = ha.read_dl_model("pretrained_dl_segmentation_compact.hdl")
+    for k, v in [("image_dimensions", [32, 32, 3]), ("class_ids", [2, 5, 7]), ("batch_size", 2),
+                 ("runtime", "gpu")]:
+        ha.set_dl_model_param(m, k, v)
+    test = seg_batches(8, 1, 3, 32, 32, 3, [2, 5, 7], ignore=())[0]
+    host = ha.apply_dl_model(m, test, [])
+    ha.set_dl_model_param(m, "gpu_outputs", "true")
+    dev = ha.apply_dl_model(m, test, [])
+    for h, d in zip(host, dev):
+        assert isinstance(d["segmentation_image"], cp.ndarray)
+        assert np.array_equal(cp.asnumpy(d["segmentation_image"]), h["segmentation_image"])
+        assert_close(cp.asnumpy(d["segmentation_confidence"]), h["segmentation_confidence"],
+                     atol=1e-6, rtol=1e-5, what="seg confidence")
+
+
+def test_legacy_classifier_on_gpu():
+    """runtime 'gpu' through the legacy operators; results are host values even with the
+    model's gpu_outputs on."""
+    c = ha.read_dl_classifier("pretrained_dl_classifier_compact.hdl")
+    ha.set_dl_classifier_param(c, "classes", ["a", "b"])
+    ha.set_dl_classifier_param(c, ["image_dimensions", "batch_size", "runtime"],
+                               [[SIZE, SIZE, 3], 2, "gpu"])
+    assert c.model.core.device() == 0
+    imgs = [s["image"] for s in make_samples(2, SIZE, SIZE, 3, [0, 1], np.random.default_rng(7))]
+    ha.train_dl_classifier_batch(imgs, c, ["a", "b"])
+    c.model.params["gpu_outputs"] = "true"
+    res = ha.apply_dl_classifier(imgs, c)
+    conf = ha.get_dl_classifier_result(res, 0, "confidences")
+    assert all(isinstance(x, float) for x in conf) and abs(sum(conf) - 1) < 1e-5
+
+
 # ---------------------------------------------------------------------------------------
 # 5. moving between devices mid-training
 def test_device_switch_continues_training():
@@ -321,9 +397,9 @@ def test_out_of_memory_then_smaller_batch():
     m = ha.read_dl_model("pretrained_dl_classifier_resnet50.hdl")
     ha.set_dl_model_param(m, "class_ids", [0, 1])
     ha.set_dl_model_param(m, "runtime", "gpu")
-    free = core.gpu_device_info(0)["free_bytes"]
+    total = core.gpu_device_info(0)["total_bytes"]
     # resnet50 at 224² keeps ~100 MB of activations per image in training: ask for 2× the memory
-    big = int(2 * free / 100e6) + 64
+    big = int(2 * total / 100e6) + 64
     before = _params(m)
     ha.set_dl_model_param(m, "batch_size", big)
     img = np.zeros((224, 224, 3), np.float32)

@@ -34,6 +34,18 @@ void raise(int code, const char* msg) {
   }
 }
 
+// The model's mutex, taken without holding the GIL while waiting: train_step, infer and
+// set_device release the GIL while they hold the mutex, so a thread that waited for the mutex
+// with the GIL held would deadlock with them.
+std::unique_lock<std::mutex> lock_model(Model& md) {
+  std::unique_lock<std::mutex> lk(md.mutex(), std::try_to_lock);
+  if (!lk.owns_lock()) {
+    py::gil_scoped_release nogil;
+    lk.lock();
+  }
+  return lk;
+}
+
 // ---- spec ------------------------------------------------------------------------------
 
 std::vector<double> attr_values(const std::string& node, const std::string& key, py::handle v) {
@@ -257,13 +269,17 @@ py::tuple run_op_gpu(const Graph& g, const std::vector<Dims>& in_dims,
   if (!grad_output.is_none()) {
     go = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(grad_output);
     HALCDL_CHECK(go, kErrInvalidInputData, "run_op: grad_output must be a numeric array");
+    // the engine reads one value per output element: check the size as the CPU twin does
+    size_t on = 1;
+    for (auto d : g.infer_shapes(in_dims)[g.output]) on *= static_cast<size_t>(d);
+    HALCDL_CHECK(static_cast<size_t>(go.size()) == on, kErrInvalidInputShape, "run_op: grad_output needs ", on,
+                 " values");
     rq.grad_output = go.data();
   }
   RunResult r;
-  const CudaApi& api = cuda_api();
   {
     py::gil_scoped_release nogil;
-    api.run_graph(&rq, &r);
+    cuda_api().run_graph(&rq, &r);
   }
   py::list gins;
   py::dict gparams;
@@ -393,16 +409,26 @@ PYBIND11_MODULE(_core, m) {
   // ---- the CUDA backend (loaded on first use; see engine/device.h) ----
   m.def("set_cuda_library_path", &set_cuda_library_path, py::arg("path"));
   m.def("cuda_backend_built", &cuda_backend_built);
-  m.def("load_cuda", [] { cuda_api(); });
-  m.def("gpu_device_count", [] { return cuda_api().device_count(); });
+  // dlopen and the driver's initialisation may take seconds: without the GIL
+  m.def("load_cuda", [] {
+    py::gil_scoped_release nogil;
+    cuda_api();
+  });
+  m.def("gpu_device_count", [] {
+    py::gil_scoped_release nogil;
+    return cuda_api().device_count();
+  });
   m.def("gpu_device_info", [](int i) {
-    GpuInfo d = cuda_api().device_info(i);
+    GpuInfo d;
+    {
+      py::gil_scoped_release nogil;
+      d = cuda_api().device_info(i);
+    }
     py::dict r;
     r["index"] = d.index;
     r["name"] = d.name;
     r["compute_capability"] = py::make_tuple(d.cc_major, d.cc_minor);
     r["total_bytes"] = d.total_bytes;
-    r["free_bytes"] = d.free_bytes;
     r["bf16"] = d.bf16;
     return r;
   });
@@ -419,7 +445,7 @@ PYBIND11_MODULE(_core, m) {
            })
       .def("get_param",
            [](Model& md, const std::string& name) {
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              int i = md.graph().param_index(name);
              auto v = md.get_param(name);
              return to_array(v, md.graph().params[i].shape);
@@ -435,13 +461,17 @@ PYBIND11_MODULE(_core, m) {
                           "' has another shape");
              HALCDL_CHECK(kern::all_finite(a.data(), a.size()), kErrInvalidInputData, "parameter '", name,
                           "' holds NaN or Inf");
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              md.set_param(name, a.data(), a.size());
            })
       .def("copy_params_from",
            [](Model& md, Model& other) {
              HALCDL_CHECK(&md != &other, kErrInvalidValue, "copy_params_from: source and target are the same model");
-             std::scoped_lock lk(md.mutex(), other.mutex());
+             std::unique_lock<std::mutex> a(md.mutex(), std::defer_lock), b(other.mutex(), std::defer_lock);
+             if (std::try_lock(a, b) != -1) {  // busy: wait without the GIL (see lock_model)
+               py::gil_scoped_release nogil;
+               std::lock(a, b);
+             }
              return md.copy_params_from(other);
            },
            py::arg("other"))
@@ -450,22 +480,22 @@ PYBIND11_MODULE(_core, m) {
       .def("output_shape", [](const Model& md, int64_t h, int64_t w) { return md.output_dims(h, w); })
       .def("set_class_ids",
            [](Model& md, const std::vector<int64_t>& ids) {
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              md.set_class_ids(ids);
            })
       .def("set_hparams",
            [](Model& md, const py::dict& d) {
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              md.set_hparams(parse_hparams(md.hparams(), d));
            })
       .def("reset_optimizer",
            [](Model& md) {
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              md.reset_optimizer();
            })
       .def("get_state",
            [](Model& md) {
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              Model::State st = md.get_state();
              const int64_t n = static_cast<int64_t>(st.m1.size());
              py::dict d;
@@ -486,23 +516,23 @@ PYBIND11_MODULE(_core, m) {
              Model::State st{std::vector<float>(m1.data(), m1.data() + m1.size()),
                              std::vector<float>(m2.data(), m2.data() + m2.size()), py::cast<int64_t>(d["adam_t"]),
                              py::cast<uint64_t>(d["steps"]), py::cast<uint64_t>(d["seed"])};
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              md.set_state(st);
            })
       .def("set_precision",
            [](Model& md, const std::string& p) {
              Precision pr = parse_precision(p);
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              md.set_precision(pr);
            })
       .def("release_training_plans",
            [](Model& md) {
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              md.release_training_plans();
            })
       .def("set_device",
            [](Model& md, int gpu) {
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              py::gil_scoped_release nogil;
              md.set_device(gpu);
            },
@@ -510,13 +540,13 @@ PYBIND11_MODULE(_core, m) {
       .def("device", &Model::device)
       .def("set_gpu_options",
            [](Model& md, bool deterministic, bool tf32) {
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              md.set_gpu_options(GpuOptions{deterministic, tf32});
            },
            py::arg("deterministic"), py::arg("tf32"))
       .def("gpu_plan_bytes",
            [](Model& md) -> size_t {
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              return md.engine() ? md.engine()->plan_bytes() : 0;
            })
       .def("get_precision",
@@ -531,7 +561,7 @@ PYBIND11_MODULE(_core, m) {
              HALCDL_CHECK(samples.size() == need, kErrWrongNumSamples, "the batch holds ", samples.size(),
                           " samples, but batch_size × batch_size_multiplier = ", batch_size, " × ", multiplier,
                           " = ", need);
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              const int64_t per = md.labels_per_sample(height, width);
              const bool on_dev = images_ptr != 0;
              HALCDL_CHECK(!on_dev || md.device() >= 0, kErrInvalidInputData,
@@ -567,7 +597,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("channels"), py::arg("images_ptr") = 0)
       .def("set_ignore_ids",
            [](Model& md, const std::vector<int64_t>& ids) {
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              md.set_ignore_ids(ids);
            })
       .def("is_segmentation", [](const Model& md, int64_t h, int64_t w) { return md.labels_per_sample(h, w) > 1; })
@@ -579,7 +609,7 @@ PYBIND11_MODULE(_core, m) {
              const bool on_dev = images_ptr != 0;
              HALCDL_CHECK(on_dev == (index_ptr != 0) && on_dev == (conf_ptr != 0), kErrInvalidValue,
                           "device inference needs device images and device outputs together");
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              HALCDL_CHECK(!on_dev || md.device() >= 0, kErrInvalidInputData,
                           "GPU (CuPy) images need the model on the GPU: set 'runtime' to 'gpu'");
              Batch b = gather(md, samples, channels, height, width, Labels::None, !on_dev);
@@ -613,7 +643,7 @@ PYBIND11_MODULE(_core, m) {
              const bool on_dev = images_ptr != 0;
              HALCDL_CHECK(on_dev == (out_ptr != 0), kErrInvalidValue,
                           "device inference needs device images and a device output together");
-             std::lock_guard<std::mutex> lk(md.mutex());
+             auto lk = lock_model(md);
              HALCDL_CHECK(!on_dev || md.device() >= 0, kErrInvalidInputData,
                           "GPU (CuPy) images need the model on the GPU: set 'runtime' to 'gpu'");
              Batch b = gather(md, samples, channels, height, width, Labels::None, !on_dev);

@@ -39,20 +39,24 @@ void check_device(int index) {
                n == 1 ? "" : "s", " found)");
 }
 
-GpuInfo device_info_impl(int index) {
+// Properties only: no CUDA context is created (listing the GPUs must not take memory on each
+// of them). free_bytes needs a context, so only an engine's info() fills it in.
+GpuInfo device_info_impl(int index, bool with_free = false) {
   check_device(index);
-  DeviceGuard guard(index);
   cudaDeviceProp prop;
   CUDA_CHECK(cudaGetDeviceProperties(&prop, index));
-  size_t free_b = 0, total_b = 0;
-  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   GpuInfo gi;
   gi.index = index;
   gi.name = prop.name;
   gi.cc_major = prop.major;
   gi.cc_minor = prop.minor;
-  gi.total_bytes = total_b;
-  gi.free_bytes = free_b;
+  gi.total_bytes = prop.totalGlobalMem;
+  if (with_free) {
+    DeviceGuard guard(index);
+    size_t free_b = 0, total_b = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    gi.free_bytes = free_b;
+  }
   gi.bf16 = prop.major >= 8;
   return gi;
 }
@@ -168,7 +172,7 @@ class CudaEngine final : public DeviceEngine {
     if (switched) cudaSetDevice(prev);
   }
 
-  GpuInfo info() const override { return device_info_impl(dev_); }
+  GpuInfo info() const override { return device_info_impl(dev_, true); }
 
   void upload(const float* params, const float* state, const float* m1, const float* m2) override {
     DeviceGuard guard(dev_);

@@ -25,7 +25,7 @@ struct GpuInfo {
   int index = 0;
   std::string name;
   int cc_major = 0, cc_minor = 0;
-  size_t total_bytes = 0, free_bytes = 0;
+  size_t total_bytes = 0, free_bytes = 0;  // free: DeviceEngine::info() only (needs a context)
   bool bf16 = false;  // compute capability >= 8.0
 };
 

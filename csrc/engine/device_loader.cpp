@@ -18,10 +18,19 @@ const CudaApi* g_api = nullptr;
 int g_fail_code = 0;           // a failed load is remembered (dlopen would fail the same way)
 std::string g_fail_msg;
 
+// dlerror names the library that is missing ("libcudnn.so.9: cannot open shared object
+// file") or, for a too old one, the symbol it lacks ("...: undefined symbol: cudnnFoo").
 int code_for(const std::string& why) {
-  if (why.find("libcudnn") != std::string::npos) return kErrCudnn;
-  if (why.find("libcublas") != std::string::npos) return kErrCublas;
+  auto has = [&](const char* s) { return why.find(s) != std::string::npos; };
+  if (has("libcudnn") || has("undefined symbol: cudnn")) return kErrCudnn;
+  if (has("libcublas") || has("undefined symbol: cublas")) return kErrCublas;
   return kErrCuda;
+}
+std::string hint_for(int code, const std::string& why, const std::string& path) {
+  if (code == kErrCudnn) return " (cuDNN 9 is missing or too old: pip install -U nvidia-cudnn-cu13)";
+  if (code == kErrCublas) return " (cuBLAS 13 is missing or too old: pip install -U nvidia-cublas)";
+  if (why.rfind(path + ": cannot open", 0) == 0) return " (the library itself is missing: reinstall halcdl)";
+  return " (the CUDA runtime or driver is missing or too old)";
 }
 }  // namespace
 
@@ -51,9 +60,7 @@ const CudaApi& cuda_api() {
     std::string why = e ? e : "unknown dlopen error";
     g_fail_code = code_for(why);
     g_fail_msg = std::string("runtime 'gpu': cannot load the CUDA backend: ") + why +
-                 (g_fail_code == kErrCudnn    ? " (cuDNN 9 is missing: pip install nvidia-cudnn-cu13)"
-                  : g_fail_code == kErrCublas ? " (cuBLAS 13 is missing: pip install nvidia-cublas)"
-                                              : " (the CUDA runtime or driver is missing)");
+                 hint_for(g_fail_code, why, g_path);
     HALCDL_THROW(g_fail_code, g_fail_msg);
   }
   using Fn = const CudaApi* (*)();

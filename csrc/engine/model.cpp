@@ -89,14 +89,21 @@ void Model::set_param(const std::string& name, const float* data, size_t n) {
   HALCDL_CHECK(n == p.size, kErrInvalidInputShape, "parameter '", name, "' holds ", p.size, " values, got ", n);
   sync_host();
   float* base = (p.kind == ParamKind::State ? S_.f() : P_.f()) + p.offset;
+  std::vector<float> old;
+  if (dev_) old.assign(base, base + n);
   std::memcpy(base, data, n * sizeof(float));
   ++version_;
-  push_device();
+  push_device([&] { std::memcpy(base, old.data(), n * sizeof(float)); });
 }
 
 std::vector<std::string> Model::copy_params_from(const Model& other) {
   sync_host();
   other.sync_host();
+  std::vector<float> old_p, old_s;  // for the undo when the upload fails
+  if (dev_) {
+    old_p.assign(P_.f(), P_.f() + g_.n_trainable);
+    old_s.assign(S_.f(), S_.f() + g_.n_state);
+  }
   std::vector<std::string> copied;
   for (const auto& p : g_.params) {
     int j = other.g_.param_index(p.name);
@@ -109,7 +116,10 @@ std::vector<std::string> Model::copy_params_from(const Model& other) {
     copied.push_back(p.name);
   }
   ++version_;
-  push_device();
+  push_device([&] {
+    std::copy(old_p.begin(), old_p.end(), P_.f());
+    std::copy(old_s.begin(), old_s.end(), S_.f());
+  });
   return copied;
 }
 
@@ -165,10 +175,10 @@ void Model::set_hparams(const HParams& hp) {
 }
 
 void Model::reset_optimizer() {
+  if (dev_) dev_->reset_optimizer();  // first: a failure leaves the host as it was
   std::memset(M1_.c(), 0, M1_.bytes());
   if (M2_.bytes()) std::memset(M2_.c(), 0, M2_.bytes());
   adam_t_ = 0;
-  if (dev_) dev_->reset_optimizer();
 }
 
 Model::State Model::get_state() const {
@@ -189,13 +199,29 @@ void Model::set_state(const State& st) {
                " trainable parameters");
   HALCDL_CHECK(st.adam_t >= 0, kErrInvalidValue, "invalid Adam step count ", st.adam_t);
   sync_host();
+  State old{{}, {}, 0, 0, 0};  // for the undo when the upload fails
+  const bool had_m2 = M2_.bytes() > 0;
+  if (dev_) {
+    old.m1.assign(M1_.f(), M1_.f() + g_.n_trainable);
+    if (had_m2) old.m2.assign(M2_.f(), M2_.f() + g_.n_trainable);
+    old.adam_t = adam_t_;
+    old.steps = steps_;
+    old.seed = seed_;
+  }
   std::memcpy(M1_.f(), st.m1.data(), st.m1.size() * sizeof(float));
-  if (!M2_.bytes()) M2_.resize(g_.n_trainable * sizeof(float));
+  if (!had_m2) M2_.resize(g_.n_trainable * sizeof(float));
   std::memcpy(M2_.f(), st.m2.data(), st.m2.size() * sizeof(float));
   adam_t_ = st.adam_t;
   steps_ = st.steps;
   seed_ = st.seed;
-  push_device();
+  push_device([&] {
+    std::copy(old.m1.begin(), old.m1.end(), M1_.f());
+    if (had_m2) std::copy(old.m2.begin(), old.m2.end(), M2_.f());
+    else M2_.resize(0);
+    adam_t_ = old.adam_t;
+    steps_ = old.steps;
+    seed_ = old.seed;
+  });
 }
 
 void Model::set_precision(Precision p) {
@@ -222,13 +248,25 @@ void Model::sync_host() const {
   self->host_stale_ = false;
 }
 
-void Model::push_device() {
-  if (dev_) dev_->upload(P_.f(), S_.f(), M1_.f(), M2_.bytes() ? M2_.f() : nullptr);
+void Model::push_device(const std::function<void()>& undo) {
+  if (!dev_) return;
+  try {
+    dev_->upload(P_.f(), S_.f(), M1_.f(), M2_.bytes() ? M2_.f() : nullptr);
+  } catch (...) {
+    // The call that changed the host fails as a whole: undo it there, and give the device
+    // back what it held (best effort: the upload may have stopped half-way).
+    undo();
+    try {
+      dev_->upload(P_.f(), S_.f(), M1_.f(), M2_.bytes() ? M2_.f() : nullptr);
+    } catch (...) {
+    }
+    throw;
+  }
 }
 
 void Model::set_gpu_options(const GpuOptions& o) {
+  if (dev_) dev_->set_options(o);  // first: a failure leaves gpu_opts_ as it was
   gpu_opts_ = o;
-  if (dev_) dev_->set_options(o);
 }
 
 void Model::set_device(int gpu) {
@@ -252,7 +290,10 @@ void Model::set_device(int gpu) {
 }
 
 float* Model::staging(size_t floats) {
-  if (dev_) return dev_->pinned_images(floats);
+  // Page-locked only up to a bound: the engine keeps its staging for the model's lifetime, and
+  // apply_dl_model assembles all of its images at once. Larger batches take pageable memory
+  // (the engine copies from either).
+  if (dev_ && floats <= kMaxPinnedFloats) return dev_->pinned_images(floats);
   if (staging_.bytes() < floats * sizeof(float)) staging_.resize(floats * sizeof(float));
   return staging_.f();
 }

@@ -8,6 +8,7 @@
 // Nothing persistent (P, M1, M2, S, step counters) changes until the whole step succeeded.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -103,7 +104,10 @@ class Model {
   // copies are refreshed (sync_host) before anything reads them and pushed (push_device)
   // after anything on the host changes them.
   void sync_host() const;  // refreshes a cache: logically const
-  void push_device();
+  // Uploads the host arenas after a host-side change. If the upload fails, `undo` restores
+  // the host as it was before the change, and the error propagates.
+  void push_device(const std::function<void()>& undo);
+  static constexpr size_t kMaxPinnedFloats = size_t(64) << 20;  // 256 MiB of images
   Graph g_;
   Buffer P_, G_, T_, M1_, M2_, S_, S2_, staging_, dlogits_, labels_, pixel_w_;
   uint64_t version_ = 1;

@@ -33,9 +33,16 @@ def gpu_list() -> list[dict]:
         if _gpus is None:
             try:
                 _native.ensure_cuda()
-                _gpus = [dict(core.gpu_device_info(i)) for i in range(core.gpu_device_count())]
+                n = core.gpu_device_count()
             except HOperatorError:
-                _gpus = []
+                n = 0
+            gpus = []
+            for i in range(n):
+                try:
+                    gpus.append(dict(core.gpu_device_info(i)))
+                except HOperatorError:  # e.g. in use by another process (exclusive mode)
+                    pass
+            _gpus = gpus
         return list(_gpus)
 
 
@@ -67,9 +74,10 @@ def cupy():
 
 
 def device_batch(samples: list, h: int, w: int, c: int, gpu: int):
-    """The samples' CuPy images as one contiguous float32 NCHW CuPy array on GPU ``gpu``,
-    assembled on the device (no host round trip).  Returns None when no sample holds a device
-    array; 7736 when only some do, or when they live on another GPU; 7735 on a wrong size."""
+    """The samples' CuPy images as one contiguous float32 NCHW CuPy array on GPU ``gpu``
+    (the model's device, -1 for the CPU), assembled on the device (no host round trip).
+    Returns None when no sample holds a device array; 7736 when only some do, when the model
+    is not on a GPU, when they live on another GPU or hold NaN/Inf; 7735 on a wrong size."""
     imgs = [s.get("image") if isinstance(s, dict) else None for s in samples]
     on_dev = [is_device_array(x) for x in imgs]
     if not any(on_dev):
@@ -77,6 +85,9 @@ def device_batch(samples: list, h: int, w: int, c: int, gpu: int):
     if not all(on_dev):
         raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
                              "a batch must hold only GPU (CuPy) images or only host images")
+    if gpu < 0:
+        raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
+                             "GPU (CuPy) images need the model on the GPU: set 'runtime' to 'gpu'")
     cp = cupy()
     out = []
     for i, x in enumerate(imgs):
@@ -96,6 +107,11 @@ def device_batch(samples: list, h: int, w: int, c: int, gpu: int):
         out.append(a)
     with cp.cuda.Device(gpu):
         batch = cp.ascontiguousarray(cp.stack(out).transpose(0, 3, 1, 2), dtype=cp.float32)
+        finite = cp.isfinite(batch).reshape(len(out), -1).all(axis=1)
+        if not bool(finite.all()):  # as the host path (which checks while assembling)
+            bad = int(cp.argmin(finite))
+            raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
+                                 f"sample {bad}: the image holds NaN or Inf values")
         # the engine runs on its own stream: what CuPy queued must be done first
         cp.cuda.get_current_stream().synchronize()
     return batch

@@ -283,14 +283,22 @@ def _set_classes(c: DLClassifier, vals: list) -> None:
 
 def _snapshot(c: DLClassifier) -> tuple:
     m = c.model
-    return (c.classes, m.spec, m.core, copy.deepcopy(m.params), m._hparams_dirty)
+    return (c.classes, m.spec, m.core, copy.deepcopy(m.params), m._hparams_dirty,
+            m.core.device())
 
 
 def _restore(c: DLClassifier, snap: tuple) -> None:
     m = c.model
-    c.classes, m.spec, m.core, m.params, m._hparams_dirty = snap
+    c.classes, m.spec, m.core, m.params, m._hparams_dirty, device = snap
     # a same-count class_ids set may have touched the engine's mapping: put it back
     m.core.set_class_ids([int(i) for i in m.params["class_ids"]])
+    if m.core.device() != device:  # 'runtime' / 'gpu' moved the engine model: move it back
+        try:
+            DLModel.place(m.core, device)
+        except HOperatorError:  # cannot go back (e.g. the GPU is full): say where it is
+            m.params["runtime"] = "gpu" if m.core.device() >= 0 else "cpu"
+            if m.core.device() >= 0:
+                m.params["gpu"] = m.core.device()
 
 
 @operator
@@ -463,7 +471,16 @@ def apply_dl_classifier(images: Any, dlclassifier_handle: Any) -> DLClassifierRe
     with c.model.lock:
         _classifier(c, 2)
         _need_classes(c)
-        results = _dlm.apply_dl_model.__wrapped__(c.model, [{"image": im} for im in ims], [])
+        m = c.model
+        saved = m.params.get("gpu_outputs")
+        m.params["gpu_outputs"] = "false"  # legacy results are host values (no CuPy needed)
+        try:
+            results = _dlm.apply_dl_model.__wrapped__(m, [{"image": im} for im in ims], [])
+        finally:
+            if saved is None:
+                del m.params["gpu_outputs"]
+            else:
+                m.params["gpu_outputs"] = saved
     return DLClassifierResult(results)
 
 

@@ -27,6 +27,7 @@ from ..errors import (
     H_ERR_DL_INPUT_WRONG_LENGTH,
     H_ERR_DL_INPUT_WRONG_TYPE,
     H_ERR_DL_INPUT_WRONG_VALUES,
+    H_ERR_DL_INPUTS_MISSING,
     H_ERR_DL_MODEL_INVALID_NUM_SAMPLES,
     H_ERR_DL_MODEL_UNSUPPORTED_GENPARAM,
     H_ERR_DL_SOLVER_INVALID_TYPE,
@@ -463,6 +464,8 @@ def _set_device(m: DLModel, vals: list) -> None:
     if not isinstance(dev, DLDevice):
         raise wrong_type(_VAL, f"device must be a handle from query_available_dl_devices, got "
                                f"{type(dev).__name__}")
+    if dev.type == "gpu" and dev.id < 0:  # place(-1) would mean the CPU
+        raise HOperatorError(H_ERR_CNN_GPU_REQUIRED, f"device {dev!r}: invalid GPU id {dev.id}")
     if dev.type == "gpu":
         DLModel.place(m.core, dev.id)
         m.params["runtime"] = "gpu"
@@ -666,13 +669,8 @@ _SEGMENTATION_RESULT_KEYS = ("segmentation_image", "segmentation_confidence")
 def _device_images(m: DLModel, samples: list):
     """The batch as one CuPy NCHW array when its images are CuPy arrays, else None."""
     p = m.params
-    gpu = m.core.device()
-    batch = _gpu.device_batch(samples, p["image_height"], p["image_width"],
-                              p["image_num_channels"], max(gpu, 0))
-    if batch is not None and gpu < 0:
-        raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
-                             "GPU (CuPy) images need the model on the GPU: set 'runtime' to 'gpu'")
-    return batch
+    return _gpu.device_batch(samples, p["image_height"], p["image_width"],
+                             p["image_num_channels"], m.core.device())
 
 
 def _gpu_outputs(m: DLModel) -> bool:
@@ -714,19 +712,33 @@ def _apply_segmentation(m: DLModel, samples: list, keys: tuple) -> list:
 
 def _to_device(m: DLModel, samples: list):
     """Host images → one CuPy NCHW batch (for gpu_outputs with numpy input)."""
-    cp = _gpu.cupy()
     p = m.params
+    host = []
+    for i, s in enumerate(samples):  # the checks and numbers of the engine's host path
+        if not isinstance(s, dict):
+            raise HOperatorError(H_ERR_DL_INPUTS_MISSING, f"sample {i} is not a dict (DLSample)")
+        if "image" not in s:
+            raise HOperatorError(H_ERR_DL_INPUTS_MISSING, f"sample {i} has no key 'image'")
+        try:
+            a = np.asarray(s["image"], dtype=np.float32)
+        except (TypeError, ValueError):
+            a = np.zeros(0, np.float32)
+        if a.size == 0 or isinstance(s["image"], (str, bytes)):
+            raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
+                                 f"sample {i}: 'image' is not a numeric image array")
+        host.append(a)
+    cp = _gpu.cupy()
     with cp.cuda.Device(m.core.device()):
-        imgs = [cp.asarray(np.asarray(s["image"], dtype=np.float32)) for s in samples]
+        imgs = [cp.asarray(a) for a in host]
         return _gpu.device_batch([{"image": x} for x in imgs], p["image_height"],
                                  p["image_width"], p["image_num_channels"], m.core.device())
 
 
 def _apply_segmentation_gpu(m: DLModel, samples: list, keys: tuple, dev) -> list:
     p = m.params
-    cp = _gpu.cupy()
     if dev is None:
         dev = _to_device(m, samples)
+    cp = _gpu.cupy()
     n, h, w = len(samples), p["image_height"], p["image_width"]
     with cp.cuda.Device(m.core.device()):
         index = cp.empty((n, h, w), dtype=cp.int32)
@@ -745,9 +757,9 @@ def _apply_classification_gpu(m: DLModel, samples: list, keys: tuple, dev) -> li
     class ids and confidences are CuPy arrays (sorted by descending confidence), else the
     probabilities come back to the host and the usual lists are built (returns None)."""
     p = m.params
-    cp = _gpu.cupy()
     if dev is None:
         dev = _to_device(m, samples)
+    cp = _gpu.cupy()
     n = len(samples)
     with cp.cuda.Device(m.core.device()):
         probs = cp.empty((n, m.num_classes), dtype=cp.float32)
