@@ -26,8 +26,11 @@ import threading
 _DNNL_SONAME = "libdnnl.so.3"
 _CUDA_LIBRARY = "libhalcdl_cuda.so"
 # (distribution, sonames in load order): libcublas needs libcublasLt; libcudnn.so.9 dlopens its
-# sub-libraries (libcudnn_ops.so.9, ...) from its own directory by itself.
+# sub-libraries (libcudnn_ops.so.9, ...) from its own directory by itself, but its runtime-
+# compiled engines dlopen libnvrtc.so.13, which nvidia-cuda-nvrtc (a dependency of
+# nvidia-cublas) puts in another directory: preloaded, it is found by its soname.
 _CUDA_DEPENDENCIES = (
+    ("nvidia-cuda-nvrtc", ("libnvrtc.so.13",)),
     ("nvidia-cublas", ("libcublasLt.so.13", "libcublas.so.13")),
     ("nvidia-cudnn-cu13", ("libcudnn.so.9",)),
 )
