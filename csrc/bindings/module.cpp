@@ -271,7 +271,8 @@ py::tuple run_op_gpu(const Graph& g, const std::vector<Dims>& in_dims,
     HALCDL_CHECK(go, kErrInvalidInputData, "run_op: grad_output must be a numeric array");
     // the engine reads one value per output element: check the size as the CPU twin does
     size_t on = 1;
-    for (auto d : g.infer_shapes(in_dims)[g.output]) on *= static_cast<size_t>(d);
+    const std::vector<Dims> shapes = g.infer_shapes(in_dims);
+    for (auto d : shapes[g.output]) on *= static_cast<size_t>(d);
     HALCDL_CHECK(static_cast<size_t>(go.size()) == on, kErrInvalidInputShape, "run_op: grad_output needs ", on,
                  " values");
     rq.grad_output = go.data();
@@ -615,10 +616,12 @@ PYBIND11_MODULE(_core, m) {
              Batch b = gather(md, samples, channels, height, width, Labels::None, !on_dev);
              const int n = static_cast<int>(samples.size());
              if (on_dev) {
-               py::gil_scoped_release nogil;
-               md.infer_segmentation(reinterpret_cast<const float*>(images_ptr), n, batch_size, channels, height,
-                                     width, reinterpret_cast<int*>(index_ptr), reinterpret_cast<float*>(conf_ptr),
-                                     true);
+               {
+                 py::gil_scoped_release nogil;
+                 md.infer_segmentation(reinterpret_cast<const float*>(images_ptr), n, batch_size, channels, height,
+                                       width, reinterpret_cast<int*>(index_ptr), reinterpret_cast<float*>(conf_ptr),
+                                       true);
+               }
                return py::none();
              }
              py::array_t<int32_t> index({n, height, width});
@@ -649,9 +652,11 @@ PYBIND11_MODULE(_core, m) {
              Batch b = gather(md, samples, channels, height, width, Labels::None, !on_dev);
              const int n = static_cast<int>(samples.size()), k = md.num_classes();
              if (on_dev) {
-               py::gil_scoped_release nogil;
-               md.infer(reinterpret_cast<const float*>(images_ptr), n, batch_size, channels, height, width,
-                        reinterpret_cast<float*>(out_ptr), true);
+               {
+                 py::gil_scoped_release nogil;
+                 md.infer(reinterpret_cast<const float*>(images_ptr), n, batch_size, channels, height, width,
+                          reinterpret_cast<float*>(out_ptr), true);
+               }
                return py::none();
              }
              py::array_t<float> probs({n, k});
