@@ -153,8 +153,12 @@ def _model(runtime, solver="sgd", name="pretrained_dl_classifier_compact.hdl", s
     m = ha.read_dl_model(name)
     for k, v in [("image_dimensions", [SIZE, SIZE, 3]), ("class_ids", CLASS_IDS),
                  ("class_weights", [1.0, 2.5, 0.5]), ("batch_size", BATCH),
-                 ("batch_size_multiplier", MULT), ("learning_rate", 0.01 if solver == "sgd" else 1e-3),
+                 ("batch_size_multiplier", MULT), ("learning_rate", 1e-3 if solver == "sgd" else 1e-4),
                  ("momentum", 0.9), ("weight_prior", 1e-3), ("solver_type", solver),
+                 # Adam's m/sqrt(v) turns a near-zero gradient's rounding noise into a ±lr step;
+                 # a larger epsilon (as tests/test_training_golden.py uses) keeps the comparison
+                 # about the engine rather than the sign of noise
+                 ("adam_epsilon", 1e-2),
                  ("runtime", runtime)]:
         ha.set_dl_model_param(m, k, v)
     return m
@@ -178,11 +182,16 @@ def test_train_sequence_matches_cpu(solver, name):
         lc = ha.train_dl_model_batch(cpu, b)["total_loss"]
         lg = ha.train_dl_model_batch(gpu, b)["total_loss"]
         assert_close(np.ravel(lg), np.ravel(lc), atol=1e-5, rtol=1e-4, what="total_loss")
+    # Tolerances from the CPU alone: the same 5 steps from weights nudged by 1e-7 (relative)
+    # move resnet18's weights by up to 1.2e-4 and Adam's m1 (a gradient average) by up to
+    # 5.6e-3; a GPU's other summation orders are a nudge of that size. SGD's m1 is a velocity
+    # (lr times smaller).
     pc, pg = _params(cpu), _params(gpu)
     for n in pc:
-        assert_close(pg[n], pc[n], atol=1e-4, rtol=1e-3, what=f"{name} {solver} {n}")
+        assert_close(pg[n], pc[n], atol=3e-4, rtol=1e-3, what=f"{name} {solver} {n}")
     sc, sg = cpu.core.get_state(), gpu.core.get_state()
-    assert_close(sg["m1"], sc["m1"], atol=1e-4, rtol=1e-3, what="optimizer state m1")
+    assert_close(sg["m1"], sc["m1"], atol=1e-2 if solver == "adam" else 1e-4, rtol=1e-3,
+                 what="optimizer state m1")
     test = make_samples(5, SIZE, SIZE, 3, CLASS_IDS, np.random.default_rng(9))
     for rc, rg in zip(ha.apply_dl_model(cpu, test, []), ha.apply_dl_model(gpu, test, [])):
         cc = dict(zip(rc["classification_class_ids"], rc["classification_confidences"]))
