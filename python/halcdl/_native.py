@@ -14,12 +14,19 @@ Nothing CUDA is loaded at import: ``_core`` dlopens that library on the first GP
 after :func:`ensure_cuda` has preloaded cuBLAS and cuDNN from the ``nvidia-cublas`` /
 ``nvidia-cudnn-cu13`` wheels the same way (the library's RPATH finds them only when the
 wheels sit in the same site-packages).
+
+Test hook: the environment variable ``HALCDL_CUDA_LIBRARY``, when set (before this module is
+imported), names the CUDA backend library to load instead of the installed one — the emulated
+backend of tests/gpu_emu (``libhalcdl_cuda_emu.so``: the real csrc/cuda host code on fake
+CUDA/cuDNN/cuBLAS libraries, running on the CPU). :func:`ensure_cuda` then preloads nothing from
+the NVIDIA wheels. Not for production use.
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib.metadata
+import os
 import pathlib
 import threading
 
@@ -68,6 +75,10 @@ from . import _core as core  # noqa: E402  (must follow the preload)
 # "" when this build has no CUDA backend (then a GPU request raises 7742).
 _cuda_lib = pathlib.Path(core.__file__).with_name(_CUDA_LIBRARY)
 cuda_library_path = str(_cuda_lib) if _cuda_lib.is_file() else ""
+# Test hook (see the module docstring): another backend library, without the wheel preloads.
+_cuda_library_override = os.environ.get("HALCDL_CUDA_LIBRARY", "")
+if _cuda_library_override:
+    cuda_library_path = _cuda_library_override
 if hasattr(core, "set_cuda_library_path"):
     core.set_cuda_library_path(cuda_library_path)
 
@@ -91,7 +102,7 @@ def ensure_cuda() -> None:
     with _cuda_lock:
         if _cuda_loaded:
             return
-        if not _cuda_preloaded and cuda_library_path:
+        if not _cuda_preloaded and cuda_library_path and not _cuda_library_override:
             for dist, sonames in _CUDA_DEPENDENCIES:
                 files = _dist_files(dist)
                 for soname in sonames:

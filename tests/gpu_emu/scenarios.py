@@ -1,0 +1,376 @@
+"""Scenarios for the emulated GPU backend that tests/test_gpu.py does not cover, run one per
+process by tests/test_gpu_emulated.py (a process can load only one CUDA backend, and the
+memory limit / driver switch of fake_cudart.cpp are read from the environment):
+
+    HALCDL_CUDA_LIBRARY=<libhalcdl_cuda_emu.so> python tests/gpu_emu/scenarios.py NAME
+
+Each scenario raises (exit status 1, traceback on stderr) or prints "OK NAME".
+
+  warm_step_no_malloc   a warm train step, and a warm inference, call cudaMalloc 0 times; a
+                        deleted model leaves no device memory behind
+  no_driver             HALCDL_EMU_NO_DRIVER=1: runtime 'gpu' → 7709, the model stays on the
+                        CPU, no GPU is listed
+  upload_oom            a GPU smaller than the model (HALCDL_EMU_GPU_MEMORY tiny): moving it
+                        there → 6021, the model stays on the CPU and still trains; nothing leaks
+  malloc_fault_sweep    each cudaMalloc of a move to the GPU and of the cold train steps fails
+                        in turn: 6021, nothing changes, and the retried run is bitwise the same
+  reconfigure_and_move  GPU vs CPU across a new batch size, optimize_for_inference, a switched
+                        cudnn_deterministic, a new image size, GPU → CPU → GPU (SGD, Adam)
+  two_threads           two GPU models trained from two threads at once: bitwise as sequential
+  nonfinite_step        weights blown up: 7720 at the same step as the CPU, nothing changes
+                        (with HALCDL_CUDA_DEBUG=2: the message names the node)
+  train_sequence_sgd    test_gpu.py's train-sequence comparison (5 steps, GPU vs CPU: losses,
+  train_sequence_adam   weights, optimizer state, confidences) at a learning rate where the run
+                        is well conditioned (see test_gpu_emulated.py for why not 0.01)
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(HERE)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+
+import numpy as np  # noqa: E402
+
+import halcdl as ha  # noqa: E402
+from halcdl._native import core, ensure_cuda  # noqa: E402
+from helpers import assert_close, make_samples  # noqa: E402
+
+SIZE, BATCH, MULT, CLASS_IDS = 48, 4, 2, [0, 1, 2]
+
+
+def fake_runtime() -> ctypes.CDLL:
+    """The fake CUDA runtime's test hooks, in the backend _core has loaded (RTLD_NOLOAD: the
+    very library instance, not a second copy)."""
+    ensure_cuda()
+    lib = ctypes.CDLL(os.environ["HALCDL_CUDA_LIBRARY"], mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    for f in ("fake_cudart_malloc_count", "fake_cudart_live_bytes", "fake_cudart_live_allocations"):
+        getattr(lib, f).restype = ctypes.c_ulonglong
+    return lib
+
+
+def model(runtime: str, solver: str = "sgd", name: str = "pretrained_dl_classifier_compact.hdl", lr=None):
+    ha.set_system("seed_rand", 5)
+    m = ha.read_dl_model(name)
+    for k, v in [("image_dimensions", [SIZE, SIZE, 3]), ("class_ids", CLASS_IDS),
+                 ("class_weights", [1.0, 2.5, 0.5]), ("batch_size", BATCH),
+                 ("batch_size_multiplier", MULT),
+                 ("learning_rate", lr if lr is not None else (0.01 if solver == "sgd" else 1e-3)),
+                 ("momentum", 0.9), ("weight_prior", 1e-3), ("solver_type", solver),
+                 ("runtime", runtime)]:
+        ha.set_dl_model_param(m, k, v)
+    return m
+
+
+def batches(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [make_samples(BATCH * MULT, SIZE, SIZE, 3, CLASS_IDS, rng) for _ in range(n)]
+
+
+def params(m) -> dict:
+    return {n: np.asarray(m.core.get_param(n)) for n in m.core.param_names()}
+
+
+def expect_error(code: int, fn) -> ha.HOperatorError:
+    try:
+        fn()
+    except ha.HOperatorError as e:
+        assert e.error_code == code, f"expected HALCON error {code}, got {e.error_code}: {e}"
+        return e
+    raise AssertionError(f"expected HALCON error {code}, nothing was raised")
+
+
+# ---------------------------------------------------------------------------------------------
+def warm_step_no_malloc() -> None:
+    lib = fake_runtime()
+    assert lib.fake_cudart_live_allocations() == 0
+    for solver in ("sgd", "adam"):
+        m = model("gpu", solver)
+        bs = batches(5, seed=1)
+        cold = lib.fake_cudart_malloc_count()
+        for b in bs[:2]:  # cold: plans, arenas, staging and scratch buffers are allocated here
+            ha.train_dl_model_batch(m, b)
+        before = lib.fake_cudart_malloc_count()
+        assert before > cold, "the malloc counter did not see the cold steps' allocations"
+        for b in bs[2:]:
+            ha.train_dl_model_batch(m, b)
+        n = lib.fake_cudart_malloc_count() - before
+        assert n == 0, f"{solver}: {n} cudaMalloc call(s) in 3 warm train steps"
+        test = make_samples(BATCH, SIZE, SIZE, 3, CLASS_IDS, np.random.default_rng(2))
+        ha.apply_dl_model(m, test, [])
+        before = lib.fake_cudart_malloc_count()
+        for _ in range(2):
+            ha.apply_dl_model(m, test, [])
+        n = lib.fake_cudart_malloc_count() - before
+        assert n == 0, f"{solver}: {n} cudaMalloc call(s) in 2 warm inferences"
+        assert lib.fake_cudart_live_allocations() > 0
+        del m
+        gc.collect()
+        left = lib.fake_cudart_live_allocations()
+        assert left == 0, (f"{solver}: the deleted model left {left} device allocations "
+                           f"({lib.fake_cudart_live_bytes()} bytes)")
+
+
+def no_driver() -> None:
+    assert os.environ.get("HALCDL_EMU_NO_DRIVER") == "1"
+    m = model("cpu")
+    before = params(m)
+    e = expect_error(7709, lambda: ha.set_dl_model_param(m, "runtime", "gpu"))
+    assert "driver" in str(e), e
+    assert ha.get_dl_model_param(m, "runtime") == ["cpu"]
+    assert ha.query_available_dl_devices(["runtime"], ["gpu"]) == []
+    ha.train_dl_model_batch(m, batches(1)[0])  # still trains, on the CPU
+    after = params(m)
+    assert any(not np.array_equal(before[n], after[n]) for n in before)
+
+
+def upload_oom() -> None:
+    lib = fake_runtime()
+    total = core.gpu_device_info(0)["total_bytes"]
+    m = model("cpu", name="pretrained_dl_classifier_resnet18.hdl")
+    p0 = params(m)
+    nbytes = 4 * sum(v.size for v in p0.values())
+    assert nbytes > total, f"the scenario needs a GPU smaller than the model ({nbytes} > {total})"
+    e = expect_error(6021, lambda: ha.set_dl_model_param(m, "runtime", "gpu"))
+    assert "out of memory" in str(e).lower(), e
+    assert ha.get_dl_model_param(m, "runtime") == ["cpu"]
+    gc.collect()
+    assert lib.fake_cudart_live_allocations() == 0, "a failed move to the GPU left device memory behind"
+    p1 = params(m)
+    assert all(np.array_equal(p0[n], p1[n]) for n in p0)
+    ha.train_dl_model_batch(m, batches(1)[0])
+
+
+def malloc_fault_sweep() -> None:
+    """Every cudaMalloc of moving a model to the GPU, and of its first (cold) train steps, fails
+    in turn (fake_cudart_fail_malloc_after): each must raise 6021 and change nothing — the model
+    stays where it was with the same weights, and once memory is back it trains to the very same
+    (bitwise) weights and optimizer state as a run without faults. (A fault in building a plan
+    may be absorbed: the engine frees its other plans and retries once; the run must then be
+    the same too.)"""
+    lib = fake_runtime()
+    lib.fake_cudart_fail_malloc_after.argtypes = [ctypes.c_longlong]
+    lib.fake_cudart_fail_malloc_after.restype = ctypes.c_longlong
+    ha.set_system("cudnn_deterministic", "true")
+    bs = batches(2, seed=4)
+
+    def run(m):
+        for b in bs:
+            ha.train_dl_model_batch(m, b)
+        return params(m), m.core.get_state()
+
+    def same(got, want, what):
+        (pg, sg), (pw, sw) = got, want
+        bad = [n for n in pw if not np.array_equal(pg[n], pw[n])]
+        bad += [k for k in ("m1", "m2") if not np.array_equal(np.asarray(sg[k]), np.asarray(sw[k]))]
+        assert not bad and sg["steps"] == sw["steps"], f"{what}: differs from the run without faults in {bad[:5]}"
+
+    m = model("cpu", "adam")
+    c0 = lib.fake_cudart_malloc_count()
+    ha.set_dl_model_param(m, "runtime", "gpu")
+    c1 = lib.fake_cudart_malloc_count()
+    ref = run(m)
+    c2 = lib.fake_cudart_malloc_count()
+    n_place, n_steps = c1 - c0, c2 - c1
+    assert n_place > 0 and n_steps > 0
+    del m
+    for k in range(n_place):  # the k-th allocation of the move fails
+        m = model("cpu", "adam")
+        p0 = params(m)
+        lib.fake_cudart_fail_malloc_after(k)
+        try:
+            expect_error(6021, lambda: ha.set_dl_model_param(m, "runtime", "gpu"))
+        finally:
+            lib.fake_cudart_fail_malloc_after(-1)
+        assert ha.get_dl_model_param(m, "runtime") == ["cpu"], f"move, fault {k}: the model left the CPU"
+        p1 = params(m)
+        assert all(np.array_equal(p0[n], p1[n]) for n in p0), f"move, fault {k}: the weights changed"
+        ha.set_dl_model_param(m, "runtime", "gpu")
+        same(run(m), ref, f"move, fault {k}")
+        del m
+    absorbed = 0
+    for k in range(n_steps):  # the k-th allocation of the cold train steps fails
+        m = model("cpu", "adam")
+        ha.set_dl_model_param(m, "runtime", "gpu")
+        p0, s0 = params(m), m.core.get_state()
+        lib.fake_cudart_fail_malloc_after(k)
+        try:
+            got = None
+            try:
+                got = run(m)  # the fault may hit the first or the second step
+            except ha.HOperatorError as e:
+                assert e.error_code == 6021, f"train, fault {k}: {e}"
+        finally:
+            lib.fake_cudart_fail_malloc_after(-1)
+        if got is not None:  # absorbed: the engine retries a plan after freeing the others
+            same(got, ref, f"train, fault {k} (absorbed)")
+            absorbed += 1
+            del m
+            continue
+        steps = m.core.get_state()["steps"]
+        if steps == 0:  # the first step failed: nothing may have changed
+            p1 = params(m)
+            assert all(np.array_equal(p0[n], p1[n]) for n in p0), f"train, fault {k}: the weights changed"
+            same(run(m), ref, f"train, fault {k}, retried")
+        else:  # the second one failed: retry it alone
+            assert steps == 1, steps
+            ha.train_dl_model_batch(m, bs[1])
+            same((params(m), m.core.get_state()), ref, f"train, fault {k} in step 2, retried")
+        del m
+    assert absorbed < n_steps, "no injected fault reached the caller"
+    gc.collect()
+    assert lib.fake_cudart_live_allocations() == 0
+
+
+def _train_sequence(solver: str, lr: float) -> None:
+    ha.set_system("tf32", "false")
+    cpu, gpu = model("cpu", solver, lr=lr), model("gpu", solver, lr=lr)
+    for i, b in enumerate(batches(5)):
+        lc = ha.train_dl_model_batch(cpu, b)["total_loss"]
+        lg = ha.train_dl_model_batch(gpu, b)["total_loss"]
+        assert_close(np.ravel(lg), np.ravel(lc), atol=1e-5, rtol=1e-4, what=f"step {i} total_loss")
+    pc, pg = params(cpu), params(gpu)
+    for n in pc:
+        assert_close(pg[n], pc[n], atol=1e-4, rtol=1e-3, what=f"{solver} {n}")
+    sc, sg = cpu.core.get_state(), gpu.core.get_state()
+    for k in ("m1", "m2") if solver == "adam" else ("m1",):
+        assert_close(sg[k], sc[k], atol=1e-4, rtol=1e-3, what=f"optimizer state {k}")
+    assert sg["steps"] == sc["steps"] == 5
+    test = make_samples(5, SIZE, SIZE, 3, CLASS_IDS, np.random.default_rng(9))
+    for rc, rg in zip(ha.apply_dl_model(cpu, test, []), ha.apply_dl_model(gpu, test, [])):
+        cc = dict(zip(rc["classification_class_ids"], rc["classification_confidences"]))
+        cg = dict(zip(rg["classification_class_ids"], rg["classification_confidences"]))
+        assert_close([cg[c] for c in CLASS_IDS], [cc[c] for c in CLASS_IDS], atol=1e-4, rtol=1e-3,
+                     what="confidences")
+
+
+def reconfigure_and_move() -> None:
+    """GPU vs CPU through what rebuilds or drops the GPU plans mid-training: a new batch size,
+    optimize_for_inference (frees the training plans), cudnn_deterministic switched, a new image
+    size, then GPU → CPU → GPU with the optimizer state (SGD and Adam, well-conditioned rates)."""
+    ha.set_system("tf32", "false")
+    for solver, lr in (("sgd", 1e-3), ("adam", 1e-4)):
+        cpu, gpu = model("cpu", solver, lr=lr), model("gpu", solver, lr=lr)
+
+        def both(fn):
+            return fn(cpu), fn(gpu)
+
+        bs = batches(3, seed=7)
+        both(lambda m: ha.train_dl_model_batch(m, bs[0]))
+        both(lambda m: ha.set_dl_model_param(m, "batch_size", 2))
+        both(lambda m: ha.train_dl_model_batch(m, bs[1][:4]))
+        both(lambda m: ha.set_dl_model_param(m, "optimize_for_inference", "true"))
+        test = make_samples(3, SIZE, SIZE, 3, CLASS_IDS, np.random.default_rng(9))
+        rc, rg = both(lambda m: ha.apply_dl_model(m, test, []))
+        for a, b in zip(rc, rg):
+            assert a["classification_class_ids"] == b["classification_class_ids"]
+            assert_close(b["classification_confidences"], a["classification_confidences"], atol=1e-4, rtol=1e-3,
+                         what=f"{solver} confidences")
+        ha.set_system("cudnn_deterministic", "true")
+        both(lambda m: ha.train_dl_model_batch(m, bs[2][:4]))
+        ha.set_system("cudnn_deterministic", "false")
+        both(lambda m: ha.set_dl_model_param(m, "image_dimensions", [40, 56, 3]))  # width, height
+        b4 = make_samples(4, 56, 40, 3, CLASS_IDS, np.random.default_rng(3))
+        both(lambda m: ha.train_dl_model_batch(m, b4))
+        ha.set_dl_model_param(gpu, "runtime", "cpu")
+        both(lambda m: ha.train_dl_model_batch(m, b4))
+        ha.set_dl_model_param(gpu, "runtime", "gpu")
+        both(lambda m: ha.train_dl_model_batch(m, b4))
+        assert ha.get_dl_model_param(gpu, "runtime") == ["gpu"]
+        pc, pg = params(cpu), params(gpu)
+        for n in pc:
+            assert_close(pg[n], pc[n], atol=1e-4, rtol=1e-3, what=f"{solver} {n}")
+        sc, sg = cpu.core.get_state(), gpu.core.get_state()
+        for k in ("m1", "m2") if solver == "adam" else ("m1",):
+            assert_close(sg[k], sc[k], atol=1e-4, rtol=1e-3, what=f"{solver} optimizer state {k}")
+        assert sg["steps"] == sc["steps"] == 6
+
+
+def two_threads() -> None:
+    """Two GPU models trained at once from two Python threads give bitwise the weights they
+    give one after the other."""
+    import threading  # noqa: PLC0415
+
+    def train(m, bs, out):
+        try:
+            for b in bs:
+                ha.train_dl_model_batch(m, b)
+            out.append(params(m))
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            out.append(e)
+
+    ref = []
+    for seed in (1, 2):
+        train(model("gpu", "adam", lr=1e-4), batches(3, seed=seed), ref)
+    ms = [model("gpu", "adam", lr=1e-4) for _ in range(2)]
+    outs = [[], []]
+    threads = [threading.Thread(target=train, args=(ms[i], batches(3, seed=i + 1), outs[i])) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        got = outs[i][0]
+        if isinstance(got, BaseException):
+            raise got
+        bad = [n for n in ref[i] if not np.array_equal(ref[i][n], got[n])]
+        assert not bad, f"thread {i}: differs from the sequential run in {bad[:5]}"
+
+
+def nonfinite_step() -> None:
+    """SGD at a learning rate that blows the weights up: the GPU fails with 7720 at the same step
+    as the CPU, the failed step changes nothing, and the model can go on (a smaller rate). With
+    HALCDL_CUDA_DEBUG=2 the message names the first node with a non-finite output."""
+    ha.set_system("tf32", "false")
+    failed_at = {}
+    for rt in ("cpu", "gpu"):
+        m = model(rt, "sgd", lr=1e8)
+        for i, b in enumerate(batches(5)):
+            p0, s0 = params(m), m.core.get_state()
+            try:
+                ha.train_dl_model_batch(m, b)
+            except ha.HOperatorError as e:
+                assert e.error_code == 7720, e
+                if rt == "gpu" and os.environ.get("HALCDL_CUDA_DEBUG") == "2":
+                    assert "HALCDL_CUDA_DEBUG: node" in str(e), e
+                p1, s1 = params(m), m.core.get_state()
+                assert all(np.array_equal(p0[n], p1[n]) for n in p0), f"{rt}: the failed step changed weights"
+                assert np.array_equal(s0["m1"], s1["m1"]) and s0["steps"] == s1["steps"]
+                failed_at[rt] = i
+                break
+        assert rt in failed_at, f"{rt}: the weights never became non-finite"
+    assert failed_at["gpu"] == failed_at["cpu"], failed_at
+
+
+def train_sequence_sgd() -> None:
+    _train_sequence("sgd", 1e-3)
+
+
+def train_sequence_adam() -> None:
+    _train_sequence("adam", 1e-4)
+
+
+SCENARIOS = {f.__name__: f for f in (warm_step_no_malloc, no_driver, upload_oom, malloc_fault_sweep,
+                                     reconfigure_and_move, two_threads, nonfinite_step, train_sequence_sgd,
+                                     train_sequence_adam)}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] not in SCENARIOS:
+        print(__doc__, file=sys.stderr)
+        return 2
+    if not os.environ.get("HALCDL_CUDA_LIBRARY"):
+        print("HALCDL_CUDA_LIBRARY is not set (the emulated backend: tests/gpu_emu/build.py)", file=sys.stderr)
+        return 2
+    SCENARIOS[argv[0]]()
+    print("OK", argv[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
