@@ -99,7 +99,10 @@ def _build() -> tuple[C.CDLL | None, str]:
         return None, "cudnn.h not found (pip install nvidia-cudnn-cu13)"
     if cuda is None:
         return None, "cuda_runtime_api.h not found (CUDA toolkit headers)"
-    flags = ["-std=c++17", "-O2", "-fPIC", "-shared", "-Wall", "-Wno-deprecated-declarations",
+    # -Bsymbolic: the test wrappers must call THIS file's cudnn* functions even when the real
+    # libcudnn.so.9 is already loaded with RTLD_GLOBAL (halcdl preloads it on a GPU request,
+    # e.g. in test_gpu_selection.py earlier in the same process), which would otherwise win.
+    flags = ["-std=c++17", "-O2", "-fPIC", "-shared", "-Wl,-Bsymbolic", "-Wall", "-Wno-deprecated-declarations",
              "-DFAKE_CUDNN_TEST_API", f"-I{dnn}", f"-I{cuda}"]
     with open(SRC, "rb") as f:
         key = hashlib.sha256(f.read() + " ".join(flags).encode()).hexdigest()[:16]
