@@ -15,6 +15,7 @@
 #include "core/buffer.h"
 #include "core/error.h"
 #include "engine/graph.h"
+#include "engine/lifetime.h"
 #include "engine/plan.h"
 
 namespace halcdl::cpu {
@@ -27,14 +28,13 @@ using dt = dnnl::memory::data_type;
 // time i, backward of node i is time 2n-1-i.
 class Workspace {
  public:
-  int request(size_t bytes, int t0, int t1);
-  void assign();
-  void* ptr(int id) const { return arena_.c() + reqs_[id].off; }
+  int request(size_t bytes, int t0, int t1) { return layout_.request(bytes, t0, t1); }
+  void assign() { arena_.resize(layout_.assign()); }
+  void* ptr(int id) const { return arena_.c() + layout_.offset(id); }
   size_t bytes() const { return arena_.bytes(); }
 
  private:
-  struct Req { size_t bytes; int t0, t1; size_t off; };
-  std::vector<Req> reqs_;
+  LifetimeLayout layout_{64};
   Buffer arena_;
 };
 

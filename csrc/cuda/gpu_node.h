@@ -18,6 +18,7 @@
 #include "cuda/common.h"
 #include "cuda/plan.h"
 #include "engine/graph.h"
+#include "engine/lifetime.h"
 
 namespace halcdl::gpu {
 
@@ -25,15 +26,15 @@ namespace halcdl::gpu {
 // node i is time i, backward of node i is time 2n-1-i. Offsets are 256-byte aligned.
 class Arena {
  public:
-  int request(size_t bytes, int t0, int t1);
-  void assign();  // lays out the requests and allocates (the only cudaMalloc of a plan)
-  void* ptr(int id) const { return buf_.c() + reqs_.at(id).off; }
+  int request(size_t bytes, int t0, int t1) { return layout_.request(bytes, t0, t1); }
+  // lays out the requests and allocates (the only cudaMalloc of a plan)
+  void assign() { buf_.resize(layout_.assign(256)); }
+  void* ptr(int id) const { return buf_.c() + layout_.offset(id); }
   float* f(int id) const { return static_cast<float*>(ptr(id)); }
   size_t bytes() const { return buf_.bytes(); }
 
  private:
-  struct Req { size_t bytes; int t0, t1; size_t off; };
-  std::vector<Req> reqs_;
+  LifetimeLayout layout_{256};  // 256-byte alignment for cuDNN / cuBLAS / vector loads
   DeviceBuffer buf_;
 };
 

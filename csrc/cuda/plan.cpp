@@ -28,40 +28,6 @@ void set_nhwc(cudnnTensorDescriptor_t d, int64_t n, int64_t c, int64_t h, int64_
                                          to_int(w, node, "width")));
 }
 
-int Arena::request(size_t bytes, int t0, int t1) {
-  constexpr size_t kAlign = 256;
-  reqs_.push_back({std::max<size_t>(1, (bytes + kAlign - 1) / kAlign) * kAlign, t0, t1, 0});
-  return static_cast<int>(reqs_.size()) - 1;
-}
-
-// Greedy: largest buffers first, each at the lowest offset that does not collide with an
-// already placed buffer whose lifetime overlaps (cpu::Workspace's rule).
-void Arena::assign() {
-  std::vector<int> order(reqs_.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return reqs_[a].bytes > reqs_[b].bytes; });
-  std::vector<int> placed;
-  size_t total = 256;
-  for (int id : order) {
-    Req& r = reqs_[id];
-    std::vector<std::pair<size_t, size_t>> busy;
-    for (int o : placed) {
-      const Req& q = reqs_[o];
-      if (q.t0 <= r.t1 && r.t0 <= q.t1) busy.push_back({q.off, q.off + q.bytes});
-    }
-    std::sort(busy.begin(), busy.end());
-    size_t off = 0;
-    for (auto& [lo, hi] : busy) {
-      if (off + r.bytes <= lo) break;
-      off = std::max(off, hi);
-    }
-    r.off = off;
-    total = std::max(total, off + r.bytes);
-    placed.push_back(id);
-  }
-  buf_.resize(total);
-}
-
 namespace {
 
 std::unique_ptr<GpuNode> make_node(const Node& n, int idx) {
