@@ -127,19 +127,6 @@ void download_nchw(Context& ctx, const float* src, const Dims& d, std::vector<fl
   ctx.sync();
 }
 
-// Model::labels_per_sample on the engine's copy of the graph (same checks and messages).
-int64_t labels_per_sample(const Graph& g, int64_t h, int64_t w) {
-  std::vector<Dims> in;
-  for (int i : g.input_nodes) in.push_back({1, g.nodes[i].channels, h, w});
-  const Dims o = g.infer_shapes(in)[g.output];
-  int64_t spatial = 1;
-  for (size_t i = 2; i < o.size(); ++i) spatial *= o[i];
-  if (spatial == 1) return 1;
-  HALCDL_CHECK(o.size() == 4 && o[2] == h && o[3] == w, kErrInvalidInputShape, "the network's output (", o[2], "x",
-               o[3], ") is neither one score per class nor one per pixel of the ", h, "x", w, " image");
-  return h * w;
-}
-
 // Device images written by the caller on the legacy default stream (PyTorch's default) must be
 // complete before our non-blocking stream reads them.
 void wait_for_caller() { CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy)); }
@@ -265,7 +252,7 @@ class CudaEngine final : public DeviceEngine {
                  "class_weights needs ", kc, " values, got ", hp.class_weights.size());
     DeviceGuard guard(dev_);
     if (images_on_device) wait_for_caller();
-    const int64_t per = labels_per_sample(g_, h, w);
+    const int64_t per = g_.labels_per_sample(h, w);
     GpuPlan& p = plan(bs, c, h, w, true);
     const cudaStream_t st = ctx_.stream;
     const size_t img = static_cast<size_t>(c) * h * w;
@@ -365,7 +352,7 @@ class CudaEngine final : public DeviceEngine {
              bool out_on_device) override {
     HALCDL_CHECK(bs > 0, kErrInvalidValue, "invalid batch size ", bs);
     DeviceGuard guard(dev_);
-    HALCDL_CHECK(labels_per_sample(g_, h, w) == 1, kErrInvalidInputShape,
+    HALCDL_CHECK(g_.labels_per_sample(h, w) == 1, kErrInvalidInputShape,
                  "this network outputs one score per pixel: use the segmentation inference");
     if (images_on_device) wait_for_caller();
     const int kc = num_classes();
@@ -391,7 +378,7 @@ class CudaEngine final : public DeviceEngine {
                           float* confidence, bool out_on_device) override {
     HALCDL_CHECK(bs > 0, kErrInvalidValue, "invalid batch size ", bs);
     DeviceGuard guard(dev_);
-    const int64_t per = labels_per_sample(g_, h, w);
+    const int64_t per = g_.labels_per_sample(h, w);
     HALCDL_CHECK(per > 1, kErrInvalidInputShape, "this network does not output one score per pixel");
     if (images_on_device) wait_for_caller();
     const int kc = num_classes();

@@ -75,19 +75,11 @@ class CudaPlan : public GpuPlan {
     GBuild b{ctx, g, slots_, ws_, n, training};
 
     // Which tensors need a gradient.
-    std::vector<std::vector<std::pair<int, int>>> consumers(n);  // (node, input slot)
+    const Graph::GradInfo gi = g.grad_info(training, input_grads);
+    const auto& consumers = gi.consumers;
     for (int i = 0; i < n; ++i) {
-      const Node& nd = g.nodes[i];
-      fill_shape(slots_[i], dims[i], nd);
-      for (size_t k = 0; k < nd.inputs.size(); ++k) consumers[nd.inputs[k]].push_back({i, static_cast<int>(k)});
-      if (!training) continue;
-      if (nd.op == OpKind::Input) {
-        slots_[i].need_grad = input_grads;
-      } else {
-        bool ng = nd.p_weight >= 0 || nd.p_bias >= 0;
-        for (int in : nd.inputs) ng = ng || slots_[in].need_grad;
-        slots_[i].need_grad = ng;
-      }
+      fill_shape(slots_[i], dims[i], g.nodes[i]);
+      slots_[i].need_grad = gi.need_grad[i];
     }
 
     // Op descriptors and buffers, in topological order; every node's output buffer.

@@ -350,4 +350,40 @@ std::vector<Dims> Graph::infer_shapes(const std::vector<Dims>& input_dims) const
   return out;
 }
 
+Dims Graph::output_dims(int64_t h, int64_t w) const {
+  std::vector<Dims> in;
+  for (int i : input_nodes) in.push_back({1, nodes[i].channels, h, w});
+  return infer_shapes(in)[output];
+}
+
+int64_t Graph::labels_per_sample(int64_t h, int64_t w) const {
+  const Dims o = output_dims(h, w);
+  int64_t spatial = 1;
+  for (size_t i = 2; i < o.size(); ++i) spatial *= o[i];
+  if (spatial == 1) return 1;
+  HALCDL_CHECK(o.size() == 4 && o[2] == h && o[3] == w, kErrInvalidInputShape, "the network's output (", o[2], "x",
+               o[3], ") is neither one score per class nor one per pixel of the ", h, "x", w, " image");
+  return h * w;
+}
+
+Graph::GradInfo Graph::grad_info(bool training, bool input_grads) const {
+  const int n = static_cast<int>(nodes.size());
+  GradInfo r;
+  r.consumers.resize(n);
+  r.need_grad.assign(n, false);
+  for (int i = 0; i < n; ++i) {
+    const Node& nd = nodes[i];
+    for (size_t k = 0; k < nd.inputs.size(); ++k) r.consumers[nd.inputs[k]].push_back({i, static_cast<int>(k)});
+    if (!training) continue;
+    if (nd.op == OpKind::Input) {
+      r.need_grad[i] = input_grads;
+    } else {
+      bool ng = nd.p_weight >= 0 || nd.p_bias >= 0;
+      for (int in : nd.inputs) ng = ng || r.need_grad[in];
+      r.need_grad[i] = ng;
+    }
+  }
+  return r;
+}
+
 }  // namespace halcdl

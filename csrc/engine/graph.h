@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace halcdl {
@@ -67,6 +68,18 @@ struct Graph {
   // Throws 7722 when an image is too small for the network, 7735 when shapes don't fit.
   std::vector<Dims> infer_shapes(const std::vector<Dims>& input_dims) const;
   int param_index(const std::string& name) const;
+  // Output dims for one h×w image per input node.
+  Dims output_dims(int64_t h, int64_t w) const;
+  // Labels per sample: 1 (one score per class) or h·w (one per pixel, the output at image
+  // size); 7735 when the output fits neither.
+  int64_t labels_per_sample(int64_t h, int64_t w) const;
+  // Per node: its consumers (node, input slot) and whether its tensor needs a gradient
+  // (training: it has parameters or an input that needs one; inputs only with input_grads).
+  struct GradInfo {
+    std::vector<std::vector<std::pair<int, int>>> consumers;
+    std::vector<bool> need_grad;
+  };
+  GradInfo grad_info(bool training, bool input_grads) const;
 };
 
 // Builds and checks a graph. Throws halcdl::Error(7735) naming the node on a bad spec.

@@ -67,11 +67,7 @@ int Model::num_classes() const {
   return o.channels;
 }
 
-Dims Model::output_dims(int64_t h, int64_t w) const {
-  std::vector<Dims> in;
-  for (int i : g_.input_nodes) in.push_back({1, g_.nodes[i].channels, h, w});
-  return g_.infer_shapes(in)[g_.output];
-}
+Dims Model::output_dims(int64_t h, int64_t w) const { return g_.output_dims(h, w); }
 
 std::vector<float> Model::get_param(const std::string& name) const {
   int i = g_.param_index(name);
@@ -155,15 +151,7 @@ void Model::set_ignore_ids(const std::vector<int64_t>& ids) {
   label_index_ = std::move(idx);
 }
 
-int64_t Model::labels_per_sample(int64_t h, int64_t w) const {
-  Dims o = output_dims(h, w);
-  int64_t spatial = 1;
-  for (size_t i = 2; i < o.size(); ++i) spatial *= o[i];
-  if (spatial == 1) return 1;
-  HALCDL_CHECK(o.size() == 4 && o[2] == h && o[3] == w, kErrInvalidInputShape, "the network's output (", o[2], "x",
-               o[3], ") is neither one score per class nor one per pixel of the ", h, "x", w, " image");
-  return h * w;
-}
+int64_t Model::labels_per_sample(int64_t h, int64_t w) const { return g_.labels_per_sample(h, w); }
 
 void Model::set_hparams(const HParams& hp) {
   HALCDL_CHECK(hp.solver == "sgd" || hp.solver == "adam", kErrInvalidSolver, "invalid solver type '", hp.solver,
