@@ -457,7 +457,7 @@ def serialize_hdict(obj: dict) -> bytes:
         raise HOperatorError(H_ERR_WIPT1, f"a dict file holds a dict, got {type(obj).__name__}")
     w = _Writer()
     try:
-        w.dict_(obj, True, "the dict", 0)
+        w.dict_(obj, True, "dict", 0)
     except RecursionError:
         raise HOperatorError(H_ERR_WIPV1, "dicts nested too deeply") from None
     return b"".join(w.out)
