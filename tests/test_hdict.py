@@ -332,7 +332,8 @@ def _key(k: str) -> bytes:
 HOSTILE = {
     "huge_entry_count": _header(2 ** 63),
     "huge_tuple_count": _header(1) + _key("a") + b"\0" + struct.pack(">IQ", 2, 2 ** 61),
-    "huge_string": _header(1) + _key("a") + b"\0" + struct.pack(">IQI", 4, 1, 2 ** 32 - 1),
+    "huge_string": _header(1) + _key("a") + b"\0" + struct.pack(">IQI", 4, 1, 2 ** 32 - 1)
+    + b"\0" * 16,
     "huge_mixed": _header(1) + _key("a") + b"\0" + struct.pack(">IQ", 8, 2 ** 40),
     "huge_image": _header(1) + _key("a") + b"\x01" + struct.pack(">QIBQQQ", 1, 4, 3, 2 ** 31,
                                                                  2 ** 31, 3),
@@ -488,3 +489,10 @@ def test_json_operators():
     assert _code(lambda: ha.dict_to_json({"i": np.zeros((2, 2))}, [], [])) == 1201
     assert _code(lambda: ha.dict_to_json({"x": float("nan")}, [], [])) == 1301
     assert _code(lambda: ha.dict_to_json({}, "indent", 2)) == 1302
+
+
+def test_gen_params_as_dict(tmp_path):
+    assert ha.json_to_dict('{"t": true}', {"json_value_true": "T"}, []) == {"t": "T"}
+    ha.write_dict({"a": 1}, str(tmp_path / "x"), {"file_type": "json"}, [])
+    assert (tmp_path / "x").read_text() == '{"a": 1}'
+    assert ha.read_dict(str(tmp_path / "x"), {}, []) == {"a": 1}
