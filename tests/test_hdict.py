@@ -398,6 +398,10 @@ def test_missing_file_5200_and_directory_7780(tmp_path):
     assert _code(lambda: read_hdict(tmp_path / "nope.hdict")) == 5200
     assert _code(lambda: ha.read_dict(str(tmp_path / "nope"), [], [])) == 5200
     assert _code(lambda: read_hdict(tmp_path)) == 7780
+    assert _code(lambda: read_hdict("/dev/zero")) == 7780  # would never end
+    os.mkfifo(tmp_path / "fifo")
+    assert _code(lambda: read_hdict(tmp_path / "fifo")) == 7780  # would block
+    assert _code(lambda: ha.read_dict(str(tmp_path / "fifo"), [], [])) == 7780
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import stat
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,8 @@ from ..errors import (
 )
 from .files import atomic_write
 
-__all__ = ["read_hdict", "write_hdict", "parse_hdict", "serialize_hdict", "MixedTuple",
-           "MAX_DEPTH"]
+__all__ = ["read_hdict", "write_hdict", "parse_hdict", "serialize_hdict", "read_file_bytes",
+           "MixedTuple", "MAX_DEPTH"]
 
 MAGIC = b"HDICTIONARY\x00"
 TRAILER = b"YRANOITCIDH"
@@ -281,18 +282,29 @@ def parse_hdict(data: bytes, name: str = "<bytes>") -> dict:
     return d
 
 
-def read_hdict(path: str) -> dict:
-    """Read a HALCON ``.hdict`` file (5200 if missing, 7780 if damaged)."""
+def read_file_bytes(path: str) -> bytes:
+    """The bytes of a regular file: 5200 if it does not exist, 7780 if it cannot be read or
+    is not a regular file (a directory, a device or a pipe would never end)."""
     name = os.fspath(path)
+    not_regular = HOperatorError(H_ERR_DL_FILE_READ,
+                                 f"cannot read dict file {name!r}: not a regular file")
     try:
+        if not stat.S_ISREG(os.stat(name).st_mode):  # before open: a FIFO would block it
+            raise not_regular
         with open(name, "rb") as f:
-            data = f.read()
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise not_regular
+            return f.read()
     except FileNotFoundError:
         raise HOperatorError(H_ERR_FNF, f"file {name!r} not found") from None
     except OSError as err:
         raise HOperatorError(H_ERR_DL_FILE_READ,
                              f"cannot read dict file {name!r}: {err.strerror or err}") from None
-    return parse_hdict(data, name)
+
+
+def read_hdict(path: str) -> dict:
+    """Read a HALCON ``.hdict`` file (5200 if missing, 7780 if damaged)."""
+    return parse_hdict(read_file_bytes(path), os.fspath(path))
 
 
 # --------------------------------------------------------------------------------------------

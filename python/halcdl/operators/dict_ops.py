@@ -439,20 +439,13 @@ def read_dict(file_name: Any, gen_param_name: Any, gen_param_value: Any) -> dict
     name without the file is tried with '.hdict' and '.json' appended).  Generic parameters
     as :func:`json_to_dict` (they only affect JSON files).  5200 if the file is missing,
     7780 if it is damaged."""
-    from ..errors import H_ERR_DL_FILE_READ, H_ERR_FNF
-    from ..io.hdict import MAGIC, parse_hdict
+    from ..errors import H_ERR_DL_FILE_READ
+    from ..io.hdict import MAGIC, parse_hdict, read_file_bytes
 
     name = as_str(to_scalar(file_name, 1, "one file name"), 1, "file_name")
     opts = _gen_params(gen_param_name, gen_param_value, _JSON_DEFAULTS, 2)
     path = _find_file(name)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise HOperatorError(H_ERR_FNF, f"file {name!r} not found") from None
-    except OSError as err:
-        raise HOperatorError(H_ERR_DL_FILE_READ,
-                             f"cannot read dict file {name!r}: {err.strerror or err}") from None
+    data = read_file_bytes(path)
     if data.startswith(MAGIC) or data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] != b"{":
         return parse_hdict(data, path)
     try:
