@@ -191,6 +191,9 @@ def test_one_element_tuples_read_as_values_like_set_dict_tuple(tmp_path):
     back = _roundtrip(d, tmp_path)
     assert back == {"one": 5, "list1": 2.5, "as_list": 3}
     assert ha.get_dict_tuple(back, "as_list") == [3]
+    ds = _roundtrip({"samples": [{"image_id": 1}]}, tmp_path)
+    assert ds["samples"] == {"image_id": 1}
+    assert ha.get_dict_tuple(ds, "samples") == [{"image_id": 1}]
 
 
 def test_mixed_tuple_of_one_type_stays_mixed(tmp_path):
