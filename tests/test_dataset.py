@@ -8,7 +8,6 @@ numpy counts (splits).
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 
@@ -509,8 +508,6 @@ def test_read_dl_samples_raw_and_dlsample_dir(class_tree, tmp_path):
     assert code(e) == errors.H_ERR_DL_INVALID_DATASET
 
 
-@pytest.mark.skipif(importlib.util.find_spec("halcdl.io.hdict") is None,
-                    reason="the .hdict codec (halcdl.io.hdict) is not in this build yet")
 def test_read_dl_samples_from_hdict_files(tmp_path):
     from halcdl.io.hdict import write_hdict
     os.makedirs(tmp_path / "pre" / "samples")
@@ -721,3 +718,53 @@ def test_top_level_exports():
     with pytest.raises(ha.HOperatorError) as e:
         ha.find_dl_samples([], "k", 1, "nope")
     assert e.value.operator == "find_dl_samples"
+
+
+# ---------------------------------------------------------------------------------------------
+# a real DLDataset written by MVTec's Deep Learning Tool (Windows image_dir, rectangle2 boxes)
+# ---------------------------------------------------------------------------------------------
+CUP = "/work/shared/data/halcon_files/cup_detection"
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(CUP, "labels.hdict")),
+                    reason="the real HALCON files are not on this machine")
+def test_real_halcon_dataset_redirected_image_dir():
+    from halcdl.io.hdict import read_hdict
+    ds = read_hdict(os.path.join(CUP, "labels.hdict"))
+    assert ds["image_dir"].startswith("E:/")
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.gen_dl_samples(ds, [0], "detection", [])
+    assert code(e) == errors.H_ERR_FNF and "gen_param {'image_dir'" in str(e.value)
+    n = len(ds["samples"])
+    batch = ha.gen_dl_samples(ds, list(range(n)), "detection",
+                              {"image_dir": os.path.join(CUP, "images")})
+    for s, b in zip(ds["samples"], batch):
+        ref = np.asarray(Image.open(os.path.join(CUP, "images", s["image_file_name"])))
+        np.testing.assert_array_equal(b["image"], ref if ref.ndim == 3 else ref[:, :, None])
+        assert b["image"].shape[:2] == (320, 512)
+        assert b["image_id"] == s["image_id"]
+        for k in ("bbox_row", "bbox_col", "bbox_phi", "bbox_length1", "bbox_length2",
+                  "bbox_label_id"):
+            want = s[k] if isinstance(s[k], list) else [s[k]]  # one box reads as a scalar
+            assert b[k] == want
+    ha.set_system("seed_rand", 42)
+    ha.split_dl_dataset(ds, 60, 20, [])
+    sp = [s["split"] for s in ds["samples"]]
+    assert abs(sp.count("train") - 0.6 * n) <= 2 and sp.count("test") >= 1
+    with_cls1 = ha.find_dl_samples(ds["samples"], "bbox_label_id", 1, "contain")
+    assert with_cls1 == [i for i, s in enumerate(ds["samples"])
+                         if 1 in (s["bbox_label_id"] if isinstance(s["bbox_label_id"], list)
+                                  else [s["bbox_label_id"]])]
+    assert len(with_cls1) > 0
+    assert ha.find_dl_samples(ds["samples"], "bbox_label_id", [0, 1], "match") == \
+        [i for i, s in enumerate(ds["samples"]) if s["bbox_label_id"] == [0, 1]]
+
+
+def test_one_sample_dataset_from_hdict_reads_as_dict(tmp_path):
+    _write(str(tmp_path / "a.png"), crop(CAMERA, 1))
+    ds = {"image_dir": str(tmp_path), "class_ids": 0, "class_names": "x",
+          "samples": {"image_id": 5, "image_file_name": "a.png", "image_label_id": 0}}
+    b = ha.gen_dl_samples(ds, 0, "classification", [])
+    assert b[0]["image_id"] == 5 and b[0]["image_label_id"] == 0
+    ha.split_dl_dataset(ds, 100, 0, [])
+    assert ds["samples"]["split"] == "train"

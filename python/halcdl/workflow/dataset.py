@@ -138,6 +138,10 @@ def _samples(dldataset: Any, pos: int = 1) -> list:
     if not isinstance(dldataset, dict):
         raise wrong_type(pos, f"dldataset must be a dict, got {type(dldataset).__name__}")
     samples = dldataset.get("samples")
+    if isinstance(samples, dict):
+        # a one-sample dataset read from an .hdict file: HALCON's one-element tuple reads as
+        # the value (docs/hdict.md); the dict is the sample itself, so changes reach it
+        return [samples]
     if not isinstance(samples, list):
         raise HOperatorError(H_ERR_DL_INVALID_DATASET,
                              "the dataset has no list 'samples'" if samples is None else
