@@ -372,6 +372,7 @@ def test_find_dl_samples_modes():
     assert ha.find_dl_samples(samples, "image_label_id", 1, "or") == [1, 3]
     assert ha.find_dl_samples(samples, "image_label_id", np.int64(1), "match") == [1, 3]
     assert ha.find_dl_samples(samples, "missing_key", 1, "or") == []
+    assert ha.find_dl_samples(samples[1], "split", "test", "match") == [0]  # one sample
     cases = [
         (({"samples": samples}, "split", "train", "match"), errors.H_ERR_WIPT1),
         (([1, 2], "split", "train", "match"), errors.H_ERR_WIPT1),
@@ -407,6 +408,8 @@ def test_gen_dl_samples_pixels(class_tree):
     only = ha.gen_dl_samples(ds, 3, "image_only", {})
     assert len(only) == 1 and set(only[0]) == {"image", "image_id"}
     off = ha.gen_dl_samples(ds, [2, 0], "off", [])
+    idx = ha.gen_dl_samples(ds, np.array([2, 0]), "off", [])
+    assert [b["image_id"] for b in idx] == [2, 0]
     assert [b["image_id"] for b in off] == [2, 0] and "image_label_id" in off[0]
 
 

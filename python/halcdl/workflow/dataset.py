@@ -583,6 +583,8 @@ def find_dl_samples(samples: Any, key_name: Any, key_value: Any, mode: Any) -> l
     if isinstance(samples, dict) and "samples" in samples:
         raise wrong_type(1, "samples is the list of samples (dldataset['samples']), not the "
                             "dataset")
+    if isinstance(samples, dict):  # one sample (a one-sample dataset read from .hdict)
+        samples = [samples]
     if not isinstance(samples, (list, tuple)):
         raise wrong_type(1, f"samples must be a list of sample dicts, got "
                             f"{type(samples).__name__}")
