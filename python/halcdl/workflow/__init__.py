@@ -1,5 +1,10 @@
-"""Workflow helpers above the operators: evaluation measures (more procedures to come)."""
+"""HALCON's deep-learning procedures (``__all__``, exported at the top level) and halcdl's
+evaluation helpers (importable from here: evaluate_segmentation, segmentation_confusion_matrix;
+not HALCON procedures, so not in ``__all__``)."""
 
-from .evaluation import evaluate_segmentation, segmentation_confusion_matrix
+from .augment import augment_dl_samples
+from .evaluation import evaluate_segmentation, segmentation_confusion_matrix  # noqa: F401
 
-__all__ = ["evaluate_segmentation", "segmentation_confusion_matrix"]
+__all__ = [
+    "augment_dl_samples",
+]
