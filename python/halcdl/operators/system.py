@@ -5,7 +5,8 @@ Supported parameters:
 * ``'seed_rand'`` (int, default 42): seeds the random generator of halcdl.  The n-th model
   created after ``set_system('seed_rand', s)`` (read_dl_model, …) initialises its weights with
   the engine seed ``(s + n) mod 2**31`` (n = 0, 1, …), so the same sequence of calls gives the
-  same weights.  get_system returns the value last set.
+  same weights.  get_system returns the value last set.  It is also augment_dl_samples'
+  default seed; setting it restarts that procedure's call counter (docs/augmentation.md).
 * ``'thread_num'`` (int ≥ 1): number of CPU threads of the engine (OpenMP, shared with oneDNN).
 * ``'cudnn_deterministic'`` (``'true'``/``'false'``, default ``'false'``): the GPU backend
   uses only deterministic cuDNN algorithms, chosen by heuristics rather than timing, so two
