@@ -308,30 +308,48 @@ def _sample_rng(seed: int, epoch: int, image_id: int | None, index: int) -> np.r
 # image operations (vectorised numpy)
 # --------------------------------------------------------------------------------------------
 def _bilinear(img: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """img (H, W, C) float64 sampled at pixel-centre coordinates (rows, cols) of one shape,
+    """img (H, W, C) float sampled at pixel-centre coordinates (rows, cols) of one shape,
     bilinear, coordinates clamped to the image (edge pixels repeated)."""
     h, w = img.shape[:2]
+    flat = img.reshape(h * w, -1)
     r = np.clip(rows, 0.0, h - 1.0)
     c = np.clip(cols, 0.0, w - 1.0)
-    r0 = np.floor(r).astype(np.intp)
-    c0 = np.floor(c).astype(np.intp)
-    r1 = np.minimum(r0 + 1, h - 1)
-    c1 = np.minimum(c0 + 1, w - 1)
-    fr = (r - r0)[..., None]
-    fc = (c - c0)[..., None]
-    top = img[r0, c0] * (1.0 - fc) + img[r0, c1] * fc
-    bot = img[r1, c0] * (1.0 - fc) + img[r1, c1] * fc
-    return top * (1.0 - fr) + bot * fr
+    r0 = r.astype(np.intp)  # floor: r >= 0
+    c0 = c.astype(np.intp)
+    fr = (r - r0).astype(img.dtype).reshape(-1, 1)
+    fc = (c - c0).astype(img.dtype).reshape(-1, 1)
+    i00 = (r0 * w + c0).reshape(-1)
+    dc = (c0 < w - 1).reshape(-1).astype(np.intp)  # step to the right neighbour (0 at the edge)
+    dr = (r0 < h - 1).reshape(-1).astype(np.intp) * w
+    top = np.take(flat, i00, axis=0)
+    top += (np.take(flat, i00 + dc, axis=0) - top) * fc
+    bot = np.take(flat, i00 + dr, axis=0)
+    bot += (np.take(flat, i00 + dr + dc, axis=0) - bot) * fc
+    top += (bot - top) * fr
+    return top.reshape(rows.shape + img.shape[2:])
+
+
+def _linear_axis(x: np.ndarray, pos: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of ``x`` along ``axis`` at pixel-centre positions ``pos``
+    (clamped to the edge pixels)."""
+    n = x.shape[axis]
+    p = np.clip(pos, 0.0, n - 1.0)
+    i0 = np.floor(p).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n - 1)
+    f = (p - i0).astype(x.dtype)
+    shape = [1] * x.ndim
+    shape[axis] = len(pos)
+    f = f.reshape(shape)
+    return np.take(x, i0, axis=axis) * (1 - f) + np.take(x, i1, axis=axis) * f
 
 
 def _crop_zoom(img: np.ndarray, r1: float, c1: float, ch: float, cw: float) -> np.ndarray:
     """The part [r1, r1+ch) x [c1, c1+cw) (pixel-corner coordinates) zoomed bilinearly to the
-    image's size (HALCON: crop_rectangle1 + zoom_image_size)."""
+    image's size (HALCON: crop_rectangle1 + zoom_image_size); separable, rows then columns."""
     h, w = img.shape[:2]
     rows = r1 + (np.arange(h) + 0.5) * (ch / h) - 0.5
     cols = c1 + (np.arange(w) + 0.5) * (cw / w) - 0.5
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    return _bilinear(img, rr, cc)
+    return _linear_axis(_linear_axis(img, rows, 0), cols, 1)
 
 
 def _inner_rectangle(w: float, h: float, angle: float) -> tuple[float, float]:
@@ -507,8 +525,10 @@ def _augment_one(sample: dict, info: dict, p: dict, methods: list[str],
             out.update(_mirror_boxes(info, chosen, p))
         return out
 
-    # photometric and classification-only methods work on a float64 (H, W, C) copy
-    x = img.astype(np.float64, copy=True)
+    # photometric and classification-only methods work on an (H, W, C) copy: float32 for
+    # float32 images, float64 otherwise
+    work = np.float32 if img.dtype == np.float32 else np.float64
+    x = img.astype(work, copy=True)
     if x.ndim == 2:
         x = x[:, :, None]
     unit = (p["image_range_max"] - p["image_range_min"]) / 255.0  # one byte gray value
