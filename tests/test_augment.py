@@ -205,7 +205,8 @@ def test_class_ids_no_orientation():
         pos = tuple(np.argwhere(s["image"][..., 0] == 1)[0])
         quarter = pos in {(0, 0), (N - 1, N - 1)}  # 90 or 270 degrees
         assert s["bbox_phi"][0] == 0.0
-        assert (s["bbox_length1"][0], s["bbox_length2"][0]) == ((3.0, 1.0) if quarter else (1.0, 3.0))
+        lengths = (s["bbox_length1"][0], s["bbox_length2"][0])
+        assert lengths == ((3.0, 1.0) if quarter else (1.0, 3.0))
         # the oriented class turns with the image and keeps its lengths
         assert (s["bbox_length1"][1], s["bbox_length2"][1]) == (2.0, 1.0)
         assert s["bbox_phi"][1] != 0.3
@@ -368,7 +369,8 @@ def test_brightness_variation_spot_is_a_one_signed_bump():
         s = {"image": img.copy(), "image_id": i}
         ha.augment_dl_samples(s, {"augmentation_percentage": 100, "brightness_variation_spot": v})
         d = s["image"].astype(np.float64) - img
-        assert np.allclose(d[..., 0], d[..., 1], atol=1e-4) and np.allclose(d[..., 0], d[..., 2], atol=1e-4)
+        assert np.allclose(d[..., 0], d[..., 1], atol=1e-4)
+        assert np.allclose(d[..., 0], d[..., 2], atol=1e-4)
         assert np.all(d >= -1e-4) or np.all(d <= 1e-4)
         peak = d[np.unravel_index(np.abs(d).argmax(), d.shape)]
         assert abs(peak) <= v + 1e-3
@@ -486,7 +488,8 @@ def test_crop_pixel_and_remove_pixel():
         sr, sc, r0, c0 = _source_frame(s["image"])
         kh, kw = h - sr * h, w - sc * w  # removed rows / columns
         assert 0 <= round(kh) <= 2 and 0 <= round(kw) <= 4
-        assert math.isclose(kh, round(kh), abs_tol=1e-9) and math.isclose(kw, round(kw), abs_tol=1e-9)
+        assert math.isclose(kh, round(kh), abs_tol=1e-9)
+        assert math.isclose(kw, round(kw), abs_tol=1e-9)
     # crop_pixel larger than the image: the whole image
     s = {"image": _ramp(6, 7), "image_id": 0}
     ha.augment_dl_samples(s, {"augmentation_percentage": 100, "crop_pixel": 50})

@@ -374,7 +374,8 @@ def _rotate_range_image(img: np.ndarray, degrees: float) -> np.ndarray:
     the largest axis-parallel rectangle holding only image pixels and zoom it back to the
     image's size, in one bilinear resampling."""
     h, w = img.shape[:2]
-    if float(degrees).is_integer() and int(degrees) % 90 == 0 and (h == w or int(degrees) % 180 == 0):
+    quarter = float(degrees).is_integer() and int(degrees) % 90 == 0
+    if quarter and (h == w or int(degrees) % 180 == 0):
         return np.rot90(img, (int(degrees) // 90) % 4, axes=(0, 1))
     a = math.radians(degrees)
     wr, hr = _inner_rectangle(float(w), float(h), a)
@@ -461,9 +462,11 @@ def _mirror_boxes(info: dict, axes: str, p: dict) -> dict:
     for ax in axes:
         if info["rect"] == "rectangle1":
             if ax == "c":
-                b["bbox_col1"], b["bbox_col2"] = (w - 1.0) - b["bbox_col2"], (w - 1.0) - b["bbox_col1"]
+                b["bbox_col1"], b["bbox_col2"] = \
+                    (w - 1.0) - b["bbox_col2"], (w - 1.0) - b["bbox_col1"]
             else:
-                b["bbox_row1"], b["bbox_row2"] = (h - 1.0) - b["bbox_row2"], (h - 1.0) - b["bbox_row1"]
+                b["bbox_row1"], b["bbox_row2"] = \
+                    (h - 1.0) - b["bbox_row2"], (h - 1.0) - b["bbox_row1"]
         else:
             if ax == "c":
                 b["bbox_col"] = (w - 1.0) - b["bbox_col"]
