@@ -38,6 +38,7 @@ HALCON_SIGNATURES = {
                                      "image_list", "segmentation_list", "gen_param"],
     "read_dl_samples": ["dldataset", "sample_indices"],
     "split_dl_dataset": ["dldataset", "training_percent", "validation_percent", "gen_param"],
+    "augment_dl_samples": ["dlsample_batch", "gen_param"],
     "clear_dl_classifier": ["dlclassifier_handle"],
     "clear_dl_classifier_result": ["dlclassifier_result_handle"],
     "clear_dl_classifier_train_result": ["dlclassifier_train_result_handle"],

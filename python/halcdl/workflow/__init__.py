@@ -1,13 +1,14 @@
-"""Workflow helpers above the operators: evaluation measures (more procedures to come)."""
+"""HALCON's deep-learning procedures (``__all__``, exported at the top level) and halcdl's
+evaluation helpers (importable from here: evaluate_segmentation, segmentation_confusion_matrix;
+not HALCON procedures, so not in ``__all__``)."""
 
-from .evaluation import evaluate_segmentation, segmentation_confusion_matrix
-
-__all__ = ["evaluate_segmentation", "segmentation_confusion_matrix"]
-
-# HALCON's dataset procedures (docs/datasets.md); exported at the top level (halcdl.<name>).
+from .augment import augment_dl_samples
+from .evaluation import evaluate_segmentation, segmentation_confusion_matrix  # noqa: F401
+# HALCON's dataset procedures (docs/datasets.md)
 from . import dataset as _dataset  # noqa: E402
 from .dataset import *  # noqa: E402,F401,F403
 
-# The evaluation helpers above are halcdl's own (not HALCON procedures): importable from
-# halcdl.workflow, but not part of the top-level operator set.
-__all__ = [*_dataset.__all__]
+__all__ = [
+    "augment_dl_samples",
+    *_dataset.__all__,
+]
