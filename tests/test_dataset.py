@@ -350,6 +350,18 @@ def test_split_detection_and_segmentation():
     assert sp.count("train") == 6 and sp.count("validation") == 2 and sp.count("test") == 1
 
 
+def test_split_anomaly_stratified():
+    labels = ["ok"] * 12 + ["nok"] * 5
+    ds = {"image_dir": "/x", "samples": [{"image_id": k, "image_file_name": f"{k}.png",
+                                          "anomaly_label": lab} for k, lab in enumerate(labels)]}
+    ha.split_dl_dataset(ds, 50, 20, [])
+    for lab, n in (("ok", 12), ("nok", 5)):
+        sp = [s["split"] for s in ds["samples"] if s["anomaly_label"] == lab]
+        n_tr = int(np.floor(n * 0.5 + 0.5))
+        n_va = int(np.floor(n * 0.2 + 0.5))
+        assert (sp.count("train"), sp.count("validation")) == (n_tr, n_va)
+
+
 # ---------------------------------------------------------------------------------------------
 # find_dl_samples
 # ---------------------------------------------------------------------------------------------

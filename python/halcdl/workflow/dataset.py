@@ -464,6 +464,8 @@ def _guess_model_type(samples: list) -> str:
         return "detection"
     if "segmentation_file_name" in s:
         return "segmentation"
+    if "anomaly_label_id" in s or "anomaly_label" in s:
+        return "anomaly_detection"
     return "none"
 
 
@@ -493,7 +495,8 @@ def split_dl_dataset(dldataset: Any, training_percent: Any, validation_percent: 
     Each class gets round(n·training_percent/100) training and round(n·validation_percent/100)
     validation samples, the rest test.  Classification: stratified by image_label_id;
     detection: each image counts for the rarest class among its boxes (images without boxes
-    form their own group); segmentation and others: one group.  Shuffled with a numpy
+    form their own group); anomaly detection: by anomaly_label_id (or anomaly_label);
+    segmentation and others: one group.  Shuffled with a numpy
     Generator seeded from get_system('seed_rand').  gen_param: 'overwrite_split' (default
     'false': a dataset that already has a split raises 1301), 'model_type'."""
     from ..operators.system import get_system_value
@@ -552,6 +555,17 @@ def split_dl_dataset(dldataset: Any, training_percent: Any, validation_percent: 
         none = min(counts, default=0) - 1  # a group id no class uses
         group = np.asarray([min(set(v), key=lambda c: (counts[c], c)) if v else none
                             for v in per], np.int64)
+    elif model_type == "anomaly_detection":
+        key = "anomaly_label_id" if "anomaly_label_id" in samples[0] else "anomaly_label"
+        vals = []
+        for i, s in enumerate(samples):
+            v = to_tuple(s.get(key))
+            if len(v) != 1 or not (is_int(v[0]) or is_str(v[0])):
+                raise HOperatorError(H_ERR_DL_INVALID_DATASET,
+                                     f"sample {i} has no single '{key}' (an anomaly-detection "
+                                     f"split is stratified by it)")
+            vals.append(str(v[0]))
+        group = np.unique(np.asarray(vals), return_inverse=True)[1].astype(np.int64)
     else:
         group = np.zeros(n, np.int64)
     rng = np.random.default_rng(int(get_system_value("seed_rand")))
