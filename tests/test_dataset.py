@@ -390,6 +390,7 @@ def test_find_dl_samples_modes():
         (([1, 2], "split", "train", "match"), errors.H_ERR_WIPT1),
         ((samples, 3, "train", "match"), errors.H_ERR_WIPT2),
         ((samples, "split", "train", "any"), errors.H_ERR_WIPV4),
+        ((samples, "split", [np.zeros((2, 2))], "or"), errors.H_ERR_WIPT3),
     ]
     for args, want in cases:
         with pytest.raises(ha.HOperatorError) as e:
@@ -783,3 +784,32 @@ def test_one_sample_dataset_from_hdict_reads_as_dict(tmp_path):
     assert b[0]["image_id"] == 5 and b[0]["image_label_id"] == 0
     ha.split_dl_dataset(ds, 100, 0, [])
     assert ds["samples"]["split"] == "train"
+
+
+def test_no_other_exception_escapes(tmp_path):
+    """A grab-bag of wrong values for every parameter: only HOperatorError comes out."""
+    weird = [None, 3, -1, 2.5, float("nan"), "", "x", [], [1, "a"], {}, {"samples": 5},
+             {"samples": [{}]}, {"samples": [{"image_file_name": 3, "image_id": "a"}]},
+             np.zeros((2, 2, 2, 2)), b"bytes", object(), str(tmp_path), [[1]], {1: 2}]
+    good = {"samples": [{"image_id": 0, "image_file_name": "a.png", "image_label_id": 0}],
+            "image_dir": str(tmp_path)}
+    d = str(tmp_path)
+    calls = [  # each operator with arguments that get past the parameters not replaced
+        (ha.read_dl_dataset_classification, lambda: [d, "last_folder"]),
+        (ha.read_dl_dataset_segmentation, lambda: [d, d, ["a"], [0], [], [], []]),
+        (ha.read_dl_dataset_from_coco, lambda: [d, d, []]),
+        (ha.split_dl_dataset, lambda: [copy.deepcopy(good), 50, 20, []]),
+        (ha.find_dl_samples, lambda: [copy.deepcopy(good["samples"]), "image_id", 0, "or"]),
+        (ha.gen_dl_samples, lambda: [copy.deepcopy(good), [0], "off", []]),
+        (ha.gen_dl_samples_from_images, lambda: [np.zeros((2, 2))]),
+        (ha.read_dl_samples, lambda: [copy.deepcopy(good), [0]]),
+    ]
+    for fn, base in calls:
+        for pos in range(len(base())):
+            for w in weird:
+                args = base()
+                args[pos] = w
+                try:
+                    fn(*args)
+                except ha.HOperatorError:
+                    pass

@@ -584,8 +584,13 @@ def _eq(a: Any, b: Any) -> bool:
     if is_str(a) or is_str(b):
         return is_str(a) and is_str(b) and str(a) == str(b)
     if is_number(a) and is_number(b):
-        return a == b
-    return a == b
+        return bool(a == b)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return False  # an image is no key value
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - incomparable values are unequal
+        return False
 
 
 @operator
@@ -607,6 +612,9 @@ def find_dl_samples(samples: Any, key_name: Any, key_value: Any, mode: Any) -> l
             raise wrong_type(1, f"sample {i} is a {type(s).__name__}, not a dict")
     key = _str_param(key_name, 2, "key_name")
     values = to_tuple(key_value)
+    for v in values:
+        if not (is_str(v) or is_number(v) or isinstance(v, (bool, np.bool_))):
+            raise wrong_type(3, f"key_value holds numbers or strings, got {type(v).__name__}")
     m = _str_param(mode, 4, "mode")
     if m not in ("match", "or", "contain"):
         raise wrong_value(4, f"mode must be 'match', 'or' or 'contain', got {m!r}")
