@@ -344,7 +344,12 @@ def test_best_serialization(reader, tmp_path):
     info = tr.read_info(str(tmp_path / "model_best_info.hdict"))
     first_best = next(e for e in evals if 1 - e["result"]["top1_error"] == max(values))
     assert info["iteration"] == first_best["iteration"]
-    assert info["best_value"] == pytest.approx(max(values))
+    assert info["best_evaluation"]["best_value"] == pytest.approx(max(values))
+    assert info["best_evaluation"]["comparison_keys"] == "top1_error"
+    assert info["best_evaluation"]["best_info"]["result"]["top1_error"] == \
+        pytest.approx(1 - max(values))
+    assert info["model_params"]["learning_rate"] == pytest.approx(LR)
+    assert info["resume"]["best_value"] == pytest.approx(max(values))
 
 
 def test_epochs_final_current_serialization(reader, tmp_path):

@@ -45,8 +45,8 @@ class TrainContext:
     current iteration), ``sample_indices`` (dataset indices of the current batch),
     ``train_result`` (last train_dl_model_batch result), ``mean_loss``, ``evaluation_result``
     (last evaluation), ``comparison_value`` (its comparison value, higher is better),
-    ``best_value`` / ``best_epoch`` / ``best_iteration`` (best so far), ``improved`` (the last
-    evaluation improved the best value), ``train_infos`` and ``evaluation_infos`` (what
+    ``best_value`` / ``best_epoch`` / ``best_iteration`` / ``best_result`` (best so far),
+    ``improved`` (the last evaluation improved the best value), ``train_infos`` and ``evaluation_infos`` (what
     train_dl_model returns), ``time_elapsed`` (seconds, this run).
 
     Writable: ``stop`` (set True to end at the next batch boundary), ``stop_reason`` (a
@@ -66,9 +66,13 @@ class TrainContext:
     sample_indices: list = field(default_factory=list)
     train_result: dict | None = None
     mean_loss: float = float("nan")
+    mean_loss_samples: int = 0
+    start_epoch: float = 0.0
+    start_time: float = 0.0
     evaluation_result: dict | None = None
     comparison_value: float | None = None
     best_value: float | None = None
+    best_result: dict | None = None
     best_epoch: float | None = None
     best_iteration: int | None = None
     improved: bool = False

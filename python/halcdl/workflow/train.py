@@ -24,7 +24,6 @@ See docs/workflow.md for every decision where HALCON's documentation is silent.
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 import sys
@@ -384,60 +383,20 @@ def create_dl_train_param(dlmodel_handle: Any, num_epochs: Any, evaluation_inter
 # --------------------------------------------------------------------------------------------
 # info files (basename_info.hdict)
 # --------------------------------------------------------------------------------------------
-def _plain(o: Any) -> Any:
-    """JSON-compatible copy (numpy arrays → nested lists)."""
-    if isinstance(o, dict):
-        return {str(k): _plain(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_plain(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, float) and not math.isfinite(o):
-        return None if math.isnan(o) else (1e308 if o > 0 else -1e308)
-    return o
-
-
 def write_info(info: dict, path: str) -> None:
-    """Write a train info dict to ``path`` (HALCON's .hdict through halcdl.io.hdict)."""
-    try:
-        from ..io.hdict import write_hdict  # noqa: PLC0415
-    except ImportError:  # TEMPORARY until the hdict codec lands on main: JSON in the file
-        write_hdict = None
-    try:
-        if write_hdict is not None:
-            write_hdict(info, path)
-            return
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(_plain(info), f)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise HOperatorError(H_ERR_DL_FILE_WRITE,
-                             f"cannot write train info {path!r}: {err.strerror or err}") \
-            from None
+    """Write a train info dict to ``path`` as HALCON's .hdict (atomic; 7781 on failure)."""
+    from ..io.hdict import write_hdict  # noqa: PLC0415
+
+    write_hdict(info, path)
 
 
 def read_info(path: str) -> dict:
-    """Read a train info file written by :func:`write_info`."""
-    try:
-        from ..io.hdict import read_hdict  # noqa: PLC0415
-    except ImportError:  # TEMPORARY (see write_info)
-        read_hdict = None
+    """Read a train info file (5200 missing, 7780 unreadable)."""
+    from ..io.hdict import read_hdict  # noqa: PLC0415
+
     if not os.path.isfile(path):
         raise HOperatorError(H_ERR_FNF, f"train info file not found: {path!r}")
-    if read_hdict is not None:
-        return read_hdict(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (OSError, ValueError, UnicodeDecodeError) as err:
-        raise HOperatorError(H_ERR_DL_FILE_READ, f"cannot read train info {path!r}: {err}") \
-            from None
-    if not isinstance(d, dict):
-        raise HOperatorError(H_ERR_DL_FILE_READ, f"train info {path!r} holds no dict")
-    return d
+    return read_hdict(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,6 +430,43 @@ def comparison_value(result: dict, keys: Iterable[str]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def train_info_dict(ctx: TrainContext) -> dict:
+    """One train_infos entry, with HALCON's keys (as in train infos HALCON writes) plus
+    iteration, num_iterations and time_remaining."""
+    from ..operators.dl_model import get_dl_model_param  # noqa: PLC0415
+
+    params = {}
+    for name in to_tuple(ctx.train_param["display_param"].get(
+            "status_model_params", _DISPLAY_DEFAULTS["status_model_params"])):
+        try:
+            v = get_dl_model_param(ctx.model, name)
+        except HOperatorError:
+            continue
+        params[str(name)] = v[0] if len(v) == 1 else v
+    keys = ctx.train_param["evaluation_comparison_keys"]
+    best: Any = []
+    if ctx.best_value is not None:
+        best = {"comparison_keys": keys[0] if len(keys) == 1 else list(keys),
+                "best_info": {"epoch": ctx.best_epoch, "iteration": ctx.best_iteration,
+                              "result": ctx.best_result or {}},
+                "best_value": ctx.best_value}
+    return {
+        "epoch": float(ctx.epoch),
+        "iteration": int(ctx.iteration),
+        "num_epochs": float(ctx.num_epochs),
+        "num_iterations": int(ctx.num_iterations),
+        "num_iterations_per_epoch": int(ctx.iterations_per_epoch),
+        "model_params": params,
+        "mean_loss": float(ctx.mean_loss),
+        "mean_loss_samples": int(ctx.mean_loss_samples),
+        "best_evaluation": best,
+        "start_epoch": float(ctx.start_epoch),
+        "start_time": float(ctx.start_time),
+        "time_elapsed": float(ctx.time_elapsed),
+        "time_remaining": float(ctx.time_remaining),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # the hooks train_dl_model builds from the TrainParam
 # --------------------------------------------------------------------------------------------
@@ -500,21 +496,21 @@ class ChangeStrategyHook(TrainHook):
     def on_train_begin(self, ctx: TrainContext) -> None:
         from ..operators.dl_model import get_dl_model_param  # noqa: PLC0415
 
-        st = ctx.state.setdefault("change_strategies", {})
-        inits = st.setdefault("initial_values", [])
+        inits = ctx.state.setdefault("change_strategies", {})
         for i, s in enumerate(self.strategies):
-            if i >= len(inits):
+            if str(i) not in inits:
                 init = s.get("initial_value")
                 if init is None:
                     got = get_dl_model_param(ctx.model, s["model_param"])
                     init = got[0] if len(got) == 1 else got
-                inits.append(init)
+                inits[str(i)] = init
 
     def on_batch_begin(self, ctx: TrainContext) -> None:
         from ..operators.dl_model import get_dl_model_param_s, set_dl_model_param  # noqa
 
-        inits = ctx.state["change_strategies"]["initial_values"]
-        for s, init in zip(self.strategies, inits):
+        inits = ctx.state["change_strategies"]
+        for i, s in enumerate(self.strategies):
+            init = inits[str(i)]
             name = s["model_param"]
             v = self._value(s, init, ctx.epoch)
             old = ctx.model.params.get(name)
@@ -549,24 +545,23 @@ class SerializationHook(TrainHook):
 
     @staticmethod
     def info(ctx: TrainContext, kind: str, model_file: str) -> dict:
-        return {
+        """HALCON's train info (the keys of a train_infos entry) plus halcdl's 'resume' dict:
+        what start_epoch='resume' needs to continue exactly."""
+        d = train_info_dict(ctx)
+        d["resume"] = {
             "format": _INFO_FORMAT,
             "type": kind,
             "model_file": os.path.basename(model_file),
             "epoch": float(ctx.epoch),
             "iteration": int(ctx.iteration),
-            "iterations_per_epoch": int(ctx.iterations_per_epoch),
-            "num_epochs": float(ctx.num_epochs),
             "seed_rand": int(ctx.train_param["seed_rand"]),
-            "mean_loss": float(ctx.mean_loss),
-            "best_value": ctx.best_value,
-            "best_epoch": ctx.best_epoch,
-            "best_iteration": ctx.best_iteration,
-            "evaluation_comparison_keys": list(ctx.train_param["evaluation_comparison_keys"]),
-            "evaluation_result": ctx.evaluation_result or {},
-            "comparison_value": ctx.comparison_value,
+            "best_value": [] if ctx.best_value is None else float(ctx.best_value),
+            "best_epoch": [] if ctx.best_epoch is None else float(ctx.best_epoch),
+            "best_iteration": [] if ctx.best_iteration is None else int(ctx.best_iteration),
+            "best_result": ctx.best_result or {},
             "state": ctx.state,
         }
+        return d
 
     def _write(self, ctx: TrainContext, kind: str, base: str) -> None:
         from ..operators.dl_model import write_dl_model  # noqa: PLC0415
@@ -672,10 +667,12 @@ def _latest_resume_info(tp: dict) -> tuple[dict, str]:
     for path in candidates:
         if not os.path.isfile(path):
             continue
-        info = read_info(path)
-        if info.get("format") != _INFO_FORMAT or not is_int(info.get("iteration")):
+        full = read_info(path)
+        info = full.get("resume")
+        if (not isinstance(info, dict) or info.get("format") != _INFO_FORMAT
+                or not is_int(info.get("iteration")) or not is_str(info.get("model_file"))):
             raise HOperatorError(H_ERR_DL_FILE_READ,
-                                 f"train info {path!r} is not a halcdl train info")
+                                 f"train info {path!r} holds no halcdl resume state")
         if best is None or int(info["iteration"]) > int(best[0]["iteration"]):
             best = (info, path)
     if best is None:
@@ -781,12 +778,17 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
     if info is not None:
         ctx.iteration = int(info["iteration"])
         ctx.epoch = float(info["epoch"])
-        ctx.best_value = info.get("best_value")
-        ctx.best_epoch = info.get("best_epoch")
-        ctx.best_iteration = info.get("best_iteration")
+        def opt(v: Any) -> Any:  # [] (hdict's empty tuple) is "none yet"
+            return None if isinstance(v, list) and not v else v
+
+        ctx.best_value = opt(info.get("best_value"))
+        ctx.best_epoch = opt(info.get("best_epoch"))
+        ctx.best_iteration = opt(info.get("best_iteration"))
+        ctx.best_result = opt(info.get("best_result")) or None
         ctx.state = dict(info.get("state") or {})
-        for x in (ctx.state.get("_loop") or {}).get("losses", []):
-            losses.append(tuple(x))
+        loop = ctx.state.get("_loop") or {}
+        losses.extend(zip((float(x) for x in to_tuple(loop.get("losses"))),
+                          (int(b) for b in to_tuple(loop.get("batches")))))
         first_epoch = int(math.floor(ctx.epoch + 1e-9))
     else:
         first_epoch = int(se[0])
@@ -798,6 +800,8 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
     ctx.num_iterations = int(math.floor(num_epochs * ctx.iterations_per_epoch + 1e-9))
     eval_interval = float(tp["evaluation_interval_epochs"])
     t_start = time.perf_counter()
+    ctx.start_epoch = float(ctx.epoch)
+    ctx.start_time = time.time()
     n_mean = int(tp["num_samples_mean_loss"])
     update_interval = float(tp["update_interval_seconds"])
     last_info_t = t_start
@@ -822,18 +826,13 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
                                                  or value > float(ctx.best_value))
         if ctx.improved:
             ctx.best_value, ctx.best_epoch, ctx.best_iteration = value, ctx.epoch, ctx.iteration
+            ctx.best_result = result
         ctx.evaluation_infos.append({"epoch": ctx.epoch, "iteration": ctx.iteration,
                                      "result": result, "comparison_value": value})
         call("on_evaluation")
 
     def train_info(final: bool = False) -> dict:
-        d = {"epoch": ctx.epoch, "iteration": ctx.iteration, "num_epochs": num_epochs,
-             "num_iterations": ctx.num_iterations,
-             "num_iterations_per_epoch": ctx.iterations_per_epoch,
-             "mean_loss": ctx.mean_loss, "time_elapsed": ctx.time_elapsed,
-             "time_remaining": ctx.time_remaining,
-             "batch_size": ctx.batch_size,
-             "learning_rate": m.params.get("learning_rate")}
+        d = train_info_dict(ctx)
         if final and ctx.stopped:
             d["stop_reason"] = ctx.stop_reason or "stopped by a hook"
         return d
@@ -878,11 +877,13 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
             while sum(b for _, b in losses) - losses[0][1] >= n_mean:
                 losses.popleft()
             ctx.mean_loss = float(np.mean([x for x, _ in losses]))
+            ctx.mean_loss_samples = int(sum(b for _, b in losses))
             ctx.time_elapsed = time.perf_counter() - t_start
             done = ctx.iteration - ctx.start_iteration
             ctx.time_remaining = ctx.time_elapsed / done * max(0, ctx.num_iterations -
                                                                 ctx.iteration)
-            ctx.state["_loop"] = {"losses": [list(x) for x in losses]}
+            ctx.state["_loop"] = {"losses": [x for x, _ in losses],
+                                  "batches": [b for _, b in losses]}
             call("on_batch_end")
             now = time.perf_counter()
             if now - last_info_t >= update_interval and it < ipe:
