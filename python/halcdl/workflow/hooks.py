@@ -46,8 +46,9 @@ class TrainContext:
     ``train_result`` (last train_dl_model_batch result), ``mean_loss``, ``evaluation_result``
     (last evaluation), ``comparison_value`` (its comparison value, higher is better),
     ``best_value`` / ``best_epoch`` / ``best_iteration`` / ``best_result`` (best so far),
-    ``improved`` (the last evaluation improved the best value), ``train_infos`` and ``evaluation_infos`` (what
-    train_dl_model returns), ``time_elapsed`` (seconds, this run).
+    ``improved`` (the last evaluation improved the best value), ``train_infos`` and
+    ``evaluation_infos`` (what train_dl_model returns), ``time_elapsed`` (seconds, this run),
+    ``mean_loss_samples``, ``start_epoch``, ``start_time``.
 
     Writable: ``stop`` (set True to end at the next batch boundary), ``stop_reason`` (a
     string put into the last train info), ``state`` (resumable hook state).
