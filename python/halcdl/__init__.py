@@ -23,8 +23,6 @@ from .operators import *  # noqa: E402,F401,F403  (the operator set and handle c
 from . import workflow as _workflow  # noqa: E402
 from .workflow import *  # noqa: E402,F401,F403  (HALCON's procedures)
 from .hobject import HObject, concat_obj, count_obj, gen_empty_obj, select_obj  # noqa: E402
-from . import workflow as _workflow  # noqa: E402
-from .workflow import *  # noqa: E402,F401,F403  (HALCON's procedures: train_dl_model, …)
 
 __all__ = [
     *_operators.__all__,
