@@ -85,6 +85,14 @@ HALCON_SIGNATURES = {
     "train_dl_model_batch": ["dlmodel_handle", "dlsample_batch"],
     "write_dl_classifier": ["dlclassifier_handle", "file_name"],
     "write_dl_model": ["dlmodel_handle", "file_name"],
+    # HALCON's procedures (halcdl.workflow)
+    "create_dl_train_param": ["dlmodel_handle", "num_epochs", "evaluation_interval_epochs",
+                              "enable_display", "random_seed", "gen_param_name",
+                              "gen_param_value"],
+    "evaluate_dl_model": ["dldataset", "dlmodel_handle", "sample_select_method",
+                          "sample_select_values", "gen_param"],
+    "set_dl_model_param_max_gpu_batch_size": ["dlmodel_handle", "batch_size_upper_bound"],
+    "train_dl_model": ["dldataset", "dlmodel_handle", "train_param", "start_epoch"],
 }
 # in the table, provided by other pieces of work (may be absent from this build)
 NOT_YET = {"create_dl_model_detection", "write_dl_model"}
