@@ -19,6 +19,7 @@ from skimage import data as skdata
 import halcdl as ha
 from halcdl import errors
 from halcdl.workflow.images import read_image
+from helpers import halcon_files_dir
 
 CAMERA = skdata.camera()  # (512, 512) uint8
 CHELSEA = skdata.chelsea()  # (300, 451, 3) uint8
@@ -739,7 +740,7 @@ def test_top_level_exports():
 # ---------------------------------------------------------------------------------------------
 # a real DLDataset written by MVTec's Deep Learning Tool (Windows image_dir, rectangle2 boxes)
 # ---------------------------------------------------------------------------------------------
-CUP = "/work/shared/data/halcon_files/cup_detection"
+CUP = os.path.join(halcon_files_dir() or "/nonexistent", "cup_detection")
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(CUP, "labels.hdict")),
