@@ -118,7 +118,7 @@ def test_every_launcher_is_wrapped_and_tested():
         header = f.read()
     declared = set(re.findall(r"^(?:void|size_t)\s+(\w+)\(", header, re.M))
     assert len(declared) >= 30, declared
-    sizes = {"bias_grad_scratch_floats", "loss_scratch_doubles"}
+    sizes = {"bias_grad_scratch_floats", "loss_scratch_doubles", "bf16_colsum_scratch_doubles"}
     assert declared - sizes == set(emu.SIGNATURES), "kernels.cuh and tests/cuda_emu (SIGNATURES, capi.cpp) differ"
     with open(__file__, encoding="utf-8") as f:
         me = f.read()
@@ -276,6 +276,168 @@ def test_dropout_mask_is_the_cpu_rule(K, p, rng_state, idx):
     kept = float((mask != 0).mean())
     assert abs(kept - (1 - p)) < 0.05, kept
 
+
+
+# ---- bfloat16 (precision 'bfloat16': bf16 activations, fp32 params / statistics) ----------------
+# References: torch.bfloat16 for the rounding (its float → bf16 cast is round-to-nearest-even,
+# like the kernels' store), float64 for the reductions.
+
+def b2f(h):
+    """bf16 bits → float32."""
+    return (np.asarray(h, np.uint16).astype(np.uint32) << np.uint32(16)).view(F32)
+
+
+def torch_bf16_bits(x):
+    """float32 → bf16 bits, rounded by torch."""
+    torch = pytest.importorskip("torch")
+    return torch.from_numpy(np.ascontiguousarray(x, F32)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+def bf16_inputs(shape, seed, scale=3.0):
+    x = (np.random.default_rng(seed).standard_normal(shape) * scale).astype(F32)
+    return torch_bf16_bits(x)
+
+
+def test_bf16_elementwise_match_torch_rounding(K):
+    torch = pytest.importorskip("torch")
+    for n in (1, 257, 3001):
+        a, b, dy = bf16_inputs(n, 1 + n), bf16_inputs(n, 2 + n), bf16_inputs(n, 3 + n)
+        if n > 10:
+            a[:6] = torch_bf16_bits(np.array([np.nan, np.inf, -np.inf, 0.0, 6.0, 6.5], F32))
+        fa, fb, fdy = b2f(a), b2f(b), b2f(dy)
+        _, y = K.call("relu_forward_bf16", a, np.zeros(n, np.uint16), n)
+        assert_bits_equal(y, torch_bf16_bits(torch.relu(torch.from_numpy(fa)).numpy()), "relu_forward_bf16")
+        _, _, dx = K.call("relu_backward_bf16", y, dy, np.zeros(n, np.uint16), n)
+        assert_bits_equal(dx, np.where(b2f(y) > 0, dy, np.uint16(0)), "relu_backward_bf16")
+        _, y6 = K.call("relu6_forward_bf16", a, np.zeros(n, np.uint16), n)
+        ref6 = torch.nn.functional.relu6(torch.from_numpy(fa).to(torch.bfloat16)).view(torch.int16).numpy()
+        assert_bits_equal(y6, ref6.view(np.uint16), "relu6_forward_bf16 (torch bf16)")
+        _, _, dx6 = K.call("relu6_backward_bf16", a, dy, np.zeros(n, np.uint16), n)
+        assert_bits_equal(dx6, np.where((fa > 0) & (fa < 6), dy, np.uint16(0)), "relu6_backward_bf16")
+        ta, tb = torch.from_numpy(fa).to(torch.bfloat16), torch.from_numpy(fb).to(torch.bfloat16)
+        _, _, ys = K.call("add_bf16", a, b, np.zeros(n, np.uint16), n)
+        assert_bits_equal(ys, (ta + tb).view(torch.int16).numpy().view(np.uint16), "add_bf16 (torch bf16 add)")
+        dst, _ = K.call("accumulate_bf16", a, b, n)
+        assert_bits_equal(dst, ys, "accumulate_bf16")
+        mask = np.where(np.random.default_rng(n).random(n) < 0.3, F32(0), F32(1 / 0.7)).astype(F32)
+        _, _, ym = K.call("mul_mask_bf16", dy, mask, np.zeros(n, np.uint16), n)
+        assert_bits_equal(ym, torch_bf16_bits(fdy * mask), "mul_mask_bf16")
+
+
+def test_bf16_dropout_and_bias_add(K):
+    n, p, seed = 4099, 0.3, 987654321
+    threshold = int(float(F32(p)) * 18446744073709551616.0)
+    keep = F32(1) / (F32(1) - F32(p))
+    x = bf16_inputs(n, 9)
+    _, y, mask = K.call("dropout_forward_bf16", x, np.zeros(n, np.uint16), poison(n), n, seed, threshold, keep)
+    with np.errstate(over="ignore"):
+        h = splitmix64_np(U64(seed) + np.arange(n, dtype=U64))
+    ref_mask = np.where(h >= U64(threshold), keep, F32(0)).astype(F32)
+    assert_bits_equal(mask, ref_mask, "dropout_forward_bf16 mask (the fp32 kernel's rule)")
+    assert_bits_equal(y, torch_bf16_bits(b2f(x) * ref_mask), "dropout_forward_bf16 y = bf16(x·mask)")
+    for rows, c in [(1, 1), (7, 3), (300, 70)]:
+        yb = bf16_inputs((rows, c), rows + c)
+        bias = np.random.default_rng(c).standard_normal(c).astype(F32)
+        out, _ = K.call("bias_add_bf16", yb, bias, rows, c)
+        assert_bits_equal(out, torch_bf16_bits(b2f(yb) + bias), f"bias_add_bf16 {rows}x{c}")
+
+
+@pytest.mark.parametrize("rows,c", [(1, 1), (65, 33), (4096, 5), (40000, 3), (0, 4)])
+def test_bias_grad_bf16(K, rows, c):
+    dy = bf16_inputs((rows, c), rows + 3 * c, scale=1.0)
+    ns = K.bf16_colsum_scratch_doubles(rows, c)
+    assert ns >= min(512, max(1, -(-rows // 64))) * c
+    res = under_schedules(K, lambda: K.call("bias_grad_bf16", dy, poison(c), rows, c, poison(ns, np.float64))[1:2])
+    ref = b2f(dy).astype(np.float64).sum(0)
+    bound = np.abs(b2f(dy).astype(np.float64)).sum(0) * 1e-7 + 1e-30
+    assert np.all(np.abs(res[0].astype(np.float64) - ref) <= np.maximum(bound, np.abs(ref) * 1e-7)), "bias_grad_bf16"
+
+
+def bn_ref64(x, scale, shift, eps):
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    st = torch.tensor(scale, dtype=torch.float64, requires_grad=True)
+    sh = torch.tensor(shift, dtype=torch.float64, requires_grad=True)
+    # NHWC rows × c: training batch norm over dim 0 (biased batch variance), written out
+    # (F.batch_norm refuses one value per channel)
+    mu = xt.mean(0)
+    var = ((xt - mu) ** 2).mean(0)
+    y = (xt - mu) / torch.sqrt(var + eps) * st + sh
+    return xt, st, sh, y
+
+
+def bf16_close(got_bits, exp, what):
+    """bf16 outputs within one bf16 ulp (2^-8 relative) of the float64 reference."""
+    assert_close(b2f(got_bits).astype(np.float64), exp, atol=1e-6 * (float(np.abs(exp).max()) + 1e-30),
+                 rtol=2.0 ** -8, what=what)
+
+
+@pytest.mark.parametrize("rows,c", [(1, 4), (2, 3), (64, 32), (130, 70), (5000, 6)])
+def test_bn_bf16_training_forward_and_backward(K, rows, c):
+    torch = pytest.importorskip("torch")
+    eps, mom = 1e-5, 0.1
+    rng = np.random.default_rng(rows * 7 + c)
+    x = torch_bf16_bits((rng.standard_normal((rows, c)) * 2 + rng.standard_normal(c) * 3).astype(F32))
+    dy = bf16_inputs((rows, c), rows + c + 1, scale=1.0)
+    scale = rng.uniform(0.5, 1.5, c).astype(F32)
+    shift = rng.standard_normal(c).astype(F32)
+    rm0, rv0 = rng.standard_normal(c).astype(F32), rng.uniform(0.5, 2, c).astype(F32)
+    ns = K.bf16_colsum_scratch_doubles(rows, c)
+
+    def fwd():
+        o = K.call("bn_forward_training_bf16", x, np.zeros((rows, c), np.uint16), scale, shift, rows, c, F32(eps),
+                   F32(mom), rm0, rv0, poison(c), poison(c), poison(ns, np.float64))
+        return [o[1], o[4], o[5], o[6], o[7]]  # y, running mean / var, save_mean, save_inv_std
+    y, rm, rv, mean, inv = under_schedules(K, fwd)
+    fx = b2f(x).astype(np.float64)
+    mu, var = fx.mean(0), fx.var(0)
+    assert_close(mean, mu, atol=1e-6 * np.abs(fx).max(), rtol=1e-6, what="bn bf16 save_mean")
+    assert_close(inv, 1 / np.sqrt(var + eps), atol=0, rtol=1e-5, what="bn bf16 save_inv_std = 1/sqrt(var_B + eps)")
+    uv = var * rows / (rows - 1) if rows > 1 else var
+    assert_close(rm, 0.9 * rm0 + 0.1 * mu, atol=1e-6, rtol=1e-6, what="bn bf16 running mean")
+    assert_close(rv, 0.9 * rv0 + 0.1 * uv, atol=1e-6, rtol=1e-5, what="bn bf16 running var (unbiased)")
+    xt, st, sh, yr = bn_ref64(b2f(x), scale, shift, eps)
+    bf16_close(y, yr.detach().numpy(), f"bn bf16 forward {rows}x{c}")
+    # no running statistics: nothing written there
+    r = K.call("bn_forward_training_bf16", x, np.zeros((rows, c), np.uint16), scale, shift, rows, c, F32(eps),
+               F32(mom), None, None, poison(c), poison(c), poison(ns, np.float64))
+    assert_bits_equal(r[1], y, "bn bf16 forward without running statistics")
+
+    def bwd():
+        return K.call("bn_backward_bf16", x, dy, scale, mean, inv, rows, c, np.zeros((rows, c), np.uint16), poison(c),
+                      poison(c), poison(ns, np.float64))[5:8]
+    dx, dscale, dshift = under_schedules(K, bwd)
+    yr.backward(torch.tensor(b2f(dy), dtype=torch.float64))
+    gs, gsh = st.grad.numpy(), sh.grad.numpy()
+    assert_close(dshift, gsh, atol=1e-6 * np.abs(b2f(dy)).sum(0).max(), rtol=1e-6, what="bn bf16 dshift")
+    assert_close(dscale, gs, atol=1e-4 * np.abs(b2f(dy)).sum(0).max(), rtol=1e-4, what="bn bf16 dscale")
+    gx = xt.grad.numpy()
+    # dx: the difference of nearly equal terms, rounded once to bf16; fp32 terms, so an
+    # absolute slack relative to the largest |dy·scale·inv| as well
+    big = float(np.max(np.abs(b2f(dy))) * np.max(scale * inv))
+    assert_close(b2f(dx).astype(np.float64), gx, atol=2e-4 * big + 1e-30, rtol=2.0 ** -8, what="bn bf16 dx")
+    # parameter gradients only
+    r = K.call("bn_backward_bf16", x, dy, scale, mean, inv, rows, c, None, poison(c), poison(c),
+               poison(ns, np.float64))
+    assert_bits_equal(r[5], dscale, "bn bf16 dscale without dx")
+
+
+@pytest.mark.parametrize("rows,c", [(1, 1), (300, 70)])
+def test_bn_bf16_inference(K, rows, c):
+    rng = np.random.default_rng(rows + c)
+    x = bf16_inputs((rows, c), rows * 3 + c)
+    scale = rng.uniform(0.5, 1.5, c).astype(F32)
+    shift = rng.standard_normal(c).astype(F32)
+    mean, var = rng.standard_normal(c).astype(F32), rng.uniform(0.2, 3, c).astype(F32)
+    eps = 1e-3
+    _, y = K.call("bn_forward_inference_bf16", x, np.zeros((rows, c), np.uint16), scale, shift, mean, var, rows, c,
+                  F32(eps))[:2]
+    ref = (b2f(x).astype(np.float64) - mean) / np.sqrt(var.astype(np.float64) + eps) * scale + shift
+    bf16_close(y, ref, "bn bf16 inference")
+    # the fp32 arithmetic replayed in numpy, rounded by torch: bit for bit
+    iv = (1.0 / np.sqrt(var.astype(np.float64) + np.float64(F32(eps)))).astype(F32)
+    yy = ((b2f(x) - mean) * iv) * scale + shift
+    assert_bits_equal(y, torch_bf16_bits(yy.astype(F32)), "bn bf16 inference (fp32 arithmetic, one rounding)")
 
 # ---- channel-wise ---------------------------------------------------------------------------
 

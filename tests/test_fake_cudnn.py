@@ -131,6 +131,8 @@ def L():
     lib = _LIB
     P, I, Fl, D, LL = C.c_void_p, C.c_int, C.c_float, C.c_double, C.c_longlong
     lib.fake_cudnn_test_conv_dims.argtypes = [I, I, P, P]
+    lib.fake_cudnn_test_conv_types.argtypes = [I, I, I]
+    lib.fake_cudnn_test_conv_types.restype = None
     lib.fake_cudnn_test_conv.argtypes = [I, I, I, P, I, Fl, Fl, P, P, P, LL, P]
     lib.fake_cudnn_test_conv_algos.argtypes = [I, I, I, I, P, I, P, P, P, P, P, P, P]
     lib.fake_cudnn_test_bn.argtypes = [I, I, I, P, P, P, P, P, P, P, P, P, D, P, P, D, P, P]
@@ -264,6 +266,64 @@ def test_conv_matches_torch(L, case, xfmt, wfmt, mode):
             st = L.fake_cudnn_test_conv(2, xfmt, wfmt, ptr(p), algo_b, alpha, beta, ptr(xa), ptr(wb), ptr(dya), -1, None)
             assert st == SUCCESS, last_error(L)
             close(from_layout(wb, wfmt), alpha * gw.numpy() + beta * w0)
+
+
+FLOAT_T, DOUBLE_T, BF16_T = 0, 1, 9  # cudnnDataType_t
+
+
+def _bf16_bits(a):
+    return torch.tensor(np.ascontiguousarray(a), dtype=torch.float32).to(torch.bfloat16).view(torch.int16).numpy() \
+        .view(np.uint16)
+
+
+def _bf16_vals(h):
+    return (np.asarray(h, np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:3])
+def test_conv_bf16_data_with_float_compute(L, case):
+    """PSEUDO_BFLOAT16_CONFIG: x, w, y bf16 with FLOAT compute, the three directions against
+    torch in float64 on the bf16 values, alpha·v + beta·old rounded once to bf16."""
+    rng = np.random.default_rng(sum(case) + 1)
+    N, Cc, H, W, K, R, S, ph, pw, sh, sw, dh, dw, G = case
+    p = ints(*case, CROSS_CORRELATION, FMA_MATH)
+    xf = _bf16_vals(_bf16_bits(rng.standard_normal((N, Cc, H, W))))
+    wf = _bf16_vals(_bf16_bits(rng.standard_normal((K, Cc // G, R, S))))
+    x, w = torch.tensor(xf), torch.tensor(wf)
+    fn, _ = _conv_ref(x, w, case, CROSS_CORRELATION)
+    y = fn(x, w)
+    dyf = _bf16_vals(_bf16_bits(rng.standard_normal(tuple(y.shape))))
+    gx, gw = torch.autograd.functional.vjp(lambda a, b: fn(a, b), (x, w), torch.tensor(dyf))[1]
+    nhwc = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # noqa: E731
+    L.fake_cudnn_test_conv_types(BF16_T, BF16_T, FLOAT_T)
+    try:
+        for alpha, beta in [(1.0, 0.0), (0.75, -0.5)]:
+            for d, ref, shape, args in [
+                    (0, y.numpy(), tuple(y.shape), lambda o: (_bf16_bits(nhwc(xf)), _bf16_bits(nhwc(wf)), o)),
+                    (1, gx.numpy(), (N, Cc, H, W), lambda o: (o, _bf16_bits(nhwc(wf)), _bf16_bits(nhwc(dyf)))),
+                    (2, gw.numpy(), tuple(w.shape), lambda o: (_bf16_bits(nhwc(xf)), o, _bf16_bits(nhwc(dyf))))]:
+                old = _bf16_bits(nhwc(rng.standard_normal(shape)))
+                out = old.copy() if beta else np.full(old.shape, 0x7FC0, np.uint16)  # NaN: must not be read
+                a, b, c = args(out)
+                st = L.fake_cudnn_test_conv(d, NHWC, NHWC, ptr(p), 0, alpha, beta, ptr(a), ptr(b), ptr(c), -1, None)
+                assert st == SUCCESS, last_error(L)
+                exp = alpha * nhwc(ref) + beta * _bf16_vals(old)
+                got = _bf16_vals(out)
+                # one rounding to bf16: within half a bf16 ulp (at most 2^-8 relative) (+ fp32 slack)
+                err = np.abs(got - exp)
+                bound = np.abs(exp) * 2.0 ** -8 + 1e-6 * (np.abs(exp).max() + 1e-30)
+                assert np.all(err <= bound), f"direction {d}: max err {err.max():.3e}"
+                # and it is exactly torch's bf16 rounding of the float result where no tie is near
+                assert np.mean(out == _bf16_bits(exp.astype(np.float32))) > 0.98
+        # mixed types or another compute type: NOT_SUPPORTED
+        xa, wa = _bf16_bits(nhwc(xf)), _bf16_bits(nhwc(wf))
+        yo = np.zeros(tuple(y.shape), np.uint16)
+        for types in [(BF16_T, BF16_T, DOUBLE_T), (BF16_T, FLOAT_T, FLOAT_T), (FLOAT_T, BF16_T, FLOAT_T)]:
+            L.fake_cudnn_test_conv_types(*types)
+            st = L.fake_cudnn_test_conv(0, NHWC, NHWC, ptr(p), 0, 1.0, 0.0, ptr(xa), ptr(wa), ptr(yo), -1, None)
+            assert st == NOT_SUPPORTED, (types, st)
+    finally:
+        L.fake_cudnn_test_conv_types(FLOAT_T, FLOAT_T, FLOAT_T)
 
 
 def test_conv_output_dims_and_bad_shapes(L):

@@ -835,3 +835,312 @@ void adam_update(float* w, const float* grad, float* m, float* v, size_t n_weigh
 }
 
 }  // namespace halcdl::gpu::k
+
+// ---- bfloat16 -------------------------------------------------------------------------------
+// precision 'bfloat16' (kernels.cuh): activations and their gradients are stored as bf16 bits
+// (uint16_t), every kernel computes in fp32 and rounds once on the store (the CPU twin's
+// round-to-nearest-even, NaN kept quiet); parameters, statistics and parameter gradients stay
+// fp32. Reductions follow the determinism rule above: fixed chunks of rows per column tile
+// (bias_chunks), double accumulation, chunks added in order.
+namespace halcdl::gpu::k {
+namespace {
+
+__device__ __forceinline__ float ldb(uint16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
+__device__ __forceinline__ uint16_t stb(float f) {
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+// Loads / stores of an element type T (float or bf16 bits), computing in float.
+__device__ __forceinline__ float ldt(float v) { return v; }
+__device__ __forceinline__ float ldt(uint16_t v) { return ldb(v); }
+template <typename T> __device__ __forceinline__ T stt(float f);
+template <> __device__ __forceinline__ float stt<float>(float f) { return f; }
+template <> __device__ __forceinline__ uint16_t stt<uint16_t>(float f) { return stb(f); }
+
+template <typename T>
+__global__ void relu_fwd_t(const T* __restrict__ x, T* __restrict__ y, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(relu1(ldt(x[i])));
+}
+template <typename T>
+__global__ void relu_bwd_t(const T* __restrict__ y, const T* __restrict__ dy, T* __restrict__ dx, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) dx[i] = ldt(y[i]) > 0.f ? dy[i] : stt<T>(0.f);
+}
+template <typename T>
+__global__ void relu6_fwd_t(const T* __restrict__ x, T* __restrict__ y, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(relu6_1(ldt(x[i])));
+}
+template <typename T>
+__global__ void relu6_bwd_t(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const float v = ldt(x[i]);
+    dx[i] = (v > 0.f && v < 6.f) ? dy[i] : stt<T>(0.f);
+  }
+}
+template <typename T>
+__global__ void add_t(const T* a, const T* b, T* y, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(__fadd_rn(ldt(a[i]), ldt(b[i])));
+}
+// y = dy · m with an fp32 factor per element (the dropout mask)
+template <typename T>
+__global__ void mul_f32_t(const T* a, const float* __restrict__ m, T* y, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(__fmul_rn(ldt(a[i]), m[i]));
+}
+template <typename T>
+__global__ void bias_add_t(T* __restrict__ y, const float* __restrict__ b, size_t n, int64_t c) {
+  const size_t cc = static_cast<size_t>(c);
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(__fadd_rn(ldt(y[i]), b[i % cc]));
+}
+template <typename T>
+__global__ void dropout_t(const T* x, T* y, float* __restrict__ mask, size_t n, uint64_t seed, uint64_t threshold,
+                          float keep) {
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const float m = splitmix64(seed + static_cast<uint64_t>(i)) >= threshold ? keep : 0.f;
+    mask[i] = m;
+    y[i] = stt<T>(__fmul_rn(ldt(x[i]), m));
+  }
+}
+
+// Column sums per chunk of rows over a 32-column tile, block (32, 8), of a per-element value:
+//   Mode 0: a[r, j];   Mode 1: (a[r, j] − mean[j])²;   Mode 2: b[r, j] · (a[r, j] − mean[j]) · inv[j]
+// out[chunk·c + j] (double). Lane ty sums rows r0+ty, r0+ty+8, ...; the 8 lanes in order.
+template <int Mode>
+__global__ void bf16_colsum_chunks_kernel(const uint16_t* __restrict__ a, const uint16_t* __restrict__ b,
+                                          const float* __restrict__ mean, const float* __restrict__ inv,
+                                          double* __restrict__ out, int64_t rows, int64_t c, int64_t rpc) {
+  __shared__ double sh[kRowLanes][kTile];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kTile + tx;
+  const int64_t chunk = blockIdx.y;
+  const int64_t r0 = chunk * rpc, r1 = imin(rows, r0 + rpc);
+  double acc = 0;
+  if (col < c) {
+    const float mu = Mode != 0 ? mean[col] : 0.f;
+    const float iv = Mode == 2 ? inv[col] : 0.f;
+    for (int64_t r = r0 + ty; r < r1; r += kRowLanes) {
+      const float x = ldb(a[r * c + col]);
+      float v;
+      if (Mode == 0) {
+        v = x;
+      } else if (Mode == 1) {
+        const float d = __fsub_rn(x, mu);
+        v = __fmul_rn(d, d);
+      } else {
+        v = __fmul_rn(ldb(b[r * c + col]), __fmul_rn(__fsub_rn(x, mu), iv));
+      }
+      acc += static_cast<double>(v);
+    }
+  }
+  sh[ty][tx] = acc;
+  __syncthreads();
+  if (ty == 0 && col < c) {
+    double s = 0;
+    for (int i = 0; i < kRowLanes; ++i) s += sh[i][tx];
+    out[chunk * c + col] = s;
+  }
+}
+
+__device__ __forceinline__ double chunk_total(const double* part, int64_t chunks, int64_t c, int64_t col) {
+  double acc = 0;
+  for (int64_t ch = 0; ch < chunks; ++ch) acc += part[ch * c + col];
+  return acc;
+}
+__global__ void colsum_final_f32_kernel(const double* __restrict__ part, float* __restrict__ out, int64_t chunks,
+                                        int64_t c, double div) {
+  for (size_t j = gtid(); j < static_cast<size_t>(c); j += gstride())
+    out[j] = static_cast<float>(chunk_total(part, chunks, c, static_cast<int64_t>(j)) / div);
+}
+// var = Σ(x − mean)² / rows (biased); inv = 1/sqrt(var + eps); running statistics (PyTorch's
+// momentum, unbiased variance; one value per channel: the biased one, as the CPU twin)
+__global__ void bn_var_final_kernel(const double* __restrict__ part, int64_t chunks, int64_t c, int64_t rows,
+                                    float eps, float momentum, const float* __restrict__ mean,
+                                    float* __restrict__ inv, float* rmean, float* rvar) {
+  for (size_t jj = gtid(); jj < static_cast<size_t>(c); jj += gstride()) {
+    const int64_t j = static_cast<int64_t>(jj);
+    const double var = chunk_total(part, chunks, c, j) / static_cast<double>(rows);
+    inv[j] = static_cast<float>(1.0 / sqrt(var + static_cast<double>(eps)));
+    if (rmean) {
+      const double uv = rows > 1 ? var * static_cast<double>(rows) / static_cast<double>(rows - 1) : var;
+      const double m = momentum;
+      rmean[j] = static_cast<float>((1.0 - m) * rmean[j] + m * mean[j]);
+      rvar[j] = static_cast<float>((1.0 - m) * rvar[j] + m * uv);
+    }
+  }
+}
+// y = ((x − mean)·inv)·scale + shift
+__global__ void bn_apply_kernel(const uint16_t* __restrict__ x, uint16_t* __restrict__ y, const float* __restrict__ mean,
+                                const float* __restrict__ inv, const float* __restrict__ scale,
+                                const float* __restrict__ shift, size_t n, int64_t c) {
+  const size_t cc = static_cast<size_t>(c);
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const size_t j = i % cc;
+    const float xh = __fmul_rn(__fsub_rn(ldb(x[i]), mean[j]), inv[j]);
+    y[i] = stb(__fadd_rn(__fmul_rn(xh, scale[j]), shift[j]));
+  }
+}
+__global__ void bn_infer_kernel(const uint16_t* __restrict__ x, uint16_t* __restrict__ y, const float* __restrict__ mean,
+                                const float* __restrict__ var, const float* __restrict__ scale,
+                                const float* __restrict__ shift, size_t n, int64_t c, float eps) {
+  const size_t cc = static_cast<size_t>(c);
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const size_t j = i % cc;
+    const float iv = static_cast<float>(1.0 / sqrt(static_cast<double>(var[j]) + static_cast<double>(eps)));
+    const float xh = __fmul_rn(__fsub_rn(ldb(x[i]), mean[j]), iv);
+    y[i] = stb(__fadd_rn(__fmul_rn(xh, scale[j]), shift[j]));
+  }
+}
+// dx = scale·inv·(dy − dshift/rows − x̂·dscale/rows)
+__global__ void bn_bwd_dx_kernel(const uint16_t* __restrict__ x, const uint16_t* __restrict__ dy,
+                                 const float* __restrict__ mean, const float* __restrict__ inv,
+                                 const float* __restrict__ scale, const float* __restrict__ dscale,
+                                 const float* __restrict__ dshift, uint16_t* __restrict__ dx, size_t n, int64_t c,
+                                 float inv_rows) {
+  const size_t cc = static_cast<size_t>(c);
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const size_t j = i % cc;
+    const float xh = __fmul_rn(__fsub_rn(ldb(x[i]), mean[j]), inv[j]);
+    const float t = __fsub_rn(__fsub_rn(ldb(dy[i]), __fmul_rn(dshift[j], inv_rows)),
+                              __fmul_rn(xh, __fmul_rn(dscale[j], inv_rows)));
+    dx[i] = stb(__fmul_rn(__fmul_rn(scale[j], inv[j]), t));
+  }
+}
+
+// The chunk grid of a column reduction over `rows` (bias_chunks) and its launch.
+struct ColGrid {
+  int64_t chunks, rpc;
+  dim3 grid;
+};
+ColGrid col_grid(int64_t rows, int64_t c) {
+  const int64_t chunks = bias_chunks(rows);
+  return {chunks, (rows + chunks - 1) / chunks,
+          dim3(static_cast<unsigned>((c + kTile - 1) / kTile), static_cast<unsigned>(chunks))};
+}
+
+}  // namespace
+
+void relu_forward_bf16(const uint16_t* x, uint16_t* y, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  relu_fwd_t<uint16_t><<<grid_for(n), kBlock, 0, s>>>(x, y, n);
+  CUDA_CHECK_LAUNCH();
+}
+void relu_backward_bf16(const uint16_t* y, const uint16_t* dy, uint16_t* dx, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  relu_bwd_t<uint16_t><<<grid_for(n), kBlock, 0, s>>>(y, dy, dx, n);
+  CUDA_CHECK_LAUNCH();
+}
+void relu6_forward_bf16(const uint16_t* x, uint16_t* y, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  relu6_fwd_t<uint16_t><<<grid_for(n), kBlock, 0, s>>>(x, y, n);
+  CUDA_CHECK_LAUNCH();
+}
+void relu6_backward_bf16(const uint16_t* x, const uint16_t* dy, uint16_t* dx, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  relu6_bwd_t<uint16_t><<<grid_for(n), kBlock, 0, s>>>(x, dy, dx, n);
+  CUDA_CHECK_LAUNCH();
+}
+void add_bf16(const uint16_t* a, const uint16_t* b, uint16_t* y, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  add_t<uint16_t><<<grid_for(n), kBlock, 0, s>>>(a, b, y, n);
+  CUDA_CHECK_LAUNCH();
+}
+void accumulate_bf16(uint16_t* dst, const uint16_t* src, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  add_t<uint16_t><<<grid_for(n), kBlock, 0, s>>>(dst, src, dst, n);
+  CUDA_CHECK_LAUNCH();
+}
+void mul_mask_bf16(const uint16_t* a, const float* mask, uint16_t* y, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  mul_f32_t<uint16_t><<<grid_for(n), kBlock, 0, s>>>(a, mask, y, n);
+  CUDA_CHECK_LAUNCH();
+}
+void dropout_forward_bf16(const uint16_t* x, uint16_t* y, float* mask, size_t n, uint64_t seed, uint64_t threshold,
+                          float keep, cudaStream_t s) {
+  if (n == 0) return;
+  dropout_t<uint16_t><<<grid_for(n), kBlock, 0, s>>>(x, y, mask, n, seed, threshold, keep);
+  CUDA_CHECK_LAUNCH();
+}
+void bias_add_bf16(uint16_t* y, const float* bias, int64_t rows, int64_t c, cudaStream_t s) {
+  if (rows <= 0 || c <= 0) return;
+  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(c);
+  bias_add_t<uint16_t><<<grid_for(n), kBlock, 0, s>>>(y, bias, n, c);
+  CUDA_CHECK_LAUNCH();
+}
+
+size_t bf16_colsum_scratch_doubles(int64_t rows, int64_t c) {
+  if (c <= 0) return 0;
+  return 2 * static_cast<size_t>(bias_chunks(rows)) * static_cast<size_t>(c);
+}
+
+void bias_grad_bf16(const uint16_t* dy, float* db, int64_t rows, int64_t c, double* scratch, cudaStream_t s) {
+  if (c <= 0) return;
+  if (rows <= 0) {
+    CUDA_CHECK(cudaMemsetAsync(db, 0, static_cast<size_t>(c) * sizeof(float), s));
+    return;
+  }
+  const ColGrid g = col_grid(rows, c);
+  bf16_colsum_chunks_kernel<0><<<g.grid, dim3(kTile, kRowLanes), 0, s>>>(dy, nullptr, nullptr, nullptr, scratch, rows,
+                                                                       c, g.rpc);
+  CUDA_CHECK_LAUNCH();
+  colsum_final_f32_kernel<<<grid_for(static_cast<size_t>(c)), kBlock, 0, s>>>(scratch, db, g.chunks, c, 1.0);
+  CUDA_CHECK_LAUNCH();
+}
+
+void bn_forward_training_bf16(const uint16_t* x, uint16_t* y, const float* scale, const float* shift, int64_t rows,
+                              int64_t c, float eps, float momentum, float* running_mean, float* running_var,
+                              float* save_mean, float* save_inv_std, double* scratch, cudaStream_t s) {
+  if (c <= 0) return;
+  HALCDL_CHECK(rows > 0, kErrInvalidInputShape, "batch normalisation of an empty batch");
+  const ColGrid g = col_grid(rows, c);
+  const unsigned gc = grid_for(static_cast<size_t>(c));
+  bf16_colsum_chunks_kernel<0><<<g.grid, dim3(kTile, kRowLanes), 0, s>>>(x, nullptr, nullptr, nullptr, scratch, rows, c,
+                                                                       g.rpc);
+  CUDA_CHECK_LAUNCH();
+  colsum_final_f32_kernel<<<gc, kBlock, 0, s>>>(scratch, save_mean, g.chunks, c, static_cast<double>(rows));
+  CUDA_CHECK_LAUNCH();
+  bf16_colsum_chunks_kernel<1><<<g.grid, dim3(kTile, kRowLanes), 0, s>>>(x, nullptr, save_mean, nullptr, scratch, rows,
+                                                                       c, g.rpc);
+  CUDA_CHECK_LAUNCH();
+  bn_var_final_kernel<<<gc, kBlock, 0, s>>>(scratch, g.chunks, c, rows, eps, momentum, save_mean, save_inv_std,
+                                            running_mean, running_mean ? running_var : nullptr);
+  CUDA_CHECK_LAUNCH();
+  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(c);
+  bn_apply_kernel<<<grid_for(n), kBlock, 0, s>>>(x, y, save_mean, save_inv_std, scale, shift, n, c);
+  CUDA_CHECK_LAUNCH();
+}
+
+void bn_forward_inference_bf16(const uint16_t* x, uint16_t* y, const float* scale, const float* shift,
+                               const float* mean, const float* var, int64_t rows, int64_t c, float eps,
+                               cudaStream_t s) {
+  if (rows <= 0 || c <= 0) return;
+  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(c);
+  bn_infer_kernel<<<grid_for(n), kBlock, 0, s>>>(x, y, mean, var, scale, shift, n, c, eps);
+  CUDA_CHECK_LAUNCH();
+}
+
+void bn_backward_bf16(const uint16_t* x, const uint16_t* dy, const float* scale, const float* save_mean,
+                      const float* save_inv_std, int64_t rows, int64_t c, uint16_t* dx, float* dscale, float* dshift,
+                      double* scratch, cudaStream_t s) {
+  if (c <= 0) return;
+  HALCDL_CHECK(rows > 0, kErrInvalidInputShape, "batch normalisation of an empty batch");
+  const ColGrid g = col_grid(rows, c);
+  const unsigned gc = grid_for(static_cast<size_t>(c));
+  double* part2 = scratch + static_cast<size_t>(g.chunks) * static_cast<size_t>(c);
+  bf16_colsum_chunks_kernel<0><<<g.grid, dim3(kTile, kRowLanes), 0, s>>>(dy, nullptr, nullptr, nullptr, scratch, rows,
+                                                                       c, g.rpc);
+  CUDA_CHECK_LAUNCH();
+  bf16_colsum_chunks_kernel<2><<<g.grid, dim3(kTile, kRowLanes), 0, s>>>(x, dy, save_mean, save_inv_std, part2, rows,
+                                                                       c, g.rpc);
+  CUDA_CHECK_LAUNCH();
+  colsum_final_f32_kernel<<<gc, kBlock, 0, s>>>(scratch, dshift, g.chunks, c, 1.0);
+  CUDA_CHECK_LAUNCH();
+  colsum_final_f32_kernel<<<gc, kBlock, 0, s>>>(part2, dscale, g.chunks, c, 1.0);
+  CUDA_CHECK_LAUNCH();
+  if (!dx) return;
+  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(c);
+  bn_bwd_dx_kernel<<<grid_for(n), kBlock, 0, s>>>(x, dy, save_mean, save_inv_std, scale, dscale, dshift, dx, n, c,
+                                                  1.f / static_cast<float>(rows));
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace halcdl::gpu::k

@@ -95,4 +95,39 @@ void sgd_update(float* w, const float* grad, float* v, size_t n_weight, size_t n
 void adam_update(float* w, const float* grad, float* m, float* v, size_t n_weight, size_t n, float lr, float beta1,
                  float beta2, float eps, float weight_prior, int64_t t, cudaStream_t s);
 
+// ---- bfloat16 (precision 'bfloat16') ------------------------------------------------------
+// Activations and activation gradients as bf16 bits (uint16_t, the upper half of an fp32);
+// computed in fp32, rounded once on the store to nearest even (f32_to_bf16's rule; NaN stays
+// NaN). Parameters, statistics, masks and parameter gradients are fp32; reductions add in
+// double over a fixed grid (deterministic, as above).
+void relu_forward_bf16(const uint16_t* x, uint16_t* y, size_t n, cudaStream_t s);
+void relu_backward_bf16(const uint16_t* y, const uint16_t* dy, uint16_t* dx, size_t n, cudaStream_t s);
+void relu6_forward_bf16(const uint16_t* x, uint16_t* y, size_t n, cudaStream_t s);
+void relu6_backward_bf16(const uint16_t* x, const uint16_t* dy, uint16_t* dx, size_t n, cudaStream_t s);
+void add_bf16(const uint16_t* a, const uint16_t* b, uint16_t* y, size_t n, cudaStream_t s);
+void accumulate_bf16(uint16_t* dst, const uint16_t* src, size_t n, cudaStream_t s);  // dst = bf16(dst + src)
+void mul_mask_bf16(const uint16_t* a, const float* mask, uint16_t* y, size_t n, cudaStream_t s);  // y = a · mask
+void dropout_forward_bf16(const uint16_t* x, uint16_t* y, float* mask, size_t n, uint64_t seed, uint64_t threshold,
+                          float keep, cudaStream_t s);
+void bias_add_bf16(uint16_t* y, const float* bias, int64_t rows, int64_t c, cudaStream_t s);
+// Scratch (doubles) of bias_grad_bf16 and the bn kernels below.
+size_t bf16_colsum_scratch_doubles(int64_t rows, int64_t c);
+void bias_grad_bf16(const uint16_t* dy, float* db, int64_t rows, int64_t c, double* scratch, cudaStream_t s);
+// Batch normalisation over NHWC rows × c (spatial, cuDNN's semantics; cuDNN's legacy batch
+// norm takes no bf16). Training: batch mean and biased variance (two passes), y = x̂·scale +
+// shift, save_mean / save_inv_std = 1/sqrt(var + eps) (as cuDNN saves them), and when
+// running_mean is not null the running statistics with PyTorch's momentum and the unbiased
+// variance (one value per channel: the biased one, as the CPU twin).
+void bn_forward_training_bf16(const uint16_t* x, uint16_t* y, const float* scale, const float* shift, int64_t rows,
+                              int64_t c, float eps, float momentum, float* running_mean, float* running_var,
+                              float* save_mean, float* save_inv_std, double* scratch, cudaStream_t s);
+void bn_forward_inference_bf16(const uint16_t* x, uint16_t* y, const float* scale, const float* shift,
+                               const float* mean, const float* var, int64_t rows, int64_t c, float eps,
+                               cudaStream_t s);
+// dshift = Σ dy, dscale = Σ dy·x̂ (written), dx = scale·inv·(dy − dshift/rows − x̂·dscale/rows)
+// (dx may be null: parameter gradients only).
+void bn_backward_bf16(const uint16_t* x, const uint16_t* dy, const float* scale, const float* save_mean,
+                      const float* save_inv_std, int64_t rows, int64_t c, uint16_t* dx, float* dscale, float* dshift,
+                      double* scratch, cudaStream_t s);
+
 }  // namespace halcdl::gpu::k

@@ -168,4 +168,43 @@ int emu_adam_update(float* w, const float* grad, float* m, float* v, size_t n_we
   EMU_CALL(k::adam_update(w, grad, m, v, n_weight, n, lr, beta1, beta2, eps, weight_prior, t, kStream))
 }
 
+// ---- bfloat16 --------------------------------------------------------------------------
+int emu_relu_forward_bf16(const uint16_t* x, uint16_t* y, size_t n) { EMU_CALL(k::relu_forward_bf16(x, y, n, kStream)) }
+int emu_relu_backward_bf16(const uint16_t* y, const uint16_t* dy, uint16_t* dx, size_t n) {
+  EMU_CALL(k::relu_backward_bf16(y, dy, dx, n, kStream))
+}
+int emu_relu6_forward_bf16(const uint16_t* x, uint16_t* y, size_t n) { EMU_CALL(k::relu6_forward_bf16(x, y, n, kStream)) }
+int emu_relu6_backward_bf16(const uint16_t* x, const uint16_t* dy, uint16_t* dx, size_t n) {
+  EMU_CALL(k::relu6_backward_bf16(x, dy, dx, n, kStream))
+}
+int emu_add_bf16(const uint16_t* a, const uint16_t* b, uint16_t* y, size_t n) { EMU_CALL(k::add_bf16(a, b, y, n, kStream)) }
+int emu_accumulate_bf16(uint16_t* dst, const uint16_t* src, size_t n) { EMU_CALL(k::accumulate_bf16(dst, src, n, kStream)) }
+int emu_mul_mask_bf16(const uint16_t* a, const float* m, uint16_t* y, size_t n) {
+  EMU_CALL(k::mul_mask_bf16(a, m, y, n, kStream))
+}
+int emu_dropout_forward_bf16(const uint16_t* x, uint16_t* y, float* mask, size_t n, uint64_t seed, uint64_t threshold,
+                             float keep) {
+  EMU_CALL(k::dropout_forward_bf16(x, y, mask, n, seed, threshold, keep, kStream))
+}
+int emu_bias_add_bf16(uint16_t* y, const float* b, int64_t rows, int64_t c) { EMU_CALL(k::bias_add_bf16(y, b, rows, c, kStream)) }
+size_t emu_bf16_colsum_scratch_doubles(int64_t rows, int64_t c) { return k::bf16_colsum_scratch_doubles(rows, c); }
+int emu_bias_grad_bf16(const uint16_t* dy, float* db, int64_t rows, int64_t c, double* scratch) {
+  EMU_CALL(k::bias_grad_bf16(dy, db, rows, c, scratch, kStream))
+}
+int emu_bn_forward_training_bf16(const uint16_t* x, uint16_t* y, const float* scale, const float* shift, int64_t rows,
+                                 int64_t c, float eps, float momentum, float* rmean, float* rvar, float* save_mean,
+                                 float* save_inv, double* scratch) {
+  EMU_CALL(k::bn_forward_training_bf16(x, y, scale, shift, rows, c, eps, momentum, rmean, rvar, save_mean, save_inv,
+                                       scratch, kStream))
+}
+int emu_bn_forward_inference_bf16(const uint16_t* x, uint16_t* y, const float* scale, const float* shift,
+                                  const float* mean, const float* var, int64_t rows, int64_t c, float eps) {
+  EMU_CALL(k::bn_forward_inference_bf16(x, y, scale, shift, mean, var, rows, c, eps, kStream))
+}
+int emu_bn_backward_bf16(const uint16_t* x, const uint16_t* dy, const float* scale, const float* save_mean,
+                         const float* save_inv, int64_t rows, int64_t c, uint16_t* dx, float* dscale, float* dshift,
+                         double* scratch) {
+  EMU_CALL(k::bn_backward_bf16(x, dy, scale, save_mean, save_inv, rows, c, dx, dscale, dshift, scratch, kStream))
+}
+
 }  // extern "C"

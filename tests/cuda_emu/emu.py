@@ -181,6 +181,19 @@ SIGNATURES = {
     "check_finite": [_P, _SZ, _P],
     "sgd_update": [_P, _P, _P, _SZ, _SZ, _F, _F, _F],
     "adam_update": [_P, _P, _P, _P, _SZ, _SZ, _F, _F, _F, _F, _F, _I64],
+    "relu_forward_bf16": [_P, _P, _SZ],
+    "relu_backward_bf16": [_P, _P, _P, _SZ],
+    "relu6_forward_bf16": [_P, _P, _SZ],
+    "relu6_backward_bf16": [_P, _P, _P, _SZ],
+    "add_bf16": [_P, _P, _P, _SZ],
+    "accumulate_bf16": [_P, _P, _SZ],
+    "mul_mask_bf16": [_P, _P, _P, _SZ],
+    "dropout_forward_bf16": [_P, _P, _P, _SZ, _U64, _U64, _F],
+    "bias_add_bf16": [_P, _P, _I64, _I64],
+    "bias_grad_bf16": [_P, _P, _I64, _I64, _P],
+    "bn_forward_training_bf16": [_P, _P, _P, _P, _I64, _I64, _F, _F, _P, _P, _P, _P, _P],
+    "bn_forward_inference_bf16": [_P, _P, _P, _P, _P, _P, _I64, _I64, _F],
+    "bn_backward_bf16": [_P, _P, _P, _P, _P, _I64, _I64, _P, _P, _P, _P],
 }
 SCHEDULES = {"in_order": 0, "reverse": 1, "random": 2}
 
@@ -229,6 +242,8 @@ class Kernels:
         L.emu_bias_grad_scratch_floats.restype = C.c_size_t
         L.emu_loss_scratch_doubles.argtypes = [_I64]
         L.emu_loss_scratch_doubles.restype = C.c_size_t
+        L.emu_bf16_colsum_scratch_doubles.argtypes = [_I64, _I64]
+        L.emu_bf16_colsum_scratch_doubles.restype = C.c_size_t
         for name, sig in SIGNATURES.items():
             fn = getattr(L, "emu_" + name)
             fn.argtypes = sig
@@ -260,6 +275,9 @@ class Kernels:
 
     def loss_scratch_doubles(self, rows: int) -> int:
         return int(self.lib.emu_loss_scratch_doubles(rows))
+
+    def bf16_colsum_scratch_doubles(self, rows: int, c: int) -> int:
+        return int(self.lib.emu_bf16_colsum_scratch_doubles(rows, c))
 
     # -- calls ----------------------------------------------------------------------------
     def call(self, name: str, *args):

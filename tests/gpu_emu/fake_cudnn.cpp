@@ -47,8 +47,12 @@
 //     whose value equals y: a stale y gets no gradient, like cuDNN which compares x with y),
 //     AVERAGE_COUNT_INCLUDE_PADDING (divides by kh·kw) and AVERAGE_COUNT_EXCLUDE_PADDING (by the
 //     number of in-bounds elements). Output size: floor. Padding >= window: NOT_SUPPORTED.
-//   * data type: CUDNN_DATA_FLOAT only (descriptors accept any valid type; a compute call with
+//   * data type: CUDNN_DATA_FLOAT (descriptors accept any valid type; a compute call with
 //     another one returns CUDNN_STATUS_NOT_SUPPORTED). Convolution compute type: FLOAT only.
+//     Convolutions (all three directions) also take x, w, y all CUDNN_DATA_BFLOAT16 with FLOAT
+//     compute (cuDNN's PSEUDO_BFLOAT16_CONFIG): products summed in double from the bf16 values,
+//     alpha·v + beta·old rounded once to bf16 (nearest even). Batch norm and pooling: FLOAT only
+//     (cuDNN's legacy batch norm has no bf16 path halcdl uses: its own kernels do bf16 bn).
 // Unsupported parameters return CUDNN_STATUS_NOT_SUPPORTED, invalid ones CUDNN_STATUS_BAD_PARAM;
 // nothing aborts.
 //
@@ -213,55 +217,83 @@ cudnnStatus_t conv_check(const char* fn, cudnnConvolutionDescriptor_t cd, cudnnT
   if (yd->n != g->N || yd->c != g->K || yd->h != g->OH || yd->w != g->OW)
     return fail(CUDNN_STATUS_BAD_PARAM, fn, "output descriptor is %dx%dx%dx%d (NCHW), the convolution gives %dx%dx%dx%d",
                 yd->n, yd->c, yd->h, yd->w, g->N, g->K, g->OH, g->OW);
-  TRY(need_float(fn, xd->dt, "x"));
-  TRY(need_float(fn, yd->dt, "y"));
-  TRY(need_float(fn, wd->dt, "filter"));
-  if (cd->compute != CUDNN_DATA_FLOAT)
-    return fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "compute type %d with float data (FLOAT only)", int(cd->compute));
+  // FLOAT_CONFIG (x, w, y FLOAT) or BFLOAT16 data with FLOAT compute (cuDNN's
+  // PSEUDO_BFLOAT16_CONFIG: x, w, y BFLOAT16, products accumulated in fp32, y rounded once)
+  if (xd->dt == CUDNN_DATA_BFLOAT16 && yd->dt == CUDNN_DATA_BFLOAT16 && wd->dt == CUDNN_DATA_BFLOAT16) {
+    if (cd->compute != CUDNN_DATA_FLOAT)
+      return fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "compute type %d with bfloat16 data (FLOAT only)", int(cd->compute));
+  } else {
+    TRY(need_float(fn, xd->dt, "x"));
+    TRY(need_float(fn, yd->dt, "y"));
+    TRY(need_float(fn, wd->dt, "filter"));
+    if (cd->compute != CUDNN_DATA_FLOAT)
+      return fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "compute type %d with float data (FLOAT only)", int(cd->compute));
+  }
   if (wd->fmt != CUDNN_TENSOR_NCHW && wd->fmt != CUDNN_TENSOR_NHWC)
     return fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "filter format %d", int(wd->fmt));
   return CUDNN_STATUS_SUCCESS;
 }
 
+// Elements of a FLOAT or BFLOAT16 (the upper half of an fp32) buffer. bf16 stores round the
+// fp32 value (alpha·v + beta·old, computed in double, rounded to float) to nearest even.
+float elem_load(const void* p, int64_t i, cudnnDataType_t dt) {
+  if (dt != CUDNN_DATA_BFLOAT16) return static_cast<const float*>(p)[i];
+  uint32_t u = static_cast<uint32_t>(static_cast<const uint16_t*>(p)[i]) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+void elem_blend(void* p, int64_t i, cudnnDataType_t dt, double v, double alpha, double beta) {
+  if (dt != CUDNN_DATA_BFLOAT16) return blend(static_cast<float*>(p) + i, v, alpha, beta);
+  const double old = beta == 0.0 ? 0.0 : static_cast<double>(elem_load(p, i, dt));
+  const float f = static_cast<float>(beta == 0.0 ? alpha * v : alpha * v + beta * old);
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  uint16_t h;
+  if ((u & 0x7fffffffu) > 0x7f800000u) h = static_cast<uint16_t>((u >> 16) | 0x40u);
+  else h = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  static_cast<uint16_t*>(p)[i] = h;
+}
+
 // tensor -> dense NHWC doubles
-std::vector<double> gather_nhwc(const cudnnTensorStruct& d, const float* p) {
+std::vector<double> gather_nhwc(const cudnnTensorStruct& d, const void* p) {
   std::vector<double> v(static_cast<size_t>(d.count()));
   size_t i = 0;
   for (int n = 0; n < d.n; ++n)
     for (int h = 0; h < d.h; ++h)
       for (int w = 0; w < d.w; ++w)
-        for (int c = 0; c < d.c; ++c) v[i++] = p[d.off(n, c, h, w)];
+        for (int c = 0; c < d.c; ++c) v[i++] = elem_load(p, d.off(n, c, h, w), d.dt);
   return v;
 }
 
-void scatter_nhwc(const cudnnTensorStruct& d, float* p, const std::vector<double>& v, double alpha, double beta) {
+void scatter_nhwc(const cudnnTensorStruct& d, void* p, const std::vector<double>& v, double alpha, double beta) {
   size_t i = 0;
   for (int n = 0; n < d.n; ++n)
     for (int h = 0; h < d.h; ++h)
       for (int w = 0; w < d.w; ++w)
-        for (int c = 0; c < d.c; ++c) blend(p + d.off(n, c, h, w), v[i++], alpha, beta);
+        for (int c = 0; c < d.c; ++c) elem_blend(p, d.off(n, c, h, w), d.dt, v[i++], alpha, beta);
 }
 
 // filter -> dense KRSC doubles of the cross-correlation (flipped for CUDNN_CONVOLUTION)
-std::vector<double> gather_krsc(const cudnnFilterStruct& f, const float* p, bool flip) {
+std::vector<double> gather_krsc(const cudnnFilterStruct& f, const void* p, bool flip) {
   std::vector<double> v(size_t(f.k) * f.h * f.w * f.c);
   size_t i = 0;
   for (int k = 0; k < f.k; ++k)
     for (int r = 0; r < f.h; ++r)
       for (int s = 0; s < f.w; ++s)
         for (int c = 0; c < f.c; ++c)
-          v[i++] = p[f.off(k, c, flip ? f.h - 1 - r : r, flip ? f.w - 1 - s : s)];
+          v[i++] = elem_load(p, f.off(k, c, flip ? f.h - 1 - r : r, flip ? f.w - 1 - s : s), f.dt);
   return v;
 }
 
-void scatter_krsc(const cudnnFilterStruct& f, float* p, const std::vector<double>& v, bool flip, double alpha,
+void scatter_krsc(const cudnnFilterStruct& f, void* p, const std::vector<double>& v, bool flip, double alpha,
                   double beta) {
   size_t i = 0;
   for (int k = 0; k < f.k; ++k)
     for (int r = 0; r < f.h; ++r)
       for (int s = 0; s < f.w; ++s)
         for (int c = 0; c < f.c; ++c)
-          blend(p + f.off(k, c, flip ? f.h - 1 - r : r, flip ? f.w - 1 - s : s), v[i++], alpha, beta);
+          elem_blend(p, f.off(k, c, flip ? f.h - 1 - r : r, flip ? f.w - 1 - s : s), f.dt, v[i++], alpha, beta);
 }
 
 // y[n,oh,ow,k] = Σ x[n,ih,iw,g·Cg+c] · w[k,r,s,c], all dense NHWC / KRSC
@@ -1301,21 +1333,31 @@ struct Descs {
   }
 };
 
+// data types of the test convolutions: x/y, filter, compute (fake_cudnn_test_conv_types)
+cudnnDataType_t g_conv_dt[3] = {CUDNN_DATA_FLOAT, CUDNN_DATA_FLOAT, CUDNN_DATA_FLOAT};
+
 // p: N, C, H, W, K, R, S, ph, pw, sh, sw, dh, dw, groups, mode, math
 cudnnStatus_t conv_setup(Descs& D, int xfmt, int wfmt, const int* p, int* out) {
-  TRY(cudnnSetTensor4dDescriptor(D.t[0], cudnnTensorFormat_t(xfmt), CUDNN_DATA_FLOAT, p[0], p[1], p[2], p[3]));
-  TRY(cudnnSetFilter4dDescriptor(D.f, CUDNN_DATA_FLOAT, cudnnTensorFormat_t(wfmt), p[4], p[13] > 0 ? p[1] / p[13] : p[1], p[5], p[6]));
+  TRY(cudnnSetTensor4dDescriptor(D.t[0], cudnnTensorFormat_t(xfmt), g_conv_dt[0], p[0], p[1], p[2], p[3]));
+  TRY(cudnnSetFilter4dDescriptor(D.f, g_conv_dt[1], cudnnTensorFormat_t(wfmt), p[4], p[13] > 0 ? p[1] / p[13] : p[1], p[5], p[6]));
   TRY(cudnnSetConvolution2dDescriptor(D.cd, p[7], p[8], p[9], p[10], p[11], p[12], cudnnConvolutionMode_t(p[14]),
-                                      CUDNN_DATA_FLOAT));
+                                      g_conv_dt[2]));
   TRY(cudnnSetConvolutionGroupCount(D.cd, p[13]));
   TRY(cudnnSetConvolutionMathType(D.cd, cudnnMathType_t(p[15])));
   TRY(cudnnGetConvolution2dForwardOutputDim(D.cd, D.t[0], D.f, out, out + 1, out + 2, out + 3));
-  return cudnnSetTensor4dDescriptor(D.t[1], cudnnTensorFormat_t(xfmt), CUDNN_DATA_FLOAT, out[0], out[1], out[2],
+  return cudnnSetTensor4dDescriptor(D.t[1], cudnnTensorFormat_t(xfmt), g_conv_dt[0], out[0], out[1], out[2],
                                     out[3]);
 }
 }  // namespace
 
 extern "C" {
+
+// the data types the next fake_cudnn_test_conv* calls use (default FLOAT, FLOAT, FLOAT)
+void fake_cudnn_test_conv_types(int data, int filter, int compute) {
+  g_conv_dt[0] = cudnnDataType_t(data);
+  g_conv_dt[1] = cudnnDataType_t(filter);
+  g_conv_dt[2] = cudnnDataType_t(compute);
+}
 
 // output dims (NCHW order) of the convolution
 int fake_cudnn_test_conv_dims(int xfmt, int wfmt, const int* p, int* out) {
