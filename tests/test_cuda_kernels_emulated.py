@@ -290,7 +290,7 @@ def b2f(h):
 def torch_bf16_bits(x):
     """float32 → bf16 bits, rounded by torch."""
     torch = pytest.importorskip("torch")
-    return torch.from_numpy(np.ascontiguousarray(x, F32)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    return torch.from_numpy(np.array(x, F32, copy=True)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
 
 
 def bf16_inputs(shape, seed, scale=3.0):
@@ -438,6 +438,43 @@ def test_bn_bf16_inference(K, rows, c):
     iv = (1.0 / np.sqrt(var.astype(np.float64) + np.float64(F32(eps)))).astype(F32)
     yy = ((b2f(x) - mean) * iv) * scale + shift
     assert_bits_equal(y, torch_bf16_bits(yy.astype(F32)), "bn bf16 inference (fp32 arithmetic, one rounding)")
+
+
+@pytest.mark.parametrize("n,hw,c", [(1, 1, 1), (2, 49, 3), (3, 7, 40), (2, 300, 2)])
+def test_gap_bf16(K, n, hw, c):
+    x = bf16_inputs((n, hw, c), n * 100 + hw + c)
+    (y,) = under_schedules(K, lambda: K.call("gap_forward_bf16", x, np.zeros((n, c), np.uint16), n, hw, c)[1:2])
+    ref = b2f(x).astype(np.float64).mean(1)
+    # the double mean rounded to float, then to bf16: torch's rounding of the float mean
+    assert_bits_equal(y, torch_bf16_bits(ref.astype(F32)), "gap_forward_bf16")
+    dy = bf16_inputs((n, c), hw)
+    _, dx = K.call("gap_backward_bf16", dy, np.zeros((n, hw, c), np.uint16), n, hw, c)
+    exp = np.broadcast_to((b2f(dy) / F32(hw)).astype(F32)[:, None, :], (n, hw, c))
+    assert_bits_equal(dx, torch_bf16_bits(exp), "gap_backward_bf16 = bf16(dy / hw)")
+
+
+def test_concat_bf16_and_input_upload(K):
+    rows, parts = 37, [3, 1, 40]
+    ctot = sum(parts)
+    xs = [bf16_inputs((rows, ci), ci) for ci in parts]
+    y = np.zeros((rows, ctot), np.uint16)
+    gy = emu.Guarded(y)
+    off = 0
+    for x, ci in zip(xs, parts):
+        K.call("concat_forward_bf16", x, gy, rows, ci, off, ctot)
+        off += ci
+    y = gy.value()
+    assert_bits_equal(y, np.concatenate(xs, 1), "concat_forward_bf16")
+    off = 0
+    for x, ci in zip(xs, parts):
+        _, dx = K.call("concat_backward_bf16", y, np.zeros((rows, ci), np.uint16), rows, ci, off, ctot)
+        assert_bits_equal(dx, x, f"concat_backward_bf16 at {off}")
+        off += ci
+    for n, c, hw in [(2, 3, 5), (1, 1, 7), (2, 33, 65)]:
+        src = (np.random.default_rng(n + c + hw).standard_normal((n, c, hw)) * 100).astype(F32)
+        _, dst = K.call("nchw_f32_to_nhwc_bf16", src, np.zeros((n, hw, c), np.uint16), n, c, hw)
+        assert_bits_equal(dst, torch_bf16_bits(np.ascontiguousarray(src.transpose(0, 2, 1))),
+                          "nchw_f32_to_nhwc_bf16 (transpose, then torch's rounding)")
 
 # ---- channel-wise ---------------------------------------------------------------------------
 

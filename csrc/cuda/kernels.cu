@@ -1006,6 +1006,55 @@ __global__ void bn_bwd_dx_kernel(const uint16_t* __restrict__ x, const uint16_t*
   }
 }
 
+// Global average pooling of bf16 NHWC: y[n, j] = bf16(Σ_hw x / hw), lanes as column_sum.
+__global__ void gap_fwd_bf16_kernel(const uint16_t* __restrict__ x, uint16_t* __restrict__ y, int64_t n, int64_t hw,
+                                    int64_t c) {
+  __shared__ double sh[kRowLanes][kTile];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kTile + tx;
+  for (int64_t img = blockIdx.y; img < n; img += gridDim.y) {
+    const uint16_t* xi = x + img * hw * c;
+    double acc = 0;
+    if (col < c)
+      for (int64_t r = ty; r < hw; r += kRowLanes) acc += static_cast<double>(ldb(xi[r * c + col]));
+    sh[ty][tx] = acc;
+    __syncthreads();
+    if (ty == 0 && col < c) {
+      double t = 0;
+      for (int i = 0; i < kRowLanes; ++i) t += sh[i][tx];
+      y[img * c + col] = stb(static_cast<float>(t / static_cast<double>(hw)));
+    }
+    __syncthreads();
+  }
+}
+__global__ void gap_bwd_bf16_kernel(const uint16_t* __restrict__ dy, uint16_t* __restrict__ dx, size_t total,
+                                    int64_t hw, int64_t c, float div) {
+  const size_t cc = static_cast<size_t>(c), img_sz = static_cast<size_t>(hw) * cc;
+  for (size_t i = gtid(); i < total; i += gstride()) dx[i] = stb(ldb(dy[(i / img_sz) * cc + i % cc]) / div);
+}
+template <typename T>
+__global__ void concat_fwd_t(const T* __restrict__ x, T* __restrict__ y, size_t total, int64_t ci, int64_t off,
+                             int64_t ctot) {
+  const size_t cc = static_cast<size_t>(ci);
+  for (size_t i = gtid(); i < total; i += gstride()) y[(i / cc) * ctot + off + i % cc] = x[i];
+}
+template <typename T>
+__global__ void concat_bwd_t(const T* __restrict__ dy, T* __restrict__ dx, size_t total, int64_t ci, int64_t off,
+                             int64_t ctot) {
+  const size_t cc = static_cast<size_t>(ci);
+  for (size_t i = gtid(); i < total; i += gstride()) dx[i] = dy[(i / cc) * ctot + off + i % cc];
+}
+// fp32 NCHW → bf16 NHWC in one pass (the input upload of a bf16 plan): one thread per output
+// element, writes coalesced.
+__global__ void nchw_f32_to_nhwc_bf16_kernel(const float* __restrict__ src, uint16_t* __restrict__ dst, size_t total,
+                                             int64_t c, int64_t hw) {
+  const size_t cc = static_cast<size_t>(c), hh = static_cast<size_t>(hw);
+  for (size_t i = gtid(); i < total; i += gstride()) {
+    const size_t ch = i % cc, pix = (i / cc) % hh, b = i / (cc * hh);
+    dst[i] = stb(src[(b * cc + ch) * hh + pix]);
+  }
+}
+
 // The chunk grid of a column reduction over `rows` (bias_chunks) and its launch.
 struct ColGrid {
   int64_t chunks, rpc;
@@ -1140,6 +1189,40 @@ void bn_backward_bf16(const uint16_t* x, const uint16_t* dy, const float* scale,
   const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(c);
   bn_bwd_dx_kernel<<<grid_for(n), kBlock, 0, s>>>(x, dy, save_mean, save_inv_std, scale, dscale, dshift, dx, n, c,
                                                   1.f / static_cast<float>(rows));
+  CUDA_CHECK_LAUNCH();
+}
+
+void gap_forward_bf16(const uint16_t* x, uint16_t* y, int64_t n, int64_t hw, int64_t c, cudaStream_t s) {
+  if (n <= 0 || c <= 0) return;
+  HALCDL_CHECK(hw > 0, kErrInvalidInputShape, "global average pooling of an empty image");
+  const dim3 grid(static_cast<unsigned>((c + kTile - 1) / kTile), static_cast<unsigned>(std::min<int64_t>(n, 65535)));
+  gap_fwd_bf16_kernel<<<grid, dim3(kTile, kRowLanes), 0, s>>>(x, y, n, hw, c);
+  CUDA_CHECK_LAUNCH();
+}
+void gap_backward_bf16(const uint16_t* dy, uint16_t* dx, int64_t n, int64_t hw, int64_t c, cudaStream_t s) {
+  if (n <= 0 || hw <= 0 || c <= 0) return;
+  const size_t total = static_cast<size_t>(n) * static_cast<size_t>(hw) * static_cast<size_t>(c);
+  gap_bwd_bf16_kernel<<<grid_for(total), kBlock, 0, s>>>(dy, dx, total, hw, c, static_cast<float>(hw));
+  CUDA_CHECK_LAUNCH();
+}
+void concat_forward_bf16(const uint16_t* x, uint16_t* y, int64_t rows, int64_t ci, int64_t off, int64_t ctot,
+                         cudaStream_t s) {
+  if (rows <= 0 || ci <= 0) return;
+  const size_t total = static_cast<size_t>(rows) * static_cast<size_t>(ci);
+  concat_fwd_t<uint16_t><<<grid_for(total), kBlock, 0, s>>>(x, y, total, ci, off, ctot);
+  CUDA_CHECK_LAUNCH();
+}
+void concat_backward_bf16(const uint16_t* dy, uint16_t* dx, int64_t rows, int64_t ci, int64_t off, int64_t ctot,
+                          cudaStream_t s) {
+  if (rows <= 0 || ci <= 0) return;
+  const size_t total = static_cast<size_t>(rows) * static_cast<size_t>(ci);
+  concat_bwd_t<uint16_t><<<grid_for(total), kBlock, 0, s>>>(dy, dx, total, ci, off, ctot);
+  CUDA_CHECK_LAUNCH();
+}
+void nchw_f32_to_nhwc_bf16(const float* src, uint16_t* dst, int64_t n, int64_t c, int64_t hw, cudaStream_t s) {
+  if (n <= 0 || c <= 0 || hw <= 0) return;
+  const size_t total = static_cast<size_t>(n) * static_cast<size_t>(c) * static_cast<size_t>(hw);
+  nchw_f32_to_nhwc_bf16_kernel<<<grid_for(total), kBlock, 0, s>>>(src, dst, total, c, hw);
   CUDA_CHECK_LAUNCH();
 }
 

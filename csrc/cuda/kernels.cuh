@@ -130,4 +130,14 @@ void bn_backward_bf16(const uint16_t* x, const uint16_t* dy, const float* scale,
                       const float* save_inv_std, int64_t rows, int64_t c, uint16_t* dx, float* dscale, float* dshift,
                       double* scratch, cudaStream_t s);
 
+// GAP (y = bf16 mean over the hw rows of each image; dx = bf16(dy / hw)), channel concat
+// (exact copies), and the bf16 plan's input upload: fp32 NCHW → bf16 NHWC, rounded once.
+void gap_forward_bf16(const uint16_t* x, uint16_t* y, int64_t n, int64_t hw, int64_t c, cudaStream_t s);
+void gap_backward_bf16(const uint16_t* dy, uint16_t* dx, int64_t n, int64_t hw, int64_t c, cudaStream_t s);
+void concat_forward_bf16(const uint16_t* x, uint16_t* y, int64_t rows, int64_t ci, int64_t off, int64_t ctot,
+                         cudaStream_t s);
+void concat_backward_bf16(const uint16_t* dy, uint16_t* dx, int64_t rows, int64_t ci, int64_t off, int64_t ctot,
+                          cudaStream_t s);
+void nchw_f32_to_nhwc_bf16(const float* src, uint16_t* dst, int64_t n, int64_t c, int64_t hw, cudaStream_t s);
+
 }  // namespace halcdl::gpu::k

@@ -207,4 +207,20 @@ int emu_bn_backward_bf16(const uint16_t* x, const uint16_t* dy, const float* sca
   EMU_CALL(k::bn_backward_bf16(x, dy, scale, save_mean, save_inv, rows, c, dx, dscale, dshift, scratch, kStream))
 }
 
+int emu_gap_forward_bf16(const uint16_t* x, uint16_t* y, int64_t n, int64_t hw, int64_t c) {
+  EMU_CALL(k::gap_forward_bf16(x, y, n, hw, c, kStream))
+}
+int emu_gap_backward_bf16(const uint16_t* dy, uint16_t* dx, int64_t n, int64_t hw, int64_t c) {
+  EMU_CALL(k::gap_backward_bf16(dy, dx, n, hw, c, kStream))
+}
+int emu_concat_forward_bf16(const uint16_t* x, uint16_t* y, int64_t rows, int64_t ci, int64_t off, int64_t ctot) {
+  EMU_CALL(k::concat_forward_bf16(x, y, rows, ci, off, ctot, kStream))
+}
+int emu_concat_backward_bf16(const uint16_t* dy, uint16_t* dx, int64_t rows, int64_t ci, int64_t off, int64_t ctot) {
+  EMU_CALL(k::concat_backward_bf16(dy, dx, rows, ci, off, ctot, kStream))
+}
+int emu_nchw_f32_to_nhwc_bf16(const float* src, uint16_t* dst, int64_t n, int64_t c, int64_t hw) {
+  EMU_CALL(k::nchw_f32_to_nhwc_bf16(src, dst, n, c, hw, kStream))
+}
+
 }  // extern "C"

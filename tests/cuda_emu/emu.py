@@ -194,6 +194,11 @@ SIGNATURES = {
     "bn_forward_training_bf16": [_P, _P, _P, _P, _I64, _I64, _F, _F, _P, _P, _P, _P, _P],
     "bn_forward_inference_bf16": [_P, _P, _P, _P, _P, _P, _I64, _I64, _F],
     "bn_backward_bf16": [_P, _P, _P, _P, _P, _I64, _I64, _P, _P, _P, _P],
+    "gap_forward_bf16": [_P, _P, _I64, _I64, _I64],
+    "gap_backward_bf16": [_P, _P, _I64, _I64, _I64],
+    "concat_forward_bf16": [_P, _P, _I64, _I64, _I64, _I64],
+    "concat_backward_bf16": [_P, _P, _I64, _I64, _I64, _I64],
+    "nchw_f32_to_nhwc_bf16": [_P, _P, _I64, _I64, _I64],
 }
 SCHEDULES = {"in_order": 0, "reverse": 1, "random": 2}
 

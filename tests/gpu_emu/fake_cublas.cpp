@@ -3,7 +3,9 @@
 // host memory (pointers from tests/gpu_emu/fake_cudart.cpp's cudaMalloc).
 //
 // cublasGemmEx: column-major C = alpha·op(A)·op(B) + beta·C with op ∈ {N, T}, A/B/C CUDA_R_32F,
-// compute types 32F, 32F_PEDANTIC and 32F_FAST_TF32, host-pointer alpha/beta. Products are
+// compute types 32F, 32F_PEDANTIC and 32F_FAST_TF32, host-pointer alpha/beta; or A/B
+// CUDA_R_16BF with C CUDA_R_16BF or CUDA_R_32F and compute 32F / 32F_PEDANTIC (bf16 products
+// accumulated at least in fp32, the result rounded once to bf16 to nearest even). Products are
 // accumulated in double (a reference, more exact than any GPU). TF32 is emulated: with
 // CUBLAS_COMPUTE_32F_FAST_TF32, or CUBLAS_COMPUTE_32F on a handle in
 // CUBLAS_TF32_TENSOR_OP_MATH, the inputs are first rounded to TF32 (10 mantissa bits, round to
@@ -68,9 +70,24 @@ float tf32(float x) {
 }
 
 // Bytes spanned by a column-major rows × cols matrix with leading dimension ld.
-size_t extent(int rows, int cols, int ld) {
+size_t extent(int rows, int cols, int ld, size_t elem = sizeof(float)) {
   if (rows <= 0 || cols <= 0) return 0;
-  return (static_cast<size_t>(cols - 1) * static_cast<size_t>(ld) + static_cast<size_t>(rows)) * sizeof(float);
+  return (static_cast<size_t>(cols - 1) * static_cast<size_t>(ld) + static_cast<size_t>(rows)) * elem;
+}
+
+// bfloat16 (CUDA_R_16BF) elements: the upper half of an fp32; stores round to nearest even.
+float bf16_load(const void* p, size_t i) {
+  uint32_t u = static_cast<uint32_t>(static_cast<const uint16_t*>(p)[i]) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+uint16_t bf16_round(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
 }
 
 }  // namespace
@@ -208,10 +225,17 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
                             cublasComputeType_t computeType, cublasGemmAlgo_t algo) {
   (void)algo;
   if (!valid(handle)) return CUBLAS_STATUS_NOT_INITIALIZED;
-  if (Atype != CUDA_R_32F || Btype != CUDA_R_32F || Ctype != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  // fp32 (A, B, C 32F) or bf16 inputs (A, B 16BF; C 16BF or 32F) with fp32 compute and scale,
+  // the combinations cuBLAS's GemmEx table lists for CUBLAS_COMPUTE_32F
+  const bool in_bf16 = Atype == CUDA_R_16BF;
+  if (Atype != Btype || (Atype != CUDA_R_32F && Atype != CUDA_R_16BF)) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (!in_bf16 && Ctype != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (in_bf16 && Ctype != CUDA_R_32F && Ctype != CUDA_R_16BF) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (computeType != CUBLAS_COMPUTE_32F && computeType != CUBLAS_COMPUTE_32F_PEDANTIC &&
-      computeType != CUBLAS_COMPUTE_32F_FAST_TF32)
+      (computeType != CUBLAS_COMPUTE_32F_FAST_TF32 || in_bf16))
     return CUBLAS_STATUS_NOT_SUPPORTED;
+  const bool out_bf16 = Ctype == CUDA_R_16BF;
+  const size_t ie = in_bf16 ? 2 : sizeof(float), oe = out_bf16 ? 2 : sizeof(float);
   if ((transa != CUBLAS_OP_N && transa != CUBLAS_OP_T) || (transb != CUBLAS_OP_N && transb != CUBLAS_OP_T))
     return CUBLAS_STATUS_NOT_SUPPORTED;  // C/H are the same as T for real types; not used here
   if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
@@ -225,16 +249,17 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
   const bool use_k = k > 0 && al != 0.f;
-  if ((use_k && (!on_device(A, extent(a_rows, a_cols, lda)) || !on_device(B, extent(b_rows, b_cols, ldb)))) ||
-      !on_device(C, extent(m, n, ldc))) {
+  if ((use_k && (!on_device(A, extent(a_rows, a_cols, lda, ie)) || !on_device(B, extent(b_rows, b_cols, ldb, ie)))) ||
+      !on_device(C, extent(m, n, ldc, oe))) {
     std::fprintf(stderr,
                  "fake_cublas: cublasGemmEx(%c%c, m=%d n=%d k=%d, lda=%d ldb=%d ldc=%d): a matrix is not inside one "
                  "device allocation (A %p, B %p, C %p)\n",
                  transa == CUBLAS_OP_N ? 'N' : 'T', transb == CUBLAS_OP_N ? 'N' : 'T', m, n, k, lda, ldb, ldc, A, B, C);
     return CUBLAS_STATUS_EXECUTION_FAILED;
   }
-  const bool tf = computeType == CUBLAS_COMPUTE_32F_FAST_TF32 ||
-                  (computeType == CUBLAS_COMPUTE_32F && (handle->math & 0xF) == CUBLAS_TF32_TENSOR_OP_MATH);
+  // (bf16 inputs: already narrower than TF32)
+  const bool tf = !in_bf16 && (computeType == CUBLAS_COMPUTE_32F_FAST_TF32 ||
+                               (computeType == CUBLAS_COMPUTE_32F && (handle->math & 0xF) == CUBLAS_TF32_TENSOR_OP_MATH));
   const float* a = static_cast<const float*>(A);
   const float* b = static_cast<const float*>(B);
   float* c = static_cast<float*>(C);
@@ -245,12 +270,14 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
     bc.resize(static_cast<size_t>(n) * k);
     for (int i = 0; i < m; ++i)
       for (int l = 0; l < k; ++l) {
-        const float v = transa == CUBLAS_OP_N ? a[i + static_cast<size_t>(l) * lda] : a[l + static_cast<size_t>(i) * lda];
+        const size_t at = transa == CUBLAS_OP_N ? i + static_cast<size_t>(l) * lda : l + static_cast<size_t>(i) * lda;
+        const float v = in_bf16 ? bf16_load(A, at) : a[at];
         ar[static_cast<size_t>(i) * k + l] = tf ? tf32(v) : v;
       }
     for (int j = 0; j < n; ++j)
       for (int l = 0; l < k; ++l) {
-        const float v = transb == CUBLAS_OP_N ? b[l + static_cast<size_t>(j) * ldb] : b[j + static_cast<size_t>(l) * ldb];
+        const size_t bt = transb == CUBLAS_OP_N ? l + static_cast<size_t>(j) * ldb : j + static_cast<size_t>(l) * ldb;
+        const float v = in_bf16 ? bf16_load(B, bt) : b[bt];
         bc[static_cast<size_t>(j) * k + l] = tf ? tf32(v) : v;
       }
   }
@@ -262,11 +289,30 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
         const float* y = bc.data() + static_cast<size_t>(j) * k;
         for (int l = 0; l < k; ++l) acc += static_cast<double>(x[l]) * y[l];
       }
-      float& out = c[i + static_cast<size_t>(j) * ldc];
-      const double prev = be != 0.f ? static_cast<double>(be) * out : 0.0;
-      out = static_cast<float>(static_cast<double>(al) * acc + prev);
+      const size_t ct = i + static_cast<size_t>(j) * ldc;
+      const float old = be != 0.f ? (out_bf16 ? bf16_load(C, ct) : c[ct]) : 0.f;
+      const double prev = be != 0.f ? static_cast<double>(be) * old : 0.0;
+      const float r = static_cast<float>(static_cast<double>(al) * acc + prev);
+      if (out_bf16) static_cast<uint16_t*>(C)[ct] = bf16_round(r);
+      else c[ct] = r;
     }
   return CUBLAS_STATUS_SUCCESS;
+}
+
+// For tests (tests/test_gpu_bf16_fakes.py): one cublasGemmEx on a fresh handle, device pointers
+// from fake_cudart_device_alloc; returns the cuBLAS status.
+__attribute__((visibility("default"))) int fake_cublas_test_gemm(int transa, int transb, int m, int n, int k,
+                                                                  float alpha, const void* A, int atype, int lda,
+                                                                  const void* B, int btype, int ldb, float beta,
+                                                                  void* C, int ctype, int ldc, int compute) {
+  cublasHandle_t h = nullptr;
+  cublasStatus_t st = cublasCreate(&h);
+  if (st != CUBLAS_STATUS_SUCCESS) return st;
+  st = cublasGemmEx(h, cublasOperation_t(transa), cublasOperation_t(transb), m, n, k, &alpha, A, cudaDataType(atype),
+                    lda, B, cudaDataType(btype), ldb, &beta, C, cudaDataType(ctype), ldc, cublasComputeType_t(compute),
+                    CUBLAS_GEMM_DEFAULT);
+  cublasDestroy(h);
+  return st;
 }
 
 }  // extern "C"
