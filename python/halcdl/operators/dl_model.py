@@ -633,6 +633,43 @@ def get_dl_model_param_s(dlmodel_handle: Any, gen_param_name: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
+# the integer-image guard (issue 11: samples that would silently train wrong)
+# --------------------------------------------------------------------------------------------
+def _check_integer_images(m: DLModel, samples: list) -> None:
+    """7736 for an integer-typed image (uint8, uint16, int*, bool) whose type's gray-value
+    range is not the model's image_range_min … image_range_max.  The engine would convert
+    its values unchanged to float, so e.g. a uint8 image (0 … 255) fed to a model expecting
+    −127 … 128 would train to garbage.  Float images pass (they are taken as already in the
+    model's range).  Only arrays (objects with a dtype) are checked; the engine validates
+    everything else."""
+    p = m.params
+    lo_m, hi_m = float(p["image_range_min"]), float(p["image_range_max"])
+    for i, s in enumerate(samples):
+        if not isinstance(s, dict):
+            continue
+        dt = getattr(s.get("image"), "dtype", None)
+        try:
+            dt = np.dtype(dt) if dt is not None else None
+        except TypeError:
+            continue
+        if dt is None or dt.kind not in "uib":
+            continue
+        if dt.kind == "b":
+            lo, hi = 0, 1
+        else:
+            info = np.iinfo(dt)
+            lo, hi = int(info.min), int(info.max)
+        if (float(lo), float(hi)) != (lo_m, hi_m):
+            raise HOperatorError(
+                H_ERR_CNN_INVALID_INPUT_DATA,
+                f"sample {i}: 'image' is a {dt} image (gray values {lo} … {hi}), but the "
+                f"model expects values in image_range_min … image_range_max = "
+                f"{lo_m:g} … {hi_m:g}; convert the samples with preprocess_dl_samples "
+                f"(create_dl_preprocess_param_from_model) or pass float images already in "
+                f"that range")
+
+
+# --------------------------------------------------------------------------------------------
 # training and inference
 # --------------------------------------------------------------------------------------------
 @operator
@@ -643,6 +680,7 @@ def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
     samples = _sample_list(dlsample_batch, 2)
     with m.lock:
         check_model(m)
+        _check_integer_images(m, samples)
         p = m.params
         m.push_hparams()
         m.sync_gpu_options()
@@ -792,6 +830,7 @@ def apply_dl_model(dlmodel_handle: Any, dlsample_batch: Any, outputs: Any) -> li
                              "apply_dl_model needs at least one sample")
     with m.lock:
         check_model(m)
+        _check_integer_images(m, samples)
         m.sync_gpu_options()
         if m.is_segmentation:
             return _apply_segmentation(m, samples, keys)

@@ -1,5 +1,11 @@
-"""Workflow helpers above the operators: evaluation measures (more procedures to come)."""
+"""HALCON's procedures above the operators (preprocessing, …) and the evaluation measures.
 
-from .evaluation import evaluate_segmentation, segmentation_confusion_matrix
+``__all__`` lists the HALCON procedures only: ``halcdl/__init__.py`` re-exports them at the top
+level (tests/test_conventions.py checks their signatures).  The segmentation measures stay
+importable from here by name."""
 
-__all__ = ["evaluate_segmentation", "segmentation_confusion_matrix"]
+from .evaluation import evaluate_segmentation, segmentation_confusion_matrix  # noqa: F401
+from . import preprocess as _preprocess
+from .preprocess import *  # noqa: F401,F403
+
+__all__ = [*_preprocess.__all__]
