@@ -578,10 +578,14 @@ def _boxes_rect2(s: dict, i: int, crop, fy: float, fx: float, new: dict) -> None
         keep = (row >= -0.5) & (row <= dr2 - dr1 + 0.5) & (col >= -0.5) & \
                (col <= dc2 - dc1 + 0.5)
     row, col = (row + 0.5) * fy - 0.5, (col + 0.5) * fx - 0.5
-    if fx != fy:  # the scaled rectangle is a parallelogram: keep its length1 axis and area
-        ar, ac = fy * np.sin(phi), fx * np.cos(phi)  # length1 axis (row up, col right)
-        new_l1 = l1 * np.hypot(ar, ac)
-        new_l2 = l1 * l2 * fx * fy / new_l1
+    if fx != fy:
+        # the scaled rectangle is a parallelogram: the new box is the smallest rectangle whose
+        # length1 axis is the image of the old length1 axis and that encloses it
+        sn, cs = np.sin(phi), np.cos(phi)
+        ar, ac = fy * sn, fx * cs  # the scaled length1 direction (row up, col right)
+        n = np.hypot(ar, ac)
+        new_l1 = l1 * n + np.abs(l2 * sn * cs * (fy * fy - fx * fx)) / n
+        new_l2 = l2 * fx * fy / n
         phi = np.arctan2(ar, ac)
         l1, l2 = new_l1, new_l2
     else:
