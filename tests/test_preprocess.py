@@ -469,3 +469,22 @@ def test_calculate_class_weights_and_weight_images(fake_io, tmp_path):
     assert np.array_equal(smp["weight_image"], exp.astype(np.float32))
     raises(1403, lambda: ha.gen_dl_segmentation_weight_images(ds, p, [1.0], {}))
     raises(7911, lambda: ha.gen_dl_segmentation_weight_images(ds, p, [1, 1, 1], {"x": 1}))
+
+
+def test_legacy_classifier_gets_the_guard_too():
+    ha.set_system("seed_rand", 8)
+    c = ha.read_dl_classifier("pretrained_dl_classifier_compact.hdl")
+    ha.set_dl_classifier_param(c, "classes", ["a", "b"])
+    ha.set_dl_classifier_param(c, "image_dimensions", [16, 16, 3])
+    ha.set_dl_classifier_param(c, "batch_size", 2)
+    rng = np.random.default_rng(6)
+    ims = [rng.integers(0, 256, (16, 16, 3)).astype(np.uint8) for _ in range(2)]
+    e = raises(7736, lambda: ha.train_dl_classifier_batch(ims, c, ["a", "b"]))
+    assert e.operator == "train_dl_classifier_batch"
+    raises(7736, lambda: ha.apply_dl_classifier(ims, c))
+    p = {"model_type": "classification", "image_width": 16, "image_height": 16,
+         "image_num_channels": 3, "image_range_min": -127, "image_range_max": 128,
+         "normalization_type": "none", "domain_handling": "full_domain"}
+    samples = [{"image": im} for im in ims]
+    ha.preprocess_dl_samples(samples, p)
+    ha.train_dl_classifier_batch([s["image"] for s in samples], c, ["a", "b"])
