@@ -66,7 +66,7 @@ def test_segmentation_and_rectangle2_keys():
     assert p["class_ids_background"] == [3, 4]
     p2 = param("detection", gp={"instance_type": "rectangle2",
                                 "class_ids_no_orientation": [1]})
-    assert p2["ignore_direction"] == "false" and p2["class_ids_no_orientation"] == [1]
+    assert p2["ignore_direction"] == 0 and p2["class_ids_no_orientation"] == [1]
     p3 = ha.create_dl_preprocess_param("classification", 8, 8, 1, 0, 255, "none",
                                        "full_domain", [], [], [], [["down_scaling"], [0.5]])
     assert p3["down_scaling"] == 0.5 and p3["image_range_min"] == 0
@@ -173,15 +173,25 @@ def test_scalings_closed_forms():
     assert_close(s["image"], (flt - mn) / (mx - mn) * 255.0 - 127.0, 1e-3, 1e-6, "all_channels")
     s = {"image": flt.copy()}
     pp.preprocess_dl_samples([s], param(w=8, h=8, norm="first_channel"))
-    exp = flt.copy()
-    exp[:, :, 0] = (flt[:, :, 0] - mn[0]) / (mx[0] - mn[0]) * 255.0 - 127.0
+    exp = (flt - mn[0]) / (mx[0] - mn[0]) * 255.0 - 127.0  # one scale for all channels
     assert_close(s["image"], exp, 1e-3, 1e-6, "first_channel")
+    const = np.full((8, 8, 3), 5.0)  # a constant channel is only shifted (scale 1)
+    s = {"image": const.copy()}
+    pp.preprocess_dl_samples([s], param(w=8, h=8, norm="all_channels"))
+    assert_close(s["image"], const - 5.0 - 127.0, 1e-6, 0, "constant image")
     mean, dev = [10.0, 20.0, 30.0], [2.0, 4.0, 8.0]
     s = {"image": flt.copy()}
     pp.preprocess_dl_samples([s], param(w=8, h=8, norm="constant_values",
                                         gp={"mean_values_normalization": mean,
                                             "deviation_values_normalization": dev}))
     assert_close(s["image"], (flt - mean) / dev, 1e-4, 1e-6, "constant_values")
+    # HALCON's defaults (ImageNet statistics); a gray image is replicated first
+    g = rng.integers(0, 256, size=(8, 8)).astype(np.uint8)
+    s = {"image": g}
+    pp.preprocess_dl_samples([s], param(w=8, h=8, norm="constant_values"))
+    exp = (g[:, :, None] - np.array([123.675, 116.28, 103.53])) / \
+        np.array([58.395, 57.12, 57.375])
+    assert_close(s["image"], exp, 1e-4, 1e-6, "constant_values defaults")
 
 
 def test_gray_color_conversions():

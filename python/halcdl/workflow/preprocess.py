@@ -271,7 +271,7 @@ def create_dl_preprocess_param(dl_model_type: Any, image_width: Any, image_heigh
     image_num_channels, image_range_min / _max ([] → −127 / 128), normalization_type,
     domain_handling; for segmentation ignore_class_ids, set_background_id,
     class_ids_background; for detection instance_type (default 'rectangle1') and, for
-    rectangle2, ignore_direction (default 'false'); the GenParam keys copied in
+    rectangle2, ignore_direction (default 0 = false); the GenParam keys copied in
     (instance_type, ignore_direction, class_ids_no_orientation, mean_values_normalization,
     deviation_values_normalization, augmentation, down_scaling).  Errors: 1201+n / 1301+n /
     1401+n for parameter n, 7911 unknown GenParam name, 7914 bad GenParam value."""
@@ -369,7 +369,7 @@ def create_dl_preprocess_param(dl_model_type: Any, image_width: Any, image_heigh
     if mt == "detection":
         param.setdefault("instance_type", "rectangle1")
         if param["instance_type"] == "rectangle2":
-            param.setdefault("ignore_direction", "false")
+            param.setdefault("ignore_direction", 0)  # HALCON's default: false (0)
     return param
 
 
@@ -658,18 +658,22 @@ def _preprocess_one(s: dict, i: int, p: dict) -> tuple[dict, list]:
         top = _SCALED_TYPES.get(a.dtype)
         if top is not None:
             img = img * ((hi - lo) / top) + lo
-    elif nt in ("all_channels", "first_channel"):
-        chans = range(img.shape[2]) if nt == "all_channels" else range(1)
-        for ch in chans:
-            x = img[:, :, ch]
-            mn, mx = float(x.min()), float(x.max())
-            scale = 1.0 if mx == mn else (hi - lo) / (mx - mn)
-            img[:, :, ch] = x * scale + (lo - scale * mn)
+    elif nt == "all_channels":  # every channel from its own min…max to the range
+        mn, mx = img.min(axis=(0, 1)), img.max(axis=(0, 1))
+        scale = np.where(mx == mn, 1.0, (hi - lo) / np.where(mx == mn, 1.0, mx - mn))
+        img = img * scale + (lo - scale * mn)
+    elif nt == "first_channel":  # HALCON: the first channel's min…max scales the whole image
+        mn, mx = float(img[:, :, 0].min()), float(img[:, :, 0].max())
+        scale = 1.0 if mx == mn else (hi - lo) / (mx - mn)
+        img = img * scale + (lo - scale * mn)
     else:  # constant_values
-        mean = np.asarray(p.get("mean_values_normalization", DEFAULT_MEAN[:c_in]
-                                if c_in > 1 else DEFAULT_MEAN[:1]), dtype=np.float64)
-        dev = np.asarray(p.get("deviation_values_normalization", DEFAULT_DEVIATION[:c_in]
-                               if c_in > 1 else DEFAULT_DEVIATION[:1]), dtype=np.float64)
+        if "mean_values_normalization" not in p and \
+                "deviation_values_normalization" not in p and c_in == 1:
+            img = np.repeat(img, 3, axis=2)  # HALCON: the default values need 3 channels
+            c_in = 3
+        mean = np.asarray(p.get("mean_values_normalization", DEFAULT_MEAN), dtype=np.float64)
+        dev = np.asarray(p.get("deviation_values_normalization", DEFAULT_DEVIATION),
+                         dtype=np.float64)
         if mean.size not in (1, c_in) or dev.size not in (1, c_in):
             raise _bad(s, i, f"mean/deviation_values_normalization need 1 or {c_in} values "
                              f"for this {c_in}-channel image")
@@ -785,8 +789,9 @@ def class_weights_from_counts(counts: np.ndarray, max_weight: float) -> np.ndarr
 
 @_wrap
 def calculate_dl_segmentation_class_weights(dldataset: Any, max_weight: Any,
-                                            ignore_class_ids: Any) -> list:
-    """Class weights (one per dataset class id, in the order of 'class_ids') from the pixel
+                                            ignore_class_ids: Any) -> list[float]:
+    """(A HALCON procedure, not a binding operator: it has no ``_s`` twin.)
+    Class weights (one per dataset class id, in the order of 'class_ids') from the pixel
     frequencies of the training split's segmentation images (all samples when no sample has
     a split): w_c = N / (K · n_c), capped at max_weight (classes without pixels get
     max_weight); ignore_class_ids get weight 0 and are not counted."""
