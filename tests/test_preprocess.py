@@ -380,13 +380,21 @@ def test_integer_image_guard_then_preprocess_trains():
 # class weights, weight images, preprocess_dl_dataset (writer swapped for pickle until the
 # .hdict codec is on this branch)
 # ------------------------------------------------------------------------------------------
+def halcon_weights(counts, max_weight):
+    """HALCON's calculate_dl_segmentation_class_weights, written out per class."""
+    total = sum(counts)
+    w = [1.0 / (c / total + 0.0001) if c > 0 else 0.0 for c in counts]
+    m = min(x for x, c in zip(w, counts) if c > 0)
+    return [min(x / m, max_weight) for x in w]
+
+
 def test_class_weights_formula():
-    counts = np.array([900, 90, 10, 0])
-    w = pp.class_weights_from_counts(counts, 50.0)
-    n, k = counts.sum(), 4
-    assert_close(w[:3], [min(n / (k * c), 50.0) for c in counts[:3]], 1e-12, 1e-12, "weights")
-    assert w[3] == 50.0
-    assert np.allclose(pp.class_weights_from_counts([5, 5, 5], 10.0), 1.0)
+    counts = [900, 90, 10, 0]
+    assert_close(pp.class_weights_from_counts(np.array(counts), 50.0),
+                 halcon_weights(counts, 50.0), 1e-12, 1e-12, "weights")
+    w = pp.class_weights_from_counts(np.array(counts), 1000.0)
+    assert w[0] == 1.0 and w[3] == 0.0 and 9.0 < w[1] < 10.0
+    assert np.allclose(pp.class_weights_from_counts(np.array([5, 5, 5]), 10.0), 1.0)
     wi = pp.weight_image(np.array([[0, 1], [255, 2]]), [0, 1, 2], [0.5, 2.0, 3.0], [255])
     assert wi.dtype == np.float32 and np.array_equal(wi, [[0.5, 2.0], [0.0, 3.0]])
 
@@ -424,25 +432,38 @@ def test_preprocess_dl_dataset_writes_and_overwrite(fake_io, tmp_path):
     ds, raw, read = fake_io
     p = param("segmentation", w=15, h=10)
     out = tmp_path / "prep"
-    name = ha.preprocess_dl_dataset(ds, str(out), p, {"max_weight": 5.0})
+    name = ha.preprocess_dl_dataset(ds, str(out), p, {"max_weight": 5.0,
+                                                      "show_progress": "false"})
     assert name == str(out / "dl_dataset.hdict")
+    assert sorted(os.listdir(out)) == ["dl_dataset.hdict", "samples"]
     assert sorted(os.listdir(out / "samples")) == [f"{i}_dlsample.hdict" for i in (10, 11, 12)]
     written = read(name)
-    assert written["dlsample_dir"] == str(out) and written["preprocess_param"] == p
-    assert ds["samples"][0]["dlsample_file_name"] == os.path.join("samples", "10_dlsample.hdict")
+    assert written["dlsample_dir"] == str(out / "samples")
+    assert written["preprocess_param"] == p
+    assert ds["dlsample_dir"] == str(out / "samples")
+    assert ds["samples"][0]["dlsample_file_name"] == "10_dlsample.hdict"
     smp = read(str(out / "samples" / "11_dlsample.hdict"))
     assert smp["image"].shape == (10, 15, 3) and smp["image"].dtype == np.float32
     seg = np.concatenate([raw[i]["segmentation_image"].ravel() for i in (10, 11, 12)])
-    w = pp.class_weights_from_counts(np.bincount(seg, minlength=3), 5.0)
+    w = np.array(halcon_weights(np.bincount(seg, minlength=3).tolist(), 5.0))
     assert_close(smp["weight_image"], w[smp["segmentation_image"]], 1e-6, 1e-6, "weights")
-    # existing folder: 'false' -> 7914 and nothing touched; 'true' replaces
+    # existing folder: 'false' (default) -> 7914 and nothing touched; 'true' replaces it
     before = pickle.dumps(ds)
     stamp = os.path.getmtime(name)
     raises(7914, lambda: ha.preprocess_dl_dataset(ds, str(out), p, {}))
     assert pickle.dumps(ds) == before and os.path.getmtime(name) == stamp
-    ha.preprocess_dl_dataset(ds, str(out), p, {"overwrite_files": "true"})
-    ha.preprocess_dl_dataset(ds, str(out), p, {"overwrite_files": "auto"})
+    (out / "stale.txt").write_text("old")
+    ha.preprocess_dl_dataset(ds, str(out), p, {"overwrite_files": "true",
+                                               "class_weights": [1.0, 2.0, 3.0]})
+    assert not (out / "stale.txt").exists()
+    smp = read(str(out / "samples" / "10_dlsample.hdict"))
+    exp = np.choose(smp["segmentation_image"].astype(int), [1.0, 2.0, 3.0])
+    assert np.array_equal(smp["weight_image"], exp.astype(np.float32))
+    raises(7914, lambda: ha.preprocess_dl_dataset(ds, str(out), p,
+                                                  {"overwrite_files": "auto"}))
     assert [f for f in os.listdir(tmp_path) if f.startswith(".")] == []
+    (tmp_path / "empty").mkdir()  # HALCON: any existing folder needs overwrite_files
+    raises(7914, lambda: ha.preprocess_dl_dataset(ds, str(tmp_path / "empty"), p, {}))
 
 
 def test_preprocess_dl_dataset_failure_leaves_nothing(fake_io, tmp_path):
@@ -457,6 +478,8 @@ def test_preprocess_dl_dataset_failure_leaves_nothing(fake_io, tmp_path):
     raises(7911, lambda: ha.preprocess_dl_dataset(ds, str(out), param(), {"max_weight": 2}))
     raises(7914, lambda: ha.preprocess_dl_dataset(ds, str(out), param(),
                                                   {"overwrite_files": "maybe"}))
+    raises(1303, lambda: ha.preprocess_dl_dataset(ds, str(out), param("segmentation", bg=[9],
+                                                                      cb=[1]), {}))
     raises(1201, lambda: ha.preprocess_dl_dataset([], str(out), param(), {}))
     raises(7925, lambda: ha.preprocess_dl_dataset({}, str(out), param(), {}))
     raises(1203, lambda: ha.preprocess_dl_dataset(ds, str(out), 5, {}))
@@ -466,13 +489,17 @@ def test_calculate_class_weights_and_weight_images(fake_io, tmp_path):
     ds, raw, read = fake_io
     w = ha.calculate_dl_segmentation_class_weights(ds, 1000.0, [2])
     seg = np.concatenate([raw[i]["segmentation_image"].ravel() for i in (10, 11, 12)])
-    n0, n1 = (seg == 0).sum(), (seg == 1).sum()
-    assert_close(w, [(n0 + n1) / (2 * n0), (n0 + n1) / (2 * n1), 0.0], 1e-12, 1e-12, "weights")
+    n0, n1 = int((seg == 0).sum()), int((seg == 1).sum())
+    assert_close(w, halcon_weights([n0, n1], 1000.0) + [0.0], 1e-12, 1e-12, "weights")
+    nosplit = copy.deepcopy(ds)
+    for s in nosplit["samples"]:
+        s["split"] = "test"
+    raises(7925, lambda: ha.calculate_dl_segmentation_class_weights(nosplit, 10.0, []))
     raises(1302, lambda: ha.calculate_dl_segmentation_class_weights(ds, 0, []))
     raises(1202, lambda: ha.calculate_dl_segmentation_class_weights(ds, "x", []))
     p = param("segmentation", w=15, h=10, ign=[2])
     out = tmp_path / "prep3"
-    ha.preprocess_dl_dataset(ds, str(out), p, {})
+    ha.preprocess_dl_dataset(ds, str(out), p, {"show_progress": "false"})
     ha.gen_dl_segmentation_weight_images(ds, p, [1.0, 2.0, 3.0], {})
     smp = read(str(out / "samples" / "10_dlsample.hdict"))
     exp = np.choose(smp["segmentation_image"].astype(int), [1.0, 2.0, 0.0])

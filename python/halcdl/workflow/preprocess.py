@@ -776,14 +776,17 @@ def _class_ids(dldataset: dict) -> list:
 
 
 def class_weights_from_counts(counts: np.ndarray, max_weight: float) -> np.ndarray:
-    """Inverse class frequency, normalised so that equally frequent classes weigh 1:
-    w_c = N / (K · n_c) over the K counted classes with n_c pixels of N; capped at
-    max_weight; classes without pixels get max_weight."""
+    """HALCON's rule: with n_c pixels of class c out of N counted pixels, f_c = n_c / N and
+    w_c = 1 / (f_c + 0.0001) for classes that occur, divided by the smallest such weight (the
+    most frequent class gets 1.0), then clipped at max_weight; classes without pixels get 0."""
     counts = np.asarray(counts, dtype=np.float64)
-    k = counts.size
-    total = counts.sum()
-    with np.errstate(divide="ignore"):
-        w = np.where(counts > 0, total / (k * np.maximum(counts, 1e-300)), np.inf)
+    w = np.zeros(counts.shape, dtype=np.float64)
+    valid = counts > 0
+    if not valid.any():
+        return w
+    freq = counts / counts.sum()
+    w[valid] = 1.0 / (freq[valid] + 0.0001)
+    w[valid] /= w[valid].min()
     return np.minimum(w, max_weight)
 
 
@@ -792,9 +795,10 @@ def calculate_dl_segmentation_class_weights(dldataset: Any, max_weight: Any,
                                             ignore_class_ids: Any) -> list[float]:
     """(A HALCON procedure, not a binding operator: it has no ``_s`` twin.)
     Class weights (one per dataset class id, in the order of 'class_ids') from the pixel
-    frequencies of the training split's segmentation images (all samples when no sample has
-    a split): w_c = N / (K · n_c), capped at max_weight (classes without pixels get
-    max_weight); ignore_class_ids get weight 0 and are not counted."""
+    frequencies of the 'train' split's segmentation images (7925 when there is none):
+    inverse frequencies normalised to 1.0 for the most frequent class and clipped at
+    max_weight (:func:`class_weights_from_counts`); ignore_class_ids and classes without
+    pixels get 0."""
     ds = _check_dataset(dldataset, 1)
     vals = to_tuple(max_weight)
     if len(vals) != 1:
@@ -811,9 +815,9 @@ def calculate_dl_segmentation_class_weights(dldataset: Any, max_weight: Any,
     samples = ds["samples"]
     idx = [j for j, s in enumerate(samples) if isinstance(s, dict) and s.get("split") == "train"]
     if not idx:
-        idx = list(range(len(samples)))
-    if not idx:
-        raise HOperatorError(H_ERR_DL_INVALID_DATASET, "the dataset has no samples")
+        raise HOperatorError(H_ERR_DL_INVALID_DATASET,
+                             "the dataset has no samples with split 'train' (split it first: "
+                             "the weights come from the training split)")
     counted = [c for c in ids if c not in ign]
     lut_max = max(ids + ign) + 1
     counts = np.zeros(lut_max, dtype=np.int64)
@@ -829,7 +833,7 @@ def calculate_dl_segmentation_class_weights(dldataset: Any, max_weight: Any,
                                      f"sample {j}: segmentation_image holds id {bad}, not a "
                                      f"class id of the dataset")
             counts += np.bincount(seg, minlength=lut_max)
-    w = class_weights_from_counts(counts[counted], mw)
+    w = class_weights_from_counts(counts[counted], mw) if counted else np.zeros(0)
     by_id = dict(zip(counted, w.tolist()))
     return [float(by_id.get(c, 0.0)) for c in ids]
 
@@ -936,16 +940,16 @@ _DATASET_GEN_PARAMS = ("overwrite_files", "show_progress", "max_weight", "class_
 def preprocess_dl_dataset(dldataset: Any, data_directory: Any, dlpreprocess_param: Any,
                           gen_param: Any) -> str:
     """Preprocess every sample of the dataset and write it to
-    ``<data_directory>/samples/<image_id>_dlsample.hdict``; write the dataset (with
-    'dlsample_dir', each sample's 'dlsample_file_name' and 'preprocess_param') to
-    ``<data_directory>/dl_dataset.hdict`` and return that file name.  GenParam:
-    'overwrite_files' ('false': an existing non-empty data_directory is an error (7914... see
-    docs); 'true': replace it; 'auto': reuse it when its dl_dataset.hdict holds the same
-    preprocess_param, else replace), 'show_progress' ('true'/'false'), for segmentation
-    'class_weights' (a list, one per class id) or 'max_weight' (compute them with
-    calculate_dl_segmentation_class_weights) to add weight images.  Everything is written
-    into a temporary folder beside data_directory and renamed into place at the end, so a
-    failure leaves no half-written directory and the dataset dict unchanged."""
+    ``<data_directory>/samples/<image_id>_dlsample.hdict``; set the dataset's 'dlsample_dir'
+    (``<data_directory>/samples``), each sample's 'dlsample_file_name' (relative to it) and
+    'preprocess_param', write the dataset to ``<data_directory>/dl_dataset.hdict`` and return
+    that file name.  Segmentation samples always get a weight_image (HALCON's behaviour):
+    from GenParam 'class_weights' (one per class id) or computed by
+    calculate_dl_segmentation_class_weights with 'max_weight' (default 1000).  GenParam
+    'overwrite_files' ('false' default: an existing data_directory → 7914; 'true': replaced),
+    'show_progress' ('true' default: a tqdm bar on stderr).  Everything is written into a
+    temporary folder beside data_directory and renamed into place at the end, so a failure
+    leaves no half-written directory and the dataset dict unchanged."""
     ds = _check_dataset(dldataset, 1)
     if isinstance(data_directory, os.PathLike):
         data_directory = os.fspath(data_directory)
@@ -961,55 +965,50 @@ def preprocess_dl_dataset(dldataset: Any, data_directory: Any, dlpreprocess_para
         if k not in _DATASET_GEN_PARAMS:
             raise _unsupported_name(k, "preprocess_dl_dataset "
                                        f"(supported: {', '.join(_DATASET_GEN_PARAMS)})")
-    overwrite = _scalar(gp.get("overwrite_files", "false"))
-    if overwrite not in ("true", "false", "auto", True, False):
-        raise _unsupported_value("overwrite_files", overwrite, "'true', 'false' or 'auto'")
-    overwrite = {True: "true", False: "false"}.get(overwrite, overwrite)
-    show = _bool_value(gp.get("show_progress", "false"))
+    overwrite = _bool_value(gp.get("overwrite_files", "false"))
+    if overwrite is None:
+        raise _unsupported_value("overwrite_files", gp["overwrite_files"], "'true' or 'false'")
+    show = _bool_value(gp.get("show_progress", "true"))
     if show is None:
-        raise _unsupported_value("show_progress", gp.get("show_progress"), "'true' or 'false'")
+        raise _unsupported_value("show_progress", gp["show_progress"], "'true' or 'false'")
+    seg = p["model_type"] == "segmentation"
+    for k in ("class_weights", "max_weight"):
+        if k in gp and not seg:
+            raise _unsupported_name(k, f"a {p['model_type']} model (segmentation only)")
+    ids = _int_list(ds.get("class_ids", [])) or []
+    if seg:
+        ids = _class_ids(ds)
+        bg = p.get("set_background_id", [])
+        if bg and bg[0] not in ids:
+            raise wrong_value(3, f"set_background_id {bg[0]} is not one of the dataset's "
+                                 f"class_ids {ids}")
     class_weights = None
-    if "class_weights" in gp or "max_weight" in gp:
-        if p["model_type"] != "segmentation":
-            raise _unsupported_name("class_weights" if "class_weights" in gp else "max_weight",
-                                    f"a {p['model_type']} model (segmentation only)")
     if "class_weights" in gp:
         cw = to_tuple(gp["class_weights"])
-        n_ids = len(_class_ids(ds))
-        if len(cw) != n_ids or not all(is_number(x) and math.isfinite(float(x)) and
-                                       float(x) >= 0 for x in cw):
+        if len(cw) != len(ids) or not all(is_number(x) and math.isfinite(float(x)) and
+                                          float(x) >= 0 for x in cw):
             raise _unsupported_value("class_weights", gp["class_weights"],
-                                     f"{n_ids} finite numbers >= 0 (one per class id)")
+                                     f"{len(ids)} finite numbers >= 0 (one per class id)")
         class_weights = [float(x) for x in cw]
-    if "max_weight" in gp:
-        mw = _scalar(gp["max_weight"])
-        if not is_number(mw) or not math.isfinite(float(mw)) or float(mw) <= 0:
-            raise _unsupported_value("max_weight", gp["max_weight"], "a number > 0")
-        if class_weights is None:
-            raw = dict(ds)
-            raw.pop("dlsample_dir", None)
-            class_weights = calculate_dl_segmentation_class_weights.__wrapped__(
-                raw, float(mw), p.get("ignore_class_ids", []))
-    result_name = os.path.join(out_dir, "dl_dataset.hdict")
-    exists = os.path.isdir(out_dir) and bool(os.listdir(out_dir))
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise HOperatorError(H_ERR_DL_FILE_WRITE, f"data_directory {out_dir!r} is a file")
-    if exists and overwrite == "false":
-        raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
-                             f"data_directory {out_dir!r} exists and is not empty; pass "
-                             f"gen_param {{'overwrite_files': 'true'}} (or 'auto') to replace "
-                             f"it")
-    if exists and overwrite == "auto" and os.path.isfile(result_name):
-        try:
-            old = _read_hdict(result_name)
-            if _same_param(old.get("preprocess_param"), p) and \
-                    len(old.get("samples", [])) == len(ds["samples"]):
-                _adopt(ds, old, out_dir)
-                return result_name
-        except HOperatorError:
-            pass
-    ids = _int_list(ds.get("class_ids", [])) or []
+    mw = _scalar(gp.get("max_weight", 1000))
+    if not is_number(mw) or not math.isfinite(float(mw)) or float(mw) <= 0:
+        raise _unsupported_value("max_weight", gp.get("max_weight"), "a number > 0")
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise HOperatorError(H_ERR_DL_FILE_WRITE, f"data_directory {out_dir!r} is a file")
+        if not overwrite:
+            raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
+                                 f"The folder {out_dir!r} already exists: give another folder "
+                                 f"or pass gen_param {{'overwrite_files': 'true'}}")
     samples = ds["samples"]
+    for j, smp in enumerate(samples):
+        if not isinstance(smp, dict):
+            raise HOperatorError(H_ERR_DL_INVALID_DATASET, f"sample {j} is not a dict")
+    if seg and class_weights is None:
+        class_weights = calculate_dl_segmentation_class_weights.__wrapped__(
+            {k: v for k, v in ds.items() if k != "dlsample_dir"}, float(mw),
+            p.get("ignore_class_ids", []))
+    sample_dir = os.path.join(out_dir, "samples")
     parent = os.path.dirname(out_dir)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -1038,17 +1037,16 @@ def preprocess_dl_dataset(dldataset: Any, data_directory: Any, dlpreprocess_para
                         raise HOperatorError(H_ERR_DL_INVALID_DATASET,
                                              f"sample {j}: segmentation_image holds an id "
                                              f"that is not a class id") from None
-                iid = samples[j].get("image_id", j) if isinstance(samples[j], dict) else j
-                name = f"{py_value(iid)}_dlsample.hdict"
+                name = f"{py_value(samples[j].get('image_id', j))}_dlsample.hdict"
                 _write_hdict(smp, os.path.join(tmp, "samples", name))
-                names.append(os.path.join("samples", name))
+                names.append(name)
             progress(len(idx))
         new_ds = copy.deepcopy({k: v for k, v in ds.items() if k != "samples"})
         new_samples = [dict(s) for s in samples]
         for s, name in zip(new_samples, names):
             s["dlsample_file_name"] = name
         new_ds["samples"] = new_samples
-        new_ds["dlsample_dir"] = out_dir
+        new_ds["dlsample_dir"] = sample_dir
         new_ds["preprocess_param"] = copy.deepcopy(p)
         _write_hdict(new_ds, os.path.join(tmp, "dl_dataset.hdict"))
         # swap in: the old directory moves away first and is deleted only after the rename
@@ -1074,26 +1072,10 @@ def preprocess_dl_dataset(dldataset: Any, data_directory: Any, dlpreprocess_para
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for s, name in zip(samples, names):
-        if isinstance(s, dict):
-            s["dlsample_file_name"] = name
-    ds["dlsample_dir"] = out_dir
+        s["dlsample_file_name"] = name
+    ds["dlsample_dir"] = sample_dir
     ds["preprocess_param"] = copy.deepcopy(p)
-    return result_name
-
-
-def _same_param(a: Any, p: dict) -> bool:
-    try:
-        return _check_preprocess_param(a, 3) == p
-    except HOperatorError:
-        return False
-
-
-def _adopt(ds: dict, old: dict, out_dir: str) -> None:
-    for s, o in zip(ds["samples"], old["samples"]):
-        if isinstance(s, dict) and isinstance(o, dict) and "dlsample_file_name" in o:
-            s["dlsample_file_name"] = o["dlsample_file_name"]
-    ds["dlsample_dir"] = out_dir
-    ds["preprocess_param"] = copy.deepcopy(old["preprocess_param"])
+    return os.path.join(out_dir, "dl_dataset.hdict")
 
 
 def _progress(total: int, show: bool):
