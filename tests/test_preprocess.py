@@ -407,7 +407,7 @@ def fake_io(monkeypatch, tmp_path):
                "segmentation_image": rng.choice([0, 1, 2], size=(20, 30)).astype(np.uint8)}
            for i in (10, 11, 12)}
 
-    def gen(ds, idx):
+    def gen(ds, idx, *model_type):
         return [copy.deepcopy(raw[ds["samples"][j]["image_id"]]) for j in idx]
 
     def write(obj, path):

@@ -927,10 +927,13 @@ def _atomic_write(obj: Any, path: str) -> None:
 # --------------------------------------------------------------------------------------------
 # preprocess_dl_dataset
 # --------------------------------------------------------------------------------------------
-def _gen_samples(dldataset: dict, indices: list) -> list:
-    """Raw (not preprocessed) samples, from halcdl.workflow.dataset.gen_dl_samples."""
+def _gen_samples(dldataset: dict, indices: list, model_type: str) -> list:
+    """Raw (not preprocessed) samples, from halcdl.workflow.dataset.gen_dl_samples with the
+    label keys of the model type (as HALCON's preprocess_dl_dataset)."""
     from . import dataset as _dataset
-    return _dataset.gen_dl_samples(dldataset, indices, "off", {})
+    restrict = model_type if model_type in ("classification", "detection",
+                                            "segmentation") else "off"
+    return _dataset.gen_dl_samples(dldataset, indices, restrict, {})
 
 
 _DATASET_GEN_PARAMS = ("overwrite_files", "show_progress", "max_weight", "class_weights")
@@ -1022,7 +1025,7 @@ def preprocess_dl_dataset(dldataset: Any, data_directory: Any, dlpreprocess_para
         progress = _progress(len(samples), show)
         for start in range(0, len(samples), 8):
             idx = list(range(start, min(start + 8, len(samples))))
-            batch = _gen_samples(ds, idx)
+            batch = _gen_samples(ds, idx, p["model_type"])
             preprocess_dl_samples.__wrapped__(batch, p)
             for j, smp in zip(idx, batch):
                 if class_weights is not None:
