@@ -16,7 +16,7 @@ from PIL import Image
 import halcdl as ha
 from halcdl.workflow import preprocess as pp
 
-from helpers import assert_close
+from helpers import assert_close, halcon_files_dir
 
 
 def param(mt="classification", w=32, h=24, c=3, norm="none", dom="full_domain", gp=None,
@@ -46,18 +46,22 @@ def test_keys_of_halcon24_detection_file():
     assert p["image_range_max"] == 128
 
 
-def test_keys_match_the_real_files_when_hdict_is_there():
-    hdict = pytest.importorskip("halcdl.io.hdict")
-    base = "/work/shared/data/halcon_files"
+def test_keys_match_the_real_halcon_files():
+    from halcdl.io.hdict import read_hdict
+    base = halcon_files_dir()
+    if not base:
+        pytest.skip("the real HALCON files are not available")
     for f in ("detection_preprocess_params_a.hdict", "detection_preprocess_params_b.hdict"):
-        path = os.path.join(base, f)
-        if not os.path.exists(path):
-            pytest.skip("HALCON files not available")
-        real = hdict.read_hdict(path)
+        real = read_hdict(os.path.join(base, f))
         p = param("detection", int(real["image_width"]), int(real["image_height"]),
                   int(real["image_num_channels"]), gp={"augmentation": real["augmentation"]})
         assert set(p) == set(real)
+        assert p == {k: real[k] for k in p}  # same values too (HALCON's defaults)
         pp._check_preprocess_param(real)  # HALCON's own dict is accepted as it is
+        s = {"image": np.zeros((40, 60, 3), np.uint8), "bbox_row1": [1.0], "bbox_col1": [2.0],
+             "bbox_row2": [9.0], "bbox_col2": [19.0], "bbox_label_id": [0]}
+        ha.preprocess_dl_samples([s], real)
+        assert s["image"].shape == (real["image_height"], real["image_width"], 3)
 
 
 def test_segmentation_and_rectangle2_keys():
@@ -525,3 +529,35 @@ def test_legacy_classifier_gets_the_guard_too():
     samples = [{"image": im} for im in ims]
     ha.preprocess_dl_samples(samples, p)
     ha.train_dl_classifier_batch([s["image"] for s in samples], c, ["a", "b"])
+
+
+def test_workflow_end_to_end_with_files(tmp_path):
+    """read_dl_dataset_classification → split → preprocess_dl_dataset (real .hdict files) →
+    read_dl_samples → train_dl_model_batch; the raw uint8 samples hit the guard."""
+    from skimage import data
+    from halcdl.io.hdict import read_hdict
+    for cls, ims in (("gray", [data.camera(), data.moon()]),
+                     ("color", [data.chelsea(), data.coffee()])):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for k, im in enumerate(ims):
+            Image.fromarray(im).save(tmp_path / "imgs" / cls / f"{k}.png")
+    ds = ha.read_dl_dataset_classification(str(tmp_path / "imgs"), "last_folder")
+    ha.split_dl_dataset(ds, 50, 0, {})
+    ha.set_system("seed_rand", 11)
+    m = ha.read_dl_model("pretrained_dl_classifier_compact.hdl")
+    ha.set_dl_model_param(m, "image_dimensions", [24, 24, 3])
+    ha.set_dl_model_param(m, "class_ids", ds["class_ids"])
+    ha.set_dl_model_param(m, "batch_size", 2)
+    p = ha.create_dl_preprocess_param_from_model(m, "none", "full_domain", [], [], [])
+    name = ha.preprocess_dl_dataset(ds, str(tmp_path / "prep"), p, {"show_progress": "false"})
+    back = read_hdict(name)
+    assert back["dlsample_dir"] == str(tmp_path / "prep" / "samples")
+    assert len(back["samples"]) == 4
+    samples = ha.read_dl_samples(back, [0, 1, 2, 3])
+    for s in samples:
+        assert s["image"].shape == (24, 24, 3) and s["image"].dtype == np.float32
+        assert -127.0 <= s["image"].min() and s["image"].max() <= 128.0
+    r = ha.train_dl_model_batch(m, samples[:2])
+    assert np.isfinite(r["total_loss"])
+    raw = ha.gen_dl_samples(ds, [0, 1], "classification", {})
+    raises(7736, lambda: ha.train_dl_model_batch(m, raw))

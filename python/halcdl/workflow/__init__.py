@@ -1,11 +1,24 @@
-"""HALCON's procedures above the operators (preprocessing, …) and the evaluation measures.
+"""HALCON's deep-learning procedures (``__all__``, exported at the top level) and halcdl's
+evaluation helpers (importable from here: evaluate_segmentation, segmentation_confusion_matrix;
+not HALCON procedures, so not in ``__all__``)."""
 
-``__all__`` lists the HALCON procedures only: ``halcdl/__init__.py`` re-exports them at the top
-level (tests/test_conventions.py checks their signatures).  The segmentation measures stay
-importable from here by name."""
-
+from .augment import augment_dl_samples
 from .evaluation import evaluate_segmentation, segmentation_confusion_matrix  # noqa: F401
-from . import preprocess as _preprocess
-from .preprocess import *  # noqa: F401,F403
+from .evaluate import evaluate_dl_model
+from .train import create_dl_train_param, set_dl_model_param_max_gpu_batch_size, train_dl_model
+# HALCON's dataset procedures (docs/datasets.md)
+from . import dataset as _dataset  # noqa: E402
+from .dataset import *  # noqa: E402,F401,F403
+# HALCON's preprocessing procedures (docs/preprocessing.md)
+from . import preprocess as _preprocess  # noqa: E402
+from .preprocess import *  # noqa: E402,F401,F403
 
-__all__ = [*_preprocess.__all__]
+__all__ = [
+    "augment_dl_samples",
+    "create_dl_train_param",
+    "evaluate_dl_model",
+    "set_dl_model_param_max_gpu_batch_size",
+    "train_dl_model",
+    *_dataset.__all__,
+    *_preprocess.__all__,
+]
