@@ -73,7 +73,7 @@ HALCON_SIGNATURES = {
     "write_dl_model": ["dlmodel_handle", "file_name"],
 }
 # in the table, provided by other pieces of work (may be absent from this build)
-NOT_YET = {"create_dl_model_detection", "write_dl_model"}
+NOT_YET = {"write_dl_model"}
 
 
 def public_operators() -> dict:

@@ -50,9 +50,11 @@ from .dl_model import (
     train_dl_model_batch,
     write_dl_model,
 )
+from .dl_detection import create_dl_model_detection
 from .system import get_system, get_system_s, set_system
 
 __all__ = [
+    "create_dl_model_detection",
     "apply_dl_classifier",
     "apply_dl_model",
     "apply_dl_model_s",
