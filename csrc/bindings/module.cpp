@@ -573,6 +573,27 @@ PYBIND11_MODULE(_core, m) {
     det::match(a.data(), static_cast<int64_t>(out.size()), b.data(), static_cast<int>(b.size() / 4), c, out.data());
     return out;
   });
+  m.def("det_detect", [](FArray out, FArray anchors, const std::vector<int64_t>& level_start, const py::dict& cfg,
+                         int h, int w) {
+    det::Config c = parse_det_config(det::Config{}, cfg);
+    HALCDL_CHECK(out && out.ndim() == 2, kErrInvalidInputShape, "out must be (na, k + 4)");
+    const int64_t na = out.shape(0);
+    const int k = static_cast<int>(out.shape(1)) - 4;
+    auto a = rows4(anchors, "anchors");
+    HALCDL_CHECK(static_cast<int64_t>(a.size() / 4) == na && level_start.size() >= 2 && level_start.back() == na,
+                 kErrInvalidInputShape, "anchors / level_start do not fit out");
+    auto d = det::detect(out.data(), na, k, a.data(), level_start.data(), static_cast<int>(level_start.size()) - 1,
+                         c, h, w);
+    std::vector<float> bx;
+    std::vector<int> cl;
+    std::vector<float> sc;
+    for (auto& x : d) {
+      bx.insert(bx.end(), x.box, x.box + 4);
+      cl.push_back(x.cls);
+      sc.push_back(x.score);
+    }
+    return py::make_tuple(farray2(bx, static_cast<int64_t>(d.size()), 4), cl, sc);
+  });
   m.def("det_loss", [](FArray out, FArray anchors, const std::vector<int64_t>& level_start, const py::list& boxes,
                        const py::list& labels, const py::dict& cfg, const std::vector<float>& class_w) {
     det::Config c = parse_det_config(det::Config{}, cfg);

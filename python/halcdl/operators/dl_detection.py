@@ -97,8 +97,8 @@ def create_dl_model_detection(backbone: Any, num_classes: Any,
     for key in ("image_width", "image_height", "image_num_channels"):
         if key not in given:
             p[key] = fields[key]
-    D.check_image_size(p, p["image_width"], p["image_height"])
-    spec, info = D.build_detection_spec(bspec, k, p)
+    spec, info = D.build_detection_spec(bspec, k, p)  # 7811 / 7813
+    D.check_image_size(p, p["image_width"], p["image_height"])  # 7730
     arch = D.detection_architecture(f"detection:{name}", spec, k, p["image_width"],
                                     p["image_height"], fields["image_num_channels"],
                                     fields["image_range_min"], fields["image_range_max"])
