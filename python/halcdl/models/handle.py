@@ -94,6 +94,12 @@ class DLModel:
         }
         if self.is_segmentation:
             self.params["ignore_class_ids"] = []  # segmentation only: ids the loss skips
+        if self.is_detection:  # create_dl_model_detection / a file sets the real values
+            from .detection import DETECTION_DEFAULTS  # noqa: PLC0415
+            import copy as _copy  # noqa: PLC0415
+
+            self.params.update(_copy.deepcopy(DETECTION_DEFAULTS))
+            self.params["backbone"] = ""
         self._hparams_dirty = True
 
     # ----------------------------------------------------------------------------------------
