@@ -396,3 +396,116 @@ def test_gpu_is_refused_clearly():
         m.core.set_device(0)
     assert e.value.error_code in (7742, 7708, 7709)
     assert m.core.device() == -1
+
+
+# --------------------------------------------------------------------------------------------
+# training against a PyTorch re-implementation of the same detector
+# --------------------------------------------------------------------------------------------
+def torch_forward(spec, params, x):
+    """The spec in torch: shared convolutions use their master's tensors; the
+    detection_output gathers the heads anchor-major (level, row, column, anchor)."""
+    vals = {}
+    for n in spec:
+        op, name, ins = n["op"], n["name"], n.get("inputs", [])
+        if op == "input":
+            out = x
+        elif op == "conv":
+            src = n.get("share", name)
+            pad = n.get("pad", 0)
+            pad = tuple(pad) if isinstance(pad, (list, tuple)) else (pad, pad)
+            st = n.get("stride", 1)
+            out = F.conv2d(vals[ins[0]], params[f"{src}.weight"], params.get(f"{src}.bias"),
+                           stride=st, padding=pad, groups=int(n.get("groups", 1)))
+        elif op == "bn":
+            out = F.batch_norm(vals[ins[0]], None, None, params[f"{name}.scale"],
+                               params[f"{name}.shift"], training=True, eps=n.get("eps", 1e-5))
+        elif op == "relu":
+            out = F.relu(vals[ins[0]])
+        elif op == "maxpool":
+            pad = n.get("pad", 0)
+            pad = tuple(pad) if isinstance(pad, (list, tuple)) else (pad, pad)
+            out = F.max_pool2d(vals[ins[0]], n["kernel"], n.get("stride", n["kernel"]), pad)
+        elif op == "add":
+            out = vals[ins[0]] + vals[ins[1]]
+        elif op == "upsample_nearest":
+            out = F.interpolate(vals[ins[0]], scale_factor=n.get("scale", 2), mode="nearest")
+        elif op == "detection_output":
+            k, a = n["num_classes"], n["num_anchors"]
+            rows = []
+            for c, b in zip(ins[0::2], ins[1::2]):
+                zc, zb = vals[c], vals[b]
+                nb, _, h, w = zc.shape
+                zc = zc.view(nb, a, k, h, w).permute(0, 3, 4, 1, 2).reshape(nb, -1, k)
+                zb = zb.view(nb, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(nb, -1, 4)
+                rows.append(torch.cat([zc, zb], 2))
+            out = torch.cat(rows, 1)
+        else:
+            raise AssertionError(op)
+        vals[name] = out
+    return out
+
+
+def test_five_steps_against_torch():
+    m = small_model(class_heads_weight=1.3, bbox_heads_weight=0.8)
+    ha.set_dl_model_param(m, "batch_size", 2)
+    ha.set_dl_model_param(m, "learning_rate", 0.01)
+    ha.set_dl_model_param(m, "momentum", 0.9)
+    ha.set_dl_model_param(m, "weight_prior", 1e-3)
+    rng = np.random.default_rng(7)
+    batches = [[sample(rng), sample(rng, boxes=((10, 10, 40, 30),), labels=(1,))]
+               for _ in range(5)]
+    spec = m.spec
+    shared = {n["name"] for n in spec if "share" in n}
+    c = m.core
+    names = [n for n in c.param_names() if "running" not in n
+             and n.rsplit(".", 1)[0] not in shared]
+    params = {n: torch.tensor(c.get_param(n), dtype=torch.float64, requires_grad=True)
+              for n in names}
+    decay = {n for n in names if n.endswith((".weight", ".scale"))}
+    vel = {n: torch.zeros_like(p) for n, p in params.items()}
+    anchors = np_anchors([(16, 16, 4), (8, 8, 8)], [1.0, 2.0], 1)
+    got, ref = [], []
+    for batch in batches:
+        got.append(ha.train_dl_model_batch(m, batch)["total_loss"])
+        x = torch.tensor(np.stack([s["image"] for s in batch]).transpose(0, 3, 1, 2),
+                         dtype=torch.float64)
+        out = torch_forward(spec, params, x)
+        boxes = [np.stack([s["bbox_row1"], s["bbox_col1"], s["bbox_row2"], s["bbox_col2"]], 1)
+                 for s in batch]
+        labels = [s["bbox_label_id"] for s in batch]
+        # the focal / Huber reference on the torch graph's output
+        k = 2
+        cls_sum, box_sum, nfg = 0, 0, 0
+        for i in range(2):
+            mt = np_match(anchors, boxes[i])
+            fg = mt >= 0
+            nfg += int(fg.sum())
+            t = torch.zeros(out.shape[1], k, dtype=torch.float64)
+            fi = torch.tensor(np.nonzero(fg)[0])
+            t[fi, torch.tensor(np.asarray(labels[i])[mt[fg]])] = 1.0
+            z = out[i, :, :k]
+            p = torch.sigmoid(z)
+            ce = F.binary_cross_entropy_with_logits(z, t, reduction="none")
+            p_t = p * t + (1 - p) * (1 - t)
+            cls_sum = cls_sum + (ce * (1 - p_t) ** 2)[torch.tensor(mt != -2)].sum()
+            tgt = torch.tensor(np_encode(anchors[fg], boxes[i][mt[fg]]))
+            box_sum = box_sum + F.smooth_l1_loss(out[i, fi, k:], tgt, beta=0.11, reduction="sum")
+        data = (1.3 * cls_sum + 0.8 * box_sum) / max(1, nfg)
+        reg = 0.5 * 1e-3 * sum((params[n] ** 2).sum() for n in decay)
+        ref.append(float((data + reg).detach()))
+        for p in params.values():
+            p.grad = None
+        data.backward()
+        with torch.no_grad():
+            for n, p in params.items():
+                g = p.grad + (1e-3 * p if n in decay else 0)
+                vel[n] = 0.9 * vel[n] - 0.01 * g
+                p += vel[n]
+    assert_close(np.array(got), np.array(ref), atol=1e-5, rtol=1e-4, what="total_loss per step")
+    for n in ("conv1.weight", "fpn.lateral2.weight", "cls_head2.logits.weight",
+              "cls_head2.logits.bias", "box_head2.conv0.weight", "box_head2.logits.bias"):
+        assert_close(c.get_param(n), params[n].detach().numpy(), atol=2e-4, rtol=1e-3,
+                     what=f"{n} after 5 steps")
+    # the tied copy follows its master exactly
+    assert np.array_equal(c.get_param("cls_head3.logits.weight"),
+                          c.get_param("cls_head2.logits.weight"))
