@@ -509,3 +509,17 @@ def test_five_steps_against_torch():
     # the tied copy follows its master exactly
     assert np.array_equal(c.get_param("cls_head3.logits.weight"),
                           c.get_param("cls_head2.logits.weight"))
+
+
+def test_freeze_backbone_level_and_onnx_refusal(tmp_path):
+    m = small_model(freeze_backbone_level=2)
+    c = m.core
+    frozen0 = c.get_param("conv1.weight").copy()      # feeds the level-2 map: frozen
+    deep0 = c.get_param("conv5.weight").copy()        # level 3: trained
+    ha.train_dl_model_batch(m, [sample(np.random.default_rng(0))])
+    assert np.array_equal(frozen0, c.get_param("conv1.weight"))
+    assert not np.array_equal(deep0, c.get_param("conv5.weight"))
+    with pytest.raises(HOperatorError) as e:
+        ha.write_dl_model(m, str(tmp_path / "det.onnx"))
+    assert e.value.error_code == 7803
+    assert not list(tmp_path.iterdir())
