@@ -55,14 +55,11 @@ from .dl_detection import create_dl_model_detection
 from .system import get_system, get_system_s, set_system
 
 __all__ = [
-<<<<<<< HEAD
-    "create_dl_model_detection",
-=======
     "read_dict",
     "write_dict",
     "dict_to_json",
     "json_to_dict",
->>>>>>> main
+    "create_dl_model_detection",
     "apply_dl_classifier",
     "apply_dl_model",
     "apply_dl_model_s",
