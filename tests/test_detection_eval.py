@@ -162,3 +162,46 @@ def test_write_read_resumes_bit_identically(tmp_path):
     # a class-count change of the read model re-creates the class head only
     ha.set_dl_model_param(m2, "class_ids", [0, 1, 2])
     assert m2.spec[-1]["num_classes"] == 3
+
+
+# --------------------------------------------------------------------------------------------
+# determine_dl_model_detection_param
+# --------------------------------------------------------------------------------------------
+def _dataset(tmp_path, boxes_per_image, size=(200, 100)):
+    from PIL import Image
+
+    samples = []
+    for i, boxes in enumerate(boxes_per_image):
+        Image.new("RGB", size).save(tmp_path / f"im{i}.png")
+        b = np.asarray(boxes, np.float64).reshape(-1, 4)
+        samples.append({"image_id": i, "image_file_name": f"im{i}.png", "split": "train",
+                        "bbox_row1": b[:, 0].tolist(), "bbox_col1": b[:, 1].tolist(),
+                        "bbox_row2": b[:, 2].tolist(), "bbox_col2": b[:, 3].tolist(),
+                        "bbox_label_id": [0] * len(b)})
+    return {"image_dir": str(tmp_path), "class_ids": [0], "class_names": ["a"],
+            "samples": samples}
+
+
+def test_determine_detection_param(tmp_path):
+    # images 200 wide, 100 high, target 512 × 256: boxes scale by 2.56
+    ds = _dataset(tmp_path, [[(0, 0, 8, 8), (10, 10, 60, 60)], [], [(5, 5, 30, 30)]])
+    p = ha.determine_dl_model_detection_param(ds, 512, 256, {})
+    zmin, zmax = 8 * 2.56, 50 * 2.56
+    assert p["min_level"] == max(1, int(np.floor(np.log2(zmin / 4))))           # 2
+    assert p["max_level"] == int(np.ceil(np.log2(zmax / (4 * 2 ** (2 / 3)))))   # 5
+    assert (p["image_width"], p["image_height"]) == (512, 256)
+    # the level is capped where 2^level no longer divides the target size (200 = 8 · 25)
+    assert ha.determine_dl_model_detection_param(ds, 400, 200, {})["max_level"] == 3
+    assert p["anchor_aspect_ratios"] == [1.0] and p["anchor_num_subscales"] == 3
+    # the result feeds create_dl_model_detection
+    m = ha.create_dl_model_detection("pretrained_dl_classifier_compact.hdl", 1,
+                                     {**p, "capacity": "low"})
+    assert ha.get_dl_model_param(m, "max_level") == [p["max_level"]]
+    # elongated boxes give three ratios (quantiles of h / w)
+    ds = _dataset(tmp_path, [[(0, 0, 40, 10), (0, 0, 10, 40), (0, 0, 20, 20), (0, 0, 30, 15)]])
+    p = ha.determine_dl_model_detection_param(ds, 200, 100, [])
+    r = np.quantile([4.0, 0.25, 1.0, 2.0], [0.1, 0.5, 0.9]).round(2)
+    assert p["anchor_aspect_ratios"] == sorted(set(r.tolist()))
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.determine_dl_model_detection_param(_dataset(tmp_path, [[]]), 200, 100, {})
+    assert e.value.error_code == 7783
