@@ -523,3 +523,19 @@ def test_freeze_backbone_level_and_onnx_refusal(tmp_path):
         ha.write_dl_model(m, str(tmp_path / "det.onnx"))
     assert e.value.error_code == 7803
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("ext", ["hdl", "onnx"])
+def test_backbone_from_a_file_keeps_its_weights(tmp_path, ext):
+    pytest.importorskip("onnx") if ext == "onnx" else None
+    clf = ha.read_dl_model("pretrained_dl_classifier_compact.hdl")
+    ha.set_dl_model_param(clf, "class_ids", [0, 1, 2])
+    path = str(tmp_path / f"backbone.{ext}")
+    ha.write_dl_model(clf, path)
+    m = ha.create_dl_model_detection(path, 2, SMALL)
+    assert ha.get_dl_model_param(m, "backbone") == [f"backbone.{ext}"]
+    names = set(m.core.param_names())
+    for n in ("conv1.weight", "bn3.scale", "conv5.weight"):
+        assert n in names
+        assert np.array_equal(m.core.get_param(n), clf.core.get_param(n)), n
+    assert not any(n.startswith("classifier") for n in names)  # the head was cut
