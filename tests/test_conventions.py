@@ -106,9 +106,11 @@ HALCON_SIGNATURES = {
                           "sample_select_values", "gen_param"],
     "set_dl_model_param_max_gpu_batch_size": ["dlmodel_handle", "batch_size_upper_bound"],
     "train_dl_model": ["dldataset", "dlmodel_handle", "train_param", "start_epoch"],
+    "determine_dl_model_detection_param": ["dldataset", "image_width_target",
+                                           "image_height_target", "gen_param"],
 }
 # in the table, provided by other pieces of work (may be absent from this build)
-NOT_YET = {"create_dl_model_detection", "write_dl_model"}
+NOT_YET = {"write_dl_model"}
 
 
 def public_operators() -> dict:
