@@ -587,6 +587,36 @@ def test_pool_matches_torch(L, case, fmt, mode):
     close(dxb, 3.0 * dxa.astype(np.float64) - dx0, 1e-6)
 
 
+@pytest.mark.parametrize("mode", [POOL_MAX, POOL_AVG_EXCL])
+def test_pool_bf16(L, mode):
+    """x, y, dy, dx all BFLOAT16: the float64 result of the bf16 values rounded once to bf16
+    (torch's rounding); the max backward routes dy exactly."""
+    case = POOL_CASES[0]
+    rng = np.random.default_rng(mode + 3)
+    N, Cc, H, W, kh, kw, ph, pw, sh, sw = case
+    xf = _bf16_vals(_bf16_bits(rng.standard_normal((N, Cc, H, W))))
+    x = torch.tensor(xf, requires_grad=True)
+    y = (F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw)) if mode == POOL_MAX
+         else F.avg_pool2d(x, (kh, kw), (sh, sw), (ph, pw), count_include_pad=False))
+    dyf = _bf16_vals(_bf16_bits(rng.standard_normal(tuple(y.shape))))
+    (gx,) = torch.autograd.grad(y, x, torch.tensor(dyf))
+    nhwc = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # noqa: E731
+    p, out = ints(*case), np.zeros(4, np.int32)
+    xa = _bf16_bits(nhwc(xf))
+    ya = np.full(nhwc(y.detach().numpy()).shape, 0x7FC0, np.uint16)
+    L.fake_cudnn_test_conv_types(BF16_T, FLOAT_T, FLOAT_T)
+    try:
+        assert L.fake_cudnn_test_pool(0, NHWC, mode, 1, ptr(p), 1.0, 0.0, ptr(xa), ptr(ya), None, None,
+                                      ptr(out)) == SUCCESS, last_error(L)
+        np.testing.assert_array_equal(ya, _bf16_bits(nhwc(y.detach().numpy()).astype(np.float32)))
+        dya, dxa = _bf16_bits(nhwc(dyf)), np.full(xa.shape, 0x7FC0, np.uint16)
+        assert L.fake_cudnn_test_pool(1, NHWC, mode, 1, ptr(p), 1.0, 0.0, ptr(xa), ptr(ya), ptr(dya), ptr(dxa),
+                                      ptr(out)) == SUCCESS, last_error(L)
+        np.testing.assert_array_equal(dxa, _bf16_bits(nhwc(gx.numpy()).astype(np.float32)))
+    finally:
+        L.fake_cudnn_test_conv_types(FLOAT_T, FLOAT_T, FLOAT_T)
+
+
 @pytest.mark.parametrize("mode", [POOL_MAX, POOL_MAX_DET])
 def test_max_pool_ties_padding_nan_and_stale_y(L, mode):
     p = ints(1, 1, 4, 4, 3, 3, 1, 1, 2, 2)  # 2x2 output, windows overlap

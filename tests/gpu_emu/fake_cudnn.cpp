@@ -51,8 +51,9 @@
 //     another one returns CUDNN_STATUS_NOT_SUPPORTED). Convolution compute type: FLOAT only.
 //     Convolutions (all three directions) also take x, w, y all CUDNN_DATA_BFLOAT16 with FLOAT
 //     compute (cuDNN's PSEUDO_BFLOAT16_CONFIG): products summed in double from the bf16 values,
-//     alpha·v + beta·old rounded once to bf16 (nearest even). Batch norm and pooling: FLOAT only
-//     (cuDNN's legacy batch norm has no bf16 path halcdl uses: its own kernels do bf16 bn).
+//     alpha·v + beta·old rounded once to bf16 (nearest even). Pooling forward / backward takes
+//     x, y, dy, dx all BFLOAT16 likewise. Batch norm: FLOAT only (cuDNN's legacy batch norm has
+//     no bf16 path halcdl uses: its own kernels do bf16 bn).
 // Unsupported parameters return CUDNN_STATUS_NOT_SUPPORTED, invalid ones CUDNN_STATUS_BAD_PARAM;
 // nothing aborts.
 //
@@ -508,8 +509,10 @@ cudnnStatus_t pool_check(const char* fn, cudnnPoolingDescriptor_t pd, cudnnTenso
                          cudnnTensorDescriptor_t yd) {
   PoolGeom g;
   TRY(pool_out(fn, pd, xd, &g));
-  TRY(tensor_ok(fn, xd, "x"));
-  TRY(tensor_ok(fn, yd, "y"));
+  if (!(xd && xd->set && yd && yd->set && xd->dt == CUDNN_DATA_BFLOAT16 && yd->dt == CUDNN_DATA_BFLOAT16)) {
+    TRY(tensor_ok(fn, xd, "x"));  // FLOAT, or both BFLOAT16
+    TRY(tensor_ok(fn, yd, "y"));
+  }
   if (yd->n != xd->n || yd->c != xd->c || yd->h != g.OH || yd->w != g.OW)
     return fail(CUDNN_STATUS_BAD_PARAM, fn, "output descriptor %dx%dx%dx%d, pooling gives %dx%dx%dx%d", yd->n, yd->c,
                 yd->h, yd->w, xd->n, xd->c, g.OH, g.OW);
@@ -1072,8 +1075,6 @@ cudnnStatus_t CUDNNWINAPI cudnnPoolingForward(cudnnHandle_t handle, const cudnnP
   if (!handle || !alpha || !beta || !x || !y) return BAD("NULL handle, scaling factor or data pointer");
   TRY(pool_check(__func__, pd, xDesc, yDesc));
   const cudnnTensorStruct &xd = *xDesc, &yd = *yDesc;
-  const float* xp = pf(x);
-  float* yp = pf(y);
   const double a = rd(alpha), b = rd(beta);
   const bool mx = is_max(pd->mode), prop = pd->nan == CUDNN_PROPAGATE_NAN;
   for (int n = 0; n < yd.n; ++n)
@@ -1089,7 +1090,7 @@ cudnnStatus_t CUDNNWINAPI cudnnPoolingForward(cudnnHandle_t handle, const cudnnP
             bool nan = false;
             for (int ih = hb; ih < he && !nan; ++ih)
               for (int iw = wb; iw < we; ++iw) {
-                const float t = xp[xd.off(n, c, ih, iw)];
+                const float t = elem_load(x, xd.off(n, c, ih, iw), xd.dt);
                 if (prop && std::isnan(t)) {
                   best = t;
                   nan = true;
@@ -1101,12 +1102,12 @@ cudnnStatus_t CUDNNWINAPI cudnnPoolingForward(cudnnHandle_t handle, const cudnnP
           } else {
             double s = 0;
             for (int ih = hb; ih < he; ++ih)
-              for (int iw = wb; iw < we; ++iw) s += xp[xd.off(n, c, ih, iw)];
+              for (int iw = wb; iw < we; ++iw) s += elem_load(x, xd.off(n, c, ih, iw), xd.dt);
             const int cnt = pd->mode == CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING ? pd->kh * pd->kw
                                                                                      : (he - hb) * (we - wb);
             v = s / cnt;
           }
-          blend(yp + yd.off(n, c, oh, ow), v, a, b);
+          elem_blend(y, yd.off(n, c, oh, ow), yd.dt, v, a, b);
         }
   return CUDNN_STATUS_SUCCESS;
 }
@@ -1118,8 +1119,9 @@ cudnnStatus_t CUDNNWINAPI cudnnPoolingBackward(cudnnHandle_t handle, const cudnn
                                                const cudnnTensorDescriptor_t dxDesc, void* dx) {
   if (!handle || !alpha || !beta || !dy || !dx) return BAD("NULL handle, scaling factor or data pointer");
   TRY(pool_check(__func__, pd, xDesc, yDesc));
-  TRY(tensor_ok(__func__, dyDesc, "dy"));
-  TRY(tensor_ok(__func__, dxDesc, "dx"));
+  if (!dyDesc || !dyDesc->set || !dxDesc || !dxDesc->set) return BAD("dy / dx descriptor NULL or not set");
+  if (dyDesc->dt != yDesc->dt || dxDesc->dt != xDesc->dt || xDesc->dt != yDesc->dt)
+    return fail(CUDNN_STATUS_NOT_SUPPORTED, __func__, "x, y, dy and dx must have one data type");
   if (!same_dims(*dyDesc, *yDesc)) return BAD("dy and y dims differ");
   if (!same_dims(*dxDesc, *xDesc)) return BAD("dx and x dims differ");
   const bool mx = is_max(pd->mode);
@@ -1127,9 +1129,6 @@ cudnnStatus_t CUDNNWINAPI cudnnPoolingBackward(cudnnHandle_t handle, const cudnn
   const cudnnTensorStruct &xd = *xDesc, &yd = *yDesc, &dyd = *dyDesc, &dxd = *dxDesc;
   std::vector<double> acc(static_cast<size_t>(xd.count()), 0.0);  // dense NCHW
   auto ai = [&](int n, int c, int h, int w) { return ((size_t(n) * xd.c + c) * xd.h + h) * xd.w + w; };
-  const float* xp = pf(x);
-  const float* yp = pf(y);
-  const float* dyp = pf(dy);
   for (int n = 0; n < yd.n; ++n)
     for (int c = 0; c < yd.c; ++c)
       for (int oh = 0; oh < yd.h; ++oh)
@@ -1137,14 +1136,14 @@ cudnnStatus_t CUDNNWINAPI cudnnPoolingBackward(cudnnHandle_t handle, const cudnn
           const int h0 = oh * pd->sh - pd->ph, w0 = ow * pd->sw - pd->pw;
           const int hb = std::max(h0, 0), he = std::min(h0 + pd->kh, xd.h);
           const int wb = std::max(w0, 0), we = std::min(w0 + pd->kw, xd.w);
-          const double g = dyp[dyd.off(n, c, oh, ow)];
+          const double g = elem_load(dy, dyd.off(n, c, oh, ow), dyd.dt);
           if (mx) {
             // the first element of the window (row-major) equal to y
-            const float yv = yp[yd.off(n, c, oh, ow)];
+            const float yv = elem_load(y, yd.off(n, c, oh, ow), yd.dt);
             bool done = false;
             for (int ih = hb; ih < he && !done; ++ih)
               for (int iw = wb; iw < we; ++iw) {
-                const float t = xp[xd.off(n, c, ih, iw)];
+                const float t = elem_load(x, xd.off(n, c, ih, iw), xd.dt);
                 if (t == yv || (std::isnan(t) && std::isnan(yv))) {
                   acc[ai(n, c, ih, iw)] += g;
                   done = true;
@@ -1160,11 +1159,10 @@ cudnnStatus_t CUDNNWINAPI cudnnPoolingBackward(cudnnHandle_t handle, const cudnn
           }
         }
   const double a = rd(alpha), b = rd(beta);
-  float* dxp = pf(dx);
   for (int n = 0; n < xd.n; ++n)
     for (int c = 0; c < xd.c; ++c)
       for (int h = 0; h < xd.h; ++h)
-        for (int w = 0; w < xd.w; ++w) blend(dxp + dxd.off(n, c, h, w), acc[ai(n, c, h, w)], a, b);
+        for (int w = 0; w < xd.w; ++w) elem_blend(dx, dxd.off(n, c, h, w), dxd.dt, acc[ai(n, c, h, w)], a, b);
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -1333,7 +1331,8 @@ struct Descs {
   }
 };
 
-// data types of the test convolutions: x/y, filter, compute (fake_cudnn_test_conv_types)
+// data types of the test convolutions: x/y, filter, compute (fake_cudnn_test_conv_types);
+// the first is also the pooling tests' tensor type
 cudnnDataType_t g_conv_dt[3] = {CUDNN_DATA_FLOAT, CUDNN_DATA_FLOAT, CUDNN_DATA_FLOAT};
 
 // p: N, C, H, W, K, R, S, ph, pw, sh, sw, dh, dw, groups, mode, math
@@ -1467,11 +1466,11 @@ int fake_cudnn_test_bn(int kind, int fmt, int mode, const int* dims, const float
 int fake_cudnn_test_pool(int dir, int fmt, int mode, int nan, const int* p, float alpha, float beta, float* x,
                          float* y, float* dy, float* dx, int* out) {
   Descs D;
-  TRY(cudnnSetTensor4dDescriptor(D.t[0], cudnnTensorFormat_t(fmt), CUDNN_DATA_FLOAT, p[0], p[1], p[2], p[3]));
+  TRY(cudnnSetTensor4dDescriptor(D.t[0], cudnnTensorFormat_t(fmt), g_conv_dt[0], p[0], p[1], p[2], p[3]));
   TRY(cudnnSetPooling2dDescriptor(D.pd, cudnnPoolingMode_t(mode), cudnnNanPropagation_t(nan), p[4], p[5], p[6], p[7],
                                   p[8], p[9]));
   TRY(cudnnGetPooling2dForwardOutputDim(D.pd, D.t[0], out, out + 1, out + 2, out + 3));
-  TRY(cudnnSetTensor4dDescriptor(D.t[1], cudnnTensorFormat_t(fmt), CUDNN_DATA_FLOAT, out[0], out[1], out[2], out[3]));
+  TRY(cudnnSetTensor4dDescriptor(D.t[1], cudnnTensorFormat_t(fmt), g_conv_dt[0], out[0], out[1], out[2], out[3]));
   if (dir == 0 && !x) return CUDNN_STATUS_SUCCESS;  // dims only
   if (dir == 0) return cudnnPoolingForward(D.h, D.pd, &alpha, D.t[0], x, &beta, D.t[1], y);
   return cudnnPoolingBackward(D.h, D.pd, &alpha, D.t[1], y, D.t[1], dy, D.t[0], x, &beta, D.t[0], dx);
