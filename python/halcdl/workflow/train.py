@@ -865,7 +865,13 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
             ctx.sample_indices = [train_idx[j] for j in order[pos:pos + batch]]
             batch_samples = _evaluate.read_samples(dldataset, ctx.sample_indices)
             if tp["augmentation_param"]:
-                batch_samples = _augment(batch_samples, tp["augmentation_param"])
+                # per-sample randomness from (seed, epoch, image_id): reproducible, the same
+                # after 'resume', independent of the batch a sample lands in
+                aug = {"seed": seed, "epoch": epoch_index,
+                       "image_range_min": m.params["image_range_min"],
+                       "image_range_max": m.params["image_range_max"],
+                       **tp["augmentation_param"]}
+                batch_samples = _augment(batch_samples, aug)
             train_result = train_dl_model_batch(m, batch_samples)
             pos += batch
             it += 1
