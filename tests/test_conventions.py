@@ -29,6 +29,7 @@ HALCON_SIGNATURES = {
     "apply_dl_classifier": ["images", "dlclassifier_handle"],
     "apply_dl_model": ["dlmodel_handle", "dlsample_batch", "outputs"],
     "apply_dl_model_s": ["dlmodel_handle", "dlsample_batch", "outputs"],
+    "augment_dl_samples": ["dlsample_batch", "gen_param"],
     "clear_dl_classifier": ["dlclassifier_handle"],
     "clear_dl_classifier_result": ["dlclassifier_result_handle"],
     "clear_dl_classifier_train_result": ["dlclassifier_train_result_handle"],

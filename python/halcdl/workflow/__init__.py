@@ -1,12 +1,14 @@
-"""HALCON's deep-learning procedures above the operators (exported at the top level)."""
+"""HALCON's deep-learning procedures (``__all__``, exported at the top level) and halcdl's
+evaluation helpers (importable from here: evaluate_segmentation, segmentation_confusion_matrix;
+not HALCON procedures, so not in ``__all__``)."""
 
-from .evaluation import evaluate_segmentation, segmentation_confusion_matrix
+from .augment import augment_dl_samples
+from .evaluation import evaluate_segmentation, segmentation_confusion_matrix  # noqa: F401
 from .evaluate import evaluate_dl_model
 from .train import create_dl_train_param, set_dl_model_param_max_gpu_batch_size, train_dl_model
 
-# the procedures (exported by ``halcdl``); evaluate_segmentation and
-# segmentation_confusion_matrix stay importable from here but are no HALCON procedures
 __all__ = [
+    "augment_dl_samples",
     "create_dl_train_param",
     "evaluate_dl_model",
     "set_dl_model_param_max_gpu_batch_size",
