@@ -523,3 +523,27 @@ def test_max_batch_size_respects_memory(monkeypatch):
     ha.set_dl_model_param_max_gpu_batch_size(m, 1000)
     # fixed 10 MiB + 3 MiB per sample ≤ 80 MiB → b ≤ 23: the largest power of two is 16
     assert ha.get_dl_model_param_s(m, "batch_size") == 16
+
+
+def test_augmentation_reproducible_and_resumable(reader, tmp_path):
+    """augment_dl_samples runs on every batch (seeded by seed_rand, the epoch and the image
+    id): two runs agree, a run without augmentation does not, and resume matches too."""
+    ds = make_dataset(n_train=16)
+    aug = {"augmentation_percentage": 100, "mirror": "rc", "brightness_variation": 20}
+    runs = []
+    for names, values in ((["augment"], [aug]), (["augment"], [aug]), ([], [])):
+        m = make_model(batch=4)
+        tr.run_training(ds, m, train_param(m, epochs=2, interval=0, names=names,
+                                           values=values), 0)
+        runs.append(m)
+    assert_same_model(runs[0], runs[1])
+    assert any(not np.array_equal(a, b) for a, b in zip(weights(runs[0]).values(),
+                                                        weights(runs[2]).values()))
+    ser = [{"type": "current", "basename": str(tmp_path / "cur")}]
+    m = make_model(batch=4)
+    tp = ha.create_dl_train_param(m, 1, 0, "false", 5, ["augment", "serialize"], [aug, ser])
+    ha.train_dl_model(ds, m, tp, 0)
+    ha.train_dl_model(ds, m, {**tp, "num_epochs": 2}, "resume")
+    assert_same_model(m, runs[0])
+    # the dataset's samples are not changed by the augmentation (the reader gives copies)
+    assert all("image" not in s for s in ds["samples"])
