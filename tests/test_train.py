@@ -547,3 +547,21 @@ def test_augmentation_reproducible_and_resumable(reader, tmp_path):
     assert_same_model(m, runs[0])
     # the dataset's samples are not changed by the augmentation (the reader gives copies)
     assert all("image" not in s for s in ds["samples"])
+
+
+def test_stop_before_a_batch_restores_momentum(reader):
+    ds = make_dataset(n_train=20)
+    m = make_model(batch=4)
+    change = {"model_param": "learning_rate", "initial_value": 0.02, "epochs": [1],
+              "values": [0.0002], "scale_momentum_threshold": 5.0}
+
+    class StopAtEpoch1(TrainHook):
+        def on_batch_begin(self, ctx):
+            if ctx.epoch >= 1:  # the change hook has just scaled the momentum
+                assert ctx.model.params["momentum"] == pytest.approx(0.009)
+                ctx.stop = True
+
+    tp = train_param(m, epochs=3, interval=0, names=["change"], values=[change])
+    _, infos, _ = tr.run_training(ds, m, tp, 0, [StopAtEpoch1()])
+    assert state(m)["steps"] == 5 and infos[-1]["iteration"] == 5
+    assert m.params["momentum"] == 0.9
