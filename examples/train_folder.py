@@ -10,7 +10,7 @@ four classes (brick, grass, gravel, camera), each --tiles non-overlapping 32 × 
 
     read_dl_dataset_classification → split_dl_dataset (70/15/15) → read_dl_model (compact)
     → create_dl_preprocess_param_from_model → preprocess_dl_dataset → create_dl_train_param
-    (a learning-rate change at 75 % of the epochs, 'best' serialization) → train_dl_model
+    (Adam; the learning rate / 10 at 80 % of the epochs; 'best' serialization) → train_dl_model
     (progress printed) → read the best model back → evaluate_dl_model on the 'test' split
 
 and prints the evaluation (accuracy, per-class precision/recall, confusion matrix). With
@@ -53,11 +53,12 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", nargs="?", default=os.path.join("out", "train_folder"))
     p.add_argument("--images", help="a folder with one sub-folder of images per class")
-    p.add_argument("--epochs", type=float, default=4)
+    p.add_argument("--epochs", type=float, default=5)
     p.add_argument("--size", type=int, default=32, help="model image width and height")
     p.add_argument("--tiles", type=int, default=40, help="images per class to make")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=0.001)
+    p.add_argument("--solver", default="adam", choices=("adam", "sgd"))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the default)")
     args = p.parse_args(argv)
@@ -97,10 +98,11 @@ def main(argv=None) -> dict:
     # --- train --------------------------------------------------------------------------
     ha.set_dl_model_param(model, "batch_size", args.batch_size)
     ha.set_dl_model_param(model, "learning_rate", args.lr)
+    ha.set_dl_model_param(model, "solver_type", args.solver)
     ha.set_dl_model_param(model, "momentum", 0.9)
     ha.set_dl_model_param(model, "weight_prior", 1e-4)
     change = {"model_param": "learning_rate", "initial_value": args.lr,
-              "epochs": [0.75 * args.epochs], "values": [args.lr * 0.1]}
+              "epochs": [0.8 * args.epochs], "values": [args.lr * 0.1]}
     serialize = {"type": "best", "basename": os.path.join(data_dir, "model_best")}
     train_param = ha.create_dl_train_param(model, args.epochs, 1, "true", args.seed,
                                            ["change", "serialize"], [change, serialize])
