@@ -83,8 +83,8 @@ def main(argv=None) -> dict:
     ha.split_dl_dataset(dataset, 70, 15, [])
     model = ha.read_dl_model("pretrained_dl_classifier_compact.hdl")
     ha.set_dl_model_param(model, "image_dimensions", [args.size, args.size, 1])
-    ha.set_dl_model_param(model, "class_names", dataset["class_names"])
     ha.set_dl_model_param(model, "class_ids", dataset["class_ids"])
+    ha.set_dl_model_param(model, "class_names", dataset["class_names"])
     preprocess_param = ha.create_dl_preprocess_param_from_model(model, "none", "full_domain",
                                                                 [], [], [])
     dataset_file = ha.preprocess_dl_dataset(dataset, data_dir, preprocess_param,

@@ -33,6 +33,9 @@ pytestmark = [
 CLASSES = ("brick", "grass", "gravel", "camera")
 TILES_PER_CLASS = 40
 TILE = 32
+NUM_EPOCHS = 5
+AUGMENT = {"augmentation_percentage": 50, "mirror": "rc", "rotate": 90}
+SPLIT = (70, 15)
 # measured: 0.94 test accuracy (18 test images) at seed 42; see docs/workflow.md
 ACCURACY_TARGET = 0.75
 
@@ -70,7 +73,7 @@ def run_workflow(tmp_path):
     # ImageWidth := 32; ImageHeight := 32; ImageNumChannels := 1
     image_width, image_height, image_num_channels = 32, 32, 1
     # TrainingPercent := 70; ValidationPercent := 15
-    training_percent, validation_percent = 70, 15
+    training_percent, validation_percent = SPLIT
     # set_system ('seed_rand', 42)
     ha.set_system("seed_rand", 42)
     # read_dl_dataset_classification (RawImageBaseFolder, 'last_folder', DLDataset)
@@ -88,9 +91,10 @@ def run_workflow(tmp_path):
     # get_dict_tuple (DLDataset, 'class_names', ClassNames) / 'class_ids'
     class_names = ha.get_dict_tuple(dldataset, "class_names")
     class_ids = ha.get_dict_tuple(dldataset, "class_ids")
-    # set_dl_model_param (DLModelHandle, 'class_names', ClassNames) / 'class_ids'
-    ha.set_dl_model_param(dlmodel_handle, "class_names", class_names)
+    # set_dl_model_param (DLModelHandle, 'class_ids', ClassIDs) / 'class_names'
+    # (halcdl: the ids first, they set the number of classes)
     ha.set_dl_model_param(dlmodel_handle, "class_ids", class_ids)
+    ha.set_dl_model_param(dlmodel_handle, "class_names", class_names)
     # create_dl_preprocess_param_from_model (DLModelHandle, 'none', 'full_domain', [], [],
     #                                        [], DLPreprocessParam)
     dlpreprocess_param = ha.create_dl_preprocess_param_from_model(
@@ -113,9 +117,9 @@ def run_workflow(tmp_path):
     # read_dict (DLDatasetFileName, [], [], DLDataset)
     dldataset = ha.read_dict(dldataset_file_name, [], [])
     # BatchSize := 8; InitialLearningRate := 0.001; NumEpochs := 5
-    batch_size, initial_learning_rate, num_epochs = 8, 0.001, 5
-    # EvaluationIntervalEpochs := 1; ChangeLearningRateEpochs := 4
-    evaluation_interval_epochs, change_learning_rate_epochs = 1, 4
+    batch_size, initial_learning_rate, num_epochs = 8, 0.001, NUM_EPOCHS
+    # EvaluationIntervalEpochs := 1; ChangeLearningRateEpochs := NumEpochs - 1
+    evaluation_interval_epochs, change_learning_rate_epochs = 1, NUM_EPOCHS - 1
     # ChangeLearningRateValues := InitialLearningRate * 0.1
     change_learning_rate_values = initial_learning_rate * 0.1
     # set_dl_model_param (DLModelHandle, 'batch_size', BatchSize)
@@ -142,10 +146,16 @@ def run_workflow(tmp_path):
     ha.set_dict_tuple(serialization_strategy, "type", "best")
     # set_dict_tuple (SerializationStrategy, 'basename', ExampleDataDir + '/best_model')
     ha.set_dict_tuple(serialization_strategy, "basename", data_directory + "/best_model")
-    # GenParamName := ['change', 'serialize']
-    # GenParamValue := [ChangeStrategy, SerializationStrategy]
-    gen_param_name = ["change", "serialize"]
-    gen_param_value = [change_strategy, serialization_strategy]
+    # create_dict (AugmentationParam)
+    # set_dict_tuple (AugmentationParam, 'augmentation_percentage', 50)
+    # set_dict_tuple (AugmentationParam, 'mirror', 'rc'); … 'rotate', 90
+    augmentation_param = ha.create_dict()
+    for key, value in AUGMENT.items():
+        ha.set_dict_tuple(augmentation_param, key, value)
+    # GenParamName := ['augment', 'change', 'serialize']
+    # GenParamValue := [AugmentationParam, ChangeStrategy, SerializationStrategy]
+    gen_param_name = ["augment", "change", "serialize"]
+    gen_param_value = [augmentation_param, change_strategy, serialization_strategy]
     # create_dl_train_param (DLModelHandle, NumEpochs, EvaluationIntervalEpochs, 'false',
     #                        42, GenParamName, GenParamValue, TrainParam)
     train_param = ha.create_dl_train_param(dlmodel_handle, num_epochs,
@@ -156,7 +166,7 @@ def run_workflow(tmp_path):
     train_results, train_infos, evaluation_infos = ha.train_dl_model(
         dldataset, dlmodel_handle, train_param, 0)
     assert np.isfinite(train_results["total_loss"])
-    assert [e["epoch"] for e in evaluation_infos] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [e["epoch"] for e in evaluation_infos] == [float(e) for e in range(1, NUM_EPOCHS + 1)]
     assert ha.get_dl_model_param_s(dlmodel_handle, "learning_rate") == \
         pytest.approx(change_learning_rate_values)
 
