@@ -37,7 +37,8 @@ TILE = 32
 NUM_EPOCHS = 5
 AUGMENT = {"augmentation_percentage": 50, "mirror": "rc", "rotate": 90}
 SPLIT = (70, 15)
-# measured: 0.94 test accuracy (18 test images) at seed 42; see docs/workflow.md
+# measured test accuracy (24 test images): 1.000 with SEED 42 (this test), 0.833 / 0.917 /
+# 0.917 with seeds 1 / 7 / 123; about 35 s of CPU on one thread
 ACCURACY_TARGET = 0.75
 
 
