@@ -271,6 +271,21 @@ def test_detection_dispatch(reader):
         evals[0]["result"]["max_num_detections_all"]["area_all"]["mean_ap"])
 
 
+def test_detection_without_its_evaluation_module(reader, monkeypatch):
+    m, ds = detection_setup(n=1)
+    real = ev.importlib.import_module
+
+    def no_detection(name, *a):
+        if name.endswith("evaluate_detection"):
+            raise ImportError(name)
+        return real(name, *a)
+
+    monkeypatch.setattr(ev.importlib, "import_module", no_detection)
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.evaluate_dl_model(ds, m, "sample_indices", [0], [])
+    assert e.value.error_code == 7914 and "detection evaluation" in e.value.message
+
+
 @pytest.mark.parametrize("args,code", [
     (("nope", "split", "test", []), 1201),
     (({"samples": 1}, "split", "test", []), 7925),
