@@ -75,6 +75,17 @@ HALCON_SIGNATURES = {
     "train_dl_model_batch": ["dlmodel_handle", "dlsample_batch"],
     "write_dl_classifier": ["dlclassifier_handle", "file_name"],
     "write_dl_model": ["dlmodel_handle", "file_name"],
+    # interop helpers of HALCON's binding (python_interop / numpy_interop), dicts
+    "as_python_dict": ["dict_handle"],
+    "from_python_dict": ["py_dict"],
+    "himage_as_numpy_array": ["himage"],
+    "himage_from_numpy_array": ["array"],
+    "set_dict_tuple_at": ["dict_handle", "key", "index", "value"],
+    # serialized models
+    "serialize_dl_model": ["dlmodel_handle"],
+    "deserialize_dl_model": ["serialized_item_handle"],
+    "serialize_dl_classifier": ["dlclassifier_handle"],
+    "deserialize_dl_classifier": ["serialized_item_handle"],
 }
 # in the table, provided by other pieces of work (may be absent from this build)
 NOT_YET = {"create_dl_model_detection", "write_dl_model"}
