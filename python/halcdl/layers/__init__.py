@@ -8,6 +8,10 @@
   directly (docs/layers.md).
 """
 
+from . import api as _api
+from . import introspect as _introspect
+from .api import *  # noqa: F401,F403
+from .introspect import *  # noqa: F401,F403
 from .serialize import (
     SerializedItem,
     deserialize_dl_classifier,
@@ -17,6 +21,8 @@ from .serialize import (
 )
 
 __all__ = [
+    *_api.__all__,
+    *_introspect.__all__,
     "SerializedItem",
     "serialize_dl_model",
     "deserialize_dl_model",
