@@ -345,15 +345,15 @@ def set_dl_model_layer_weights(weights: Any, dlmodel_handle: Any, layer_name: An
         want = tuple(np.asarray(m.core.get_param(pname)).shape)
         if tuple(weights.shape) != want:
             raise HOperatorError(H_ERR_CNN_INVALID_SHAPE,
-                                 f"weights {wt!r} of layer {_owner(pname)!r} have shape {want}, "
+                                 f"weights {wt!r} of layer {pname.rsplit('.', 1)[0]!r} have shape {want}, "
                                  f"got {tuple(weights.shape)}")
         a = np.ascontiguousarray(weights, dtype=np.float32)
         if not np.all(np.isfinite(a)):
             raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
-                                 f"weights {wt!r} of layer {_owner(pname)!r} must be finite")
+                                 f"weights {wt!r} of layer {pname.rsplit('.', 1)[0]!r} must be finite")
         if wt == "batchnorm_variance_avg" and np.any(a < 0):
             raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
-                                 f"variances of layer {_owner(pname)!r} must be >= 0")
+                                 f"variances of layer {pname.rsplit('.', 1)[0]!r} must be >= 0")
         m.core.set_param(pname, a)
 
 
@@ -374,7 +374,7 @@ def load_dl_model_weights(dlmodel_handle_source: Any, dlmodel_handle_target: Any
 
 
 @operator
-def get_dl_model_layer(dlmodel_handle: Any, layer_names: Any) -> list:
+def get_dl_model_layer(dlmodel_handle: Any, layer_names: Any) -> list[DLLayer]:
     """Copies of the named layers as layer handles, each with copies of the layers below it
     (its inputs, recursively) and of their weights, to build new networks with the
     create_dl_layer_* operators (create_dl_model puts the copied weights into the new
