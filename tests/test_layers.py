@@ -497,10 +497,6 @@ def test_introspection_bad_input_changes_nothing():
     after = _weights(m)
     assert all(np.array_equal(after[n], before[n]) for n in before)
     assert m.spec == spec
-    seg = ha.read_dl_model("pretrained_dl_segmentation_compact.hdl")
-    with pytest.raises(ha.HOperatorError) as info:
-        ha.get_dl_model_layer(seg, "classifier")  # has transposed convolutions below it
-    assert _code(info) == errors.H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE
     ha.clear_dl_model(m)
     with pytest.raises(ha.HOperatorError) as info:
         ha.get_dl_model_layer_param(m, "fc", "type")
@@ -550,8 +546,6 @@ MISSING_ON_PURPOSE = {
     "create_dl_layer_permutation": "no permutation op",
     "create_dl_layer_reduce": "no reduce op",
     "create_dl_layer_reshape": "no reshape op",
-    "create_dl_layer_transposed_convolution": "engine op exists (deconv); API not written yet",
-    "create_dl_layer_zoom_factor": "engine has integer upsampling only; API not written yet",
     "create_dl_layer_zoom_size": "no resize-to-size op",
     "create_dl_layer_zoom_to_layer_size": "no resize-to-size op",
     "get_dl_model_layer_activations": "the engine's plans do not expose intermediate tensors",
@@ -572,3 +566,119 @@ def test_binding_functions_present_or_missing_on_purpose():
         elif name not in ELSEWHERE:
             assert callable(getattr(ha, name, None)), f"{name} is missing from halcdl"
             assert name in ha.__all__
+
+
+# --------------------------------------------------------------------------------------------
+# transposed convolution and zoom: the zoo's segmentation_compact, rebuilt
+# --------------------------------------------------------------------------------------------
+def _seg_compact_layers(size: int, channels: int, k: int):
+    def stage(x, prefix, out, convs):
+        for i in range(1, convs + 1):
+            x = ha.create_dl_layer_convolution(x, f"{prefix}.conv{i}", 3, 1, 1, out, 1,
+                                               "half_kernel_size", "none", "bias_term", "false")
+            x = ha.create_dl_layer_batch_normalization(x, f"{prefix}.bn{i}", "auto", 1e-5,
+                                                       "none", [], [])
+            x = ha.create_dl_layer_activation(x, f"{prefix}.relu{i}", "relu", [], [])
+        return x
+
+    x = ha.create_dl_layer_input("image", [size, size, channels], [], [])
+    widths, skips = (16, 32, 64), []
+    for i, c in enumerate(widths, start=1):
+        x = stage(x, f"enc{i}", c, 2)
+        skips.append(x)
+        x = ha.create_dl_layer_pooling(x, f"pool{i}", 2, 2, "none", "maximum", [], [])
+    x = stage(x, "bottleneck", 128, 2)
+    for i in range(len(widths), 0, -1):
+        up = ha.create_dl_layer_transposed_convolution(x, f"dec{i}.up", 2, 2, widths[i - 1], 1,
+                                                       "none", [], [])
+        x = ha.create_dl_layer_concat([up, skips[i - 1]], f"dec{i}.concat", "depth", [], [])
+        x = stage(x, f"dec{i}", widths[i - 1], 1)
+    x = ha.create_dl_layer_convolution(x, "classifier", 1, 1, 1, k, 1, "none", "none", [], [])
+    sm = ha.create_dl_layer_softmax(x, "softmax", [], [])
+    target = ha.create_dl_layer_input("segmentation_image", [size, size, 1], [], [])
+    return ha.create_dl_layer_loss_cross_entropy(sm, target, [], "loss", 1.0, [], [])
+
+
+def test_zoo_segmentation_compact_rebuilt_with_layer_api():
+    ha.set_system("seed_rand", 5)
+    zoo = ha.read_dl_model("pretrained_dl_segmentation_compact.hdl")
+    ha.set_dl_model_param(zoo, "image_dimensions", [16, 16, 1])
+    m = ha.create_dl_model(_seg_compact_layers(16, 1, 2))
+    assert ha.get_dl_model_param(m, "type") == ["segmentation"]
+    assert [(n["name"], n["op"]) for n in m.spec][1:] == \
+        [(n["name"], n["op"]) for n in zoo.spec][1:]
+    assert ha.get_dl_model_layer_param(m, "dec2.up", "type") == ["transposed_convolution"]
+    assert ha.get_dl_model_layer_param(zoo, "dec2.up", "kernel_depth") == [32]
+    ha.load_dl_model_weights(zoo, m)
+    rng = np.random.default_rng(1)
+    batch = [{"image": rng.standard_normal((16, 16)).astype(np.float32),
+              "segmentation_image": rng.integers(0, 2, (16, 16)).astype(np.uint8)}
+             for _ in range(2)]
+    for model in (m, zoo):
+        ha.set_dl_model_param(model, "batch_size", 2)
+    r1, r2 = ha.apply_dl_model(m, batch, []), ha.apply_dl_model(zoo, batch, [])
+    for a, b in zip(r1, r2):
+        np.testing.assert_array_equal(a["segmentation_image"], b["segmentation_image"])
+        np.testing.assert_array_equal(a["segmentation_confidence"], b["segmentation_confidence"])
+    assert ha.train_dl_model_batch(m, batch) == ha.train_dl_model_batch(zoo, batch)
+    w, wz = _weights(m), _weights(zoo)
+    assert all(np.array_equal(w[n], wz[n]) for n in wz)
+    # the copies of a segmentation model rebuild it too (transposed convolutions included)
+    head, = ha.get_dl_model_layer(zoo, "classifier")
+    m2 = ha.create_dl_model(ha.create_dl_layer_softmax(head, "softmax", [], []))
+    r3 = ha.apply_dl_model(m2, batch, [])
+    np.testing.assert_array_equal(r3[0]["segmentation_confidence"],
+                                  ha.apply_dl_model(zoo, batch, [])[0]["segmentation_confidence"])
+
+
+@pytest.mark.parametrize("interpolation, mode", [("nearest_neighbor", "nearest"),
+                                                 ("bilinear", "bilinear")])
+def test_zoom_factor_and_transposed_convolution_against_pytorch(interpolation, mode):
+    x = ha.create_dl_layer_input("image", [5, 4, 2], [], [])
+    z = ha.create_dl_layer_zoom_factor(x, "zoom", 2, 2, interpolation, "false", [], [])
+    t = ha.create_dl_layer_transposed_convolution(z, "up", 3, 2, 3, 1, [1], [], [])
+    g = ha.create_dl_layer_pooling(t, "gap", [], [], [], "global_average", [], [])
+    m = ha.create_dl_model(ha.create_dl_layer_softmax(g, "softmax", [], []))
+    w = ha.get_dl_model_layer_weights(m, "up", "weights")
+    b = ha.get_dl_model_layer_weights(m, "up", "bias") + 0.1
+    ha.set_dl_model_layer_weights(b, m, "up", "bias")
+    assert w.shape == (2, 3, 3, 3)  # (in, out, kh, kw), PyTorch's ConvTranspose2d
+    img = np.random.default_rng(3).standard_normal((4, 5, 2)).astype(np.float32)
+    xt = torch.from_numpy(img).permute(2, 0, 1)[None]
+    up = F.interpolate(xt, scale_factor=2, mode=mode,
+                       **({} if mode == "nearest" else {"align_corners": False}))
+    y = F.conv_transpose2d(up, torch.from_numpy(w), torch.from_numpy(b), stride=2, padding=1)
+    p = torch.softmax(y.mean((2, 3)), 1)[0].numpy()
+    r = ha.apply_dl_model_s(m, {"image": img}, [])
+    np.testing.assert_allclose(r["classification_confidences"], p[r["classification_class_ids"]],
+                               rtol=1e-5, atol=1e-6)
+    assert ha.get_dl_model_layer_param(m, "zoom", "interpolation") == [interpolation]
+
+
+@pytest.mark.parametrize("call, code", [
+    (lambda x: ha.create_dl_layer_zoom_factor(x, "z", 1.5, 1.5, "bilinear", "false", [], []),
+     errors.H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE),
+    (lambda x: ha.create_dl_layer_zoom_factor(x, "z", 2, 3, "bilinear", "false", [], []),
+     errors.H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE),
+    (lambda x: ha.create_dl_layer_zoom_factor(x, "z", 2, 2, "bilinear", "true", [], []),
+     errors.H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE),
+    (lambda x: ha.create_dl_layer_zoom_factor(x, "z", 2, 2, "cubic", "false", [], []),
+     errors.H_ERR_WIPV5),
+    (lambda x: ha.create_dl_layer_zoom_factor(x, "z", -2, 2, "bilinear", "false", [], []),
+     errors.H_ERR_WIPV3),
+    (lambda x: ha.create_dl_layer_zoom_factor(x, "z", "2", 2, "bilinear", "false", [], []),
+     errors.H_ERR_WIPT3),
+    (lambda x: ha.create_dl_layer_transposed_convolution(x, "t", 2, 2, 4, 2, "none", [], []),
+     errors.H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE),
+    (lambda x: ha.create_dl_layer_transposed_convolution(x, "t", [2, 2], 2, 4, 1, "none", [],
+                                                         []), errors.H_ERR_WIPN3),
+    (lambda x: ha.create_dl_layer_transposed_convolution(x, "t", 2, 0, 4, 1, "none", [], []),
+     errors.H_ERR_WIPV4),
+    (lambda x: ha.create_dl_layer_transposed_convolution(x, "t", 2, 2, 4, 1,
+                                                         "half_kernel_size", [], []),
+     errors.H_ERR_WIPV7),
+])
+def test_zoom_and_transposed_bad_input(call, code):
+    with pytest.raises(ha.HOperatorError) as info:
+        call(_img())
+    assert _code(info) == code, info.value.message

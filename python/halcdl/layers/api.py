@@ -66,6 +66,8 @@ __all__ = [
     "create_dl_layer_elementwise",
     "create_dl_layer_identity",
     "create_dl_layer_loss_cross_entropy",
+    "create_dl_layer_transposed_convolution",
+    "create_dl_layer_zoom_factor",
     "create_dl_model",
     "get_dl_layer_param",
     "get_dl_layer_param_s",
@@ -480,6 +482,62 @@ def create_dl_layer_loss_cross_entropy(dllayer_input: Any, dllayer_target: Any,
                 {"loss_weight": lw}, gen)
 
 
+@operator
+def create_dl_layer_transposed_convolution(dllayer_input: Any, layer_name: Any,
+                                           kernel_size: Any, stride: Any, kernel_depth: Any,
+                                           groups: Any, padding: Any, gen_param_name: Any,
+                                           gen_param_value: Any) -> DLLayer:
+    """A transposed convolution (PyTorch's ConvTranspose2d, square kernel and stride):
+    output size (in − 1)·stride − 2·padding + kernel_size.  ``kernel_depth``: output depth;
+    ``groups``: 1 (the engine's only value; others → 7914); ``padding``: 'none' or one number.
+    Generic parameter 'bias_term' ('true' default)."""
+    inp = _layer(dllayer_input, 1)
+    name = _name(layer_name, 2)
+    k = _pos_ints(kernel_size, 3, "kernel_size", (1,))[0]
+    s = _pos_ints(stride, 4, "stride", (1,))[0]
+    depth = _pos_ints(kernel_depth, 5, "kernel_depth", (1,))[0]
+    g = _pos_ints(groups, 6, "groups", (1,))[0]
+    pad = _padding(padding, 7, counts=(1,))
+    if pad == "half_kernel_size":
+        raise wrong_value(7, "padding of a transposed convolution is 'none' or a number")
+    gen = _gen(gen_param_name, gen_param_value, 8, {"bias_term": _bool_str})
+    if g != 1:
+        raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
+                             f"groups {g}: halcdl's transposed convolution has groups 1 only")
+    return _new(name, "transposed_convolution", [inp],
+                {"kernel_size": k, "stride": s, "kernel_depth": depth, "groups": g,
+                 "padding": pad, "bias_term": "true"}, gen)
+
+
+@operator
+def create_dl_layer_zoom_factor(dllayer_input: Any, layer_name: Any, scale_width: Any,
+                                scale_height: Any, interpolation: Any, align_corners: Any,
+                                gen_param_name: Any, gen_param_value: Any) -> DLLayer:
+    """Resize by factors: the engine upsamples by one integer factor for both axes
+    (scale_width = scale_height ∈ {1, 2, 3, …}), 'nearest_neighbor' or 'bilinear' with
+    align_corners 'false' (PyTorch's).  Other factors, 'bicubic' or align_corners 'true' →
+    7914."""
+    inp = _layer(dllayer_input, 1)
+    name = _name(layer_name, 2)
+    sw = _number(scale_width, 3, "scale_width")
+    sh = _number(scale_height, 4, "scale_height")
+    for v, pos in ((sw, 3), (sh, 4)):
+        if v <= 0:
+            raise wrong_value(pos, f"scale factors must be > 0, got {v}")
+    interp = _choice(interpolation, 5, "interpolation",
+                     ("nearest_neighbor", "bilinear", "bicubic"),
+                     ("nearest_neighbor", "bilinear"))
+    ac = _choice(align_corners, 6, "align_corners", ("true", "false"), ("false",))
+    gen = _gen(gen_param_name, gen_param_value, 7, {})
+    if sw != sh or sw != int(sw) or sw < 1:
+        raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
+                             f"scale {sw} x {sh}: halcdl's engine upsamples by one integer "
+                             f"factor for both axes")
+    return _new(name, "zoom_factor", [inp], {"scale_width": sw, "scale_height": sh,
+                                             "interpolation": interp, "align_corners": ac},
+                gen)
+
+
 def _layer_param(layer: DLLayer, name: str) -> list:
     if name == "name":
         return [layer.name]
@@ -640,6 +698,24 @@ def _emit(b: _Builder, layer: DLLayer) -> None:  # noqa: C901  (one branch per l
                    kernel=[kh, kw], stride=[sh, sw], pad=[ph, pw], dilation=[dh, dw], groups=g,
                    bias=p["bias_term"] == "true")
         b.out[id(layer)] = b.activation(layer, y, p["activation"])
+        return
+    if t == "transposed_convolution":
+        x, (c, h, w) = b.spatial_input(layer)
+        k, st, nk = p["kernel_size"], p["stride"], p["kernel_depth"]
+        pd = 0 if p["padding"] == "none" else p["padding"][0]
+        oh, ow = (h - 1) * st - 2 * pd + k, (w - 1) * st - 2 * pd + k
+        if oh < 1 or ow < 1:
+            raise _fail(H_ERR_DL_LAYER_INPUT, layer, f"padding {pd} leaves no output")
+        b.out[id(layer)] = b.node(layer, layer.name, "deconv", [x], (nk, oh, ow),
+                                  out_channels=nk, kernel=k, stride=st, pad=pd,
+                                  bias=p["bias_term"] == "true")
+        return
+    if t == "zoom_factor":
+        x, (c, h, w) = b.spatial_input(layer)
+        f = int(p["scale_width"])
+        op = "upsample_nearest" if p["interpolation"] == "nearest_neighbor" else \
+            "upsample_bilinear"
+        b.out[id(layer)] = b.node(layer, layer.name, op, [x], (c, h * f, w * f), scale=f)
         return
     if t == "batchnorm":
         x, shp = b.spatial_input(layer)

@@ -19,7 +19,6 @@ import numpy as np
 from ..errors import (
     H_ERR_CNN_INVALID_INPUT_DATA,
     H_ERR_CNN_INVALID_SHAPE,
-    H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
     H_ERR_DL_PARAM_NOT_AVAILABLE,
     HOperatorError,
 )
@@ -99,7 +98,15 @@ class _View:
         if op == "input":
             mp = self.m.params
             p["shape"] = [mp["image_width"], mp["image_height"], mp["image_num_channels"]]
-        elif op in ("conv", "deconv"):
+        elif op == "deconv":
+            p["kernel_size"] = int(_wh(n.get("kernel", 1))[0])
+            p["stride"] = int(_wh(n.get("stride", 1))[0])
+            p["kernel_depth"] = int(n["out_channels"])
+            p["groups"] = 1
+            pad = _wh(n.get("pad", 0))[0]
+            p["padding"] = [pad] if pad else "none"
+            p["bias_term"] = "true" if n.get("bias", True) else "false"
+        elif op == "conv":
             p["kernel_size"] = _wh(n.get("kernel", 1))
             p["dilation"] = _wh(n.get("dilation", 1))
             p["stride"] = _wh(n.get("stride", 1))
@@ -146,6 +153,7 @@ class _View:
         elif op in ("upsample_nearest", "upsample_bilinear"):
             p["scale_width"] = p["scale_height"] = float(n.get("scale", 2))
             p["interpolation"] = "nearest_neighbor" if op == "upsample_nearest" else "bilinear"
+            p["align_corners"] = "false"
         return {"name": n["name"], "type": _TYPES[op], "inputs": inputs, "params": p}
 
     def layer(self, name: str, pos: int) -> dict:
@@ -378,7 +386,7 @@ def get_dl_model_layer(dlmodel_handle: Any, layer_names: Any) -> list[DLLayer]:
     """Copies of the named layers as layer handles, each with copies of the layers below it
     (its inputs, recursively) and of their weights, to build new networks with the
     create_dl_layer_* operators (create_dl_model puts the copied weights into the new
-    model).  Transposed convolutions and zoom layers cannot be copied yet (7914)."""
+    model)."""
     m = check_model(dlmodel_handle, 1)
     names = to_tuple(layer_names)
     if not names:
@@ -407,10 +415,6 @@ def get_dl_model_layer(dlmodel_handle: Any, layer_names: Any) -> list[DLLayer]:
                     stack.extend(todo)
                     continue
                 stack.pop()
-                if rec["type"] in ("transposed_convolution", "zoom_factor"):
-                    raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
-                                         f"layer {cur!r} ({rec['type']}) cannot be copied: "
-                                         f"halcdl has no create_dl_layer_{rec['type']} yet")
                 layer = DLLayer(cur, rec["type"], [made[i] for i in rec["inputs"]],
                                 copy.deepcopy(rec["params"]))
                 if rec["type"] == "input":
