@@ -291,3 +291,48 @@ def test_serialization_bad_input():
     with pytest.raises(ha.HOperatorError) as info:
         ha.serialize_dl_model(m)
     assert _code(info) == errors.H_ERR_HANDLE_CLEARED
+
+
+# --------------------------------------------------------------------------------------------
+# a script written for HALCON's binding runs after changing only the import
+# --------------------------------------------------------------------------------------------
+HALCON_STYLE_SCRIPT = '''
+import numpy as np
+import halcdl as ha                      # the script said: import halcon as ha
+from halcdl.numpy_interop import himage_from_numpy_array, himage_as_numpy_array
+from halcdl.python_interop import as_python_dict, from_python_dict
+
+ha.set_system('seed_rand', 42)
+model = ha.read_dl_model('pretrained_dl_classifier_compact.hdl')
+ha.set_dl_model_param(model, 'image_dimensions', [16, 16, 1])
+ha.set_dl_model_param(model, 'class_ids', [0, 1])
+ha.set_dl_model_param(model, 'class_names', ['good', 'bad'])
+pixels = (np.arange(256, dtype=np.float32).reshape(16, 16) - 128.0)
+image = himage_from_numpy_array(pixels)
+sample = ha.create_dict()
+ha.set_dict_object(image, sample, 'image')
+ha.set_dict_tuple(sample, 'image_id', 1)
+result = ha.apply_dl_model(model, [sample], [])
+result = as_python_dict(result[0])
+samples = [from_python_dict({'image': himage_as_numpy_array(image), 'image_label_id': 1})] * 2
+ha.set_dl_model_param(model, 'batch_size', 2)
+loss = as_python_dict(ha.train_dl_model_batch(model, samples))
+item = ha.serialize_dl_model(model)
+model2 = ha.deserialize_dl_model(item)
+'''
+
+
+@pytest.mark.filterwarnings("ignore::halcdl.NotPretrainedWarning")
+def test_halcon_style_script_runs():
+    ns: dict = {}
+    exec(compile(HALCON_STYLE_SCRIPT, "<halcon script>", "exec"), ns)  # noqa: S102
+    r = ns["result"]
+    assert sorted(r["classification_class_names"]) == ["bad", "good"]
+    assert abs(sum(r["classification_confidences"]) - 1.0) < 1e-5
+    assert np.isfinite(ns["loss"]["total_loss"])
+    assert ha.get_dl_model_param(ns["model2"], "class_names") == ["good", "bad"]
+    # the one-image HObject in the sample is the same input as its pixel array
+    m = ha.deserialize_dl_model(ns["item"])
+    img_obj = ha.apply_dl_model_s(m, {"image": himage_from_numpy_array(ns["pixels"])}, [])
+    assert img_obj == ha.apply_dl_model_s(m, {"image": ns["pixels"]}, [])
+    assert np.asarray(himage_from_numpy_array(ns["pixels"])).shape == (16, 16)
