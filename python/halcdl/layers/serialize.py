@@ -18,7 +18,6 @@ from ..models.handle import DLModel
 from ..operators._tuple import operator, wrong_type
 from ..operators import dl_classifier as _dlc
 from ..operators.dl_model import check_model
-from ..operators.system import next_model_seed  # noqa: F401  (seeds come from the bytes)
 
 __all__ = ["SerializedItem", "serialize_dl_model", "deserialize_dl_model",
            "serialize_dl_classifier", "deserialize_dl_classifier", "model_bytes"]

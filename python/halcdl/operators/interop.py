@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import H_ERR_DICT_KEY, H_ERR_WT_CTRL_EXPECTED, HOperatorError
 from ..hobject import HObject, image_list
-from ._tuple import is_int, is_number, is_str, operator, py_value, to_scalar, to_tuple, \
+from ._tuple import is_int, is_number, is_str, operator, py_value, to_tuple, \
     wrong_num, wrong_type, wrong_value
 
 __all__ = [
