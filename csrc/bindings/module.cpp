@@ -9,6 +9,8 @@
 #include <cmath>
 #include <memory>
 #include <new>
+#include <stdexcept>
+#include <system_error>
 
 #include "core/error.h"
 #include "engine/device.h"
@@ -394,6 +396,18 @@ PYBIND11_MODULE(_core, m) {
       raise(kErrRuntimeUnsupported, (std::string("oneDNN error: ") + e.what()).c_str());
     } catch (const std::bad_alloc&) {
       raise(kErrNoMemory, "not enough memory");
+    } catch (const py::cast_error& e) {
+      // An argument the engine could not convert (wrong type, out of the C++ type's range).
+      raise(7790, (std::string("wrong type or out-of-range value: ") + e.what()).c_str());
+    } catch (const py::builtin_exception&) {
+      throw;  // pybind11's own (stop_iteration, index_error, ...): its translator maps them
+    } catch (const std::system_error& e) {
+      // e.g. a thread that could not be created
+      raise(kErrNoMemory, (std::string("system resources exhausted: ") + e.what()).c_str());
+    } catch (const std::length_error& e) {
+      raise(kErrNoMemory, (std::string("not enough memory: ") + e.what()).c_str());
+    } catch (const std::exception& e) {
+      raise(7791, (std::string("invalid input: ") + e.what()).c_str());
     }
   });
 
