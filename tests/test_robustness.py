@@ -67,3 +67,71 @@ def test_engine_thread_bound():
     with pytest.raises(ha.HOperatorError) as info:
         ha.operators.system.core.set_num_threads(1025)
     assert info.value.error_code == 7914
+
+
+# --- 2. divergence and float32-representable parameters -----------------------------------
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_divergence_raises_7720_and_keeps_model(solver, tmp_path):
+    m = fresh_model(solver, lr=1e6)
+    batches = [samples(1, 2), samples(2, 2)]
+    for step in range(12):
+        before = state_of(m)
+        try:
+            ha.train_dl_model_batch(m, batches[step % 2])
+        except ha.HOperatorError as err:
+            assert err.error_code == 7720, err
+            assert_same(state_of(m), before, f"{solver} step {step}")
+            break
+    else:
+        pytest.fail(f"{solver}: 12 steps at learning_rate 1e6 never raised 7720")
+    # every committed value is finite (the check ran before each commit)
+    for k, v in state_of(m).items():
+        assert np.all(np.isfinite(v)), k
+    # the model still writes and reads back, bit-identical
+    f = tmp_path / "m.hdl"
+    ha.write_dl_model(m, str(f))
+    m2 = ha.read_dl_model(str(f))
+    st2 = state_of(m2)
+    for k, v in before.items():
+        if not k.startswith("opt/"):
+            assert np.array_equal(st2[k], v), k
+    # the failing call fails again the same way
+    with pytest.raises(ha.HOperatorError) as info:
+        ha.train_dl_model_batch(m, batches[step % 2])
+    assert info.value.error_code == 7720
+
+
+@pytest.mark.parametrize("name,value", [
+    ("learning_rate", 1e300), ("learning_rate", 1e39), ("learning_rate", 10**400),
+    ("momentum", float("nan")), ("weight_prior", 1e39), ("adam_epsilon", 1e-300),
+    ("adam_epsilon", 1e-40), ("adam_beta1", 10**400), ("image_range_min", 1e39),
+    ("image_range_max", float("inf")), ("batch_size", 2**40), ("image_width", 2**40),
+    ("image_height", 2**31), ("batch_size_multiplier", 2**40),
+    ("image_dimensions", [2**40, 32, 3]),
+])
+def test_float32_and_int_ranges(name, value):
+    m = fresh_model()
+    before = ha.get_dl_model_param(m, name)
+    with pytest.raises(ha.HOperatorError) as info:
+        ha.set_dl_model_param(m, name, value)
+    assert info.value.error_code == 1303, info.value
+    assert ha.get_dl_model_param(m, name) == before
+
+
+@pytest.mark.parametrize("weights", [[1e-300, 1.0, 1.0], [1e39, 1, 1], [0, 0, 0], [-1, 1, 1],
+                                     [3e38, 3e38, 3e38], [10**400, 1, 1]])
+def test_class_weights_float32(weights):
+    m = fresh_model()
+    with pytest.raises(ha.HOperatorError) as info:
+        ha.set_dl_model_param(m, "class_weights", weights)
+    assert info.value.error_code == 7791, info.value
+
+
+@pytest.mark.parametrize("meta", [{"a": float("nan")}, {"a": float("inf")}, {"a": "\udc80"},
+                                  {"\ud800": 1}, {"a": 2**70}])
+def test_meta_data_values(meta, tmp_path):
+    m = fresh_model()
+    with pytest.raises(ha.HOperatorError) as info:
+        ha.set_dl_model_param(m, "meta_data", meta)
+    assert info.value.error_code == 7791, info.value
+    ha.write_dl_model(m, str(tmp_path / "ok.hdl"))

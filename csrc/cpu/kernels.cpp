@@ -143,6 +143,37 @@ void adam_update(float* w, const float* grad, float* m1, float* m2, size_t n_wei
   }
 }
 
+bool sgd_update_finite(const float* w, const float* grad, const float* v, size_t n_weight, size_t n, float lr,
+                       float momentum, float weight_prior) {
+  const int64_t nw = static_cast<int64_t>(n_weight), m = static_cast<int64_t>(n);
+  int bad = 0;
+#pragma omp parallel for simd reduction(| : bad)
+  for (int64_t i = 0; i < m; ++i) {
+    float g = grad[i] + (i < nw ? weight_prior * w[i] : 0.f);
+    float vi = momentum * v[i] - lr * g;
+    float wi = w[i] + vi;
+    bad |= !(std::isfinite(vi) && std::isfinite(wi));
+  }
+  return !bad;
+}
+
+bool adam_update_finite(const float* w, const float* grad, const float* m1, const float* m2, size_t n_weight, size_t n,
+                        float lr, float beta1, float beta2, float eps, float weight_prior, int64_t t) {
+  const int64_t nw = static_cast<int64_t>(n_weight), m = static_cast<int64_t>(n);
+  const float c1 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(t)));
+  const float c2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(t)));
+  int bad = 0;
+#pragma omp parallel for simd reduction(| : bad)
+  for (int64_t i = 0; i < m; ++i) {
+    float g = grad[i] + (i < nw ? weight_prior * w[i] : 0.f);
+    float a = beta1 * m1[i] + (1.f - beta1) * g;
+    float b = beta2 * m2[i] + (1.f - beta2) * g * g;
+    float wi = w[i] - lr * (a / c1) / (std::sqrt(b / c2) + eps);
+    bad |= !(std::isfinite(a) && std::isfinite(b) && std::isfinite(wi));
+  }
+  return !bad;
+}
+
 void bn_running_update(float* mean, float* var, const float* bmean, const float* bvar, int c, int64_t count,
                        float momentum) {
   const double unbias = count > 1 ? static_cast<double>(count) / (count - 1) : 1.0;

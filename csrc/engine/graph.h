@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -63,6 +64,7 @@ struct Graph {
   size_t n_weight = 0;             // floats in the weight range [0, n_weight)
   size_t n_trainable = 0;          // floats in weights + biases
   size_t n_state = 0;              // floats of running statistics
+  std::unordered_map<std::string, int> param_lookup;  // name -> index in params (param_index)
 
   // Output dims of every node for the given input dims (N, C, H, W) per input node.
   // Throws 7722 when an image is too small for the network, 7735 when shapes don't fit.

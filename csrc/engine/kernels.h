@@ -30,6 +30,14 @@ void sgd_update(float* w, const float* grad, float* v, size_t n_weight, size_t n
 // w ← w − lr · (m / (1−β1^t)) / (sqrt(v / (1−β2^t)) + ε).
 void adam_update(float* w, const float* grad, float* m, float* v, size_t n_weight, size_t n, float lr, float beta1,
                  float beta2, float eps, float weight_prior, int64_t t);
+// The divergence check before a commit: true when the update sgd_update / adam_update would
+// make (same arguments, same float expressions) leaves every weight and every optimizer-state
+// value finite. Reads the arenas once and writes nothing, so a failing step keeps the model
+// bit-identical; it also covers a non-finite gradient (which makes the update non-finite).
+bool sgd_update_finite(const float* w, const float* grad, const float* v, size_t n_weight, size_t n, float lr,
+                       float momentum, float weight_prior);
+bool adam_update_finite(const float* w, const float* grad, const float* m, const float* v, size_t n_weight, size_t n,
+                        float lr, float beta1, float beta2, float eps, float weight_prior, int64_t t);
 // Running statistics, PyTorch's convention: r ← (1−μ)·r + μ·batch (variance unbiased).
 void bn_running_update(float* mean, float* var, const float* bmean, const float* bvar, int c, int64_t count,
                        float momentum);

@@ -14,6 +14,7 @@
 namespace halcdl {
 
 namespace {
+constexpr int kMaxThreads = 1024;
 int g_threads = 0;
 void apply_threads() {
   if (g_threads > 0) omp_set_num_threads(g_threads);
@@ -21,7 +22,9 @@ void apply_threads() {
 }  // namespace
 
 void set_num_threads(int n) {
-  HALCDL_CHECK(n >= 0, kErrInvalidValue, "thread_num must be >= 0, got ", n);
+  // The Python layer bounds thread_num by the hardware (set_system); this is the engine's own
+  // limit: libgomp ends the process when it cannot create the threads asked for.
+  HALCDL_CHECK(n >= 0 && n <= kMaxThreads, kErrInvalidValue, "thread_num must be in [0, ", kMaxThreads, "], got ", n);
   g_threads = n;
   apply_threads();
 }
@@ -346,8 +349,8 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
     double l = per == 1 ? kern::softmax_xent(z, labels + lo, cw, bs, k, 1.f / m, dlogits_.f())
                         : kern::softmax_xent_pixels(z, labels + lo, cw, pixel_w ? pixel_w + lo : nullptr, bs, k, per,
                                                     1.f / m, dlogits_.f());
-    HALCDL_CHECK(std::isfinite(l), kErrTrainingFailed, "training step failed: the loss became ", l,
-                 " (lower the learning rate); the weights were not changed");
+    HALCDL_CHECK(std::isfinite(l) && l <= kMaxLoss, kErrTrainingFailed, "training step failed: the loss became ", l,
+                 " (the training diverged: lower the learning rate); the weights were not changed");
     ce += l / m;
     p.backward(dlogits_.f(), s == 0 ? G_.f() : T_.f());
     if (s > 0) kern::accumulate(G_.f(), T_.f(), nt);
@@ -360,11 +363,27 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
   }
   const double reg = 0.5 * hp_.weight_prior * kern::sum_squares(P_.f(), g_.n_weight);
   const double total = ce + reg;
-  HALCDL_CHECK(std::isfinite(total) && kern::all_finite(G_.f(), nt), kErrTrainingFailed,
-               "training step failed: the loss or its gradient is not finite (lower the learning rate); "
-               "the weights were not changed");
+  HALCDL_CHECK(std::isfinite(total), kErrTrainingFailed,
+               "training step failed: the loss is not finite (lower the learning rate); the weights were not "
+               "changed");
+  // Divergence check before the commit: the update it would make (weights, optimizer state)
+  // and the new running statistics must all be finite. One read pass over the arenas, in
+  // place of the former gradient-only check; nothing has been written yet, so a failure
+  // leaves the model bit-identical.
+  const bool adam = hp_.solver == "adam";
+  const bool finite_update =
+      adam ? kern::adam_update_finite(P_.f(), G_.f(), M1_.f(), M2_.f(), g_.n_weight, nt, hp_.learning_rate,
+                                      hp_.adam_beta1, hp_.adam_beta2, hp_.adam_epsilon, hp_.weight_prior, adam_t_ + 1)
+           : kern::sgd_update_finite(P_.f(), G_.f(), M1_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.momentum,
+                                     hp_.weight_prior);
+  HALCDL_CHECK(finite_update, kErrTrainingFailed,
+               "training step failed: the gradient or the updated weights / optimizer state would not be finite "
+               "(the training diverged: lower the learning rate); the model was not changed");
+  HALCDL_CHECK(kern::all_finite(S2_.f(), g_.n_state), kErrTrainingFailed,
+               "training step failed: the batch-norm running statistics would not be finite (the training "
+               "diverged: lower the learning rate); the model was not changed");
   // Commit: update, optimizer state, running statistics.
-  if (hp_.solver == "adam") {
+  if (adam) {
     ++adam_t_;
     kern::adam_update(P_.f(), G_.f(), M1_.f(), M2_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.adam_beta1,
                       hp_.adam_beta2, hp_.adam_epsilon, hp_.weight_prior, adam_t_);
