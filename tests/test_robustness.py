@@ -135,3 +135,104 @@ def test_meta_data_values(meta, tmp_path):
         ha.set_dl_model_param(m, "meta_data", meta)
     assert info.value.error_code == 7791, info.value
     ha.write_dl_model(m, str(tmp_path / "ok.hdl"))
+
+
+# --- 3. the conversion layer ------------------------------------------------------------
+@pytest.mark.parametrize("name", ["a\0b.hdl", "\ud800.hdl", b"model.hdl"])
+def test_bad_file_names(name, tmp_path):
+    m = fresh_model()
+    for call in (lambda: ha.read_dl_model(name),
+                 lambda: ha.write_dl_model(m, name if isinstance(name, bytes)
+                                           else str(tmp_path / name))):
+        with pytest.raises(ha.HOperatorError) as info:
+            call()
+        assert info.value.error_code in (1301, 1302, 1201, 1202), info.value
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.mark.parametrize("label", [2**70, 2**64 - 1, np.uint64(2**64 - 1), -2**70])
+def test_huge_label_ids(label):
+    m = fresh_model()
+    before = state_of(m)
+    batch = samples(4, 2)
+    batch[1]["image_label_id"] = label
+    with pytest.raises(ha.HOperatorError) as info:
+        ha.train_dl_model_batch(m, batch)
+    assert info.value.error_code == 7714, info.value
+    assert_same(state_of(m), before, "huge label")
+
+
+@pytest.mark.parametrize("ids", [[0, 1, 2**70], [0, 1, -1], [0, 1, 2**64 - 1]])
+def test_huge_class_ids(ids):
+    m = fresh_model()
+    with pytest.raises(ha.HOperatorError) as info:
+        ha.set_dl_model_param(m, "class_ids", ids)
+    assert info.value.error_code == 7793, info.value
+    assert ha.get_dl_model_param(m, "class_ids") == CLASS_IDS
+
+
+def test_outputs_2d_array_and_seeds():
+    m = fresh_model()
+    with pytest.raises(ha.HOperatorError) as info:
+        ha.apply_dl_model(m, samples(5, 1), np.array([["a", "b"], ["c", "d"]]))
+    assert info.value.error_code == 1203
+    for seed in (1e999, float("nan"), "1", None):
+        with pytest.raises(ha.HOperatorError):
+            ha.set_system("seed_rand", seed)
+    ha.set_system("seed_rand", 2**64)  # any integer seeds the stream (mod 2**31)
+
+
+def test_stray_python_error_becomes_hoperatorerror():
+    from halcdl.operators._tuple import operator
+
+    @operator
+    def boom(x):
+        return {}[x]
+
+    with pytest.raises(ha.HOperatorError) as info:
+        boom("k")
+    assert info.value.error_code == 7791 and isinstance(info.value.__cause__, KeyError)
+    assert info.value.operator == "boom"
+
+
+# --- 5. writing -------------------------------------------------------------------------
+def test_write_through_symlink_and_special_files(tmp_path):
+    m = fresh_model()
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link.hdl"
+    link.symlink_to(real / "model.hdl")
+    ha.write_dl_model(m, str(link))
+    assert link.is_symlink() and (real / "model.hdl").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    fifo = tmp_path / "fifo.hdl"
+    os.mkfifo(fifo)
+    with pytest.raises(ha.HOperatorError) as info:
+        ha.write_dl_model(m, str(fifo))
+    assert info.value.error_code == 7781
+    import stat
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_stale_temporaries_removed(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    m = fresh_model()
+    # a temporary file of a writer that no longer runs (a finished child's pid), old
+    p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                       capture_output=True, text=True, check=True)
+    dead = int(p.stdout)
+    stale = tmp_path / f".m.hdl.{dead}.0123abcd.tmp"
+    stale.write_bytes(b"x" * 100)
+    old = time.time() - 60
+    os.utime(stale, (old, old))
+    mine = tmp_path / f".m.hdl.{os.getpid()}.89abcdef.tmp"  # a live writer's: kept
+    mine.write_bytes(b"y")
+    os.utime(mine, (old, old))
+    other = tmp_path / "notes.tmp"  # not halcdl's naming: kept
+    other.write_bytes(b"z")
+    os.utime(other, (old, old))
+    ha.write_dl_model(m, str(tmp_path / "m.hdl"))
+    assert not stale.exists() and mine.exists() and other.exists()

@@ -15,10 +15,14 @@ turns them into HALCON error numbers naming the file.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
 import secrets
+import stat
+import time
 from typing import Callable, Iterable
 
 import numpy as np
@@ -82,10 +86,22 @@ def atomic_write(path: str, write: Callable[[Callable[[bytes], None]], None]) ->
     error the temporary file is removed and the exception propagates (``OSError`` for the
     file system's errors).  A symbolic link at ``path`` is followed: its target is replaced.
     """
-    path = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
+    # symbolic links (of the file or of a folder above it) resolved: the temporary file goes
+    # next to the real file, and the rename replaces that file, not the link
+    path = os.path.realpath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(21, "is a directory", path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        # a device, FIFO or socket: a rename would replace it by a regular file, and writing
+        # into it directly is not atomic; refused (the caller raises 7781)
+        raise OSError(errno.EINVAL, "not a regular file (device, FIFO or socket): refused",
+                      path)
     folder = os.path.dirname(path)
+    started = time.time()
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
                                f"{secrets.token_hex(4)}.tmp")
     # O_EXCL: never follow or reuse anything that is already there; 0o666 & ~umask as for a
@@ -111,6 +127,50 @@ def atomic_write(path: str, write: Callable[[Callable[[bytes], None]], None]) ->
             os.close(dfd)
     except OSError:
         pass
+    remove_stale_temporaries(folder, started)
+
+
+# .<file name>.<pid>.<8 hex digits>.tmp, as atomic_write names its temporary files
+_TMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
+
+
+def remove_stale_temporaries(folder: str, before: float) -> list[str]:
+    """Remove the temporary files of atomic_write that a killed write left in ``folder``:
+    halcdl's naming, a regular file, last modified before ``before`` (the start of the
+    current write), and its writer process no longer running — or not modified for a day.
+    Returns the names removed; errors are ignored (best effort)."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        mt = _TMP_RE.match(e.name)
+        if not mt:
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_mtime >= before:
+                continue
+            if _alive(int(mt.group(1))) and st.st_mtime > before - 86400:
+                continue
+            os.unlink(e.path)
+            removed.append(e.name)
+        except OSError:
+            continue
+    return removed
 
 
 # --------------------------------------------------------------------------------------------

@@ -356,9 +356,9 @@ def _set_class_ids(m: DLModel, vals: list) -> None:
     if not vals:
         raise HOperatorError(H_ERR_DL_CLASS_IDS_INVALID, "class_ids must not be empty")
     for v in vals:
-        if not is_int(v) or int(v) < 0:
+        if not is_int(v) or not 0 <= int(v) < 2**63:
             raise HOperatorError(H_ERR_DL_CLASS_IDS_INVALID,
-                                 f"class ids must be non-negative integers, got {v!r}")
+                                 f"class ids must be non-negative 64-bit integers, got {v!r}")
     ids = [int(v) for v in vals]
     if len(set(ids)) != len(ids):
         raise HOperatorError(H_ERR_DL_CLASS_IDS_NOT_UNIQUE, f"class ids are not unique: {ids}")
@@ -431,9 +431,9 @@ def _set_ignore_class_ids(m: DLModel, vals: list) -> None:
             raise HOperatorError(H_ERR_DL_INPUT_WRONG_TYPE,
                                  f"ignore_class_ids must be integers, got {v!r}")
     ids = [int(v) for v in vals]
-    if any(i < 0 for i in ids):
+    if any(not 0 <= i < 2**63 for i in ids):
         raise HOperatorError(H_ERR_DL_INPUT_WRONG_VALUES,
-                             f"ignore_class_ids must be non-negative, got {ids}")
+                             f"ignore_class_ids must be non-negative 64-bit integers, got {ids}")
     if len(set(ids)) != len(ids):
         raise HOperatorError(H_ERR_DL_CLASS_IDS_NOT_UNIQUE,
                              f"ignore_class_ids are not unique: {ids}")
