@@ -236,3 +236,92 @@ def test_stale_temporaries_removed(tmp_path):
     os.utime(other, (old, old))
     ha.write_dl_model(m, str(tmp_path / "m.hdl"))
     assert not stale.exists() and mine.exists() and other.exists()
+
+
+# --- 6. Ctrl-C during a long apply ------------------------------------------------------
+_CHILD = r'''
+import os, signal, sys, warnings
+sys.path.insert(0, sys.argv[1])
+warnings.simplefilter("ignore")
+import numpy as np
+import halcdl as ha
+from halcdl.operators import dl_model
+
+ha.set_system("seed_rand", 3)
+m = ha.read_dl_model("pretrained_dl_classifier_compact.hdl")
+for k, v in [("image_width", 32), ("image_height", 32), ("class_ids", [0, 1, 2]),
+             ("batch_size", 4)]:
+    ha.set_dl_model_param(m, k, v)
+rng = np.random.default_rng(0)
+img = rng.uniform(-127, 128, (32, 32, 3)).astype(np.float32)
+converted = []
+
+class Image:
+    """An image that counts its conversions; the first one sends SIGINT to this process."""
+    def __array__(self, dtype=None, copy=None):
+        converted.append(1)
+        if len(converted) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return img if dtype is None else img.astype(dtype)
+
+n = 20 * dl_model.APPLY_CHUNK_SAMPLES
+ref = ha.apply_dl_model(m, [{"image": img}] * 8, [])
+try:
+    ha.apply_dl_model(m, [{"image": Image()} for _ in range(n)], [])
+    print("NO_INTERRUPT", len(converted))
+except KeyboardInterrupt:
+    print("INTERRUPTED", len(converted), n)
+
+
+class Core:
+    """The engine model, with a SIGINT arriving while its first infer call runs (the
+    signal is handled when the call returns to Python, as for a real Ctrl-C)."""
+    def __init__(self, core):
+        self._core, self.calls = core, []
+    def __getattr__(self, name):
+        return getattr(self._core, name)
+    def infer(self, samples, *a):
+        self.calls.append(len(samples))
+        r = self._core.infer(samples, *a)
+        if len(self.calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return r
+
+real = m.core
+m.core = Core(real)
+try:
+    ha.apply_dl_model(m, [{"image": img}] * n, [])
+    print("NO_INTERRUPT2")
+except KeyboardInterrupt:
+    print("INTERRUPTED2", sum(m.core.calls), n)
+m.core = real
+again = ha.apply_dl_model(m, [{"image": img}] * 8, [])
+print("CONSISTENT", all(a["classification_confidences"] == b["classification_confidences"]
+                        for a, b in zip(ref, again)))
+'''
+
+
+def test_ctrl_c_interrupts_long_apply_within_one_chunk(tmp_path):
+    import subprocess
+    import sys
+
+    from halcdl.operators import dl_model
+
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    pkg = os.path.join(os.path.dirname(__file__), "..", "python")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, str(script), pkg], capture_output=True, text=True,
+                       timeout=300, env=env)
+    out = p.stdout.split()
+    assert p.returncode == 0 and "INTERRUPTED" in out, (p.stdout, p.stderr[-2000:])
+    i = out.index("INTERRUPTED")
+    converted = int(out[i + 1])
+    # the interrupt is seen after the first chunk: its samples were converted, no more
+    chunk = -(-dl_model.APPLY_CHUNK_SAMPLES // 4) * 4
+    assert converted <= chunk, (converted, chunk)
+    # a SIGINT during the engine's computation: KeyboardInterrupt after that one chunk
+    assert "INTERRUPTED2" in out, p.stdout
+    done = int(out[out.index("INTERRUPTED2") + 1])
+    assert done == chunk, (done, chunk)
+    assert out[out.index("CONSISTENT") + 1] == "True"

@@ -116,8 +116,10 @@ template <typename A>
 A numeric_array(py::handle obj) {
   if (py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj)) return A();
   try {
-    return A::ensure(obj);
-  } catch (py::error_already_set&) {
+    return A(py::reinterpret_borrow<py::object>(obj));  // unlike A::ensure, keeps the error
+  } catch (py::error_already_set& e) {
+    // KeyboardInterrupt (Ctrl-C while the samples are read) or SystemExit: not a bad image
+    if (!e.matches(PyExc_Exception)) throw;
     return A();
   }
 }

@@ -742,6 +742,18 @@ def _outputs(outputs: Any, available: tuple = _RESULT_KEYS) -> tuple:
     return tuple(dict.fromkeys(str(n) for n in names))
 
 
+# apply_dl_model hands the engine at most this many samples per call (rounded up to a multiple
+# of batch_size, so the batches, and the results, are those of one call): Python sees a
+# Ctrl-C (KeyboardInterrupt) between two such chunks, and the staging memory stays bounded.
+APPLY_CHUNK_SAMPLES = 256
+
+
+def _chunks(samples: list, batch_size: int):
+    n = max(1, -(-APPLY_CHUNK_SAMPLES // batch_size)) * batch_size
+    for start in range(0, len(samples), n):
+        yield samples[start:start + n]
+
+
 def _apply_segmentation(m: DLModel, samples: list, keys: tuple) -> list:
     """apply_dl_model of a segmentation model (the caller holds the lock): per sample the
     class id of the winning class per pixel and its softmax probability, (H, W) arrays at
@@ -750,13 +762,19 @@ def _apply_segmentation(m: DLModel, samples: list, keys: tuple) -> list:
     dev = _device_images(m, samples)
     if dev is not None or _gpu_outputs(m):
         return _apply_segmentation_gpu(m, samples, keys, dev)
-    try:
-        index, confidence = m.core.infer_segmentation(
-            samples, p["batch_size"], p["image_height"], p["image_width"],
-            p["image_num_channels"])
-    except TypeError as err:
-        raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
-            from None
+    parts = []
+    for chunk in _chunks(samples, p["batch_size"]):
+        try:
+            parts.append(m.core.infer_segmentation(
+                chunk, p["batch_size"], p["image_height"], p["image_width"],
+                p["image_num_channels"]))
+        except TypeError as err:
+            raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
+                from None
+    index = np.concatenate([np.asarray(i) for i, _ in parts]) if len(parts) > 1 \
+        else np.asarray(parts[0][0])
+    confidence = np.concatenate([np.asarray(c) for _, c in parts]) if len(parts) > 1 \
+        else parts[0][1]
     ids = np.asarray(p["class_ids"], dtype=np.int32)[np.asarray(index)]  # index → class id
     confidence = np.asarray(confidence, dtype=np.float32)
     columns = {"segmentation_image": ids, "segmentation_confidence": confidence}
@@ -856,12 +874,15 @@ def apply_dl_model(dlmodel_handle: Any, dlsample_batch: Any, outputs: Any) -> li
                 return got
             probs = got
         else:
-            try:
-                probs = m.core.infer(samples, p["batch_size"], p["image_height"],
-                                     p["image_width"], p["image_num_channels"])
-            except TypeError as err:
-                raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
-                    from None
+            parts = []
+            for chunk in _chunks(samples, p["batch_size"]):
+                try:
+                    parts.append(m.core.infer(chunk, p["batch_size"], p["image_height"],
+                                              p["image_width"], p["image_num_channels"]))
+                except TypeError as err:
+                    raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts "
+                                        f"({err})") from None
+            probs = np.concatenate(parts) if len(parts) > 1 else parts[0]
         class_ids = np.asarray(p["class_ids"], dtype=np.int64)
         class_names = np.asarray(p["class_names"], dtype=object)
     probs = np.asarray(probs).reshape(len(samples), -1)
