@@ -932,11 +932,16 @@ def import_onnx(path: str, seed: int, data: bytes | None = None) -> DLModel:
     props = _meta_props(model)
 
     def prop(key, kind, default):
+        if key not in props:
+            return default
         try:
             v = json.loads(props[key])
-            return v if kind(v) and json_depth_ok(v) else default
-        except (KeyError, ValueError, RecursionError, TypeError, OverflowError):
-            return default
+            if json_depth_ok(v) and kind(v):
+                return v
+        except (ValueError, RecursionError, TypeError, OverflowError):
+            pass
+        # halcdl's own metadata, present but unusable (hand-edited, corrupted): refused
+        raise conv.fail(f"metadata {key!r} is invalid: {props[key][:80]!r}")
 
     def finite(v) -> bool:  # a float32-finite number (1e999 parses as inf)
         return isinstance(v, (int, float)) and not isinstance(v, bool) and \
