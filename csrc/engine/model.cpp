@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <sstream>
 
@@ -92,6 +93,7 @@ void Model::set_param(const std::string& name, const float* data, size_t n) {
   if (dev_) old.assign(base, base + n);
   std::memcpy(base, data, n * sizeof(float));
   ++version_;
+  update_max_valid_ = false;
   push_device([&] { std::memcpy(base, old.data(), n * sizeof(float)); });
 }
 
@@ -115,6 +117,7 @@ std::vector<std::string> Model::copy_params_from(const Model& other) {
     copied.push_back(p.name);
   }
   ++version_;
+  update_max_valid_ = false;
   push_device([&] {
     std::copy(old_p.begin(), old_p.end(), P_.f());
     std::copy(old_s.begin(), old_s.end(), S_.f());
@@ -166,6 +169,7 @@ void Model::set_hparams(const HParams& hp) {
 }
 
 void Model::reset_optimizer() {
+  update_max_valid_ = false;
   if (dev_) dev_->reset_optimizer();  // first: a failure leaves the host as it was
   std::memset(M1_.c(), 0, M1_.bytes());
   if (M2_.bytes()) std::memset(M2_.c(), 0, M2_.bytes());
@@ -205,6 +209,7 @@ void Model::set_state(const State& st) {
   adam_t_ = st.adam_t;
   steps_ = st.steps;
   seed_ = st.seed;
+  update_max_valid_ = false;
   push_device([&] {
     std::copy(old.m1.begin(), old.m1.end(), M1_.f());
     if (had_m2) std::copy(old.m2.begin(), old.m2.end(), M2_.f());
@@ -237,6 +242,7 @@ void Model::sync_host() const {
   Model* self = const_cast<Model*>(this);
   self->dev_->download(P_.f(), S_.f(), M1_.f(), M2_.bytes() ? M2_.f() : nullptr);
   self->host_stale_ = false;
+  self->update_max_valid_ = false;
 }
 
 void Model::push_device(const std::function<void()>& undo) {
@@ -264,6 +270,7 @@ void Model::set_device(int gpu) {
   HALCDL_CHECK(gpu >= -1, kErrInvalidValue, "invalid GPU index ", gpu);
   if (gpu == gpu_) return;
   sync_host();  // the host arenas hold the latest state from here on
+  update_max_valid_ = false;
   if (gpu < 0) {
     dev_.reset();
     gpu_ = -1;
@@ -339,7 +346,10 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
   const float* cw = hp_.class_weights.empty() ? nullptr : hp_.class_weights.data();
   // Arenas only some configurations need, allocated on first use (then reused).
   if (m > 1 && !T_.bytes()) T_.resize(nt * sizeof(float));
-  if (hp_.solver == "adam" && !M2_.bytes()) M2_.resize(nt * sizeof(float));
+  if (hp_.solver == "adam" && !M2_.bytes()) {
+    M2_.resize(nt * sizeof(float));
+    update_max_valid_ = false;
+  }
   double ce = 0;
   for (int s = 0; s < m; ++s) {
     std::memcpy(p.input_buffer(0), images + s * bs * img, bs * img * sizeof(float));
@@ -367,15 +377,33 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
                "training step failed: the loss is not finite (lower the learning rate); the weights were not "
                "changed");
   // Divergence check before the commit: the update it would make (weights, optimizer state)
-  // and the new running statistics must all be finite. One read pass over the arenas, in
-  // place of the former gradient-only check; nothing has been written yet, so a failure
-  // leaves the model bit-identical.
+  // and the new running statistics must all be finite; nothing has been written yet, so a
+  // failure leaves the model bit-identical. Cheap path: one pass over the gradient (max |g|
+  // and finiteness, what the former gradient-only check cost) and the maxima the previous
+  // update left (computed inside it), which bound every value this update computes; only
+  // when that bound is not far below FLT_MAX does the exact per-element pass run.
   const bool adam = hp_.solver == "adam";
+  bool grad_finite = true;
+  const double gmax = kern::max_abs(G_.f(), nt, &grad_finite);
+  if (!update_max_valid_) {
+    update_max_.w = kern::max_abs(P_.f(), nt, nullptr);
+    update_max_.m1 = kern::max_abs(M1_.f(), nt, nullptr);
+    update_max_.m2 = adam ? kern::max_abs(M2_.f(), nt, nullptr) : 0.0;
+    update_max_valid_ = true;
+  }
+  const double bound =
+      !grad_finite ? std::numeric_limits<double>::infinity()
+      : adam ? kern::adam_update_bound(update_max_, gmax, hp_.learning_rate, hp_.adam_beta1, hp_.adam_beta2,
+                                       hp_.adam_epsilon, hp_.weight_prior, adam_t_ + 1)
+             : kern::sgd_update_bound(update_max_, gmax, hp_.learning_rate, hp_.momentum, hp_.weight_prior);
   const bool finite_update =
-      adam ? kern::adam_update_finite(P_.f(), G_.f(), M1_.f(), M2_.f(), g_.n_weight, nt, hp_.learning_rate,
-                                      hp_.adam_beta1, hp_.adam_beta2, hp_.adam_epsilon, hp_.weight_prior, adam_t_ + 1)
-           : kern::sgd_update_finite(P_.f(), G_.f(), M1_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.momentum,
-                                     hp_.weight_prior);
+      grad_finite &&
+      (bound < 0.5 * std::numeric_limits<float>::max() ||
+       (adam ? kern::adam_update_finite(P_.f(), G_.f(), M1_.f(), M2_.f(), g_.n_weight, nt, hp_.learning_rate,
+                                        hp_.adam_beta1, hp_.adam_beta2, hp_.adam_epsilon, hp_.weight_prior,
+                                        adam_t_ + 1)
+             : kern::sgd_update_finite(P_.f(), G_.f(), M1_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.momentum,
+                                       hp_.weight_prior)));
   HALCDL_CHECK(finite_update, kErrTrainingFailed,
                "training step failed: the gradient or the updated weights / optimizer state would not be finite "
                "(the training diverged: lower the learning rate); the model was not changed");
@@ -386,9 +414,10 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
   if (adam) {
     ++adam_t_;
     kern::adam_update(P_.f(), G_.f(), M1_.f(), M2_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.adam_beta1,
-                      hp_.adam_beta2, hp_.adam_epsilon, hp_.weight_prior, adam_t_);
+                      hp_.adam_beta2, hp_.adam_epsilon, hp_.weight_prior, adam_t_, &update_max_);
   } else {
-    kern::sgd_update(P_.f(), G_.f(), M1_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.momentum, hp_.weight_prior);
+    kern::sgd_update(P_.f(), G_.f(), M1_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.momentum, hp_.weight_prior,
+                     &update_max_);
   }
   std::memcpy(S_.c(), S2_.c(), S_.bytes());
   ++version_;
