@@ -12,6 +12,7 @@ from .dict_ops import (
     set_dict_object,
     set_dict_tuple,
 )
+from .dict_ops import dict_to_json, json_to_dict, read_dict, write_dict
 from .dl_classifier import (
     DLClassifier,
     DLClassifierResult,
@@ -50,9 +51,15 @@ from .dl_model import (
     train_dl_model_batch,
     write_dl_model,
 )
+from .dl_detection import create_dl_model_detection
 from .system import get_system, get_system_s, set_system
 
 __all__ = [
+    "read_dict",
+    "write_dict",
+    "dict_to_json",
+    "json_to_dict",
+    "create_dl_model_detection",
     "apply_dl_classifier",
     "apply_dl_model",
     "apply_dl_model_s",
