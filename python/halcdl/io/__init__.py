@@ -52,7 +52,8 @@ def read_file(path: str, seed: int) -> DLModel:
             f.seek(0)
             if looks_like_safetensors(head):
                 try:
-                    data = read_safetensors_file(f, size)
+                    data, parsed = read_safetensors_file(f, size)
+                    return read_model_bytes(data, path, parsed)
                 except FileFormatError as err:
                     raise format_error(path, err) from None
             elif is_onnx_name(path) or _looks_like_onnx(head):

@@ -238,7 +238,7 @@ def json_depth_ok(obj, limit: int = MAX_JSON_DEPTH) -> bool:
     return True
 
 
-def load_json(text, what: str = "the header"):
+def load_json(text, what: str = "the header", check_depth: bool = True):
     """``json.loads`` with bounded nesting; :class:`FileFormatError` on anything wrong
     (invalid JSON, nesting beyond MAX_JSON_DEPTH, numbers beyond a double)."""
     try:
@@ -247,14 +247,15 @@ def load_json(text, what: str = "the header"):
         raise FileFormatError("corrupted", f"{what} nests JSON too deeply") from None
     except (UnicodeDecodeError, ValueError, TypeError) as err:
         raise FileFormatError("corrupted", f"{what} is not valid JSON ({err})") from None
-    if not json_depth_ok(obj):
+    if check_depth and not json_depth_ok(obj):
         raise FileFormatError("corrupted", f"{what} nests JSON deeper than {MAX_JSON_DEPTH} "
                                            f"levels")
     return obj
 
 
-def read_safetensors_file(f, size: int) -> bytes:
-    """The bytes of an open safetensors file of ``size`` bytes, read only after its header
+def read_safetensors_file(f, size: int) -> tuple[bytes, tuple[dict, dict, memoryview]]:
+    """``(bytes, (metadata, table, data_section))`` of an open safetensors file of ``size``
+    bytes (the header parsed once), the data read only after its header
     (length, JSON, tensor table) promises exactly ``size`` bytes: a corrupted length or a
     table claiming more data than there is fails before the data is read."""
     head = f.read(8)
@@ -268,7 +269,7 @@ def read_safetensors_file(f, size: int) -> bytes:
         raise FileFormatError("truncated", f"the header is {n} bytes but the file ends after "
                                            f"{size - 8}")
     header_raw = f.read(n)
-    _, table = _parse_header(header_raw)
+    meta, table = _parse_header(header_raw)
     need = max((e["data_offsets"][1] for e in table.values()), default=0)
     if 8 + n + need > size:
         raise FileFormatError("truncated", f"the data section holds {size - 8 - n} of {need} "
@@ -276,7 +277,10 @@ def read_safetensors_file(f, size: int) -> bytes:
     if 8 + n + need < size:
         raise FileFormatError("corrupted", f"{size - 8 - n - need} unexpected bytes after the "
                                            f"last tensor")
-    return head + header_raw + f.read(need)
+    data = head + header_raw + f.read(need)
+    if len(data) != 8 + n + need:
+        raise FileFormatError("truncated", "the file changed while it was read")
+    return data, (meta, table, memoryview(data)[8 + n:])
 
 
 def _parse_header(raw) -> tuple[dict, dict]:
@@ -286,7 +290,9 @@ def _parse_header(raw) -> tuple[dict, dict]:
         text = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as err:
         raise FileFormatError("corrupted", f"the header is not valid UTF-8 ({err})") from None
-    header = load_json(text)
+    # depth: json's own recursion guard (RecursionError → 7780) suffices here, as every
+    # entry below is checked to be flat (strings, a dtype, lists of ints)
+    header = load_json(text, check_depth=False)
     if not isinstance(header, dict):
         raise FileFormatError("corrupted", "the header is not a JSON object")
     if len(header) > MAX_TENSORS + 1:

@@ -144,12 +144,14 @@ def read_model(path: str) -> DLModel:
     return read_model_bytes(data, path)
 
 
-def read_model_bytes(data: bytes, path: str) -> DLModel:
-    """The model in a native file's bytes (``path`` names the file in messages)."""
+def read_model_bytes(data: bytes, path: str, parsed: tuple | None = None) -> DLModel:
+    """The model in a native file's bytes (``path`` names the file in messages); ``parsed``:
+    ``(metadata, table, data_section)`` when the container was parsed already."""
     try:
-        meta, table, body = parse_safetensors(data)
+        meta, table, body = parse_safetensors(data) if parsed is None else parsed
     except FileFormatError as err:
         raise format_error(path, err) from None
+    meta = dict(meta)
     fmt = meta.get("format")
     if fmt != FORMAT:
         raise _fail(path, f"not a halcdl model file (wrong magic: format {fmt!r}, expected "
