@@ -299,7 +299,9 @@ class CudaEngine final : public DeviceEngine {
 
     // Running statistics go to the working copy S2 (committed at the end).
     const DeviceParams dp{P_.f(), S_.f(), S2_.f(), hp.batchnorm_momentum};
-    const float scale = 1.f / m;
+    // data parallel: every sub-batch's share of the global step (StepReduce, hparams.h)
+    const int mw = hook && hook->reduce ? m * hook->world_size : m;
+    const float scale = 1.f / mw;
     for (int s = 0; s < m; ++s) {
       k::nchw_to_nhwc(src + static_cast<size_t>(s) * bs * img, p.input(0), bs, c, static_cast<int64_t>(h) * w, st);
       p.forward(dp, rng_base + s);
@@ -328,7 +330,7 @@ class CudaEngine final : public DeviceEngine {
       // data parallel: reported after the reduce, on every rank alike (model.cpp)
       HALCDL_CHECK(reduce || std::isfinite(l), kErrTrainingFailed, "training step failed: the loss became ", l,
                    " (lower the learning rate); the weights were not changed");
-      ce += l / m;
+      ce += l / mw;
     }
     int finite = 0;
     std::memcpy(&finite, hl + m + 1, sizeof(int));
@@ -336,7 +338,8 @@ class CudaEngine final : public DeviceEngine {
       // G and S2 are complete (the stream was synchronised above); the hook averages them
       // over the ranks in place (NCCL on its own stream, synchronised before it returns).
       double sc[2] = {ce, finite != 0 && std::isfinite(ce) ? 0.0 : 1.0};
-      hook->reduce(StepReduce{G_.f(), nt, S2_.f(), g_.n_state, sc, 2, true, dev_});
+      hook->reduce(
+          StepReduce{G_.f(), nt, S2_.f(), S_.f(), g_.n_state, sc, 2, m, hp.batchnorm_momentum, true, dev_});
       HALCDL_CHECK(sc[1] == 0 && std::isfinite(sc[0]), kErrTrainingFailed,
                    "training step failed: the loss or the gradient is not finite on ",
                    sc[1] == 0 ? "the ranks' mean" : "at least one rank",

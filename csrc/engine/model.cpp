@@ -340,19 +340,20 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
   if (m > 1 && !T_.bytes()) T_.resize(nt * sizeof(float));
   if (hp_.solver == "adam" && !M2_.bytes()) M2_.resize(nt * sizeof(float));
   double ce = 0;
+  const int mw = dp ? m * hook->world_size : m;  // sub-batches of the whole (global) step
   for (int s = 0; s < m; ++s) {
     std::memcpy(p.input_buffer(0), images + s * bs * img, bs * img * sizeof(float));
     p.forward(rng + s);
     const float* z = p.output();
     const size_t lo = static_cast<size_t>(s) * bs * per;
-    double l = per == 1 ? kern::softmax_xent(z, labels + lo, cw, bs, k, 1.f / m, dlogits_.f())
+    double l = per == 1 ? kern::softmax_xent(z, labels + lo, cw, bs, k, 1.f / mw, dlogits_.f())
                         : kern::softmax_xent_pixels(z, labels + lo, cw, pixel_w ? pixel_w + lo : nullptr, bs, k, per,
-                                                    1.f / m, dlogits_.f());
+                                                    1.f / mw, dlogits_.f());
     // Data parallel: every rank must reach the reduce (the others would wait for it), so a
     // non-finite loss is only reported after it, on all ranks alike.
     HALCDL_CHECK(dp || std::isfinite(l), kErrTrainingFailed, "training step failed: the loss became ", l,
                  " (lower the learning rate); the weights were not changed");
-    ce += l / m;
+    ce += l / mw;
     p.backward(dlogits_.f(), s == 0 ? G_.f() : T_.f());
     if (s > 0) kern::accumulate(G_.f(), T_.f(), nt);
     for (const BNStats& st : p.bn_stats()) {
@@ -364,7 +365,7 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
   }
   if (dp) {
     double sc[2] = {ce, std::isfinite(ce) && kern::all_finite(G_.f(), nt) ? 0.0 : 1.0};
-    hook->reduce(StepReduce{G_.f(), nt, S2_.f(), g_.n_state, sc, 2, false, -1});
+    hook->reduce(StepReduce{G_.f(), nt, S2_.f(), S_.f(), g_.n_state, sc, 2, m, hp_.batchnorm_momentum, false, -1});
     HALCDL_CHECK(sc[1] == 0 && std::isfinite(sc[0]), kErrTrainingFailed,
                  "training step failed: the loss or the gradient is not finite on ",
                  sc[1] == 0 ? "the ranks' mean" : "at least one rank",

@@ -95,6 +95,9 @@ class DLModel:
         if self.is_segmentation:
             self.params["ignore_class_ids"] = []  # segmentation only: ids the loss skips
         self._hparams_dirty = True
+        # halcdl.distributed.DataParallel while the model is data parallel ('data_parallel'),
+        # else None; not a model parameter: never written to a file
+        self.data_parallel = None
 
     # ----------------------------------------------------------------------------------------
     @property
