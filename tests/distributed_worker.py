@@ -3,16 +3,16 @@
     python distributed_worker.py '<json config>'
 
 The rank comes from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), which
-halcdl reads itself when the model joins ('data_parallel' = 'torch'); world size 1 without the
-environment is the single-process reference: one process takes every rank's samples with
-batch_size_multiplier × world size.  Config keys:
-  out        .npz file written at the end (parameters, optimizer state, losses)
-  steps      train steps;  batch  samples per rank and sub-batch;  world  ranks of the run
-  solver     'sgd' | 'adam';  multiplier  per rank (default 1)
-  reference  true: the single-process run of a `world`-rank run
-  fail       {"rank": r, "step": k, "how": "kill" | "hang"}: rank r dies (SIGKILL) or hangs
-             before step k; the others record what step k raised and whether the model is
-             as before that step
+halcdl reads itself when a model joins ('data_parallel' = 'torch'), or the worker initialises
+the group itself first (init = "caller").  reference = true: the single-process reference,
+which takes every rank's samples with batch_size_multiplier × world size.  Config:
+  reference, init, runs: a list of runs, each with
+    out        .npz file written at the end (parameters, optimizer state, losses)
+    steps      train steps;  batch  samples per rank and sub-batch;  world  ranks of the run
+    solver     'sgd' | 'adam';  multiplier  per rank (default 1)
+    fail       {"rank": r, "step": k, "how": "kill" | "hang"}: rank r dies (SIGKILL) or hangs
+               before step k; the others write <out>.json: what step k raised and whether the
+               model is as before that step, then exit at once
 Samples: scikit-learn's digits, 8×8 upscaled to 32×32 (np.kron), 3 channels, range 0..16.
 """
 from __future__ import annotations
@@ -33,35 +33,40 @@ import halcdl as ha  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 ha.set_system("thread_num", 1)
-rank = int(os.environ.get("RANK", "0"))
-world = int(cfg["world"])
-steps, batch = int(cfg["steps"]), int(cfg["batch"])
-mult = int(cfg.get("multiplier", 1))
 reference = bool(cfg.get("reference", False))
+rank = 0 if reference else int(os.environ["RANK"])
+if cfg.get("init") == "caller":  # the caller's own process group (else halcdl's, from the env)
+    import datetime
+    import torch.distributed as dist
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
 
 d = load_digits()
 imgs = np.kron(d.images, np.ones((4, 4))).astype(np.float32)[..., None].repeat(3, axis=-1)
 samples = [{"image": imgs[i], "image_label_id": int(d.target[i]), "image_id": i}
            for i in range(len(imgs))]
 
-ha.set_system("seed_rand", 100 + (0 if reference else rank))  # ranks start different
-model = ha.read_dl_model("pretrained_dl_classifier_compact.hdl")
-ha.set_dl_model_param(model, "image_dimensions", [32, 32, 3])
-ha.set_dl_model_param(model, "class_ids", list(range(10)))
-ha.set_dl_model_param(model, "batch_size", batch)
-ha.set_dl_model_param(model, "batch_size_multiplier", mult * (world if reference else 1))
-ha.set_dl_model_param(model, "solver_type", cfg["solver"])
-ha.set_dl_model_param(model, "learning_rate", 0.01 if cfg["solver"] == "sgd" else 1e-3)
-ha.set_dl_model_param(model, "momentum", 0.9)
-ha.set_dl_model_param(model, "weight_prior", 1e-4)
-if not reference and world > 1:
-    ha.set_dl_model_param(model, "data_parallel", "torch")
-    assert ha.get_dl_model_param_s(model, "data_parallel") == "torch"
-    assert ha.get_dl_model_param_s(model, "data_parallel_rank") == rank
-    assert ha.get_dl_model_param_s(model, "data_parallel_world_size") == world
+
+def make_model(run):
+    world, mult = int(run["world"]), int(run.get("multiplier", 1))
+    ha.set_system("seed_rand", 100 + rank)  # the ranks start different: joining equalises
+    model = ha.read_dl_model("pretrained_dl_classifier_compact.hdl")
+    ha.set_dl_model_param(model, "image_dimensions", [32, 32, 3])
+    ha.set_dl_model_param(model, "class_ids", list(range(10)))
+    ha.set_dl_model_param(model, "batch_size", int(run["batch"]))
+    ha.set_dl_model_param(model, "batch_size_multiplier", mult * (world if reference else 1))
+    ha.set_dl_model_param(model, "solver_type", run["solver"])
+    ha.set_dl_model_param(model, "learning_rate", 0.01 if run["solver"] == "sgd" else 1e-3)
+    ha.set_dl_model_param(model, "momentum", 0.9)
+    ha.set_dl_model_param(model, "weight_prior", 1e-4)
+    if not reference:
+        ha.set_dl_model_param(model, "data_parallel", "torch")
+        assert ha.get_dl_model_param_s(model, "data_parallel") == "torch"
+        assert ha.get_dl_model_param_s(model, "data_parallel_rank") == rank
+        assert ha.get_dl_model_param_s(model, "data_parallel_world_size") == world
+    return model
 
 
-def snapshot():
+def snapshot(model):
     core = model.core
     out = {f"p:{n}": np.asarray(core.get_param(n)).copy() for n in core.param_names()}
     st = dict(core.get_state())
@@ -70,34 +75,40 @@ def snapshot():
     return out
 
 
-per_step = batch * mult * world  # samples of one global step
-losses, result = [], {}
-fail = cfg.get("fail")
-for k in range(steps):
-    glob = samples[k * per_step:(k + 1) * per_step]
-    mine = glob if reference else glob[rank * batch * mult:(rank + 1) * batch * mult]
-    if fail and k == fail["step"]:
-        if rank == fail["rank"]:
-            if fail["how"] == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(3600)  # hang: the test kills this process
-        before = snapshot()
-        try:
-            ha.train_dl_model_batch(model, mine)
-            result["raised"] = 0
-        except ha.HOperatorError as err:
-            result["raised"] = err.error_code
-            result["message"] = err.message
-        after = snapshot()
-        result["unchanged"] = all(np.array_equal(before[key], after[key]) for key in before)
-        break
-    r = ha.train_dl_model_batch(model, mine)
-    losses.append([r["total_loss"], r["loss_cls"]])
+models = []
+for run in cfg["runs"]:
+    if cfg.get("per_rank_out"):
+        run["out"] = run["out"].format(rank)
+    model = make_model(run)
+    models.append(model)
+    world, batch, mult = int(run["world"]), int(run["batch"]), int(run.get("multiplier", 1))
+    per_step = batch * mult * world  # samples of one global step
+    losses, result = [], {}
+    fail = run.get("fail")
+    for k in range(int(run["steps"])):
+        glob = samples[k * per_step:(k + 1) * per_step]
+        mine = glob if reference else glob[rank * batch * mult:(rank + 1) * batch * mult]
+        if fail and k == fail["step"]:
+            if rank == fail["rank"]:
+                if fail["how"] == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(3600)  # hang: the test kills this process
+            before = snapshot(model)
+            try:
+                ha.train_dl_model_batch(model, mine)
+                result["raised"] = 0
+            except ha.HOperatorError as err:
+                result["raised"] = err.error_code
+                result["message"] = err.message
+            after = snapshot(model)
+            result["unchanged"] = all(np.array_equal(before[key], after[key]) for key in before)
+            with open(run["out"] + ".json", "w") as f:
+                json.dump(result, f)
+            os._exit(0)  # the group is broken: no orderly shutdown to wait for
+        r = ha.train_dl_model_batch(model, mine)
+        losses.append([r["total_loss"], r["loss_cls"]])
+    np.savez(run["out"], losses=np.asarray(losses, dtype=np.float64), **snapshot(model))
 
-snap = snapshot()
-np.savez(cfg["out"], losses=np.asarray(losses, dtype=np.float64), **snap)
-if result:
-    with open(cfg["out"] + ".json", "w") as f:
-        json.dump(result, f)
-if not reference and world > 1:
-    ha.set_dl_model_param(model, "data_parallel", "false")
+for model in models:
+    if not reference:
+        ha.set_dl_model_param(model, "data_parallel", "false")
