@@ -29,12 +29,17 @@ HALCON_SIGNATURES = {
     "apply_dl_classifier": ["images", "dlclassifier_handle"],
     "apply_dl_model": ["dlmodel_handle", "dlsample_batch", "outputs"],
     "apply_dl_model_s": ["dlmodel_handle", "dlsample_batch", "outputs"],
+    "augment_dl_samples": ["dlsample_batch", "gen_param"],
     "clear_dl_classifier": ["dlclassifier_handle"],
     "clear_dl_classifier_result": ["dlclassifier_result_handle"],
     "clear_dl_classifier_train_result": ["dlclassifier_train_result_handle"],
     "clear_dl_model": ["dlmodel_handle"],
     "concat_obj": ["objects1", "objects2"],
     "copy_dict": ["dict_handle", "gen_param_name", "gen_param_value"],
+    "read_dict": ["file_name", "gen_param_name", "gen_param_value"],
+    "write_dict": ["dict_handle", "file_name", "gen_param_name", "gen_param_value"],
+    "dict_to_json": ["dict_handle", "gen_param_name", "gen_param_value"],
+    "json_to_dict": ["json_string", "gen_param_name", "gen_param_value"],
     "count_obj": ["objects"],
     "create_dict": [],
     "create_dl_model_detection": ["backbone", "num_classes", "dlmodel_detection_param"],
@@ -71,6 +76,14 @@ HALCON_SIGNATURES = {
     "train_dl_model_batch": ["dlmodel_handle", "dlsample_batch"],
     "write_dl_classifier": ["dlclassifier_handle", "file_name"],
     "write_dl_model": ["dlmodel_handle", "file_name"],
+    # HALCON's procedures (halcdl.workflow)
+    "create_dl_train_param": ["dlmodel_handle", "num_epochs", "evaluation_interval_epochs",
+                              "enable_display", "random_seed", "gen_param_name",
+                              "gen_param_value"],
+    "evaluate_dl_model": ["dldataset", "dlmodel_handle", "sample_select_method",
+                          "sample_select_values", "gen_param"],
+    "set_dl_model_param_max_gpu_batch_size": ["dlmodel_handle", "batch_size_upper_bound"],
+    "train_dl_model": ["dldataset", "dlmodel_handle", "train_param", "start_epoch"],
 }
 # in the table, provided by other pieces of work (may be absent from this build)
 NOT_YET = {"create_dl_model_detection", "write_dl_model"}

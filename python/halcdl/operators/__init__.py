@@ -12,6 +12,7 @@ from .dict_ops import (
     set_dict_object,
     set_dict_tuple,
 )
+from .dict_ops import dict_to_json, json_to_dict, read_dict, write_dict
 from .dl_classifier import (
     DLClassifier,
     DLClassifierResult,
@@ -53,6 +54,10 @@ from .dl_model import (
 from .system import get_system, get_system_s, set_system
 
 __all__ = [
+    "read_dict",
+    "write_dict",
+    "dict_to_json",
+    "json_to_dict",
     "apply_dl_classifier",
     "apply_dl_model",
     "apply_dl_model_s",

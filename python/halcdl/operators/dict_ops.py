@@ -277,3 +277,209 @@ def _copy(d: dict, opts: dict) -> dict:
         else:
             out[k] = v
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# files and JSON (docs/hdict.md)
+# --------------------------------------------------------------------------------------------
+__all__ += ["read_dict", "write_dict", "dict_to_json", "json_to_dict"]
+
+_JSON_DEFAULTS = {"json_value_true": 1, "json_value_false": 0, "json_value_null": "HNULL",
+                  "convert_json_arrays_to": "dict"}
+_ARRAY_MODES = ("dict", "tuple_if_possible")
+
+
+def _gen_params(names: Any, values: Any, allowed: dict, pos: int) -> dict:
+    """GenParamName/GenParamValue (two tuples, or a dict as ``gen_param_name``) → options.
+    Unknown names 1300+pos, a count mismatch 1400+pos+1."""
+    if isinstance(names, dict):
+        items = list(names.items())
+        if to_tuple(values):
+            raise wrong_num(pos + 1, "pass the generic parameters as a dict or as two tuples")
+    else:
+        n, v = to_tuple(names), to_tuple(values)
+        if len(n) != len(v):
+            raise wrong_num(pos + 1, f"{len(n)} names but {len(v)} values")
+        items = list(zip(n, v))
+    opts = dict(allowed)
+    for name, value in items:
+        if not is_str(name):
+            raise wrong_type(pos, f"gen_param_name must be strings, got {name!r}")
+        if name not in allowed:
+            known = ", ".join(repr(k) for k in allowed) or "none"
+            raise wrong_value(pos, f"unknown gen_param_name {name!r} (supported: {known})")
+        value = to_tuple(value)
+        if len(value) != 1:
+            raise wrong_num(pos + 1, f"{name} takes one value, got {len(value)}")
+        opts[name] = py_value(value[0])
+    mode = opts.get("convert_json_arrays_to")
+    if mode is not None and mode not in _ARRAY_MODES:
+        raise wrong_value(pos + 1, f"convert_json_arrays_to must be one of {_ARRAY_MODES}, "
+                                   f"got {mode!r}")
+    ft = opts.get("file_type")
+    if ft is not None and ft not in ("hdict", "json"):
+        raise wrong_value(pos + 1, f"file_type must be 'hdict' or 'json', got {ft!r}")
+    return opts
+
+
+def _from_json(value: Any, opts: dict, depth: int = 0) -> Any:
+    if depth > _MAX_JSON_DEPTH:
+        raise ValueError("JSON nested too deeply")
+    if isinstance(value, dict):
+        return {str(k): _from_json(v, opts, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        if opts["convert_json_arrays_to"] == "tuple_if_possible" and all(
+                not isinstance(x, (dict, list)) for x in value):
+            return [_json_primitive(x, opts) for x in value]
+        return {i: _from_json(x, opts, depth + 1) for i, x in enumerate(value)}
+    return _json_primitive(value, opts)
+
+
+def _json_primitive(x: Any, opts: dict) -> Any:
+    if x is True:
+        return opts["json_value_true"]
+    if x is False:
+        return opts["json_value_false"]
+    if x is None:
+        return opts["json_value_null"]
+    if isinstance(x, int) and not -(1 << 63) <= x < (1 << 63):
+        return float(x)
+    return x
+
+
+_MAX_JSON_DEPTH = 100
+
+
+def _to_json(d: dict, depth: int = 0, active: tuple = ()) -> Any:
+    if depth > _MAX_JSON_DEPTH or any(d is a for a in active):
+        raise wrong_value(1, "the dict is nested too deeply or contains itself")
+    active = active + (d,)
+    keys = list(d.keys())
+    if keys and keys == list(range(len(keys))):  # a converted JSON array
+        return [_json_value(d[k], k, depth, active) for k in keys]
+    return {str(k): _json_value(v, k, depth, active) for k, v in d.items()}
+
+
+def _json_value(v: Any, key: Any, depth: int, active: tuple) -> Any:
+    if isinstance(v, dict):
+        return _to_json(v, depth + 1, active)
+    if _is_object(v):
+        raise wrong_type(1, f"key {key!r} holds an iconic object; JSON holds control values "
+                            "and dicts only")
+    vals = to_tuple(v)
+    out = []
+    for x in vals:
+        if isinstance(x, dict):
+            out.append(_to_json(x, depth + 1, active))
+        elif is_str(x):
+            out.append(str(x))
+        elif is_int(x) or isinstance(x, bool):
+            out.append(int(x))
+        elif isinstance(x, float):
+            if not np.isfinite(x):
+                raise wrong_value(1, f"key {key!r} holds {x}, which JSON cannot represent")
+            out.append(x)
+        else:
+            raise wrong_type(1, f"key {key!r} holds a {type(x).__name__}")
+    return out[0] if len(out) == 1 else out
+
+
+@operator
+def dict_to_json(dict_handle: dict, gen_param_name: Any, gen_param_value: Any) -> str:
+    """The dict as a JSON string: a one-value tuple becomes a JSON value, other tuples JSON
+    arrays, nested dicts objects (a dict whose keys are exactly 0..n-1 becomes an array).
+    Iconic objects raise 1201; NaN/Inf 1301.  No generic parameters are supported."""
+    import json
+
+    d = _dict(dict_handle, 1)
+    _gen_params(gen_param_name, gen_param_value, {}, 2)
+    return json.dumps(_to_json(d), ensure_ascii=False, allow_nan=False)
+
+
+@operator
+def json_to_dict(json_string: Any, gen_param_name: Any, gen_param_value: Any) -> dict:
+    """A dict from a JSON object string.  ``'json_value_true'``/``'json_value_false'``/
+    ``'json_value_null'`` (default 1, 0, 'HNULL') and ``'convert_json_arrays_to'``
+    (``'dict'``: arrays become dicts with keys 0..n-1, the default; ``'tuple_if_possible'``:
+    arrays of primitives become tuples)."""
+    s = as_str(to_scalar(json_string, 1, "one JSON string"), 1, "json_string")
+    opts = _gen_params(gen_param_name, gen_param_value, _JSON_DEFAULTS, 2)
+    return _parse_json(s, opts, lambda why: wrong_value(1, f"not a JSON object: {why}"))
+
+
+def _parse_json(s: str, opts: dict, fail) -> dict:
+    import json
+
+    try:
+        value = json.loads(s)
+        if not isinstance(value, dict):
+            raise ValueError(f"the top level is a {type(value).__name__}, not an object")
+        return _from_json(value, opts)
+    except RecursionError:
+        raise fail("nested too deeply") from None
+    except ValueError as err:  # json.JSONDecodeError is a ValueError
+        raise fail(str(err)) from None
+
+
+def _find_file(name: str) -> str:
+    """HALCON's search: the name as given, else with '.hdict' or '.json' appended."""
+    import os
+
+    if os.path.exists(name):
+        return name
+    for ext in (".hdict", ".json"):
+        if os.path.exists(name + ext):
+            return name + ext
+    return name
+
+
+@operator
+def read_dict(file_name: Any, gen_param_name: Any, gen_param_value: Any) -> dict:
+    """Read a dict from a HALCON ``.hdict`` file or a JSON file (recognised by content; a
+    name without the file is tried with '.hdict' and '.json' appended).  Generic parameters
+    as :func:`json_to_dict` (they only affect JSON files).  5200 if the file is missing,
+    7780 if it is damaged."""
+    from ..errors import H_ERR_DL_FILE_READ
+    from ..io.hdict import MAGIC, parse_hdict, read_file_bytes
+
+    name = as_str(to_scalar(file_name, 1, "one file name"), 1, "file_name")
+    opts = _gen_params(gen_param_name, gen_param_value, _JSON_DEFAULTS, 2)
+    path = _find_file(name)
+    data = read_file_bytes(path)
+    if data.startswith(MAGIC) or data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] != b"{":
+        return parse_hdict(data, path)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise HOperatorError(H_ERR_DL_FILE_READ,
+                             f"cannot read dict file {path!r}: not UTF-8 JSON ({err.reason})") \
+            from None
+    return _parse_json(text, opts, lambda why: HOperatorError(
+        H_ERR_DL_FILE_READ, f"cannot read dict file {path!r}: {why}"))
+
+
+@operator
+def write_dict(dict_handle: dict, file_name: Any, gen_param_name: Any,
+               gen_param_value: Any) -> None:
+    """Write the dict to ``file_name`` atomically: HALCON's binary format (docs/hdict.md),
+    or JSON with ``'file_type'`` ``'json'`` or a name ending in '.json' (halcdl's choice).
+    Values a file cannot hold raise 1201/1301 and nothing is written."""
+    import os
+
+    from ..errors import H_ERR_DL_FILE_WRITE
+    from ..io.files import atomic_write
+    from ..io.hdict import write_hdict
+
+    d = _dict(dict_handle, 1)
+    name = as_str(to_scalar(file_name, 2, "one file name"), 2, "file_name")
+    opts = _gen_params(gen_param_name, gen_param_value, {"file_type": None}, 3)
+    ft = opts["file_type"] or ("json" if name.lower().endswith(".json") else "hdict")
+    if ft == "hdict":
+        write_hdict(d, name)
+        return
+    text = dict_to_json(d, [], []).encode("utf-8")
+    try:
+        atomic_write(os.fspath(name), lambda put: put(text))
+    except OSError as err:
+        raise HOperatorError(H_ERR_DL_FILE_WRITE,
+                             f"cannot write dict file {name!r}: {err.strerror or err}") from None

@@ -5,7 +5,8 @@ Supported parameters:
 * ``'seed_rand'`` (int, default 42): seeds the random generator of halcdl.  The n-th model
   created after ``set_system('seed_rand', s)`` (read_dl_model, …) initialises its weights with
   the engine seed ``(s + n) mod 2**31`` (n = 0, 1, …), so the same sequence of calls gives the
-  same weights.  get_system returns the value last set.
+  same weights.  get_system returns the value last set.  It is also augment_dl_samples'
+  default seed; setting it restarts that procedure's call counter (docs/augmentation.md).
 * ``'thread_num'`` (int ≥ 1): number of CPU threads of the engine (OpenMP, shared with oneDNN).
 * ``'cudnn_deterministic'`` (``'true'``/``'false'``, default ``'false'``): the GPU backend
   uses only deterministic cuDNN algorithms, chosen by heuristics rather than timing, so two
@@ -47,6 +48,7 @@ _state: dict[str, Any] = {
     "tf32": "true",
 }
 _seed_counter = 0  # models created since the last seed_rand
+_seed_generation = 0  # set_system('seed_rand', ...) calls so far (augment_dl_samples' counter)
 
 
 def next_model_seed() -> int:
@@ -74,7 +76,7 @@ def gpu_options() -> tuple[bool, bool]:
 @operator
 def set_system(system_parameter: Any, value: Any) -> None:
     """Set a system parameter ('seed_rand', 'thread_num', 'cudnn_deterministic', 'tf32')."""
-    global _seed_counter
+    global _seed_counter, _seed_generation
     name = as_str(to_scalar(system_parameter, 1, "one parameter name"), 1, "system_parameter")
     if name not in _SYSTEM_PARAMS:
         raise wrong_value(1, f"unknown system parameter {name!r} (supported: {_SYSTEM_PARAMS})")
@@ -84,6 +86,7 @@ def set_system(system_parameter: Any, value: Any) -> None:
         with _lock:
             _state["seed_rand"] = seed
             _seed_counter = 0
+            _seed_generation += 1
     elif name == "thread_num":
         n = as_int(v, 2, "thread_num")
         if n < 1:

@@ -1,5 +1,16 @@
-"""Workflow helpers above the operators: evaluation measures (more procedures to come)."""
+"""HALCON's deep-learning procedures (``__all__``, exported at the top level) and halcdl's
+evaluation helpers (importable from here: evaluate_segmentation, segmentation_confusion_matrix;
+not HALCON procedures, so not in ``__all__``)."""
 
-from .evaluation import evaluate_segmentation, segmentation_confusion_matrix
+from .augment import augment_dl_samples
+from .evaluation import evaluate_segmentation, segmentation_confusion_matrix  # noqa: F401
+from .evaluate import evaluate_dl_model
+from .train import create_dl_train_param, set_dl_model_param_max_gpu_batch_size, train_dl_model
 
-__all__ = ["evaluate_segmentation", "segmentation_confusion_matrix"]
+__all__ = [
+    "augment_dl_samples",
+    "create_dl_train_param",
+    "evaluate_dl_model",
+    "set_dl_model_param_max_gpu_batch_size",
+    "train_dl_model",
+]
