@@ -75,6 +75,39 @@ def snapshot(model):
     return out
 
 
+def workflow(wf):
+    """train_dl_model on digits (in memory: the workflow's sample reader is replaced), 400
+    train / 100 validation samples; writes <out> (.npz: weights, final evaluation) and, on
+    every rank, a serialization strategy 'best' into wf["dir"].format(rank)."""
+    from halcdl.workflow import evaluate as ev  # noqa: PLC0415
+
+    def read(dldataset, indices):
+        return [{"image": imgs[i], "image_id": i, "image_label_id": int(d.target[i])}
+                for i in indices]
+
+    ev.read_samples = read
+    ds = {"class_ids": list(range(10)), "class_names": [str(c) for c in range(10)],
+          "image_dir": "",
+          "samples": [{"image_id": i, "image_label_id": int(d.target[i]),
+                       "split": "train" if i < 400 else "validation"} for i in range(500)]}
+    run = dict(wf, world=wf["world"], solver="sgd")
+    model = make_model(run)
+    out_dir = wf["dir"].format(rank)
+    os.makedirs(out_dir, exist_ok=True)
+    tp = ha.create_dl_train_param(model, wf["epochs"], 1, "true", 11, ["serialize"],
+                                  [[{"type": "best", "basename": os.path.join(out_dir, "m")}]])
+    res, infos, evals = ha.train_dl_model(ds, model, tp, 0)
+    last = evals[-1]["result"]
+    np.savez(wf["out"].format(rank), top1=float(last["top1_error"]),
+             n_evals=len(evals), loss=float(res["total_loss"]), **snapshot(model))
+    if not reference:
+        ha.set_dl_model_param(model, "data_parallel", "false")
+
+
+if cfg.get("workflow"):
+    workflow(cfg["workflow"])
+    sys.exit(0)
+
 models = []
 for run in cfg["runs"]:
     if cfg.get("per_rank_out"):

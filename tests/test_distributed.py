@@ -163,6 +163,34 @@ def test_lost_rank_raises_and_leaves_the_model_unchanged(tmp_path, how):
     assert res["unchanged"], res
 
 
+@pytest.mark.slow  # ~1-4 min on 2 shared cores
+def test_train_dl_model_two_ranks_equals_one_process(tmp_path):
+    """train_dl_model shards each epoch's permutation by rank: 2 ranks × batch 8 train on the
+    same samples as one process with batch 8 and multiplier 2, evaluate alike, and only rank
+    0 writes files and the progress display."""
+    wf = {"out": str(tmp_path / "wf_r{}.npz"), "dir": str(tmp_path / "files_r{}"),
+          "epochs": 2, "batch": 8, "world": 2}
+    p = subprocess.run([sys.executable, WORKER, json.dumps({"reference": True, "workflow": {
+        **wf, "out": str(tmp_path / "wf_ref.npz"), "dir": str(tmp_path / "files_ref")}})],
+        env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    _check((p.returncode, p.stdout + p.stderr), "reference")
+    ref = dict(np.load(tmp_path / "wf_ref.npz"))
+    _spawn(_per_rank({"workflow": wf}), 2)
+    ranks = [dict(np.load(tmp_path / f"wf_r{r}.npz")) for r in range(2)]
+    for k in ref:
+        assert np.array_equal(ranks[0][k], ranks[1][k]), k
+    got = ranks[0]
+    assert int(got["n_evals"]) == int(ref["n_evals"]) == 2
+    assert float(got["top1"]) == pytest.approx(float(ref["top1"]), abs=0.011)  # ≤ 1 image
+    assert float(got["top1"]) < 0.5  # it learned (10 classes: chance is 0.9)
+    np.testing.assert_array_equal(got["counters"], ref["counters"])
+    for k in (k for k in ref if k.startswith("p:")):
+        scale = max(float(np.abs(ref[k]).max()), 1e-12)
+        assert float(np.abs(got[k] - ref[k]).max()) / scale <= 1e-3, k
+    assert sorted(os.listdir(tmp_path / "files_r0")) == sorted(os.listdir(tmp_path / "files_ref"))
+    assert os.listdir(tmp_path / "files_r0") and not os.listdir(tmp_path / "files_r1")
+
+
 # ---- single process -------------------------------------------------------------------------
 def _small_model():
     ha.set_system("seed_rand", 7)

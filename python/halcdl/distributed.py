@@ -47,6 +47,7 @@ __all__ = [
     "join",
     "leave",
     "rank_and_world_size",
+    "broadcast_object",
 ]
 
 EXTRA_HINT = "install the optional extra: pip install 'halcdl[distributed]'"
@@ -118,12 +119,13 @@ class DataParallel:
             return self.torch.device("cuda", self.torch.cuda.current_device())
         return self.torch.device("cpu")
 
-    def _fail(self, what: str, err: BaseException) -> HOperatorError:
+    def _fail(self, what: str, err: BaseException,
+              tail: str = "; the model is as before the step") -> HOperatorError:
         t = f"{self.timeout_s:g} s" if self.timeout_s else "the process group's timeout"
         return HOperatorError(
             H_ERR_DL_TRAINING_FAILED,
             f"data parallel: {what} failed on rank {self.rank} of {self.world_size} (a rank was "
-            f"lost, or did not answer within {t}): {err}; the model is as before the step")
+            f"lost, or did not answer within {t}): {err}{tail}")
 
     # -- the engine's callback -------------------------------------------------------------------
     def reduce(self, grad: Any, stats: Any, stats_before: Any, scalars: np.ndarray,
@@ -304,6 +306,20 @@ def leave(dp: DataParallel | None) -> None:
     with _lock:
         _members = max(0, _members - 1)
         _release_if_unused()
+
+
+def broadcast_object(model, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank of ``model``'s group (pickled; collective).  train_dl_model
+    uses it for the evaluation result, so that every rank takes the same decisions from it."""
+    dp = getattr(model, "data_parallel", None)
+    if dp is None or dp.world_size == 1:
+        return obj
+    box = [obj]
+    try:
+        dp.dist.broadcast_object_list(box, src=0)
+    except Exception as err:
+        raise dp._fail("the broadcast of the evaluation", err, "") from None
+    return box[0]
 
 
 def rank_and_world_size(model) -> tuple[int, int]:
