@@ -6,7 +6,7 @@ The rank comes from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTE
 halcdl reads itself when a model joins ('data_parallel' = 'torch'), or the worker initialises
 the group itself first (init = "caller").  reference = true: the single-process reference,
 which takes every rank's samples with batch_size_multiplier × world size.  Config:
-  reference, init, runs: a list of runs, each with
+  reference, init, gpu (the model on the emulated GPU backend), runs: a list of runs, each with
     out        .npz file written at the end (parameters, optimizer state, losses)
     steps      train steps;  batch  samples per rank and sub-batch;  world  ranks of the run
     solver     'sgd' | 'adam';  multiplier  per rank (default 1)
@@ -58,12 +58,35 @@ def make_model(run):
     ha.set_dl_model_param(model, "learning_rate", 0.01 if run["solver"] == "sgd" else 1e-3)
     ha.set_dl_model_param(model, "momentum", 0.9)
     ha.set_dl_model_param(model, "weight_prior", 1e-4)
+    if cfg.get("gpu"):  # the emulated GPU backend (HALCDL_CUDA_LIBRARY, tests/gpu_emu)
+        ha.set_dl_model_param(model, "runtime", "gpu")
     if not reference:
         ha.set_dl_model_param(model, "data_parallel", "torch")
         assert ha.get_dl_model_param_s(model, "data_parallel") == "torch"
         assert ha.get_dl_model_param_s(model, "data_parallel_rank") == rank
         assert ha.get_dl_model_param_s(model, "data_parallel_world_size") == world
     return model
+
+
+if cfg.get("gpu"):
+    # The emulated GPU's device memory is host memory: view the engine's device pointers with
+    # numpy and run the CPU branch of the reduce (the CPU torch here has no CUDA).
+    import ctypes
+
+    from halcdl import distributed as _dist
+
+    _orig_reduce = _dist.DataParallel.reduce
+
+    def _host(t):
+        ptr, n = t
+        return np.ctypeslib.as_array((ctypes.c_float * int(n)).from_address(int(ptr)))
+
+    def _reduce(self, grad, stats, before, scalars, mult, momentum, device):
+        assert device >= 0 and isinstance(grad, tuple), "expected device pointers"
+        return _orig_reduce(self, _host(grad), _host(stats), _host(before), scalars, mult,
+                            momentum, -1)
+
+    _dist.DataParallel.reduce = _reduce
 
 
 def snapshot(model):

@@ -13,6 +13,7 @@ raise 7720 with its model as before the step; and the single-process errors.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -189,6 +190,36 @@ def test_train_dl_model_two_ranks_equals_one_process(tmp_path):
         assert float(np.abs(got[k] - ref[k]).max()) / scale <= 1e-3, k
     assert sorted(os.listdir(tmp_path / "files_r0")) == sorted(os.listdir(tmp_path / "files_ref"))
     assert os.listdir(tmp_path / "files_r0") and not os.listdir(tmp_path / "files_r1")
+
+
+def _emulated_gpu_library():
+    spec = importlib.util.spec_from_file_location(
+        "halcdl_gpu_emu_build", os.path.join(HERE, "gpu_emu", "build.py"))
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    ok, why = build.available()
+    if not ok:
+        pytest.skip(f"emulated GPU backend unavailable: {why}")
+    return build.build()
+
+
+@pytest.mark.slow  # builds the emulated backend (tests/gpu_emu) on first use
+def test_gpu_train_step_hook_on_the_emulated_backend(tmp_path):
+    """The GPU engine's side of the hook (csrc/cuda/engine.cpp): device pointers of the
+    gradient arena and statistics, the 1/(m·W) scaling, dropout offsets and the commit after
+    the reduce, on tests/gpu_emu's emulated GPU (device memory is host memory there; the
+    worker views it with numpy).  2 ranks equal one emulated-GPU process with multiplier 2."""
+    lib = _emulated_gpu_library()
+    ref_out = str(tmp_path / "ref.npz")
+    p = subprocess.run([sys.executable, WORKER, json.dumps(
+        {"reference": True, "gpu": True, "runs": [_run(ref_out, "sgd", 2, 8)]})],
+        env=_env(HALCDL_CUDA_LIBRARY=lib), capture_output=True, text=True,
+        timeout=LAUNCH_TIMEOUT)
+    _check((p.returncode, p.stdout + p.stderr), "reference")
+    cfg = _per_rank({"gpu": True, "runs": [_run(str(tmp_path / "r{}.npz"), "sgd", 2, 8)]})
+    _spawn(cfg, 2, HALCDL_CUDA_LIBRARY=lib)
+    ranks = [dict(np.load(tmp_path / f"r{r}.npz")) for r in range(2)]
+    _compare(ranks, dict(np.load(ref_out)), "emulated GPU, 2 ranks")
 
 
 # ---- single process -------------------------------------------------------------------------
