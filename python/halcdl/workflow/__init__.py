@@ -6,6 +6,9 @@ from .augment import augment_dl_samples
 from .evaluation import evaluate_segmentation, segmentation_confusion_matrix  # noqa: F401
 from .evaluate import evaluate_dl_model
 from .train import create_dl_train_param, set_dl_model_param_max_gpu_batch_size, train_dl_model
+# HALCON's dataset procedures (docs/datasets.md)
+from . import dataset as _dataset  # noqa: E402
+from .dataset import *  # noqa: E402,F401,F403
 
 __all__ = [
     "augment_dl_samples",
@@ -13,4 +16,5 @@ __all__ = [
     "evaluate_dl_model",
     "set_dl_model_param_max_gpu_batch_size",
     "train_dl_model",
+    *_dataset.__all__,
 ]
