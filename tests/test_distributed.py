@@ -354,3 +354,46 @@ def test_structural_change_is_refused_while_joined(group):
     ha.set_dl_model_param(m, "learning_rate", 0.5)  # plain parameters are fine
     ha.set_dl_model_param(m, "data_parallel", "false")
     ha.set_dl_model_param(m, "class_ids", [1, 2, 3])
+
+
+def test_engine_reduce_callback_contract():
+    """core.Model.train_step's reduce callback (csrc/bindings/module.cpp call_reduce): the
+    views it gets, a Python error → 7720 (KeyboardInterrupt as it is), nothing committed."""
+    m = _small_model()
+    m.push_hparams()
+    b = _batch()
+    args = (b, 4, 1, 32, 32, 3, 0)
+    before, steps = _params(m), dict(m.core.get_state())["steps"]
+    seen = {}
+
+    def look(grad, stats, stats_before, scalars, mult, momentum, device):
+        seen.update(grad=grad.copy(), n_stats=stats.size, ro=stats_before.flags.writeable,
+                    same=np.array_equal(stats_before, np.concatenate(
+                        [before[n].ravel() for n in m.core.param_names() if "running" in n])),
+                    sc=scalars.tolist(), mult=mult, momentum=momentum, device=device)
+        raise ValueError("boom")
+
+    with pytest.raises(ha.HOperatorError) as e:
+        m.core.train_step(*args, look, 1, 0)
+    assert e.value.error_code == E.H_ERR_DL_TRAINING_FAILED and "ValueError: boom" in e.value.message
+    assert seen["grad"].shape == (m.core.num_trainable_params(),) and not seen["ro"]
+    assert seen["same"] and seen["mult"] == 1 and seen["device"] == -1
+    assert seen["momentum"] == pytest.approx(0.1) and seen["sc"][1] == 0.0
+    assert np.isfinite(seen["sc"][0]) and np.abs(seen["grad"]).max() > 0
+
+    def interrupt(*a):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        m.core.train_step(*args, interrupt, 1, 0)
+    assert dict(m.core.get_state())["steps"] == steps
+    assert all(np.array_equal(before[n], v) for n, v in _params(m).items())
+    # a callback that leaves everything as it is: the step is a plain single-process step
+    r = m.core.train_step(*args, lambda *a: None, 1, 0)
+    ref = _small_model()
+    ref.push_hparams()
+    r_ref = ref.core.train_step(*args)
+    assert r["total_loss"] == r_ref["total_loss"]
+    for n, v in _params(ref).items():
+        if "running" not in n:  # the callback did not turn the statistics into the sum
+            assert np.array_equal(_params(m)[n], v), n

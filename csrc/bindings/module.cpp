@@ -87,7 +87,8 @@ void call_reduce(const py::object& reduce, const StepReduce& a) {
       code = py::cast<int>(e.value().attr("error_code"));
       msg = py::str(e.value().attr("_text"));
     } else {
-      msg = std::string("data-parallel reduce failed: ") + e.what();
+      msg = "data-parallel reduce failed: " + std::string(py::str(e.type().attr("__name__"))) + ": " +
+            std::string(py::str(e.value()));
     }
     throw Error(code, msg);
   }
