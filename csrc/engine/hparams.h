@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace halcdl {
@@ -18,6 +19,7 @@ struct HParams {
 
 struct TrainResult {
   double total_loss, loss_cls;
+  std::vector<std::pair<std::string, double>> terms;  // detection: one entry per loss and level
 };
 
 // Data parallelism (python/halcdl/distributed.py, docs/distributed.md). A train step with a

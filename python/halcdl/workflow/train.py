@@ -533,6 +533,9 @@ class ChangeStrategyHook(TrainHook):
             set_dl_model_param(ctx.model, "momentum", self._restore_momentum)
             self._restore_momentum = None
 
+    def on_train_end(self, ctx: TrainContext) -> None:
+        self.on_batch_end(ctx)  # a stop between on_batch_begin and the step: restore too
+
 
 class SerializationHook(TrainHook):
     """HALCON's serialization strategies: write ``basename.hdl`` (write_dl_model) and
@@ -706,6 +709,11 @@ def _adopt_model_file(m: Any, path: str) -> None:
         m.mark_hparams_dirty()
 
 
+def _none_if_empty(v: Any) -> Any:
+    """[] (an .hdict empty tuple) stands for "none yet"."""
+    return None if isinstance(v, list) and not v else v
+
+
 def _split_indices(samples: list, split: str) -> list[int]:
     return [i for i, s in enumerate(samples) if str(s.get("split")) == split]
 
@@ -723,8 +731,7 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
     """train_dl_model's loop with extra ``hooks`` (called after the TrainParam's own hooks).
     Arguments as train_dl_model; returns (train_results, train_infos, evaluation_infos).
     See :mod:`halcdl.workflow.hooks` for the events and the context."""
-    from ..operators.dl_model import check_model, get_dl_model_param_s  # noqa: PLC0415
-    from ..operators.dl_model import train_dl_model_batch  # noqa: PLC0415
+    from ..operators.dl_model import check_model, train_dl_model_batch  # noqa: PLC0415
     from ..operators.system import set_system  # noqa: PLC0415
 
     samples = _evaluate.check_dataset(dldataset, 1)
@@ -766,6 +773,13 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
         wanted = to_tuple(eval_param["measures"])
         if "all" not in wanted:  # the comparison needs its measures
             eval_param["measures"] = wanted + [k for k in keys if k not in wanted]
+    share = _number(tp["display_param"].get("selected_percentage_train_samples", 0),
+                    "display_param selected_percentage_train_samples", lo=0.0)
+    if share > 100:
+        raise _bad(f"display_param selected_percentage_train_samples must be in [0, 100], "
+                   f"got {share}")
+    # HALCON also evaluates a share of the training split (the first ones, dataset order)
+    train_eval_idx = train_idx[:int(math.ceil(share / 100.0 * len(train_idx)))]
     info = None
     if resume:
         info, info_path = _latest_resume_info(tp)
@@ -786,13 +800,10 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
     if info is not None:
         ctx.iteration = int(info["iteration"])
         ctx.epoch = float(info["epoch"])
-        def opt(v: Any) -> Any:  # [] (hdict's empty tuple) is "none yet"
-            return None if isinstance(v, list) and not v else v
-
-        ctx.best_value = opt(info.get("best_value"))
-        ctx.best_epoch = opt(info.get("best_epoch"))
-        ctx.best_iteration = opt(info.get("best_iteration"))
-        ctx.best_result = opt(info.get("best_result")) or None
+        ctx.best_value = _none_if_empty(info.get("best_value"))
+        ctx.best_epoch = _none_if_empty(info.get("best_epoch"))
+        ctx.best_iteration = _none_if_empty(info.get("best_iteration"))
+        ctx.best_result = _none_if_empty(info.get("best_result")) or None
         ctx.state = dict(info.get("state") or {})
         loop = ctx.state.get("_loop") or {}
         losses.extend(zip((float(x) for x in to_tuple(loop.get("losses"))),
@@ -837,8 +848,13 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
         if ctx.improved:
             ctx.best_value, ctx.best_epoch, ctx.best_iteration = value, ctx.epoch, ctx.iteration
             ctx.best_result = result
+        result_train: Any = []
+        if train_eval_idx:
+            result_train, _ = _evaluate.evaluate_dl_model(dldataset, m, "sample_indices",
+                                                          train_eval_idx, eval_param)
         ctx.evaluation_infos.append({"epoch": ctx.epoch, "iteration": ctx.iteration,
-                                     "result": result, "comparison_value": value})
+                                     "result": result, "result_train": result_train,
+                                     "comparison_value": value})
         call("on_evaluation")
 
     def train_info(final: bool = False) -> dict:
@@ -868,6 +884,8 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
             if ctx.epoch >= num_epochs - 1e-12 or it >= ipe:
                 break
             call("on_batch_begin")
+            if ctx.stop:
+                break  # a hook stopped before this iteration: it does not run
             share = int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"])
             batch = share * world
             if pos + batch > n_train:
@@ -877,7 +895,13 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
                                   order[pos + rank * share:pos + (rank + 1) * share]]
             batch_samples = _evaluate.read_samples(dldataset, ctx.sample_indices)
             if tp["augmentation_param"]:
-                batch_samples = _augment(batch_samples, tp["augmentation_param"])
+                # per-sample randomness from (seed, epoch, image_id): reproducible, the same
+                # after 'resume', independent of the batch a sample lands in
+                aug = {"seed": seed, "epoch": epoch_index,
+                       "image_range_min": m.params["image_range_min"],
+                       "image_range_max": m.params["image_range_max"],
+                       **tp["augmentation_param"]}
+                batch_samples = _augment(batch_samples, aug)
             train_result = train_dl_model_batch(m, batch_samples)
             pos += batch
             it += 1
