@@ -6,6 +6,8 @@ from .augment import augment_dl_samples
 from .evaluation import evaluate_segmentation, segmentation_confusion_matrix  # noqa: F401
 from .evaluate import evaluate_dl_model
 from .train import create_dl_train_param, set_dl_model_param_max_gpu_batch_size, train_dl_model
+from .batch_size import optimize_dl_model_batch_size
+from .jobs import TrainingJob, TrainingQueue, start_train_dl_model
 
 __all__ = [
     "augment_dl_samples",
@@ -13,4 +15,8 @@ __all__ = [
     "evaluate_dl_model",
     "set_dl_model_param_max_gpu_batch_size",
     "train_dl_model",
+    "optimize_dl_model_batch_size",
+    "start_train_dl_model",
+    "TrainingJob",
+    "TrainingQueue",
 ]
