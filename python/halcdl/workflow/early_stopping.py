@@ -126,6 +126,8 @@ class EarlyStoppingHook(TrainHook):
         return comparison_value(ctx.evaluation_result, self.param["measure"])
 
     def on_evaluation(self, ctx: TrainContext) -> None:
+        if ctx.stopped:  # the closing evaluation after a stop (not one of the run's)
+            return
         st = ctx.state[_STATE]
         v = self._value(ctx)
         best = st["best"]

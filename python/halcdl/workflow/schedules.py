@@ -17,6 +17,8 @@ when the training started).  ``e`` is the fractional epoch before the iteration
                 ``min_delta`` (default 0):   max(min_value, v · factor^n), n = number of
                 reductions so far; a reduction happens after ``patience`` evaluations in a
                 row that did not improve the best measure by more than ``min_delta``.
+                The evaluation train_dl_model adds after a stop (a hook's, stop_training)
+                is not counted: an uninterrupted run has none.
 
 The base values and the plateau counters live in ``ctx.state['schedules']`` (written into
 every serialized ``*_info.hdict``), and the other types are functions of the epoch only, so
@@ -206,6 +208,8 @@ class ScheduleHook(TrainHook):
     def on_evaluation(self, ctx: TrainContext) -> None:
         from .train import comparison_value  # noqa: PLC0415
 
+        if ctx.stopped:  # the closing evaluation after a stop: a straight run has none, so
+            return       # counting it would make 'resume' differ from the straight run
         st = ctx.state[_STATE]["plateau"]
         for i, s in enumerate(self.schedules):
             if s["type"] != "plateau":

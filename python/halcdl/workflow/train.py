@@ -404,7 +404,9 @@ def create_dl_train_param(dlmodel_handle: Any, num_epochs: Any, evaluation_inter
         elif name == "evaluate_before_train":
             tp["evaluate_before_train"] = _true_false(value, "evaluate_before_train")
         elif name == "early_stopping":
-            tp["early_stopping"] = value
+            from .early_stopping import check_early_stopping  # noqa: PLC0415
+
+            tp["early_stopping"] = check_early_stopping(value)
         elif name == "schedule":
             tp["schedules"] = list(tp.get("schedules", [])) + _dict_list(value, "'schedule'")
         elif name == "batch_size":
