@@ -72,6 +72,11 @@ class _JobHook(TrainHook):
                                "comparison_value": ctx.comparison_value,
                                "result": ctx.evaluation_result}
 
+    def on_train_end(self, ctx: TrainContext) -> None:
+        with self.job._cond:  # a stop inside an epoch: the fractional epoch reached
+            self.job.finished_epochs = float(ctx.epoch)
+            self.job._cond.notify_all()
+
     def on_epoch_end(self, ctx: TrainContext) -> None:
         j = self.job
         with j._cond:
@@ -89,7 +94,8 @@ class TrainingJob:
 
     Attributes: ``progress`` (0…1: iterations done / iterations of the run; below 1 while
     running, 1.0 once finished), ``finished_epochs`` (the epoch reached, as train_infos
-    count it), ``num_epochs``, ``iteration``, ``started_at`` / ``finished_at``
+    count it: whole epochs while running, the fractional epoch reached after a stop),
+    ``num_epochs``, ``iteration``, ``started_at`` / ``finished_at``
     (time.time() or None), ``history`` (per epoch: epoch, iteration, mean_loss and the
     evaluation of that epoch or None), ``state`` ('queued', 'running', 'finished',
     'failed', 'cancelled')."""
