@@ -103,3 +103,15 @@ def has_gpu() -> bool:
         return len(devs) > 0
     except Exception:
         return False
+
+
+def halcon_files_dir() -> str:
+    """The real HALCON files (shared/data/halcon_files): $HALCDL_HALCON_FILES, else the shared/
+    folder beside the checkout (where CI puts it), else /work/shared. '' when none exists."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for d in (os.environ.get("HALCDL_HALCON_FILES", ""),
+              os.path.join(here, "..", "..", "shared", "data", "halcon_files"),
+              "/work/shared/data/halcon_files"):
+        if d and os.path.isdir(d):
+            return os.path.abspath(d)
+    return ""

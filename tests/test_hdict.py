@@ -20,6 +20,7 @@ import pytest
 import halcdl as ha
 from halcdl.errors import HOperatorError
 from halcdl.io import files as io_files
+from helpers import halcon_files_dir
 from halcdl.io.hdict import (
     MAX_DEPTH,
     MixedTuple,
@@ -29,7 +30,7 @@ from halcdl.io.hdict import (
     write_hdict,
 )
 
-DATA = Path("/work/shared/data/halcon_files")
+DATA = Path(halcon_files_dir() or "/nonexistent/halcon_files")
 REAL = ["cup_detection/labels.hdict", "detection_train_info.hdict",
         "detection_preprocess_params_a.hdict", "detection_preprocess_params_b.hdict"]
 

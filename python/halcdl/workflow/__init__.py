@@ -8,6 +8,9 @@ from .evaluate import evaluate_dl_model
 from .train import create_dl_train_param, set_dl_model_param_max_gpu_batch_size, train_dl_model
 from .batch_size import optimize_dl_model_batch_size
 from .jobs import TrainingJob, TrainingQueue, start_train_dl_model
+# HALCON's dataset procedures (docs/datasets.md)
+from . import dataset as _dataset  # noqa: E402
+from .dataset import *  # noqa: E402,F401,F403
 
 __all__ = [
     "augment_dl_samples",
@@ -19,4 +22,5 @@ __all__ = [
     "start_train_dl_model",
     "TrainingJob",
     "TrainingQueue",
+    *_dataset.__all__,
 ]
