@@ -1,13 +1,13 @@
 """evaluate_dl_model: classification measures against scikit-learn, segmentation measures
 against an independent numpy computation, sample selection, bad input.
 
-Datasets hold their images in memory; the workflow's sample reader
-(``halcdl.workflow.evaluate.read_samples``) is replaced by one returning them (see
-tests/test_train.py).
+Datasets are preprocessed ones (one DLSample .hdict file per sample under 'dlsample_dir'),
+read by the real read_dl_samples, wrapped to log the indices (see tests/test_train.py).
 """
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 
 import numpy as np
@@ -15,24 +15,39 @@ import pytest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
 import halcdl as ha
+from halcdl.io.hdict import write_hdict
 from halcdl.workflow import evaluate as ev
+
+SAMPLE_DIR: list = []
+
+
+@pytest.fixture(autouse=True)
+def _sample_dir(tmp_path_factory):
+    SAMPLE_DIR[:] = [str(tmp_path_factory.mktemp("dlsamples"))]
+
+
+def with_files(ds: dict) -> dict:
+    """Write every sample's DLSample file (image + labels) and point the dataset at them."""
+    for i, s in enumerate(ds["samples"]):
+        name = f"{s['image_id']}_dlsample.hdict"
+        d = {"image": s["_image"], "image_id": s["image_id"]}
+        for k in ("image_label_id", "segmentation_image"):
+            if k in s:
+                d[k] = s[k]
+        write_hdict(d, os.path.join(SAMPLE_DIR[0], name))
+        s["dlsample_file_name"] = name
+    ds["dlsample_dir"] = SAMPLE_DIR[0]
+    return ds
 
 
 @pytest.fixture
 def reader(monkeypatch):
     log = []
+    real = ev.read_samples
 
     def read(dldataset, indices):
         log.append(list(indices))
-        out = []
-        for i in indices:
-            s = dldataset["samples"][i]
-            d = {"image": s["_image"].copy(), "image_id": s["image_id"]}
-            for k in ("image_label_id", "segmentation_image"):
-                if k in s:
-                    d[k] = s[k]
-            out.append(d)
-        return out
+        return real(dldataset, indices)
 
     monkeypatch.setattr(ev, "read_samples", read)
     read.log = log
@@ -53,7 +68,7 @@ def classification_setup(n=37, classes=4, seed=0, class_ids=(3, 7, 1, 9)):
         samples.append({"image_id": 1000 + i, "_image": rng.normal(0, 60, (16, 16, 3))
                         .astype(np.float32), "image_label_id": int(class_ids[i % classes]),
                         "split": "test" if i % 3 else "validation"})
-    return m, {"class_ids": list(class_ids), "samples": samples}
+    return m, with_files({"class_ids": list(class_ids), "samples": samples})
 
 
 def predictions(m, ds, idx):
@@ -170,7 +185,7 @@ def seg_setup(n=7, seed=1):
         seg = rng.choice([0, 4, 2, 255], (16, 16), p=[0.4, 0.3, 0.2, 0.1]).astype(np.uint8)
         samples.append({"image_id": i, "split": "test", "segmentation_image": seg,
                         "_image": rng.normal(0, 50, (16, 16, 3)).astype(np.float32)})
-    return m, {"class_ids": [0, 4, 2], "samples": samples}
+    return m, with_files({"class_ids": [0, 4, 2], "samples": samples})
 
 
 def test_segmentation_against_numpy(reader):

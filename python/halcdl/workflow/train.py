@@ -567,6 +567,9 @@ class ChangeStrategyHook(TrainHook):
             set_dl_model_param(ctx.model, "momentum", self._restore_momentum)
             self._restore_momentum = None
 
+    def on_train_end(self, ctx: TrainContext) -> None:
+        self.on_batch_end(ctx)  # a stop between on_batch_begin and the step: restore too
+
 
 class SerializationHook(TrainHook):
     """HALCON's serialization strategies: write ``basename.hdl`` (write_dl_model) and
@@ -770,6 +773,11 @@ def _auto_batch_size(m: Any, tp: dict, n_train: int, resume: bool) -> None:
         set_dl_model_param(m, "batch_size", int(b))
 
 
+def _none_if_empty(v: Any) -> Any:
+    """[] (an .hdict empty tuple) stands for "none yet"."""
+    return None if isinstance(v, list) and not v else v
+
+
 def _split_indices(samples: list, split: str) -> list[int]:
     return [i for i, s in enumerate(samples) if str(s.get("split")) == split]
 
@@ -787,8 +795,7 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
     """train_dl_model's loop with extra ``hooks`` (called after the TrainParam's own hooks).
     Arguments as train_dl_model; returns (train_results, train_infos, evaluation_infos).
     See :mod:`halcdl.workflow.hooks` for the events and the context."""
-    from ..operators.dl_model import check_model, get_dl_model_param_s  # noqa: PLC0415
-    from ..operators.dl_model import train_dl_model_batch  # noqa: PLC0415
+    from ..operators.dl_model import check_model, train_dl_model_batch  # noqa: PLC0415
     from ..operators.system import set_system  # noqa: PLC0415
 
     samples = _evaluate.check_dataset(dldataset, 1)
@@ -844,13 +851,10 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
     if info is not None:
         ctx.iteration = int(info["iteration"])
         ctx.epoch = float(info["epoch"])
-        def opt(v: Any) -> Any:  # [] (hdict's empty tuple) is "none yet"
-            return None if isinstance(v, list) and not v else v
-
-        ctx.best_value = opt(info.get("best_value"))
-        ctx.best_epoch = opt(info.get("best_epoch"))
-        ctx.best_iteration = opt(info.get("best_iteration"))
-        ctx.best_result = opt(info.get("best_result")) or None
+        ctx.best_value = _none_if_empty(info.get("best_value"))
+        ctx.best_epoch = _none_if_empty(info.get("best_epoch"))
+        ctx.best_iteration = _none_if_empty(info.get("best_iteration"))
+        ctx.best_result = _none_if_empty(info.get("best_result")) or None
         ctx.state = dict(info.get("state") or {})
         loop = ctx.state.get("_loop") or {}
         losses.extend(zip((float(x) for x in to_tuple(loop.get("losses"))),
@@ -924,6 +928,8 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
             if ctx.epoch >= num_epochs - 1e-12 or it >= ipe:
                 break
             call("on_batch_begin")
+            if ctx.stop:
+                break  # a hook stopped before this iteration: it does not run
             batch = int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"])
             if pos + batch > n_train:
                 break  # the last partial batch is dropped
@@ -931,7 +937,13 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
             ctx.sample_indices = [train_idx[j] for j in order[pos:pos + batch]]
             batch_samples = _evaluate.read_samples(dldataset, ctx.sample_indices)
             if tp["augmentation_param"]:
-                batch_samples = _augment(batch_samples, tp["augmentation_param"])
+                # per-sample randomness from (seed, epoch, image_id): reproducible, the same
+                # after 'resume', independent of the batch a sample lands in
+                aug = {"seed": seed, "epoch": epoch_index,
+                       "image_range_min": m.params["image_range_min"],
+                       "image_range_max": m.params["image_range_max"],
+                       **tp["augmentation_param"]}
+                batch_samples = _augment(batch_samples, aug)
             train_result = train_dl_model_batch(m, batch_samples)
             pos += batch
             it += 1
