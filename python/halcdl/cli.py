@@ -312,7 +312,9 @@ def cmd_evaluate(args) -> int:
     with tempfile.TemporaryDirectory(prefix="halcdl_eval_") as tmp:
         ds = _preprocess_dataset(ds, m, os.path.join(tmp, "data"))
         if args.split == "all":
-            result, _ = ha.evaluate_dl_model(ds, m, "all", [], {"measures": "all"})
+            result, _ = ha.evaluate_dl_model(ds, m, "sample_indices",
+                                             list(range(len(_samples_list(ds)))),
+                                             {"measures": "all"})
         else:
             if not any(s.get("split") == args.split for s in _samples_list(ds)):
                 raise CLIError(f"the dataset has no samples of split {args.split!r}")
@@ -464,8 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as err:
         print(f"halcdl: error: {err}", file=sys.stderr)
     except HOperatorError as err:
-        print(f"halcdl: error: {err.message} (HALCON error {err.error_code})",
-              file=sys.stderr)
+        print(f"halcdl: error: {err.message}", file=sys.stderr)
     except KeyboardInterrupt:
         print("halcdl: interrupted", file=sys.stderr)
         return 130
