@@ -19,7 +19,10 @@ from PIL import Image
 import halcdl as ha
 from halcdl import cli
 
-pytest.importorskip("halcdl.workflow.preprocess")
+from halcdl.workflow import display as disp
+from halcdl.workflow import train as tr
+from test_schedules import make_dataset, make_model, reader, tparam  # noqa: F401
+
 skdata = pytest.importorskip("skimage.data")
 
 
@@ -36,6 +39,7 @@ def _tiles(img: np.ndarray, n: int, size: int, rng) -> list[np.ndarray]:
 def folder(tmp_path_factory):
     """3 classes (camera: gray, coffee and chelsea: color), 10 tiles of 48×48 each, as PNG;
     the gray class has 1-channel files, so the folder mixes mono and color images."""
+    pytest.importorskip("halcdl.workflow.preprocess")
     root = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
     for name in ("camera", "coffee", "chelsea"):
@@ -178,3 +182,69 @@ def test_python_dash_m(tmp_path):
     p = subprocess.run([sys.executable, "-m", "halcdl", "info", "nothing_here"], env=env,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and p.stderr.startswith("halcdl: error: unknown model")
+
+
+# --------------------------------------------------------------------------------------------
+# enable_display 'true': progress bar, plot, confusion matrix, predictions, JSON-lines log
+# --------------------------------------------------------------------------------------------
+def test_display_files_and_log_match_the_infos(reader, tmp_path, capsys):  # noqa: F811
+    ds = make_dataset()
+    m = make_model()
+    tp = ha.create_dl_train_param(m, 3, 1, "true", 1, ["serialize", "display"],
+                                  [[], {"output_dir": str(tmp_path / "d"), "num_images": 3,
+                                        "plot_params": ["learning_rate", "momentum"]}])
+    _, infos, evals = tr.run_training(ds, m, tp, 0)
+    d = tmp_path / "d"
+    records = [json.loads(line) for line in open(d / disp.LOG_FILE)]
+    logged_infos = [r for r in records if r["type"] == "train_info"]
+    assert [r["iteration"] for r in logged_infos] == [i["iteration"] for i in infos]
+    assert [r["mean_loss"] for r in logged_infos] == pytest.approx(
+        [i["mean_loss"] for i in infos], rel=1e-12)
+    logged_evals = [r for r in records if r["type"] == "evaluation"]
+    assert [r["comparison_value"] for r in logged_evals] == [e["comparison_value"]
+                                                            for e in evals]
+    # the logged confusion matrix is HALCON's (rows = predicted), as evaluate_dl_model's
+    for r, e in zip(logged_evals, evals):
+        assert r["result"]["absolute_confusion_matrix"] == \
+            np.asarray(e["result"]["absolute_confusion_matrix"]).tolist()
+    its = [r for r in records if r["type"] == "iteration"]
+    assert len(its) == 3 * 4 and all(r["momentum"] == 0.9 for r in its)
+    for f in (disp.PLOT_FILE, disp.CONFUSION_FILE, disp.PREDICTIONS_FILE,
+              "confusion_matrix_1.png", "confusion_matrix_3.png"):
+        with Image.open(d / f) as im:
+            im.load()
+    err = capsys.readouterr().err
+    assert "training" in err and "12/12" in err  # the tqdm bar reached the end
+
+
+def test_display_without_output_dir_writes_nothing(reader, tmp_path, monkeypatch):  # noqa
+    monkeypatch.chdir(tmp_path)
+    ds = make_dataset()
+    m = make_model()
+    tp = ha.create_dl_train_param(m, 1, 1, "true", 1, ["serialize"], [[]])
+    tr.run_training(ds, m, tp, 0)
+    assert os.listdir(tmp_path) == []
+
+
+def test_display_resume_keeps_the_log(reader, tmp_path):  # noqa: F811
+    ds = make_dataset()
+    out = str(tmp_path / "d")
+    ser = [{"type": "current", "basename": str(tmp_path / "cur")}]
+    m = make_model()
+    tp = ha.create_dl_train_param(m, 2, 1, "true", 1, ["serialize", "display"],
+                                  [ser, {"output_dir": out, "progress": "none"}])
+    tr.run_training(ds, m, dict(tp, num_epochs=1), 0)
+    tr.run_training(ds, make_model(), tp, "resume")
+    its = [json.loads(x) for x in open(os.path.join(out, disp.LOG_FILE))]
+    its = [r["iteration"] for r in its if r["type"] == "iteration"]
+    assert its == list(range(1, 9))
+
+
+@pytest.mark.parametrize("bad", [{"progress": "fancy"}, {"plot": "maybe"},
+                                 {"num_images": -1}, {"output_dir": 3},
+                                 {"plot_params": [1]}])
+def test_display_bad_input(bad):
+    m = make_model()
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.create_dl_train_param(m, 1, 1, "true", 1, ["display"], [bad])
+    assert e.value.error_code == 7914

@@ -4,7 +4,8 @@
 
     halcdl train IMAGE_FOLDER | DATASET.hdict [--model compact|enhanced|...|FILE.hdl]
                  [--epochs N] [--image-size W[xH]] [--batch-size N|auto] [--out DIR]
-                 [--seed S] [--early-stopping N] [--learning-rate LR] [--resume]
+                 [--seed S] [--early-stopping N] [--learning-rate LR]
+                 [--lr-schedule constant|cosine] [--resume] [--quiet]
     halcdl evaluate MODEL DATASET [--split all|train|validation|test] [--json]
     halcdl predict MODEL IMAGE... [--json] [--top K]
     halcdl info MODEL [--json]
@@ -266,6 +267,13 @@ def cmd_train(args) -> int:
         values.append(b)
     elif int(m.params["batch_size"]) > n_train:
         ha.set_dl_model_param(m, "batch_size", n_train)
+    if args.lr_schedule == "cosine":
+        lr = float(ha.get_dl_model_param_s(m, "learning_rate"))
+        names.append("schedule")
+        values.append([{"model_param": "learning_rate", "type": "cosine",
+                        "final_value": lr / 100},
+                       {"model_param": "learning_rate", "type": "warmup",
+                        "epochs": min(1.0, int(args.epochs) / 10)}])
     if args.early_stopping:
         names.append("early_stopping")
         values.append({"patience": int(args.early_stopping), "restore_best": "true"})
@@ -429,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=_image_size, default=None, metavar="W[xH]")
     t.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto")
     t.add_argument("--learning-rate", type=float, default=None)
+    t.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+                   help="cosine: linear warm-up (first 10%% of the epochs, at most 1), then "
+                   "cosine decay to 1%% of the learning rate")
     t.add_argument("--out", default="halcdl_training", metavar="DIR")
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--early-stopping", type=_positive_int, default=None, metavar="N",

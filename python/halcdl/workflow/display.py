@@ -166,8 +166,9 @@ class ProgressBarHook(TrainHook):
     def on_evaluation(self, ctx: TrainContext) -> None:
         from tqdm.auto import tqdm  # noqa: PLC0415
 
-        keys = ",".join(ctx.train_param["evaluation_comparison_keys"])
-        tqdm.write(f"epoch {ctx.epoch:.2f}  loss {ctx.mean_loss:.4f}  validation {keys}: "
+        if self.bar is not None:
+            self.bar.set_postfix(self._postfix(ctx), refresh=False)
+        tqdm.write(f"epoch {ctx.epoch:.2f}  loss {ctx.mean_loss:.4f}  validation "
                    f"{_measure_text(ctx)}{'  (best)' if ctx.improved else ''}",
                    file=sys.stdout)
 
