@@ -104,8 +104,19 @@ def display_hooks(tp: dict) -> list[TrainHook]:
     """The hooks enable_display 'true' adds (see the module docstring)."""
     from .train import DisplayHook  # noqa: PLC0415
 
+    import importlib.util  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
     opts = check_display(tp["display_param"])
     hooks: list[TrainHook] = []
+    if opts["progress"] == "bar" and importlib.util.find_spec("tqdm") is None:
+        opts["progress"] = "lines"  # without tqdm: HALCON-like printed lines
+    if opts["output_dir"] and (opts["plot"] or opts["confusion_matrix"]
+                               or opts["num_images"]) and \
+            importlib.util.find_spec("matplotlib") is None:
+        warnings.warn("halcdl: matplotlib is not installed: no training plot, confusion "
+                      "matrix or predictions (pip install matplotlib)", stacklevel=3)
+        opts.update(plot=False, confusion_matrix=False, num_images=0)
     if opts["progress"] == "bar":
         hooks.append(ProgressBarHook())
     elif opts["progress"] == "lines":
