@@ -172,6 +172,23 @@ def test_errors_are_one_line(folder, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "o")  # nothing written on failure
 
 
+def test_sample_images(tmp_path, capsys):
+    assert cli.main(["sample-images", str(tmp_path / "im"), "--per-class", "3",
+                     "--size", "16"]) == 0
+    for name in cli.SAMPLE_IMAGES:
+        files = sorted(os.listdir(tmp_path / "im" / name))
+        assert len(files) == 3
+        with Image.open(tmp_path / "im" / name / files[0]) as im:
+            assert im.size == (16, 16)
+    # the camera tiles are cut from skimage's camera at the seeded positions
+    rng = np.random.default_rng(0)
+    cam = skdata.camera()
+    r, c = int(rng.integers(0, cam.shape[0] - 15)), int(rng.integers(0, cam.shape[1] - 15))
+    got = np.asarray(Image.open(tmp_path / "im" / "camera" / "camera_000.png"))
+    assert np.array_equal(got, cam[r:r + 16, c:c + 16])
+    assert "not empty" in _err(capsys, ["sample-images", str(tmp_path / "im")])
+
+
 def test_python_dash_m(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.join(os.path.dirname(__file__), "..", "python"),

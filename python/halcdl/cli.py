@@ -9,6 +9,7 @@
     halcdl evaluate MODEL DATASET [--split all|train|validation|test] [--json]
     halcdl predict MODEL IMAGE... [--json] [--top K]
     halcdl info MODEL [--json]
+    halcdl sample-images FOLDER [--per-class N] [--size S] [--seed S]
 
 Every command runs the workflow procedures (read_dl_dataset_classification,
 split_dl_dataset, create_dl_preprocess_param_from_model, preprocess_dl_dataset,
@@ -383,6 +384,37 @@ def cmd_predict(args) -> int:
     return 0
 
 
+SAMPLE_IMAGES = ("camera", "coffee", "chelsea", "astronaut")
+
+
+def cmd_sample_images(args) -> int:
+    """A classification folder from scikit-image's bundled pictures: one class per picture,
+    random square tiles (seeded), as PNG."""
+    import numpy as np  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+
+    try:
+        import skimage.data as skdata  # noqa: PLC0415
+    except ImportError:
+        raise CLIError("sample-images needs scikit-image (pip install scikit-image)") from None
+    if os.path.exists(args.folder) and os.listdir(args.folder):
+        raise CLIError(f"folder {args.folder!r} exists and is not empty")
+    rng = np.random.default_rng(int(args.seed))
+    size = int(args.size)
+    for name in SAMPLE_IMAGES:
+        img = getattr(skdata, name)()
+        h, w = img.shape[:2]
+        if size > min(h, w):
+            raise CLIError(f"--size {size} is larger than the picture {name!r} ({w}x{h})")
+        os.makedirs(os.path.join(args.folder, name), exist_ok=True)
+        for i in range(int(args.per_class)):
+            r, c = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+            tile = np.ascontiguousarray(img[r:r + size, c:c + size])
+            Image.fromarray(tile).save(os.path.join(args.folder, name, f"{name}_{i:03d}.png"))
+    print(f"{len(SAMPLE_IMAGES)} classes x {args.per_class} images in {args.folder}")
+    return 0
+
+
 def cmd_info(args) -> int:
     import halcdl as ha  # noqa: PLC0415
 
@@ -460,6 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--top", type=_positive_int, default=1)
     pr.set_defaults(func=cmd_predict)
+    si = sub.add_parser("sample-images",
+                        help="make a class folder from scikit-image's bundled pictures")
+    si.add_argument("folder")
+    si.add_argument("--per-class", type=_positive_int, default=20)
+    si.add_argument("--size", type=_positive_int, default=64)
+    si.add_argument("--seed", type=int, default=0)
+    si.set_defaults(func=cmd_sample_images)
     i = sub.add_parser("info", help="parameters, classes and layers of a model")
     i.add_argument("model")
     i.add_argument("--json", action="store_true")
