@@ -85,6 +85,19 @@ HALCON_SIGNATURES = {
     "train_dl_model_batch": ["dlmodel_handle", "dlsample_batch"],
     "write_dl_classifier": ["dlclassifier_handle", "file_name"],
     "write_dl_model": ["dlmodel_handle", "file_name"],
+    # HALCON's preprocessing procedures (workflow/preprocess.py)
+    "create_dl_preprocess_param": ["dl_model_type", "image_width", "image_height",
+                                   "image_num_channels", "image_range_min", "image_range_max",
+                                   "normalization_type", "domain_handling", "ignore_class_ids",
+                                   "set_background_id", "class_ids_background", "gen_param"],
+    "create_dl_preprocess_param_from_model": ["dlmodel_handle", "normalization_type",
+                                              "domain_handling", "set_background_id",
+                                              "class_ids_background", "gen_param"],
+    "preprocess_dl_samples": ["dlsample_batch", "dlpreprocess_param"],
+    "preprocess_dl_dataset": ["dldataset", "data_directory", "dlpreprocess_param", "gen_param"],
+    "calculate_dl_segmentation_class_weights": ["dldataset", "max_weight", "ignore_class_ids"],
+    "gen_dl_segmentation_weight_images": ["dldataset", "dlpreprocess_param", "class_weights",
+                                          "gen_param"],
     # HALCON's procedures (halcdl.workflow)
     "create_dl_train_param": ["dlmodel_handle", "num_epochs", "evaluation_interval_epochs",
                               "enable_display", "random_seed", "gen_param_name",
@@ -96,9 +109,11 @@ HALCON_SIGNATURES = {
     # halcdl's additions in HALCON's style (issue 13)
     "optimize_dl_model_batch_size": ["dlmodel_handle", "mode", "gen_param"],
     "start_train_dl_model": ["dldataset", "dlmodel_handle", "train_param", "start_epoch"],
+    "determine_dl_model_detection_param": ["dldataset", "image_width_target",
+                                           "image_height_target", "gen_param"],
 }
 # in the table, provided by other pieces of work (may be absent from this build)
-NOT_YET = {"create_dl_model_detection", "write_dl_model"}
+NOT_YET = {"write_dl_model"}
 
 
 def public_operators() -> dict:

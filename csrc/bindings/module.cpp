@@ -9,8 +9,11 @@
 #include <cmath>
 #include <memory>
 #include <new>
+#include <numeric>
+#include <tuple>
 
 #include "core/error.h"
+#include "engine/detection.h"
 #include "engine/device.h"
 #include "engine/kernels.h"
 #include "engine/model.h"
@@ -77,9 +80,14 @@ std::vector<NodeSpec> to_spec(const py::list& spec) {
     s.op = py::str(d["op"]);
     if (d.contains("inputs"))
       for (auto x : d["inputs"]) s.inputs.push_back(py::str(x));
+    if (d.contains("share") && !d["share"].is_none()) {
+      HALCDL_CHECK(py::isinstance<py::str>(d["share"]), kErrInvalidInputShape, "node '", s.name,
+                   "': 'share' must be a node name");
+      s.share = py::str(d["share"]);
+    }
     for (auto kv : d) {
       std::string k = py::str(kv.first);
-      if (k == "name" || k == "op" || k == "inputs" || k == "comment") continue;
+      if (k == "name" || k == "op" || k == "inputs" || k == "comment" || k == "share") continue;
       s.attrs[k] = attr_values(s.name, k, kv.second);
     }
     out.push_back(std::move(s));
@@ -239,6 +247,97 @@ HParams parse_hparams(const HParams& cur, const py::dict& d) {
     else HALCDL_THROW(kErrUnsupportedParam, "unknown hyperparameter '", k, "'");
   }
   return hp;
+}
+
+
+// ---- detection ---------------------------------------------------------------------------
+
+det::Config parse_det_config(const det::Config& cur, const py::dict& d) {
+  det::Config c = cur;
+  for (auto kv : d) {
+    std::string k = py::str(kv.first);
+    py::handle v = kv.second;
+    if (k == "min_level") c.min_level = py::cast<int>(v);
+    else if (k == "max_level") c.max_level = py::cast<int>(v);
+    else if (k == "anchor_num_subscales") c.num_subscales = py::cast<int>(v);
+    else if (k == "anchor_aspect_ratios") c.aspect_ratios = py::cast<std::vector<float>>(v);
+    else if (k == "anchor_scale") c.anchor_scale = py::cast<float>(v);
+    else if (k == "fg_iou") c.fg_iou = py::cast<float>(v);
+    else if (k == "bg_iou") c.bg_iou = py::cast<float>(v);
+    else if (k == "low_quality_matches") c.low_quality_matches = py::cast<bool>(v);
+    else if (k == "gamma") c.gamma = py::cast<float>(v);
+    else if (k == "beta") c.beta = py::cast<float>(v);
+    else if (k == "class_heads_weight") c.class_heads_weight = py::cast<float>(v);
+    else if (k == "bbox_heads_weight") c.bbox_heads_weight = py::cast<float>(v);
+    else if (k == "min_confidence") c.min_confidence = py::cast<float>(v);
+    else if (k == "max_overlap") c.max_overlap = py::cast<float>(v);
+    else if (k == "max_overlap_class_agnostic") c.max_overlap_class_agnostic = py::cast<float>(v);
+    else if (k == "max_num_detections") c.max_num_detections = py::cast<int>(v);
+    else if (k == "pre_nms_top_n") c.pre_nms_top_n = py::cast<int>(v);
+    else HALCDL_THROW(kErrUnsupportedParam, "unknown detection setting '", k, "'");
+  }
+  return c;
+}
+
+struct BoxBatch {
+  std::vector<float> boxes;   // 4 per box
+  std::vector<int> labels;    // label index per box
+  std::vector<int64_t> off;   // per image, plus the end
+};
+
+// One bbox key of a sample as a flat list of doubles (a number is a list of one).
+std::vector<double> box_values(py::handle s, size_t i, const char* key) {
+  auto d = py::reinterpret_borrow<py::dict>(s);
+  HALCDL_CHECK(d.contains(key), kErrInputsMissing, "sample ", i, " has no key '", key, "'");
+  py::handle v = d[key];
+  auto a = numeric_array<py::array_t<double, py::array::c_style | py::array::forcecast>>(v);
+  HALCDL_CHECK(a && a.ndim() <= 1, kErrInvalidInputData, "sample ", i, ": '", key,
+               "' must be a list of numbers");
+  return std::vector<double>(a.data(), a.data() + a.size());
+}
+
+BoxBatch gather_boxes(const Model& m, const py::list& samples) {
+  BoxBatch b;
+  b.off.push_back(0);
+  static const char* keys[4] = {"bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2"};
+  for (size_t i = 0; i < samples.size(); ++i) {
+    py::handle s = samples[i];
+    HALCDL_CHECK(py::isinstance<py::dict>(s), kErrInputsMissing, "sample ", i, " is not a dict (DLSample)");
+    std::vector<double> v[4];
+    for (int k = 0; k < 4; ++k) v[k] = box_values(s, i, keys[k]);
+    std::vector<double> lab = box_values(s, i, "bbox_label_id");
+    const size_t n = lab.size();
+    for (int k = 0; k < 4; ++k)
+      HALCDL_CHECK(v[k].size() == n, kErrInvalidInputData, "sample ", i, ": '", keys[k], "' holds ", v[k].size(),
+                   " values but 'bbox_label_id' ", n, " (the bbox lists must have equal lengths)");
+    for (size_t j = 0; j < n; ++j) {
+      for (int k = 0; k < 4; ++k)
+        HALCDL_CHECK(std::isfinite(v[k][j]), kErrInvalidInputData, "sample ", i, ": box ", j, " has a NaN or infinite ",
+                     keys[k]);
+      HALCDL_CHECK(v[2][j] > v[0][j] && v[3][j] > v[1][j], kErrInvalidInputData, "sample ", i, ": box ", j,
+                   " has bbox_row2 <= bbox_row1 or bbox_col2 <= bbox_col1 (", v[0][j], ", ", v[1][j], ", ", v[2][j],
+                   ", ", v[3][j], ")");
+      const double id = lab[j];
+      int idx = (std::isfinite(id) && id == std::floor(id)) ? m.label_index(static_cast<int64_t>(id)) : Model::kUnknown;
+      HALCDL_CHECK(idx >= 0, kErrInvalidLabels, "sample ", i, ": bbox_label_id ", id,
+                   " is not one of the model's class_ids");
+      for (int k = 0; k < 4; ++k) b.boxes.push_back(static_cast<float>(v[k][j]));
+      b.labels.push_back(idx);
+    }
+    b.off.push_back(static_cast<int64_t>(b.labels.size()));
+  }
+  return b;
+}
+
+py::array_t<float> farray2(const std::vector<float>& v, int64_t rows, int64_t cols) {
+  py::array_t<float> a({rows, cols});
+  if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(float));
+  return a;
+}
+
+std::vector<float> rows4(const FArray& a, const char* what) {
+  HALCDL_CHECK(a && a.ndim() == 2 && a.shape(1) == 4, kErrInvalidInputShape, what, " must be an (n, 4) array");
+  return std::vector<float>(a.data(), a.data() + a.size());
 }
 
 // ---- run_op (tests) --------------------------------------------------------------------
@@ -434,6 +533,108 @@ PYBIND11_MODULE(_core, m) {
     return r;
   });
   m.def("bf16_supported", &bf16_supported);
+  // ---- detection helpers (tests; the model methods below do the real work) ----
+  m.def("det_anchors", [](const py::dict& cfg, const std::vector<std::tuple<int64_t, int64_t, int>>& levels) {
+    det::Config c = parse_det_config(det::Config{}, cfg);
+    std::vector<det::Level> lv;
+    for (auto& [h, w, s] : levels) lv.push_back({h, w, s});
+    auto a = det::make_anchors(c, lv);
+    return farray2(a, static_cast<int64_t>(a.size() / 4), 4);
+  });
+  m.def("det_encode", [](FArray anchors, FArray boxes) {
+    auto a = rows4(anchors, "anchors"), b = rows4(boxes, "boxes");
+    HALCDL_CHECK(a.size() == b.size(), kErrInvalidInputShape, "anchors and boxes need equal lengths");
+    std::vector<float> t(a.size());
+    for (size_t i = 0; i < a.size(); i += 4) det::encode(a.data() + i, b.data() + i, t.data() + i);
+    return farray2(t, static_cast<int64_t>(a.size() / 4), 4);
+  });
+  m.def("det_decode", [](FArray anchors, FArray deltas) {
+    auto a = rows4(anchors, "anchors"), t = rows4(deltas, "deltas");
+    HALCDL_CHECK(a.size() == t.size(), kErrInvalidInputShape, "anchors and deltas need equal lengths");
+    std::vector<float> b(a.size());
+    for (size_t i = 0; i < a.size(); i += 4) det::decode(a.data() + i, t.data() + i, b.data() + i);
+    return farray2(b, static_cast<int64_t>(a.size() / 4), 4);
+  });
+  m.def("det_nms", [](FArray boxes, FArray scores, float thr) {
+    auto b = rows4(boxes, "boxes");
+    const int n = static_cast<int>(b.size() / 4);
+    HALCDL_CHECK(scores && scores.size() == n, kErrInvalidInputShape, "one score per box");
+    std::vector<int> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    const float* sc = scores.data();
+    std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return sc[x] > sc[y]; });
+    return det::nms(b.data(), order, thr);
+  });
+  m.def("det_match", [](FArray anchors, FArray boxes, const py::dict& cfg) {
+    det::Config c = parse_det_config(det::Config{}, cfg);
+    auto a = rows4(anchors, "anchors");
+    std::vector<float> b = boxes.size() ? rows4(boxes, "boxes") : std::vector<float>();
+    std::vector<int> out(a.size() / 4);
+    det::match(a.data(), static_cast<int64_t>(out.size()), b.data(), static_cast<int>(b.size() / 4), c, out.data());
+    return out;
+  });
+  m.def("det_detect", [](FArray out, FArray anchors, const std::vector<int64_t>& level_start, const py::dict& cfg,
+                         int h, int w) {
+    det::Config c = parse_det_config(det::Config{}, cfg);
+    HALCDL_CHECK(out && out.ndim() == 2, kErrInvalidInputShape, "out must be (na, k + 4)");
+    const int64_t na = out.shape(0);
+    const int k = static_cast<int>(out.shape(1)) - 4;
+    auto a = rows4(anchors, "anchors");
+    HALCDL_CHECK(static_cast<int64_t>(a.size() / 4) == na && level_start.size() >= 2 && level_start.back() == na,
+                 kErrInvalidInputShape, "anchors / level_start do not fit out");
+    auto d = det::detect(out.data(), na, k, a.data(), level_start.data(), static_cast<int>(level_start.size()) - 1,
+                         c, h, w);
+    std::vector<float> bx;
+    std::vector<int> cl;
+    std::vector<float> sc;
+    for (auto& x : d) {
+      bx.insert(bx.end(), x.box, x.box + 4);
+      cl.push_back(x.cls);
+      sc.push_back(x.score);
+    }
+    return py::make_tuple(farray2(bx, static_cast<int64_t>(d.size()), 4), cl, sc);
+  });
+  m.def("det_loss", [](FArray out, FArray anchors, const std::vector<int64_t>& level_start, const py::list& boxes,
+                       const py::list& labels, const py::dict& cfg, const std::vector<float>& class_w) {
+    det::Config c = parse_det_config(det::Config{}, cfg);
+    HALCDL_CHECK(out && out.ndim() == 3, kErrInvalidInputShape, "out must be (bs, na, k + 4)");
+    const int bs = static_cast<int>(out.shape(0));
+    const int64_t na = out.shape(1);
+    const int k = static_cast<int>(out.shape(2)) - 4;
+    auto a = rows4(anchors, "anchors");
+    HALCDL_CHECK(static_cast<int64_t>(a.size() / 4) == na && level_start.size() >= 2 && level_start.back() == na,
+                 kErrInvalidInputShape, "anchors / level_start do not fit out");
+    HALCDL_CHECK(py::len(boxes) == static_cast<size_t>(bs) && py::len(labels) == static_cast<size_t>(bs),
+                 kErrInvalidInputShape, "one box array and one label list per image");
+    std::vector<float> bx;
+    std::vector<int> lb;
+    std::vector<int64_t> off{0};
+    for (int i = 0; i < bs; ++i) {
+      FArray b = FArray::ensure(boxes[i]);
+      if (b && b.size()) {
+        auto r = rows4(b, "boxes");
+        bx.insert(bx.end(), r.begin(), r.end());
+      }
+      auto l = py::cast<std::vector<int>>(labels[i]);
+      lb.insert(lb.end(), l.begin(), l.end());
+      off.push_back(static_cast<int64_t>(lb.size()));
+      HALCDL_CHECK(bx.size() == 4 * lb.size(), kErrInvalidInputShape, "image ", i, ": one label per box");
+    }
+    for (int l : lb) HALCDL_CHECK(l >= 0 && l < k, kErrInvalidLabels, "label index out of range");
+    HALCDL_CHECK(class_w.empty() || static_cast<int>(class_w.size()) == k, kErrInvalidValue, "class weights: k values");
+    py::array_t<float> grad({static_cast<int64_t>(bs), na, static_cast<int64_t>(k + 4)});
+    det::LossResult r = det::loss(out.data(), bs, na, k, a.data(), level_start.data(),
+                                  static_cast<int>(level_start.size()) - 1, bx.data(), lb.data(), off.data(),
+                                  class_w.empty() ? nullptr : class_w.data(), c, 1.f, grad.mutable_data());
+    py::dict d;
+    d["cls"] = r.cls;
+    d["box"] = r.box;
+    d["num_fg"] = r.num_fg;
+    d["cls_level"] = r.cls_level;
+    d["box_level"] = r.box_level;
+    return py::make_tuple(d, grad);
+  });
+
 
   py::class_<Model, std::shared_ptr<Model>>(m, "Model")
       .def(py::init([](const py::list& spec, uint64_t seed) { return std::make_shared<Model>(to_spec(spec), seed); }),
@@ -563,6 +764,23 @@ PYBIND11_MODULE(_core, m) {
                           " samples, but batch_size × batch_size_multiplier = ", batch_size, " × ", multiplier,
                           " = ", need);
              auto lk = lock_model(md);
+             if (md.is_detection()) {
+               HALCDL_CHECK(images_ptr == 0, kErrRuntimeUnsupported, "object detection does not run on the GPU yet");
+               Batch b = gather(md, samples, channels, height, width, Labels::None);
+               BoxBatch bb = gather_boxes(md, samples);
+               TrainResult r;
+               {
+                 py::gil_scoped_release nogil;
+                 float* host = md.staging(need * channels * height * width);
+                 assemble(b, host, channels, height, width);
+                 r = md.train_step_detection(host, bb.boxes.data(), bb.labels.data(), bb.off.data(), batch_size,
+                                             multiplier, channels, height, width);
+               }
+               py::dict out;
+               out["total_loss"] = r.total_loss;
+               for (auto& t : r.terms) out[t.first.c_str()] = t.second;
+               return out;
+             }
              const int64_t per = md.labels_per_sample(height, width);
              const bool on_dev = images_ptr != 0;
              HALCDL_CHECK(!on_dev || md.device() >= 0, kErrInvalidInputData,
@@ -596,6 +814,65 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("samples"), py::arg("batch_size"), py::arg("multiplier"), py::arg("height"), py::arg("width"),
            py::arg("channels"), py::arg("images_ptr") = 0)
+      .def("is_detection", &Model::is_detection)
+      .def("num_shared_params", &Model::num_shared_params)
+      .def("set_frozen",
+           [](Model& md, const std::vector<std::string>& names) {
+             auto lk = lock_model(md);
+             md.set_frozen(names);
+           })
+      .def("node_shapes",
+           [](const Model& md, int64_t h, int64_t w) {
+             std::vector<Dims> in;
+             for (int i : md.graph().input_nodes) in.push_back({1, md.graph().nodes[i].channels, h, w});
+             auto d = md.graph().infer_shapes(in);
+             py::dict r;
+             for (size_t i = 0; i < d.size(); ++i) r[md.graph().nodes[i].name.c_str()] = d[i];
+             return r;
+           })
+      .def("set_detection",
+           [](Model& md, const py::dict& d) {
+             det::Config c = parse_det_config(md.detection(), d);
+             auto lk = lock_model(md);
+             md.set_detection(c);
+           })
+      .def("det_anchors",
+           [](Model& md, int h, int w) {
+             auto lk = lock_model(md);
+             std::vector<int64_t> ls;
+             const auto& a = md.anchors(h, w, &ls);
+             return py::make_tuple(farray2(a, static_cast<int64_t>(a.size() / 4), 4), ls);
+           })
+      .def("infer_detection",
+           [](Model& md, const py::list& samples, int batch_size, int height, int width, int channels) {
+             HALCDL_CHECK(batch_size > 0, kErrInvalidValue, "batch_size must be > 0");
+             HALCDL_CHECK(samples.size() > 0, kErrInvalidValue, "no samples given");
+             auto lk = lock_model(md);
+             Batch b = gather(md, samples, channels, height, width, Labels::None);
+             const int n = static_cast<int>(samples.size());
+             std::vector<std::vector<det::Detection>> r;
+             {
+               py::gil_scoped_release nogil;
+               float* st = md.staging(static_cast<size_t>(n) * channels * height * width);
+               assemble(b, st, channels, height, width);
+               r = md.infer_detection(st, n, batch_size, channels, height, width);
+             }
+             py::list out;
+             for (auto& dets : r) {
+               const int64_t k = static_cast<int64_t>(dets.size());
+               py::array_t<float> bx({k, int64_t(4)});
+               py::array_t<int32_t> cl(k);
+               py::array_t<float> sc(k);
+               for (int64_t i = 0; i < k; ++i) {
+                 std::memcpy(bx.mutable_data() + 4 * i, dets[i].box, 4 * sizeof(float));
+                 cl.mutable_data()[i] = dets[i].cls;
+                 sc.mutable_data()[i] = dets[i].score;
+               }
+               out.append(py::make_tuple(bx, cl, sc));
+             }
+             return out;
+           },
+           py::arg("samples"), py::arg("batch_size"), py::arg("height"), py::arg("width"), py::arg("channels"))
       .def("set_ignore_ids",
            [](Model& md, const std::vector<int64_t>& ids) {
              auto lk = lock_model(md);

@@ -20,6 +20,7 @@ enum ErrorCode : int {
   kErrCudnn = 7718,             // cuDNN missing or failing
   kErrTrainingFailed = 7720,
   kErrInputTooSmall = 7722,
+  kErrDetImageSize = 7730,      // an image size the detection levels cannot divide
   kErrChannels = 7724,
   kErrInvalidInputShape = 7735,
   kErrInvalidInputData = 7736,
@@ -32,6 +33,7 @@ enum ErrorCode : int {
   kErrInvalidSolver = 7840,
   kErrUnsupportedParam = 7911,
   kErrInvalidValue = 7914,
+  kErrDetParamValue = 7822,     // invalid detection parameter value
 };
 
 class Error : public std::runtime_error {

@@ -140,6 +140,7 @@ std::unique_ptr<CpuNode> make_dropout(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_softmax(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_deconv(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_upsample(const Node& n, int idx);
+std::unique_ptr<CpuNode> make_detout(const Node& n, int idx);
 
 // Helpers
 memory::desc plain_desc(const Dims& d, dt type = dt::f32);

@@ -64,6 +64,7 @@ std::unique_ptr<CpuNode> make_node(const Node& n, int idx) {
     case OpKind::Deconv: return make_deconv(n, idx);
     case OpKind::UpNearest:
     case OpKind::UpBilinear: return make_upsample(n, idx);
+    case OpKind::DetOut: return make_detout(n, idx);
     case OpKind::Input: return nullptr;
   }
   return nullptr;

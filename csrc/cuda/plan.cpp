@@ -47,6 +47,10 @@ std::unique_ptr<GpuNode> make_node(const Node& n, int idx) {
     case OpKind::GAP: return make_gap(n, idx);
     case OpKind::UpNearest:
     case OpKind::UpBilinear: return make_upsample(n, idx);
+    case OpKind::DetOut:
+      HALCDL_THROW(kErrRuntimeUnsupported, "node '", n.name,
+                   "': object detection does not run on the GPU yet (halcdl's detection_output, its loss and its "
+                   "decoding have no CUDA twin); use runtime 'cpu'");
     case OpKind::Input: return nullptr;  // its slot is the plan's input buffer
   }
   return nullptr;

@@ -26,6 +26,7 @@ const char* op_name(OpKind k) {
     case OpKind::Deconv: return "deconv";
     case OpKind::UpNearest: return "upsample_nearest";
     case OpKind::UpBilinear: return "upsample_bilinear";
+    case OpKind::DetOut: return "detection_output";
   }
   return "?";
 }
@@ -39,7 +40,8 @@ const std::unordered_map<std::string, OpKind>& op_table() {
       {"avgpool", OpKind::AvgPool}, {"gap", OpKind::GAP},     {"fc", OpKind::FC},
       {"add", OpKind::Add},     {"concat", OpKind::Concat},   {"dropout", OpKind::Dropout},
       {"softmax", OpKind::Softmax}, {"deconv", OpKind::Deconv},
-      {"upsample_nearest", OpKind::UpNearest}, {"upsample_bilinear", OpKind::UpBilinear}};
+      {"upsample_nearest", OpKind::UpNearest}, {"upsample_bilinear", OpKind::UpBilinear},
+      {"detection_output", OpKind::DetOut}};
   return t;
 }
 
@@ -142,6 +144,38 @@ Graph build_graph(const std::vector<NodeSpec>& spec) {
                      ") channels");
         add_param(n, idx, "weight", {n.channels, ic / n.groups, n.kh, n.kw}, ParamKind::Weight);
         if (n.bias) add_param(n, idx, "bias", {n.channels}, ParamKind::Bias);
+        if (!s.share.empty()) {
+          auto it = index.find(s.share);
+          HALCDL_CHECK(it != index.end() && g.nodes[it->second].op == OpKind::Conv, kErrInvalidInputShape, "node '",
+                       s.name, "': 'share' must name an earlier conv, got '", s.share, "'");
+          const Node& m = g.nodes[it->second];
+          HALCDL_CHECK(m.share_of < 0, kErrInvalidInputShape, "node '", s.name, "': shares with '", s.share,
+                       "', which itself shares another node's parameters");
+          HALCDL_CHECK(m.channels == n.channels && m.kh == n.kh && m.kw == n.kw && m.sh == n.sh && m.sw == n.sw &&
+                           m.ph == n.ph && m.pw == n.pw && m.dh == n.dh && m.dw == n.dw && m.groups == n.groups &&
+                           m.bias == n.bias && g.nodes[m.inputs[0]].channels == ic,
+                       kErrInvalidInputShape, "node '", s.name, "' cannot share the parameters of '", s.share,
+                       "': their attributes or input channels differ");
+          n.share_of = it->second;
+        }
+        break;
+      }
+      case OpKind::DetOut: {
+        // inputs: per level the class head (N, A·K, H, W) then the box head (N, A·B, H, W)
+        need_inputs(2, 64);
+        HALCDL_CHECK(n.inputs.size() % 2 == 0, kErrInvalidInputShape, "node '", s.name,
+                     "': detection_output takes (class head, box head) pairs");
+        n.channels = a.integer("num_classes", 0);
+        n.det_anchors = a.integer("num_anchors", 0);
+        n.det_box = a.integer("box_values", 4);
+        HALCDL_CHECK(n.channels > 0 && n.det_anchors > 0 && (n.det_box == 4 || n.det_box == 5), kErrInvalidInputShape,
+                     "node '", s.name, "': num_classes and num_anchors must be > 0, box_values 4 or 5");
+        for (size_t l = 0; l < n.inputs.size(); l += 2)
+          HALCDL_CHECK(in_ch(static_cast<int>(l)) == n.channels * n.det_anchors &&
+                           in_ch(static_cast<int>(l) + 1) == n.det_box * n.det_anchors,
+                       kErrInvalidInputShape, "node '", s.name, "': level ", l / 2, " needs ",
+                       n.channels * n.det_anchors, " class and ", n.det_box * n.det_anchors, " box channels, got ",
+                       in_ch(static_cast<int>(l)), " and ", in_ch(static_cast<int>(l) + 1));
         break;
       }
       case OpKind::Deconv: {
@@ -253,6 +287,12 @@ Graph build_graph(const std::vector<NodeSpec>& spec) {
     else if (p.role == "running_mean") n.p_mean = static_cast<int>(i);
     else if (p.role == "running_var") n.p_var = static_cast<int>(i);
   }
+  for (const Node& n : g.nodes) {
+    if (n.share_of < 0) continue;
+    const Node& m = g.nodes[n.share_of];
+    g.ties.push_back({n.p_weight, m.p_weight});
+    if (n.p_bias >= 0) g.ties.push_back({n.p_bias, m.p_bias});
+  }
   return g;
 }
 
@@ -340,6 +380,19 @@ std::vector<Dims> Graph::infer_shapes(const std::vector<Dims>& input_dims) const
           d[1] += x[1];
         }
         out[i] = d;
+        break;
+      }
+      case OpKind::DetOut: {
+        int64_t anchors = 0;
+        for (size_t l = 0; l < n.inputs.size(); l += 2) {
+          const Dims& c = in(static_cast<int>(l));
+          const Dims& b = in(static_cast<int>(l) + 1);
+          HALCDL_CHECK(c.size() == 4 && b.size() == 4 && c[0] == b[0] && c[2] == b[2] && c[3] == b[3],
+                       kErrInvalidInputShape, "node '", n.name, "': the class and box heads of level ", l / 2,
+                       " need equal N, H, W");
+          anchors += c[2] * c[3] * n.det_anchors;
+        }
+        out[i] = {in(0)[0], anchors, static_cast<int64_t>(n.channels + n.det_box)};
         break;
       }
       default:  // shape-preserving ops

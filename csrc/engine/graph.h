@@ -14,7 +14,7 @@ using Dims = std::vector<int64_t>;
 
 enum class OpKind {
   Input, Conv, BN, Relu, Relu6, MaxPool, AvgPool, GAP, FC, Add, Concat, Dropout, Softmax,
-  Deconv, UpNearest, UpBilinear
+  Deconv, UpNearest, UpBilinear, DetOut
 };
 
 const char* op_name(OpKind k);
@@ -24,6 +24,7 @@ struct NodeSpec {
   std::string name, op;
   std::vector<std::string> inputs;
   std::map<std::string, std::vector<double>> attrs;
+  std::string share;  // conv only: the name of an earlier conv whose parameters this one uses
 };
 
 enum class ParamKind { Weight, Bias, State };
@@ -51,6 +52,9 @@ struct Node {
   float eps = 1e-5f;       // bn
   float p = 0.5f;          // dropout
   int64_t in_features = 0; // fc: C*H*W of its input
+  int share_of = -1;        // conv: the node whose parameters it shares (tied params)
+  int det_anchors = 0;      // detection_output: anchors per position (A), box values (B)
+  int det_box = 4;
   // parameter indices into Graph::params (-1 when absent)
   int p_weight = -1, p_bias = -1, p_mean = -1, p_var = -1;
 };
@@ -63,6 +67,11 @@ struct Graph {
   size_t n_weight = 0;             // floats in the weight range [0, n_weight)
   size_t n_trainable = 0;          // floats in weights + biases
   size_t n_state = 0;              // floats of running statistics
+  // Tied parameters (conv `share`): (shadow param, master param). The shadow has its own
+  // arena slot with the master's values; the model adds its gradient into the master's and
+  // copies the master back after every update (engine/model.cpp).
+  std::vector<std::pair<int, int>> ties;
+  bool is_detection() const { return output >= 0 && nodes[output].op == OpKind::DetOut; }
 
   // Output dims of every node for the given input dims (N, C, H, W) per input node.
   // Throws 7722 when an image is too small for the network, 7735 when shapes don't fit.

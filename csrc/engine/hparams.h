@@ -2,6 +2,7 @@
 // and the device backends (engine/device.h).
 #pragma once
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace halcdl {
@@ -16,6 +17,7 @@ struct HParams {
 
 struct TrainResult {
   double total_loss, loss_cls;
+  std::vector<std::pair<std::string, double>> terms;  // detection: one entry per loss and level
 };
 
 }  // namespace halcdl

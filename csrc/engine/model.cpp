@@ -55,6 +55,7 @@ Model::Model(const std::vector<NodeSpec>& spec, uint64_t seed) : g_(build_graph(
       std::fill(base, base + p.size, 1.f);
     }  // biases, shifts, running means stay 0
   }
+  apply_ties();
   const int k = num_classes();
   for (int i = 0; i < k; ++i) {
     class_ids_.push_back(i);
@@ -88,6 +89,7 @@ void Model::set_param(const std::string& name, const float* data, size_t n) {
   std::vector<float> old;
   if (dev_) old.assign(base, base + n);
   std::memcpy(base, data, n * sizeof(float));
+  apply_ties();
   ++version_;
   push_device([&] { std::memcpy(base, old.data(), n * sizeof(float)); });
 }
@@ -111,6 +113,7 @@ std::vector<std::string> Model::copy_params_from(const Model& other) {
     std::memcpy(dst, src, p.size * sizeof(float));
     copied.push_back(p.name);
   }
+  apply_ties();
   ++version_;
   push_device([&] {
     std::copy(old_p.begin(), old_p.end(), P_.f());
@@ -266,6 +269,9 @@ void Model::set_device(int gpu) {
     gpu_ = -1;
     return;
   }
+  HALCDL_CHECK(!g_.is_detection() && g_.ties.empty(), kErrRuntimeUnsupported,
+               "object detection does not run on the GPU yet: halcdl's detection_output, its loss, its decoding and "
+               "shared (tied) head parameters have no CUDA twin; use runtime 'cpu'");
   const CudaApi& api = cuda_api();  // 7742 / 7709 / 7717 / 7718
   std::unique_ptr<DeviceEngine> eng(api.create_engine(&g_, gpu, &gpu_opts_));  // 7708 / 7709 / 6021
   if (precision_ != Precision::F32) eng->set_precision(precision_);
@@ -358,12 +364,58 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
       kern::bn_running_update(mean, var, st.mean, st.var, nd.channels, st.count, hp_.batchnorm_momentum);
     }
   }
-  const double reg = 0.5 * hp_.weight_prior * kern::sum_squares(P_.f(), g_.n_weight);
+  return {commit_step(ce), ce, {}};
+}
+
+void Model::apply_ties() {
+  for (auto [sh, ma] : g_.ties) {
+    const ParamInfo &a = g_.params[sh], &b = g_.params[ma];
+    std::memcpy(P_.f() + a.offset, P_.f() + b.offset, a.size * sizeof(float));
+  }
+}
+
+void Model::set_frozen(const std::vector<std::string>& names) {
+  std::vector<int> idx;
+  for (const auto& n : names) {
+    const int i = g_.param_index(n);
+    HALCDL_CHECK(i >= 0 && g_.params[i].kind != ParamKind::State, kErrUnsupportedParam, "the model has no trainable "
+                 "parameter '", n, "'");
+    idx.push_back(i);
+  }
+  HALCDL_CHECK(idx.empty() || !dev_, kErrRuntimeUnsupported, "frozen parameters are not supported on the GPU yet");
+  frozen_ = std::move(idx);
+}
+
+int64_t Model::num_shared_params() const {
+  int64_t n = 0;
+  for (auto t : g_.ties) n += static_cast<int64_t>(g_.params[t.first].size);
+  return n;
+}
+
+double Model::commit_step(double ce) {
+  const size_t nt = g_.n_trainable;
+  // tied parameters: the shadows' gradients belong to their master
+  for (auto [sh, ma] : g_.ties) {
+    const ParamInfo &a = g_.params[sh], &b = g_.params[ma];
+    kern::accumulate(G_.f() + b.offset, G_.f() + a.offset, a.size);
+    std::memset(G_.f() + a.offset, 0, a.size * sizeof(float));
+  }
+  double sq = kern::sum_squares(P_.f(), g_.n_weight);
+  for (auto t : g_.ties) {
+    const ParamInfo& a = g_.params[t.first];
+    if (a.kind == ParamKind::Weight) sq -= kern::sum_squares(P_.f() + a.offset, a.size);
+  }
+  const double reg = 0.5 * hp_.weight_prior * sq;
   const double total = ce + reg;
   HALCDL_CHECK(std::isfinite(total) && kern::all_finite(G_.f(), nt), kErrTrainingFailed,
                "training step failed: the loss or its gradient is not finite (lower the learning rate); "
                "the weights were not changed");
   // Commit: update, optimizer state, running statistics.
+  std::vector<std::vector<float>> keep;
+  for (int i : frozen_) {
+    const ParamInfo& a = g_.params[i];
+    keep.emplace_back(P_.f() + a.offset, P_.f() + a.offset + a.size);
+  }
   if (hp_.solver == "adam") {
     ++adam_t_;
     kern::adam_update(P_.f(), G_.f(), M1_.f(), M2_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.adam_beta1,
@@ -371,10 +423,157 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
   } else {
     kern::sgd_update(P_.f(), G_.f(), M1_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.momentum, hp_.weight_prior);
   }
+  for (size_t j = 0; j < frozen_.size(); ++j) {
+    const ParamInfo& a = g_.params[frozen_[j]];
+    std::copy(keep[j].begin(), keep[j].end(), P_.f() + a.offset);
+    std::fill(M1_.f() + a.offset, M1_.f() + a.offset + a.size, 0.f);
+    if (M2_.bytes()) std::fill(M2_.f() + a.offset, M2_.f() + a.offset + a.size, 0.f);
+  }
+  apply_ties();
   std::memcpy(S_.c(), S2_.c(), S_.bytes());
   ++version_;
   ++steps_;
-  return {total, ce};
+  return total;
+}
+
+void Model::set_detection(const det::Config& c) {
+  HALCDL_CHECK(g_.is_detection(), kErrInvalidValue, "this model is not a detection model");
+  const Node& o = g_.nodes[g_.output];
+  const int levels = static_cast<int>(o.inputs.size() / 2);
+  HALCDL_CHECK(c.min_level >= 1 && c.max_level >= c.min_level && c.max_level - c.min_level + 1 == levels,
+               kErrDetParamValue, "min_level/max_level (", c.min_level, "/", c.max_level, ") do not match the ",
+               levels, " levels of the network");
+  HALCDL_CHECK(c.num_subscales >= 1 && !c.aspect_ratios.empty() && c.anchors_per_position() == o.det_anchors,
+               kErrDetParamValue, "anchor_aspect_ratios × anchor_num_subscales must give the network's ",
+               o.det_anchors, " anchors per position");
+  for (float r : c.aspect_ratios)
+    HALCDL_CHECK(std::isfinite(r) && r > 0, kErrDetParamValue, "anchor aspect ratios must be > 0, got ", r);
+  HALCDL_CHECK(c.bg_iou <= c.fg_iou && c.bg_iou >= 0 && c.fg_iou <= 1, kErrDetParamValue,
+               "invalid IoU thresholds for the anchor assignment");
+  HALCDL_CHECK(c.min_confidence >= 0 && c.min_confidence <= 1 && c.max_overlap >= 0 && c.max_overlap <= 1 &&
+                   c.max_overlap_class_agnostic >= 0 && c.max_overlap_class_agnostic <= 1 &&
+                   c.max_num_detections >= -1 && c.pre_nms_top_n >= 1,
+               kErrDetParamValue, "invalid detection inference parameters");
+  HALCDL_CHECK(std::isfinite(c.class_heads_weight) && c.class_heads_weight >= 0 &&
+                   std::isfinite(c.bbox_heads_weight) && c.bbox_heads_weight >= 0 && c.gamma >= 0 && c.beta > 0,
+               kErrDetParamValue, "invalid detection loss weights");
+  det_ = c;
+  anchors_.clear();
+}
+
+std::vector<det::Level> Model::det_levels(int h, int w) const {
+  HALCDL_CHECK(g_.is_detection(), kErrInvalidValue, "this model is not a detection model");
+  std::vector<Dims> in;
+  for (int i : g_.input_nodes) in.push_back({1, g_.nodes[i].channels, h, w});
+  const std::vector<Dims> d = g_.infer_shapes(in);
+  const Node& o = g_.nodes[g_.output];
+  std::vector<det::Level> r;
+  for (size_t l = 0; l < o.inputs.size(); l += 2) {
+    const Dims& x = d[o.inputs[l]];
+    const int stride = 1 << (det_.min_level + static_cast<int>(l / 2));
+    HALCDL_CHECK(x[2] * stride == h && x[3] * stride == w, kErrDetImageSize, "image size ", w, "x", h,
+                 ": level ", det_.min_level + l / 2, " has a ", x[3], "x", x[2], " feature map, not the image size / ",
+                 stride, " (image width and height must be multiples of 2^max_level = ", 1 << det_.max_level, ")");
+    r.push_back({x[2], x[3], stride});
+  }
+  return r;
+}
+
+const std::vector<float>& Model::anchors(int h, int w, std::vector<int64_t>* level_start) {
+  auto key = std::make_pair(h, w);
+  auto it = anchors_.find(key);
+  if (it == anchors_.end()) {
+    auto lv = det_levels(h, w);
+    std::vector<int64_t> st{0};
+    for (auto& l : lv) st.push_back(st.back() + l.h * l.w * det_.anchors_per_position());
+    if (anchors_.size() >= 8) anchors_.clear();
+    it = anchors_.emplace(key, std::make_pair(det::make_anchors(det_, lv), st)).first;
+  }
+  if (level_start) *level_start = it->second.second;
+  return it->second.first;
+}
+
+TrainResult Model::train_step_detection(const float* images, const float* boxes, const int* labels,
+                                        const int64_t* box_off, int bs, int m, int c, int h, int w) {
+  HALCDL_CHECK(g_.is_detection(), kErrInvalidValue, "this model is not a detection model");
+  HALCDL_CHECK(!dev_, kErrRuntimeUnsupported, "object detection does not run on the GPU yet");
+  apply_threads();
+  std::vector<int64_t> ls;
+  const std::vector<float>& anc = anchors(h, w, &ls);
+  Plan& p = plan(bs, c, h, w, true);
+  const int k = num_classes();
+  const int64_t na = ls.back();
+  const size_t img = static_cast<size_t>(c) * h * w;
+  const size_t nout = static_cast<size_t>(bs) * na * (k + 4);
+  if (dlogits_.bytes() < nout * sizeof(float)) dlogits_.resize(nout * sizeof(float));
+  const size_t nt = g_.n_trainable;
+  std::memcpy(S2_.c(), S_.c(), S_.bytes());
+  const float* cw = hp_.class_weights.empty() ? nullptr : hp_.class_weights.data();
+  if (m > 1 && !T_.bytes()) T_.resize(nt * sizeof(float));
+  if (hp_.solver == "adam" && !M2_.bytes()) M2_.resize(nt * sizeof(float));
+  const int nl = static_cast<int>(ls.size()) - 1;
+  std::vector<double> cls_l(nl, 0.0), box_l(nl, 0.0);
+  double data = 0;
+  for (int s = 0; s < m; ++s) {
+    std::memcpy(p.input_buffer(0), images + s * bs * img, bs * img * sizeof(float));
+    p.forward(seed_ * 0x9e3779b97f4a7c15ull + steps_ * 1315423911ull + s);
+    std::vector<int64_t> off(bs + 1);
+    for (int i = 0; i <= bs; ++i) off[i] = box_off[s * bs + i] - box_off[s * bs];
+    const int64_t b0 = box_off[s * bs];
+    det::LossResult r = det::loss(p.output(), bs, na, k, anc.data(), ls.data(), nl, boxes + 4 * b0, labels + b0,
+                                  off.data(), cw, det_, 1.f / m, dlogits_.f());
+    const double l = r.cls + r.box;
+    HALCDL_CHECK(std::isfinite(l), kErrTrainingFailed, "training step failed: the loss became ", l,
+                 " (lower the learning rate); the weights were not changed");
+    data += l / m;
+    for (int j = 0; j < nl; ++j) {
+      cls_l[j] += r.cls_level[j] / m;
+      box_l[j] += r.box_level[j] / m;
+    }
+    p.backward(dlogits_.f(), s == 0 ? G_.f() : T_.f());
+    if (s > 0) kern::accumulate(G_.f(), T_.f(), nt);
+    for (const BNStats& st : p.bn_stats()) {
+      const Node& nd = g_.nodes[st.node];
+      float* mean = S2_.f() + g_.params[nd.p_mean].offset;
+      float* var = S2_.f() + g_.params[nd.p_var].offset;
+      kern::bn_running_update(mean, var, st.mean, st.var, nd.channels, st.count, hp_.batchnorm_momentum);
+    }
+  }
+  TrainResult res{0, 0, {}};
+  res.total_loss = commit_step(data);
+  double cls = 0;
+  for (int j = 0; j < nl; ++j) {
+    const std::string lv = std::to_string(det_.min_level + j);
+    res.terms.push_back({"classhead" + lv + "_loss", cls_l[j]});
+    res.terms.push_back({"bboxhead" + lv + "_loss", box_l[j]});
+    cls += cls_l[j];
+  }
+  res.loss_cls = cls;
+  return res;
+}
+
+std::vector<std::vector<det::Detection>> Model::infer_detection(const float* images, int n, int bs, int c, int h,
+                                                                int w) {
+  HALCDL_CHECK(g_.is_detection(), kErrInvalidValue, "this model is not a detection model");
+  HALCDL_CHECK(!dev_, kErrRuntimeUnsupported, "object detection does not run on the GPU yet");
+  apply_threads();
+  std::vector<int64_t> ls;
+  const std::vector<float>& anc = anchors(h, w, &ls);
+  const int k = num_classes();
+  const int64_t na = ls.back();
+  const size_t img = static_cast<size_t>(c) * h * w;
+  std::vector<std::vector<det::Detection>> out(n);
+  for (int start = 0; start < n; start += bs) {
+    const int cnt = std::min(bs, n - start);
+    Plan& p = plan(cnt, c, h, w, false);
+    std::memcpy(p.input_buffer(0), images + start * img, cnt * img * sizeof(float));
+    p.forward(0);
+    const float* o = p.output();
+    for (int i = 0; i < cnt; ++i)
+      out[start + i] = det::detect(o + static_cast<size_t>(i) * na * (k + 4), na, k, anc.data(), ls.data(),
+                                   static_cast<int>(ls.size()) - 1, det_, h, w);
+  }
+  return out;
 }
 
 void Model::infer(const float* images, int n, int bs, int c, int h, int w, float* probs, bool on_device) {

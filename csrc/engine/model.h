@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/buffer.h"
+#include "engine/detection.h"
 #include "engine/device.h"
 #include "engine/graph.h"
 #include "engine/hparams.h"
@@ -91,6 +92,27 @@ class Model {
   void infer_segmentation(const float* images, int n, int bs, int c, int h, int w, int* index, float* confidence,
                           bool on_device = false);
 
+  // Object detection (a graph ending in detection_output; docs/detection.md).
+  bool is_detection() const { return g_.is_detection(); }
+  // Anchors, matching, loss weights and inference settings; 7822 when inconsistent with the
+  // graph (number of levels) or out of range.
+  void set_detection(const det::Config& c);
+  const det::Config& detection() const { return det_; }
+  // Levels at an h×w image (7730 when the levels' strides do not divide the image size).
+  std::vector<det::Level> det_levels(int h, int w) const;
+  // The anchors at h×w and the anchor offset of every level (cached).
+  const std::vector<float>& anchors(int h, int w, std::vector<int64_t>* level_start);
+  // `boxes`: (row1, col1, row2, col2) of all images; image i owns boxes box_off[i]..box_off[i+1]
+  // and their label indices `labels` (into class_ids).
+  TrainResult train_step_detection(const float* images, const float* boxes, const int* labels,
+                                   const int64_t* box_off, int bs, int m, int c, int h, int w);
+  std::vector<std::vector<det::Detection>> infer_detection(const float* images, int n, int bs, int c, int h, int w);
+  // Parameters the optimizer leaves alone (detection's freeze_backbone_level); 7911 for an
+  // unknown name. Their gradients are computed but not applied, their moments stay 0.
+  void set_frozen(const std::vector<std::string>& names);
+  // Floats of the arena that are tied copies of other parameters (conv `share`).
+  int64_t num_shared_params() const;
+
   // Staging buffers for batch assembly (grown on demand, reused; page-locked on the GPU).
   float* staging(size_t floats);
   int* label_staging(size_t n);
@@ -104,6 +126,10 @@ class Model {
   // copies are refreshed (sync_host) before anything reads them and pushed (push_device)
   // after anything on the host changes them.
   void sync_host() const;  // refreshes a cache: logically const
+  void apply_ties();        // copies every tied master parameter into its shadows
+  // The update after the sub-batches' gradients are in G: ties, regulariser, finiteness
+  // (7720), optimizer, running statistics; returns the total loss.
+  double commit_step(double data_loss);
   // Uploads the host arenas after a host-side change. If the upload fails, `undo` restores
   // the host as it was before the change, and the error propagates.
   void push_device(const std::function<void()>& undo);
@@ -123,6 +149,9 @@ class Model {
   int gpu_ = -1;
   bool host_stale_ = false;  // device arenas changed since the last sync_host
   GpuOptions gpu_opts_;
+  det::Config det_;
+  std::vector<int> frozen_;
+  std::map<std::pair<int, int>, std::pair<std::vector<float>, std::vector<int64_t>>> anchors_;
 };
 
 }  // namespace halcdl

@@ -120,7 +120,12 @@ def arch_from_record(rec: dict, spec: list, num_classes: int, channels: int) -> 
     """The architecture of a model read from a file (``rec`` from :func:`arch_record`)."""
     zoo = rec.get("zoo")
     entry = ARCHITECTURES.get(zoo) if zoo else None
-    base = entry.build if entry is not None else SpecBuild(spec, num_classes)
+    if rec.get("model_type") == "detection":
+        from ..models.detection import DetectionSpecBuild  # noqa: PLC0415
+
+        base = DetectionSpecBuild(spec)
+    else:
+        base = entry.build if entry is not None else SpecBuild(spec, num_classes)
     fields = {k: rec[k] for k in _FIELDS if k in rec}
     fields["image_num_channels"] = int(channels)  # the handle builds (num_classes, this)
     fields["num_classes"] = int(num_classes)

@@ -94,6 +94,12 @@ class DLModel:
         }
         if self.is_segmentation:
             self.params["ignore_class_ids"] = []  # segmentation only: ids the loss skips
+        if self.is_detection:  # create_dl_model_detection / a file sets the real values
+            from .detection import DETECTION_DEFAULTS  # noqa: PLC0415
+            import copy as _copy  # noqa: PLC0415
+
+            self.params.update(_copy.deepcopy(DETECTION_DEFAULTS))
+            self.params["backbone"] = ""
         self._hparams_dirty = True
 
     # ----------------------------------------------------------------------------------------
@@ -105,6 +111,11 @@ class DLModel:
     def is_segmentation(self) -> bool:
         """True for a model of type 'segmentation' (one class score per pixel)."""
         return self.params["type"] == "segmentation"
+
+    @property
+    def is_detection(self) -> bool:
+        """True for a model of type 'detection' (boxes, docs/detection.md)."""
+        return self.params["type"] == "detection"
 
     @property
     def ignore_class_ids(self) -> list[int]:
@@ -139,6 +150,10 @@ class DLModel:
             self.core.set_hparams(self.hparams())
             if self.is_segmentation:
                 self.core.set_ignore_ids(self.ignore_class_ids)
+            if self.is_detection:
+                from .detection import engine_config  # noqa: PLC0415
+
+                self.core.set_detection(engine_config(self.params))
             self._hparams_dirty = False
 
     def rebuilt(self, num_classes: int, channels: int, class_ids: list[int],
@@ -153,7 +168,12 @@ class DLModel:
         """
         spec = self.arch.build(int(num_classes), int(channels))
         new = build_core_model(spec, self.seed, class_ids)
-        copy_matching_params(self.core, new)
+        skipped = copy_matching_params(self.core, new)
+        if self.is_detection:
+            from .detection import engine_config, init_head_params  # noqa: PLC0415
+
+            init_head_params(new, spec, self.seed, only=set(skipped))
+            new.set_detection(engine_config(self.params))
         hp = self.hparams()
         hp["class_weights"] = [] if class_weights is None else [float(w) for w in class_weights]
         new.set_hparams(hp)

@@ -51,6 +51,7 @@ from .dl_model import (
     train_dl_model_batch,
     write_dl_model,
 )
+from .dl_detection import create_dl_model_detection
 from .system import get_system, get_system_s, set_system
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "write_dict",
     "dict_to_json",
     "json_to_dict",
+    "create_dl_model_detection",
     "apply_dl_classifier",
     "apply_dl_model",
     "apply_dl_model_s",

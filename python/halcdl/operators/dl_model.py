@@ -264,6 +264,10 @@ def _check_image_size(m: DLModel, width: int, height: int) -> None:
     arch = m.arch
     if (width, height) == (m.params["image_width"], m.params["image_height"]):
         return
+    if m.is_detection:
+        from ..models.detection import check_image_size  # noqa: PLC0415
+
+        check_image_size(m.params, width, height)  # 7730
     if arch.fixed_size:
         raise HOperatorError(
             H_ERR_CNNGRAPH_NO_IMAGE_RESIZE,
@@ -571,6 +575,10 @@ def set_dl_model_param(dlmodel_handle: Any, gen_param_name: Any, gen_param_value
     m = check_model(dlmodel_handle, 1)
     name = _param_name(gen_param_name)
     setter = _SETTERS.get(name)
+    if m.is_detection:
+        det = _detection_setter(m, name)
+        if det is not None:
+            setter = det
     if setter is None:
         if name in _READ_ONLY:
             raise _unsupported(name, "set_dl_model_param (read-only)")
@@ -579,6 +587,30 @@ def set_dl_model_param(dlmodel_handle: Any, gen_param_name: Any, gen_param_value
     with m.lock:
         check_model(m)  # may have been cleared while waiting
         setter(m, vals)
+
+
+def _detection_setter(m: DLModel, name: str) -> Callable[[DLModel, list], None] | None:
+    """Setters of the detection parameters (None: not a detection key)."""
+    from ..models import detection as D  # noqa: PLC0415
+
+    if name in D.SETTABLE_AFTER_CREATION:
+        def setter(model: DLModel, vals: list) -> None:
+            value = D.validate_value(name, vals, model.num_classes)
+            cfg = D.engine_config({**model.params, name: value})
+            model.core.set_detection(cfg)  # the engine checks too; nothing changed on failure
+            model.params[name] = value
+            model.mark_hparams_dirty()
+
+        return setter
+    if name in D.DETECTION_DEFAULTS or name == "backbone":
+        def read_only(model: DLModel, vals: list) -> None:
+            raise _unsupported(name, "set_dl_model_param (fixed when the detection model is "
+                                     "created: create a new one with create_dl_model_detection)")
+
+        return read_only
+    if name in ("ignore_class_ids",):
+        return None
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -600,7 +632,9 @@ def _get_param(m: DLModel, name: str) -> list:
     if name == "meta_data":
         return [dict(p["meta_data"])]
     if name == "num_trainable_params":
-        return [int(m.core.num_trainable_params())]
+        return [int(m.core.num_trainable_params()) - int(m.core.num_shared_params())]
+    if m.is_detection and isinstance(p.get(name), list):
+        return list(p[name])
     if name == "summary":
         return str(m.core.summary()).splitlines()
     if name == "precision":
@@ -633,6 +667,43 @@ def get_dl_model_param_s(dlmodel_handle: Any, gen_param_name: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
+# the integer-image guard (issue 11: samples that would silently train wrong)
+# --------------------------------------------------------------------------------------------
+def _check_integer_images(m: DLModel, samples: list) -> None:
+    """7736 for an integer-typed image (uint8, uint16, int*, bool) whose type's gray-value
+    range is not the model's image_range_min … image_range_max.  The engine would convert
+    its values unchanged to float, so e.g. a uint8 image (0 … 255) fed to a model expecting
+    −127 … 128 would train to garbage.  Float images pass (they are taken as already in the
+    model's range).  Only arrays (objects with a dtype) are checked; the engine validates
+    everything else."""
+    p = m.params
+    lo_m, hi_m = float(p["image_range_min"]), float(p["image_range_max"])
+    for i, s in enumerate(samples):
+        if not isinstance(s, dict):
+            continue
+        dt = getattr(s.get("image"), "dtype", None)
+        try:
+            dt = np.dtype(dt) if dt is not None else None
+        except TypeError:
+            continue
+        if dt is None or dt.kind not in "uib":
+            continue
+        if dt.kind == "b":
+            lo, hi = 0, 1
+        else:
+            info = np.iinfo(dt)
+            lo, hi = int(info.min), int(info.max)
+        if (float(lo), float(hi)) != (lo_m, hi_m):
+            raise HOperatorError(
+                H_ERR_CNN_INVALID_INPUT_DATA,
+                f"sample {i}: 'image' is a {dt} image (gray values {lo} … {hi}), but the "
+                f"model expects values in image_range_min … image_range_max = "
+                f"{lo_m:g} … {hi_m:g}; convert the samples with preprocess_dl_samples "
+                f"(create_dl_preprocess_param_from_model) or pass float images already in "
+                f"that range")
+
+
+# --------------------------------------------------------------------------------------------
 # training and inference
 # --------------------------------------------------------------------------------------------
 @operator
@@ -649,6 +720,7 @@ def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
                              "being trained by a background job (stop it or wait for it)")
     with m.lock:
         check_model(m)
+        _check_integer_images(m, samples)
         p = m.params
         m.push_hparams()
         m.sync_gpu_options()
@@ -792,13 +864,20 @@ def apply_dl_model(dlmodel_handle: Any, dlsample_batch: Any, outputs: Any) -> li
     model's type, or a subset of these names."""
     m = check_model(dlmodel_handle, 1)
     samples = _sample_list(dlsample_batch, 2)
-    keys = _outputs(outputs, _SEGMENTATION_RESULT_KEYS if m.is_segmentation else _RESULT_KEYS)
+    from .dl_detection import DETECTION_RESULT_KEYS, apply_detection  # noqa: PLC0415
+
+    keys = _outputs(outputs, DETECTION_RESULT_KEYS if m.is_detection else
+                    _SEGMENTATION_RESULT_KEYS if m.is_segmentation else _RESULT_KEYS)
     if not samples:
         raise HOperatorError(H_ERR_DL_MODEL_INVALID_NUM_SAMPLES,
                              "apply_dl_model needs at least one sample")
     with m.lock:
         check_model(m)
+        _check_integer_images(m, samples)
         m.sync_gpu_options()
+        if m.is_detection:
+            m.push_hparams()
+            return apply_detection(m, samples, keys)
         if m.is_segmentation:
             return _apply_segmentation(m, samples, keys)
         p = m.params

@@ -1,0 +1,100 @@
+"""determine_dl_model_detection_param: levels and anchors for create_dl_model_detection from
+a dataset's boxes (docs/detection.md, "determine_dl_model_detection_param")."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import H_ERR_CNN_INVALID_INPUT_DATA, H_ERR_DL_INPUTS_MISSING, HOperatorError
+from ..operators._tuple import operator, to_scalar, wrong_type, wrong_value
+
+__all__ = ["determine_dl_model_detection_param"]
+
+ANCHOR_SCALE = 4.0   # the engine's anchor size at level l: 4·2^l (csrc/engine/detection.h)
+SUBSCALES = 3
+
+
+def _image_size(path: str, i: int) -> tuple[int, int]:
+    from PIL import Image  # noqa: PLC0415
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, ValueError) as err:
+        raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
+                             f"sample {i}: cannot read image {path!r}: {err}") from None
+    return int(w), int(h)
+
+
+@operator
+def determine_dl_model_detection_param(dldataset: Any, image_width_target: Any,
+                                       image_height_target: Any, gen_param: Any) -> dict:
+    """Detection parameters (min_level, max_level, anchor_num_subscales,
+    anchor_aspect_ratios, image_width, image_height) for a detector whose images are resized
+    to image_width_target × image_height_target, from the boxes of ``dldataset`` (all samples,
+    or gen_param 'split' = a split name).  Every box is scaled like its image; with object
+    sizes z = sqrt(h·w) and ratios h / w:
+    min_level = max(1, floor(log2(min z / 4))), max_level = the smallest level whose
+    largest anchor 4·2^l·2^((S−1)/S) reaches max z (at least min_level, at most the largest l
+    with 2^l dividing both target sizes), S = 3 subscales, aspect ratios [1.0] when all
+    ratios lie in [0.8, 1.25], else the 10 %, 50 % and 90 % quantiles of the ratios (two
+    decimals).  Errors: 7783 no boxes (or a sample without bbox keys), 7736 unreadable
+    image files or invalid boxes."""
+    if not isinstance(dldataset, dict) or not isinstance(dldataset.get("samples"), list):
+        raise wrong_type(1, "dldataset must be a DLDataset dict with 'samples'")
+    tw = to_scalar(image_width_target, 2, "one width")
+    th = to_scalar(image_height_target, 3, "one height")
+    for pos, v in ((2, tw), (3, th)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < 1:
+            raise wrong_value(pos, f"the target image size must be a positive integer, got {v!r}")
+    tw, th = int(tw), int(th)
+    gp = gen_param if isinstance(gen_param, dict) else {}
+    if not isinstance(gen_param, dict) and gen_param not in ([], (), None):
+        raise wrong_type(4, "gen_param must be a dict or []")
+    split = gp.get("split", "all")
+    image_dir = str(dldataset.get("image_dir", ""))
+    sizes, ratios = [], []
+    for i, s in enumerate(dldataset["samples"]):
+        if not isinstance(s, dict) or (split != "all" and s.get("split") != split):
+            continue
+        keys = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")
+        if any(k not in s for k in keys):
+            raise HOperatorError(H_ERR_DL_INPUTS_MISSING,
+                                 f"sample {i} has no rectangle1 bbox keys {keys}")
+        try:
+            b = np.stack([np.asarray(s[k], np.float64).reshape(-1) for k in keys], 1)
+        except (TypeError, ValueError):
+            raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
+                                 f"sample {i}: invalid bbox lists") from None
+        if len(b) == 0:
+            continue
+        h, w = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        if not (np.isfinite(b).all() and (h > 0).all() and (w > 0).all()):
+            raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
+                                 f"sample {i}: boxes must be finite with row2 > row1, col2 > col1")
+        iw, ih = _image_size(os.path.join(image_dir, str(s.get("image_file_name", ""))), i)
+        h, w = h * th / ih, w * tw / iw
+        sizes.append(np.sqrt(h * w))
+        ratios.append(h / w)
+    if not sizes:
+        raise HOperatorError(H_ERR_DL_INPUTS_MISSING, "the dataset holds no boxes")
+    z = np.concatenate(sizes)
+    r = np.concatenate(ratios)
+    top = 1
+    while tw % (1 << (top + 1)) == 0 and th % (1 << (top + 1)) == 0 and top < 10:
+        top += 1
+    lo = max(1, int(math.floor(math.log2(max(z.min(), 1e-9) / ANCHOR_SCALE))))
+    largest = ANCHOR_SCALE * 2.0 ** ((SUBSCALES - 1) / SUBSCALES)
+    hi = max(lo, int(math.ceil(math.log2(z.max() / largest))))
+    hi = min(hi, top)
+    lo = min(lo, hi)
+    if r.min() >= 0.8 and r.max() <= 1.25:
+        ar = [1.0]
+    else:
+        ar = sorted({round(float(q), 2) for q in np.quantile(r, [0.1, 0.5, 0.9])})
+    return {"min_level": lo, "max_level": hi, "anchor_num_subscales": SUBSCALES,
+            "anchor_aspect_ratios": ar, "image_width": tw, "image_height": th}
