@@ -1,17 +1,18 @@
 """Train a classifier on a folder of images with HALCON's workflow procedures.
 
-    python examples/train_folder.py [OUT_DIR] [--epochs 4] [--size 32] [--tiles 40]
+    python examples/train_folder.py [OUT_DIR] [--epochs 5] [--size 32] [--tiles 40]
                                     [--threads N] [--images FOLDER]
 
 Without --images it first makes a folder of images from pictures bundled with scikit-image:
-four classes (brick, grass, gravel, camera), each --tiles non-overlapping 32 × 32 tiles of one
+four classes (brick, grass, gravel, moon), each --tiles non-overlapping 32 × 32 tiles of one
 512 × 512 picture, saved as gray PNG files in one folder per class under OUT_DIR/images
 (default OUT_DIR: ./out/train_folder). Then it runs the HDevelop classification workflow:
 
     read_dl_dataset_classification → split_dl_dataset (70/15/15) → read_dl_model (compact)
     → create_dl_preprocess_param_from_model → preprocess_dl_dataset → create_dl_train_param
-    (Adam; the learning rate / 10 at 80 % of the epochs; 'best' serialization) → train_dl_model
-    (progress printed) → read the best model back → evaluate_dl_model on the 'test' split
+    (Adam, mirror/rotate augmentation, the learning rate / 10 at 80 % of the epochs, 'best'
+    serialization) → train_dl_model (progress printed) → read the best model back
+    → evaluate_dl_model on the 'test' split
 
 and prints the evaluation (accuracy, per-class precision/recall, confusion matrix). With
 --images FOLDER it trains on your own folder (one sub-folder per class) instead.
@@ -28,7 +29,7 @@ import numpy as np
 
 import halcdl as ha
 
-CLASSES = ("brick", "grass", "gravel", "camera")
+CLASSES = ("brick", "grass", "gravel", "moon")
 
 
 def make_image_folder(root: str, tiles: int = 40, tile: int = 32, seed: int = 0) -> str:
@@ -104,8 +105,10 @@ def main(argv=None) -> dict:
     change = {"model_param": "learning_rate", "initial_value": args.lr,
               "epochs": [0.8 * args.epochs], "values": [args.lr * 0.1]}
     serialize = {"type": "best", "basename": os.path.join(data_dir, "model_best")}
+    augment = {"augmentation_percentage": 50, "mirror": "rc", "rotate": 90}  # textures: any
     train_param = ha.create_dl_train_param(model, args.epochs, 1, "true", args.seed,
-                                           ["change", "serialize"], [change, serialize])
+                                           ["augment", "change", "serialize"],
+                                           [augment, change, serialize])
     _, train_infos, evaluation_infos = ha.train_dl_model(dataset, model, train_param, 0)
 
     # --- evaluate -----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 MVTec's ``classify_*_deep_learning_{1_preprocess,2_train,3_evaluate}.hdev`` examples).
 
 The image folder is made in tmp_path from scikit-image's bundled pictures: four classes
-(brick, grass, gravel, camera), each a set of non-overlapping 32 × 32 tiles of one 512 × 512
+(brick, grass, gravel, moon), each a set of non-overlapping 32 × 32 tiles of one 512 × 512
 image, saved as 8-bit gray PNG files in class folders. The model is halcdl's 'compact' network
 (randomly initialised: halcdl ships no pretrained weights) at 32 × 32 × 1, trained with Adam
 (HALCON's solver_type 'adam'; from scratch it converges in far fewer iterations than SGD here).
@@ -30,13 +30,15 @@ pytestmark = [
     pytest.mark.slow,
 ]
 
-CLASSES = ("brick", "grass", "gravel", "camera")
+CLASSES = ("brick", "grass", "gravel", "moon")
+SEED = 42
 TILES_PER_CLASS = 40
 TILE = 32
 NUM_EPOCHS = 5
 AUGMENT = {"augmentation_percentage": 50, "mirror": "rc", "rotate": 90}
 SPLIT = (70, 15)
-# measured: 0.94 test accuracy (18 test images) at seed 42; see docs/workflow.md
+# measured test accuracy (24 test images): 1.000 with SEED 42 (this test), 0.833 / 0.917 /
+# 0.917 with seeds 1 / 7 / 123; about 35 s of CPU on one thread
 ACCURACY_TARGET = 0.75
 
 
@@ -75,7 +77,7 @@ def run_workflow(tmp_path):
     # TrainingPercent := 70; ValidationPercent := 15
     training_percent, validation_percent = SPLIT
     # set_system ('seed_rand', 42)
-    ha.set_system("seed_rand", 42)
+    ha.set_system("seed_rand", SEED)
     # read_dl_dataset_classification (RawImageBaseFolder, 'last_folder', DLDataset)
     dldataset = ha.read_dl_dataset_classification(raw_image_base_folder, "last_folder")
     assert sorted(dldataset["class_names"]) == sorted(CLASSES)
@@ -159,7 +161,7 @@ def run_workflow(tmp_path):
     # create_dl_train_param (DLModelHandle, NumEpochs, EvaluationIntervalEpochs, 'false',
     #                        42, GenParamName, GenParamValue, TrainParam)
     train_param = ha.create_dl_train_param(dlmodel_handle, num_epochs,
-                                           evaluation_interval_epochs, "false", 42,
+                                           evaluation_interval_epochs, "false", SEED,
                                            gen_param_name, gen_param_value)
     # train_dl_model (DLDataset, DLModelHandle, TrainParam, 0, TrainResults, TrainInfos,
     #                 EvaluationInfos)
