@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ import halcdl as ha
 from halcdl import cli
 
 from halcdl.workflow import display as disp
+from halcdl.workflow import evaluate as ev
 from halcdl.workflow import train as tr
 from test_schedules import make_dataset, make_model, reader, tparam  # noqa: F401
 
@@ -255,6 +257,41 @@ def test_display_resume_keeps_the_log(reader, tmp_path):  # noqa: F811
     its = [json.loads(x) for x in open(os.path.join(out, disp.LOG_FILE))]
     its = [r["iteration"] for r in its if r["type"] == "iteration"]
     assert its == list(range(1, 9))
+
+
+def test_display_segmentation_predictions(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    ha.set_system("seed_rand", 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = ha.read_dl_model("pretrained_dl_segmentation_compact.hdl")
+    ha.set_dl_model_param(m, "image_dimensions", [16, 16, 3])
+    ha.set_dl_model_param(m, "class_ids", [0, 4, 2])
+    ha.set_dl_model_param(m, "batch_size", 2)
+    samples = []
+    for i in range(8):
+        seg = rng.choice([0, 4, 2], (16, 16)).astype(np.uint8)
+        samples.append({"image_id": i, "split": "train" if i < 4 else "validation",
+                        "segmentation_image": seg,
+                        "_image": rng.normal(0, 50, (16, 16, 3)).astype(np.float32)})
+    ds = {"class_ids": [0, 4, 2], "class_names": ["a", "b", "c"], "samples": samples}
+
+    def read(dldataset, indices):
+        return [{"image": samples[i]["_image"].copy(), "image_id": i,
+                 "segmentation_image": samples[i]["segmentation_image"].copy()}
+                for i in indices]
+
+    monkeypatch.setattr(ev, "read_samples", read)
+    tp = ha.create_dl_train_param(m, 1, 1, "true", 1, ["serialize", "display"],
+                                  [[], {"output_dir": str(tmp_path), "progress": "none",
+                                        "num_images": 3}])
+    tr.run_training(ds, m, tp, 0)
+    with Image.open(tmp_path / disp.PREDICTIONS_FILE) as im:
+        im.load()
+        assert im.size[0] >= 3 * 200 and im.size[1] >= 3 * 200  # 3 rows of 3 panels
+    assert not os.path.exists(tmp_path / disp.CONFUSION_FILE)
+    rec = [json.loads(x) for x in open(tmp_path / disp.LOG_FILE)]
+    assert any(r["type"] == "evaluation" and "mean_iou" in r["measures"] for r in rec)
 
 
 @pytest.mark.parametrize("bad", [{"progress": "fancy"}, {"plot": "maybe"},

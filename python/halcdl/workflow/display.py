@@ -22,7 +22,7 @@ HALCON's own keys, which are kept and ignored here):
 ``num_images``           HALCON's key: number of validation images drawn with their
                          prediction after every evaluation (``predictions.png``; segmentation:
                          image | ground truth | prediction; classification: true / predicted
-                         label).  Default 0 for classification, 3 for segmentation.
+                         label).  Default 0 (HALCON's default).
 ``log``                  'true' (default) / 'false': ``train_log.jsonl``.
 =======================  ==================================================================
 
@@ -326,7 +326,7 @@ def draw_predictions(model: Any, dldataset: dict, indices: list[int], path: str,
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax in axes:
         ax.axis("off")
-    k = max(1, len(names))
+    k = max([1] + [int(c) + 1 for c in model.params["class_ids"]])  # colour scale of ids
     for i, (s, r) in enumerate(zip(samples, results)):
         if seg:
             gt = s.get("segmentation_image")
@@ -446,9 +446,7 @@ class FilesHook(TrainHook):
             title = f"confusion matrix, validation, epoch {ep}"
             draw_confusion_matrix(cm, names, self.path(f"confusion_matrix_{ep}.png"), title)
             draw_confusion_matrix(cm, names, self.path(CONFUSION_FILE), title)
-        n = self.opts["num_images"]
-        if n is None:
-            n = 3 if ctx.model.is_segmentation else 0
+        n = self.opts["num_images"] or 0
         if n > 0:
             from .train import _split_indices  # noqa: PLC0415
 
