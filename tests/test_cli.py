@@ -104,6 +104,24 @@ def test_same_seed_same_model(folder, trained, tmp_path):
         assert np.array_equal(np.array(a.core.get_param(n)), np.array(b.core.get_param(n)))
 
 
+def test_train_from_hdict_with_early_stopping(trained, tmp_path):
+    """The preprocessed dataset file of a run trains again without re-preprocessing."""
+    src = trained / "data" / "dl_dataset.hdict"
+    rc = cli.main(["train", str(src), "--epochs", "30", "--image-size", "24", "--out",
+                   str(tmp_path), "--quiet", "--learning-rate", "0", "--early-stopping", "1",
+                   "--batch-size", "8"])
+    assert rc == 0
+    assert not os.path.exists(tmp_path / "data")  # the file's samples were used as they are
+    summary = json.load(open(tmp_path / "evaluation.json"))
+    # lr 0, but batch-norm statistics still move: it stops once an evaluation is no better
+    assert summary["epochs"] < 30 and "early stopping" in summary["stop_reason"]
+    best, final = (ha.read_dl_model(str(tmp_path / f)) for f in ("model_best.hdl",
+                                                                  "model_final.hdl"))
+    for n in best.core.param_names():
+        assert np.array_equal(np.array(best.core.get_param(n)),
+                              np.array(final.core.get_param(n)))
+
+
 def test_resume_continues(folder, tmp_path):
     args = ["train", str(folder), "--image-size", "24", "--batch-size", "4", "--out",
             str(tmp_path), "--seed", "3", "--quiet", "--learning-rate", "0.01"]

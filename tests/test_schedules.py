@@ -73,6 +73,8 @@ def make_model(batch=4, seed=7, lr=0.01):
     ha.set_dl_model_param(m, "batch_size", batch)
     ha.set_dl_model_param(m, "learning_rate", lr)
     ha.set_dl_model_param(m, "momentum", 0.9)
+    if lr == 0:  # nothing changes at all: batch-norm statistics frozen too (PyTorch's rule)
+        ha.set_dl_model_param(m, "batchnorm_momentum", 0.0)
     return m
 
 
