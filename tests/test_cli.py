@@ -93,6 +93,7 @@ def test_train_writes_the_files(trained):
     assert ha.get_dl_model_param_s(m, "image_width") == 24
 
 
+@pytest.mark.slow
 def test_same_seed_same_model(folder, trained, tmp_path):
     rc = cli.main(["train", str(folder), "--epochs", "2", "--image-size", "24",
                    "--batch-size", "4", "--out", str(tmp_path), "--seed", "3", "--quiet",
@@ -104,6 +105,7 @@ def test_same_seed_same_model(folder, trained, tmp_path):
         assert np.array_equal(np.array(a.core.get_param(n)), np.array(b.core.get_param(n)))
 
 
+@pytest.mark.slow
 def test_train_from_hdict_with_early_stopping(trained, tmp_path):
     """The preprocessed dataset file of a run trains again without re-preprocessing."""
     src = trained / "data" / "dl_dataset.hdict"
@@ -122,6 +124,7 @@ def test_train_from_hdict_with_early_stopping(trained, tmp_path):
                               np.array(final.core.get_param(n)))
 
 
+@pytest.mark.slow
 def test_resume_continues(folder, tmp_path):
     args = ["train", str(folder), "--image-size", "24", "--batch-size", "4", "--out",
             str(tmp_path), "--seed", "3", "--quiet", "--learning-rate", "0.01"]
