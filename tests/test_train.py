@@ -271,10 +271,18 @@ def test_evaluation_interval(reader):
     # each evaluation reads the validation split in batches of batch_size
     val_reads = [b for b in reader.log if set(b) <= set(val)]
     assert [i for b in val_reads[:2] for i in b] == val
-    tp = train_param(m, epochs=1, interval=1, names=["evaluate_before_train"],
-                     values=["true"])
+    tp = train_param(m, epochs=1, interval=1, names=["evaluate_before_train", "display"],
+                     values=["true", {"selected_percentage_train_samples": 25}])
+    reader.log.clear()
     _, _, evals = tr.run_training(ds, m, tp, 0)
     assert [e["iteration"] for e in evals] == [0, 5]
+    # result_train: the first 25 % of the training split (5 of 20), evaluated as well
+    train_idx = [i for i, s in enumerate(ds["samples"]) if s["split"] == "train"]
+    direct, _ = ha.evaluate_dl_model(ds, m, "sample_indices", train_idx[:5], [])
+    assert evals[-1]["result_train"]["top1_error"] == direct["top1_error"]
+    assert [train_idx[:4], train_idx[4:5]] in [reader.log[i:i + 2]
+                                              for i in range(len(reader.log))]
+    assert evals[0]["result"]["top1_error"] >= 0 and "result_train" in evals[0]
 
 
 def test_change_strategy_and_momentum_scaling(reader):

@@ -834,6 +834,13 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
         wanted = to_tuple(eval_param["measures"])
         if "all" not in wanted:  # the comparison needs its measures
             eval_param["measures"] = wanted + [k for k in keys if k not in wanted]
+    share = _number(tp["display_param"].get("selected_percentage_train_samples", 0),
+                    "display_param selected_percentage_train_samples", lo=0.0)
+    if share > 100:
+        raise _bad(f"display_param selected_percentage_train_samples must be in [0, 100], "
+                   f"got {share}")
+    # HALCON also evaluates a share of the training split (the first ones, dataset order)
+    train_eval_idx = train_idx[:int(math.ceil(share / 100.0 * len(train_idx)))]
     info = None
     if resume:
         info, info_path = _latest_resume_info(tp)
@@ -897,8 +904,13 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
         if ctx.improved:
             ctx.best_value, ctx.best_epoch, ctx.best_iteration = value, ctx.epoch, ctx.iteration
             ctx.best_result = result
+        result_train: Any = []
+        if train_eval_idx:
+            result_train, _ = _evaluate.evaluate_dl_model(dldataset, m, "sample_indices",
+                                                          train_eval_idx, eval_param)
         ctx.evaluation_infos.append({"epoch": ctx.epoch, "iteration": ctx.iteration,
-                                     "result": result, "comparison_value": value})
+                                     "result": result, "result_train": result_train,
+                                     "comparison_value": value})
         call("on_evaluation")
 
     def train_info(final: bool = False) -> dict:
