@@ -362,7 +362,8 @@ class FilesHook(TrainHook):
         self.dir = opts["output_dir"]
         self.records: list[dict] = []
         self._n_infos = 0
-        self._log = None
+        self._log: str | None = None
+        self._pending: list[str] = []
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -385,21 +386,24 @@ class FilesHook(TrainHook):
                         continue
                     if rec.get("iteration", -1) <= ctx.iteration:
                         self.records.append(rec)
-        if self.opts["log"]:
-            self._log = open(log, "w", encoding="utf-8")  # noqa: SIM115
-            for rec in self.records:
-                self._log.write(json.dumps(rec) + "\n")
-            self._log.flush()
+        self._log = log if self.opts["log"] else None
+        self._pending = []
+        if self._log is not None:  # no file stays open between events (nothing leaks if
+            with open(log, "w", encoding="utf-8") as f:  # training ends with an exception)
+                f.writelines(json.dumps(rec) + "\n" for rec in self.records)
 
     def _flush(self) -> None:
-        if self._log is not None:
-            self._log.flush()
+        """Append the lines since the last flush (after every epoch and evaluation)."""
+        if self._log is not None and self._pending:
+            with open(self._log, "a", encoding="utf-8") as f:
+                f.writelines(self._pending)
+        self._pending = []
 
     def _emit(self, rec: dict) -> None:
         rec = jsonable(rec)
         self.records.append(rec)
         if self._log is not None:
-            self._log.write(json.dumps(rec) + "\n")
+            self._pending.append(json.dumps(rec) + "\n")
 
     def _new_infos(self, ctx: TrainContext) -> None:
         for info in ctx.train_infos[self._n_infos:]:
@@ -470,6 +474,4 @@ class FilesHook(TrainHook):
             if self.opts["plot"]:
                 self._plot(ctx)
         finally:
-            if self._log is not None:
-                self._log.close()
-                self._log = None
+            self._flush()
