@@ -9,6 +9,8 @@
 #include <cmath>
 #include <memory>
 #include <new>
+#include <stdexcept>
+#include <system_error>
 #include <numeric>
 #include <tuple>
 
@@ -56,7 +58,13 @@ std::vector<double> attr_values(const std::string& node, const std::string& key,
   auto one = [&](py::handle x) {
     if (py::isinstance<py::bool_>(x) || py::isinstance<py::int_>(x) || py::isinstance<py::float_>(x) ||
         py::hasattr(x, "__index__") || py::hasattr(x, "__float__")) {
-      out.push_back(py::cast<double>(py::float_(py::reinterpret_borrow<py::object>(x))));
+      double d = 0;
+      try {
+        d = py::cast<double>(py::float_(py::reinterpret_borrow<py::object>(x)));
+      } catch (py::error_already_set&) {  // 10**400: beyond a double
+        HALCDL_THROW(kErrInvalidInputShape, "node '", node, "': attribute '", key, "' is out of range");
+      }
+      out.push_back(d);
     } else {
       HALCDL_THROW(kErrInvalidInputShape, "node '", node, "': attribute '", key, "' must be a number or a list of numbers");
     }
@@ -116,8 +124,10 @@ template <typename A>
 A numeric_array(py::handle obj) {
   if (py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj)) return A();
   try {
-    return A::ensure(obj);
-  } catch (py::error_already_set&) {
+    return A(py::reinterpret_borrow<py::object>(obj));  // unlike A::ensure, keeps the error
+  } catch (py::error_already_set& e) {
+    // KeyboardInterrupt (Ctrl-C while the samples are read) or SystemExit: not a bad image
+    if (!e.matches(PyExc_Exception)) throw;
     return A();
   }
 }
@@ -150,7 +160,14 @@ Batch gather(Model& m, const py::list& samples, int c, int h, int w, Labels labe
       if (py::isinstance<py::array>(l) && py::array(l).size() == 1) l = py::array(l).attr("item")();
       int64_t id = 0;
       bool ok = !py::isinstance<py::bool_>(l) && py::hasattr(l, "__index__");
-      if (ok) id = py::cast<int64_t>(py::int_(l));
+      if (ok) {
+        // beyond int64 (2**70, a uint64 max): no class id can be that, so the label is invalid
+        int overflow = 0;
+        const long long v = PyLong_AsLongLongAndOverflow(py::int_(l).ptr(), &overflow);
+        if (v == -1 && PyErr_Occurred()) PyErr_Clear();
+        ok = overflow == 0;
+        id = v;
+      }
       int idx = ok ? m.label_index(id) : Model::kUnknown;
       HALCDL_CHECK(idx >= 0, kErrInvalidLabels, "sample ", i, ": image_label_id ", std::string(py::repr(l)),
                    " is not one of the model's class_ids");
@@ -493,10 +510,32 @@ PYBIND11_MODULE(_core, m) {
       raise(kErrRuntimeUnsupported, (std::string("oneDNN error: ") + e.what()).c_str());
     } catch (const std::bad_alloc&) {
       raise(kErrNoMemory, "not enough memory");
+    } catch (const py::cast_error& e) {
+      // An argument the engine could not convert (wrong type, out of the C++ type's range).
+      raise(7790, (std::string("wrong type or out-of-range value: ") + e.what()).c_str());
+    } catch (const py::builtin_exception&) {
+      throw;  // pybind11's own (stop_iteration, index_error, ...): its translator maps them
+    } catch (const std::system_error& e) {
+      // e.g. a thread that could not be created
+      raise(kErrNoMemory, (std::string("system resources exhausted: ") + e.what()).c_str());
+    } catch (const std::length_error& e) {
+      raise(kErrNoMemory, (std::string("not enough memory: ") + e.what()).c_str());
+    } catch (const std::exception& e) {
+      raise(7791, (std::string("invalid input: ") + e.what()).c_str());
     }
   });
 
   m.def("set_error_class", [](py::object cls) { error_class() = cls; });
+  // The parameters a spec declares, [(name, shape, kind)], from the graph alone: no arena is
+  // allocated, so a model file's tensor table can be checked against it first.
+  m.def("spec_params", [](const py::list& spec) {
+    const Graph g = build_graph(to_spec(spec));
+    py::list out;
+    for (const auto& p : g.params)
+      out.append(py::make_tuple(p.name, p.shape,
+                                p.kind == ParamKind::State ? "state" : p.kind == ParamKind::Bias ? "bias" : "weight"));
+    return out;
+  });
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
   m.def("dnnl_version", [] {

@@ -313,9 +313,20 @@ class CudaEngine final : public DeviceEngine {
     }
     if (nw) k::sum_squares(P_.f(), nw, sumsq, scratch, st);
     else CUDA_CHECK(cudaMemsetAsync(sumsq, 0, sizeof(double), st));
-    // Bytes of 1: any nonzero flag means finite (check_finite only ever stores 0).
+    // Bytes of 1: any nonzero flag means finite (the checks only ever store 0). The divergence
+    // check before the commit (as the CPU's): the update the step would make (weights,
+    // optimizer state; it also covers a non-finite gradient) and the new running statistics
+    // must be finite. Read-only passes, so a failing step leaves the device arenas untouched.
     CUDA_CHECK(cudaMemsetAsync(flag, 1, sizeof(int), st));
-    if (nt) k::check_finite(G_.f(), nt, flag, st);
+    if (nt) {
+      if (adam)
+        k::adam_update_finite(P_.f(), G_.f(), M1_.f(), M2_.f(), nw, nt, hp.learning_rate, hp.adam_beta1,
+                              hp.adam_beta2, hp.adam_epsilon, hp.weight_prior, adam_t, flag, st);
+      else
+        k::sgd_update_finite(P_.f(), G_.f(), M1_.f(), nw, nt, hp.learning_rate, hp.momentum, hp.weight_prior, flag,
+                             st);
+    }
+    if (g_.n_state) k::check_finite(S2_.f(), g_.n_state, flag, st);
     d2h(ctx_, readback_.f(), scalars_.v(), sc_bytes);
     ctx_.sync();
 
@@ -323,8 +334,8 @@ class CudaEngine final : public DeviceEngine {
     double ce = 0;
     for (int s = 0; s < m; ++s) {
       const double l = hl[s];
-      HALCDL_CHECK(std::isfinite(l), kErrTrainingFailed, "training step failed: the loss became ", l,
-                   " (lower the learning rate); the weights were not changed");
+      HALCDL_CHECK(std::isfinite(l) && l <= kMaxLoss, kErrTrainingFailed, "training step failed: the loss became ",
+                   l, " (the training diverged: lower the learning rate); the weights were not changed");
       ce += l / m;
     }
     int finite = 0;
@@ -332,8 +343,9 @@ class CudaEngine final : public DeviceEngine {
     const double reg = 0.5 * hp.weight_prior * hl[m];
     const double total = ce + reg;
     HALCDL_CHECK(std::isfinite(total) && finite != 0, kErrTrainingFailed,
-                 "training step failed: the loss or its gradient is not finite (lower the learning rate); "
-                 "the weights were not changed");
+                 "training step failed: the loss, its gradient, the updated weights / optimizer state or the "
+                 "running statistics would not be finite (the training diverged: lower the learning rate); the "
+                 "model was not changed");
 
     // Commit: update, optimizer state, running statistics. Queued on the stream; the next
     // call (or download) is ordered after it.

@@ -7,6 +7,7 @@
 // by 1/m) → backward (into G for the first, T then G += T for the rest); then one update.
 // Nothing persistent (P, M1, M2, S, step counters) changes until the whole step succeeded.
 #pragma once
+#include "engine/kernels.h"
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -148,6 +149,10 @@ class Model {
   std::unique_ptr<DeviceEngine> dev_;
   int gpu_ = -1;
   bool host_stale_ = false;  // device arenas changed since the last sync_host
+  // Maxima of |weights| and |optimizer state| the last CPU update left (its divergence check
+  // bounds the next update from them); invalid after any other change to the arenas.
+  kern::UpdateMax update_max_;
+  bool update_max_valid_ = false;
   GpuOptions gpu_opts_;
   det::Config det_;
   std::vector<int> frozen_;
