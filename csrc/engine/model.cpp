@@ -327,12 +327,14 @@ Plan& Model::plan(int n, int c, int h, int w, bool training) {
 }
 
 TrainResult Model::train_step(const float* images, const int* labels, const float* pixel_w, int bs, int m, int c,
-                              int h, int w, bool images_on_device) {
+                              int h, int w, bool images_on_device, const StepHook* hook) {
+  const bool dp = hook && hook->reduce;
+  const uint64_t rng = seed_ * 0x9e3779b97f4a7c15ull + steps_ * 1315423911ull + (dp ? hook->sub_offset : 0);
   if (dev_) {
     if (hp_.solver == "adam" && !M2_.bytes()) M2_.resize(g_.n_trainable * sizeof(float));
     const int64_t t = hp_.solver == "adam" ? adam_t_ + 1 : adam_t_;
-    TrainResult r = dev_->train_step(images, images_on_device, labels, pixel_w, bs, m, c, h, w, hp_, t,
-                                     seed_ * 0x9e3779b97f4a7c15ull + steps_ * 1315423911ull);
+    TrainResult r = dev_->train_step(images, images_on_device, labels, pixel_w, bs, m, c, h, w, hp_, t, rng,
+                                     dp ? hook : nullptr);
     adam_t_ = t;  // committed: the device step succeeded
     host_stale_ = true;
     ++version_;
@@ -357,17 +359,20 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
     update_max_valid_ = false;
   }
   double ce = 0;
+  const int mw = dp ? m * hook->world_size : m;  // sub-batches of the whole (global) step
   for (int s = 0; s < m; ++s) {
     std::memcpy(p.input_buffer(0), images + s * bs * img, bs * img * sizeof(float));
-    p.forward(seed_ * 0x9e3779b97f4a7c15ull + steps_ * 1315423911ull + s);
+    p.forward(rng + s);
     const float* z = p.output();
     const size_t lo = static_cast<size_t>(s) * bs * per;
-    double l = per == 1 ? kern::softmax_xent(z, labels + lo, cw, bs, k, 1.f / m, dlogits_.f())
+    double l = per == 1 ? kern::softmax_xent(z, labels + lo, cw, bs, k, 1.f / mw, dlogits_.f())
                         : kern::softmax_xent_pixels(z, labels + lo, cw, pixel_w ? pixel_w + lo : nullptr, bs, k, per,
-                                                    1.f / m, dlogits_.f());
-    HALCDL_CHECK(std::isfinite(l) && l <= kMaxLoss, kErrTrainingFailed, "training step failed: the loss became ", l,
+                                                    1.f / mw, dlogits_.f());
+    // Data parallel: every rank must reach the reduce (the others would wait for it), so a
+    // non-finite or diverging loss is only reported after it, on all ranks alike.
+    HALCDL_CHECK(dp || (std::isfinite(l) && l <= kMaxLoss), kErrTrainingFailed, "training step failed: the loss became ", l,
                  " (the training diverged: lower the learning rate); the weights were not changed");
-    ce += l / m;
+    ce += l / mw;
     p.backward(dlogits_.f(), s == 0 ? G_.f() : T_.f());
     if (s > 0) kern::accumulate(G_.f(), T_.f(), nt);
     for (const BNStats& st : p.bn_stats()) {
@@ -376,6 +381,15 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
       float* var = S2_.f() + g_.params[nd.p_var].offset;
       kern::bn_running_update(mean, var, st.mean, st.var, nd.channels, st.count, hp_.batchnorm_momentum);
     }
+  }
+  if (dp) {
+    double sc[2] = {ce, std::isfinite(ce) && kern::all_finite(G_.f(), nt) ? 0.0 : 1.0};
+    hook->reduce(StepReduce{G_.f(), nt, S2_.f(), S_.f(), g_.n_state, sc, 2, m, hp_.batchnorm_momentum, false, -1});
+    HALCDL_CHECK(sc[1] == 0 && std::isfinite(sc[0]) && sc[0] <= kMaxLoss, kErrTrainingFailed,
+                 "training step failed: the loss or the gradient is not finite on ",
+                 sc[1] == 0 ? "the ranks' mean" : "at least one rank",
+                 " (lower the learning rate); the weights were not changed");
+    ce = sc[0];  // the global mean
   }
   return {commit_step(ce), ce, {}};
 }

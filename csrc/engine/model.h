@@ -84,8 +84,10 @@ class Model {
   // `images`: bs·m plain NCHW images; `labels`: class indices, labels_per_sample() per image
   // (kIgnored = skip the pixel); `pixel_w`: null or one weight per label.
   // With `images_on_device` (GPU only) `images` is device memory (a CuPy array), used in place.
+  // `hook` (data parallelism, hparams.h): averages gradient, running statistics and loss over
+  // the ranks between backward and update; null costs nothing.
   TrainResult train_step(const float* images, const int* labels, const float* pixel_w, int bs, int m, int c, int h,
-                         int w, bool images_on_device = false);
+                         int w, bool images_on_device = false, const StepHook* hook = nullptr);
   // `images`: n plain NCHW images, run in chunks of bs. Classification: n·K probabilities into
   // `probs`. Segmentation: per pixel the winning class index and its probability.
   // On the GPU, `on_device` says that images and outputs are device memory (CuPy arrays).

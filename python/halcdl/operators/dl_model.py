@@ -7,6 +7,7 @@ raises leaves the model exactly as it was.  Error numbers: see docs/operators.md
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import warnings
@@ -29,6 +30,7 @@ from ..errors import (
     H_ERR_DL_INPUT_WRONG_VALUES,
     H_ERR_DL_INPUTS_MISSING,
     H_ERR_DL_MODEL_INVALID_NUM_SAMPLES,
+    H_ERR_DL_MODEL_RUNTIME,
     H_ERR_DL_MODEL_UNSUPPORTED_GENPARAM,
     H_ERR_DL_SOLVER_INVALID_TYPE,
     H_ERR_DL_WRONG_BS_MULTIPLIER,
@@ -58,6 +60,7 @@ from ._tuple import (
     wrong_value,
 )
 from .. import _gpu
+from .. import distributed
 from .dl_device import DLDevice, cpu_device, gpu_device
 from .system import next_model_seed
 
@@ -576,6 +579,30 @@ def _set_meta_data(m: DLModel, vals: list) -> None:
     m.params["meta_data"] = {str(k): py_value(v) for k, v in d.items()}
 
 
+def _dp_settings(m: DLModel) -> str:
+    """The settings every rank of a data-parallel run must share (checked on joining)."""
+    keys = ("type", "batch_size", "batch_size_multiplier", "learning_rate", "momentum",
+            "weight_prior", "solver_type", "adam_beta1", "adam_beta2", "adam_epsilon",
+            "batchnorm_momentum", "class_ids", "class_weights", "image_width", "image_height",
+            "image_num_channels", "ignore_class_ids")
+    return repr([(k, m.params.get(k)) for k in keys] + [m.core.get_precision()])
+
+
+def _set_data_parallel(m: DLModel, vals: list) -> None:
+    # halcdl's own (docs/distributed.md): 'torch' joins torch.distributed's default process
+    # group (collective: every rank calls it; rank 0's model is broadcast), 'false' leaves
+    v = _choice(vals, "data_parallel", ("torch", "false"))
+    if v == "torch" and m.is_detection:
+        raise HOperatorError(H_ERR_DL_MODEL_RUNTIME, "data_parallel: detection models cannot be "
+                                                     "trained data parallel yet")
+    if v == "torch":
+        if m.data_parallel is None:
+            m.data_parallel = distributed.join(m.core, m.core.device() >= 0, _dp_settings(m))
+    elif m.data_parallel is not None:
+        dp, m.data_parallel = m.data_parallel, None
+        distributed.leave(dp)
+
+
 _SETTERS: dict[str, Callable[[DLModel, list], None]] = {
     "batch_size": _set_batch_size,
     "batch_size_multiplier": _set_multiplier,
@@ -605,9 +632,11 @@ _SETTERS: dict[str, Callable[[DLModel, list], None]] = {
     "optimize_for_inference": _set_optimize_for_inference,
     "meta_data": _set_meta_data,
     "precision": _set_precision,
+    "data_parallel": _set_data_parallel,
 }
 
-_READ_ONLY = ("type", "num_trainable_params", "summary", "input_dimensions")
+_READ_ONLY = ("type", "num_trainable_params", "summary", "input_dimensions",
+              "data_parallel_rank", "data_parallel_world_size")
 
 
 def _unsupported(name: str, what: str) -> HOperatorError:
@@ -637,7 +666,21 @@ def set_dl_model_param(dlmodel_handle: Any, gen_param_name: Any, gen_param_value
     vals = [gen_param_value] if isinstance(gen_param_value, dict) else to_tuple(gen_param_value)
     with m.lock:
         check_model(m)  # may have been cleared while waiting
+        if m.data_parallel is None or name == "data_parallel":
+            setter(m, vals)
+            return
+        # data parallel: a change that re-creates layers would give each rank its own new
+        # initialisation, so it is refused (and undone)
+        old = (m.spec, m.core, copy.deepcopy(m.params))
         setter(m, vals)
+        if m.core is not old[1]:
+            m.adopt(old[0], old[1])
+            m.params = old[2]
+            m.mark_hparams_dirty()
+            raise HOperatorError(H_ERR_DL_MODEL_RUNTIME,
+                                 f"{name}: the change re-creates layers, which a data-parallel "
+                                 f"model cannot do; set 'data_parallel' to 'false' first, "
+                                 f"change it, and join again")
 
 
 def _detection_setter(m: DLModel, name: str) -> Callable[[DLModel, list], None] | None:
@@ -692,6 +735,11 @@ def _get_param(m: DLModel, name: str) -> list:
         return [m.core.get_precision()]
     if name == "device":
         return [gpu_device(m.core.device()) if m.core.device() >= 0 else cpu_device()]
+    if name == "data_parallel":
+        return ["false" if m.data_parallel is None else "torch"]
+    if name in ("data_parallel_rank", "data_parallel_world_size"):
+        rank, world = distributed.rank_and_world_size(m)
+        return [rank if name == "data_parallel_rank" else world]
     if name in p:
         return [p[name]]
     raise _unsupported(name, "get_dl_model_param")
@@ -776,11 +824,19 @@ def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
         m.push_hparams()
         m.sync_gpu_options()
         dev = _device_images(m, samples)  # CuPy images: assembled on the GPU, used in place
+        dp = m.data_parallel
         try:
-            result = m.core.train_step(samples, p["batch_size"], p["batch_size_multiplier"],
-                                       p["image_height"], p["image_width"],
-                                       p["image_num_channels"],
-                                       0 if dev is None else dev.data.ptr)
+            if dp is None:
+                result = m.core.train_step(samples, p["batch_size"], p["batch_size_multiplier"],
+                                           p["image_height"], p["image_width"],
+                                           p["image_num_channels"],
+                                           0 if dev is None else dev.data.ptr)
+            else:  # the engine calls dp.reduce between backward and update
+                result = m.core.train_step(samples, p["batch_size"], p["batch_size_multiplier"],
+                                           p["image_height"], p["image_width"],
+                                           p["image_num_channels"],
+                                           0 if dev is None else dev.data.ptr, dp.reduce,
+                                           dp.world_size, dp.rank * p["batch_size_multiplier"])
         except TypeError as err:  # argument conversion in the bindings
             raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
                 from None
@@ -997,4 +1053,6 @@ def clear_dl_model(dlmodel_handle: Any) -> None:
             raise wrong_type(1, f"expected DL model handles, got {type(h).__name__}")
     for h in handles:
         with h.lock:
+            dp, h.data_parallel = getattr(h, "data_parallel", None), None
+            distributed.leave(dp)
             h.clear()

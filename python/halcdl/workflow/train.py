@@ -32,6 +32,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .. import distributed as _distributed
 from ..errors import (
     H_ERR_DL_FILE_READ,
     H_ERR_DL_FILE_WRITE,
@@ -800,6 +801,9 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
 
     samples = _evaluate.check_dataset(dldataset, 1)
     m = check_model(dlmodel_handle, 2)
+    # data parallel (docs/distributed.md): a step is world × batch_size × multiplier samples
+    # of the same permutation on every rank, each rank training on its share
+    rank, world = _distributed.rank_and_world_size(m)
     tp = train_param if _validated else _check_train_param(train_param, 3)
     se = to_tuple(start_epoch)
     if len(se) != 1:
@@ -820,11 +824,12 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
     if not train_idx:
         raise HOperatorError(H_ERR_DL_INVALID_DATASET, "the dataset has no 'train' samples")
     _auto_batch_size(m, tp, len(train_idx), resume)
-    batch0 = int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"])
+    batch0 = int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"]) * world
     if batch0 > len(train_idx):
         raise HOperatorError(H_ERR_DL_INVALID_DATASET,
                              f"the 'train' split holds {len(train_idx)} samples, fewer than "
-                             f"one batch (batch_size × batch_size_multiplier = {batch0})")
+                             f"one batch (batch_size × batch_size_multiplier"
+                             f"{' × ranks' if world > 1 else ''} = {batch0})")
     model_type = str(m.params["type"])
     keys = tp["evaluation_comparison_keys"] or _COMPARISON_DEFAULT.get(model_type,
                                                                        ["top1_error"])
@@ -852,7 +857,10 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
     n_train = len(train_idx)
     ctx = TrainContext(model=m, dldataset=dldataset, train_param=tp,
                        num_epochs=float(tp["num_epochs"]))
-    all_hooks = hooks_from_train_param(tp) + list(hooks)
+    own = hooks_from_train_param(tp)
+    if rank != 0:  # only rank 0 writes files and logs
+        own = [h for h in own if not isinstance(h, (SerializationHook, DisplayHook))]
+    all_hooks = own + list(hooks)
     losses: collections.deque = collections.deque()
     first_epoch = 0
     if info is not None:
@@ -896,6 +904,8 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
             return
         result, _ = _evaluate.evaluate_dl_model(dldataset, m, "split", "validation",
                                                 eval_param)
+        if world > 1:  # every rank evaluated (same time, no timeout risk); rank 0's counts
+            result = _distributed.broadcast_object(m, result)
         value = comparison_value(result, keys)
         ctx.evaluation_result = result
         ctx.comparison_value = value
@@ -927,14 +937,14 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
     while epoch_index < num_epochs and not ctx.stop and ctx.iteration < ctx.num_iterations:
         order = np.random.default_rng([seed, epoch_index]).permutation(n_train)
         ipe = max(1, n_train // (int(m.params["batch_size"]) *
-                                 int(m.params["batch_size_multiplier"])))
+                                 int(m.params["batch_size_multiplier"]) * world))
         ctx.iterations_per_epoch = ipe
         ctx.epoch = float(epoch_index)
         call("on_epoch_begin")
         # resuming inside an epoch (a 'final' state written after a stop): skip what was done
         it = max(0, min(ipe, int(round((skip_fraction or 0.0) * ipe))))
         skip_fraction = None
-        pos = it * int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"])
+        pos = it * int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"]) * world
         while not ctx.stop:
             ctx.epoch = epoch_index + it / ipe
             if ctx.epoch >= num_epochs - 1e-12 or it >= ipe:
@@ -942,11 +952,13 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
             call("on_batch_begin")
             if ctx.stop:
                 break  # a hook stopped before this iteration: it does not run
-            batch = int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"])
+            share = int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"])
+            batch = share * world
             if pos + batch > n_train:
                 break  # the last partial batch is dropped
             ctx.batch_size = batch
-            ctx.sample_indices = [train_idx[j] for j in order[pos:pos + batch]]
+            ctx.sample_indices = [train_idx[j] for j in
+                                  order[pos + rank * share:pos + (rank + 1) * share]]
             batch_samples = _evaluate.read_samples(dldataset, ctx.sample_indices)
             if tp["augmentation_param"]:
                 # per-sample randomness from (seed, epoch, image_id): reproducible, the same
