@@ -106,6 +106,9 @@ HALCON_SIGNATURES = {
                           "sample_select_values", "gen_param"],
     "set_dl_model_param_max_gpu_batch_size": ["dlmodel_handle", "batch_size_upper_bound"],
     "train_dl_model": ["dldataset", "dlmodel_handle", "train_param", "start_epoch"],
+    # halcdl's additions in HALCON's style (issue 13)
+    "optimize_dl_model_batch_size": ["dlmodel_handle", "mode", "gen_param"],
+    "start_train_dl_model": ["dldataset", "dlmodel_handle", "train_param", "start_epoch"],
     "determine_dl_model_detection_param": ["dldataset", "image_width_target",
                                            "image_height_target", "gen_param"],
     # interop helpers of HALCON's binding (python_interop / numpy_interop), dicts

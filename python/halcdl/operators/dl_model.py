@@ -811,6 +811,12 @@ def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
     Returns the DLTrainResult dict: ``total_loss`` plus one key per loss term."""
     m = check_model(dlmodel_handle, 1)
     samples = _sample_list(dlsample_batch, 2)
+    job = getattr(m, "training_job", None)  # workflow/jobs.py: reserved by a background job
+    if job is not None and not job.owns_current_thread():
+        from ..errors import H_ERR_DL_MODEL_RUNTIME  # noqa: PLC0415
+
+        raise HOperatorError(H_ERR_DL_MODEL_RUNTIME, "train_dl_model_batch: the model is "
+                             "being trained by a background job (stop it or wait for it)")
     with m.lock:
         check_model(m)
         _check_integer_images(m, samples)

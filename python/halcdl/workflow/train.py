@@ -63,7 +63,8 @@ __all__ = [
 ]
 
 _GEN_PARAM_NAMES = ("evaluate", "augment", "change", "serialize", "display",
-                    "evaluate_before_train")
+                    "evaluate_before_train",
+                    "early_stopping", "schedule", "batch_size")  # halcdl's (issue 13)
 _COMPARISON_DEFAULT = {"classification": ["top1_error"], "segmentation": ["mean_iou"],
                        "detection": ["mean_ap"]}
 _DEFAULT_BASENAMES = {"best": "model_best", "final": "model_final", "epochs": "model",
@@ -264,7 +265,31 @@ def _check_train_param(tp: Any, pos: int) -> dict:
     out["evaluation_comparison_keys"] = [str(k) for k in keys]
     out["evaluate_before_train"] = _true_false(tp.get("evaluate_before_train", "false"),
                                                "train_param evaluate_before_train")
+    _check_experience_keys(out)
     return out
+
+
+def _check_experience_keys(tp: dict) -> None:
+    """halcdl's keys (early_stopping, schedules, batch_size), validated in place when given."""
+    from .early_stopping import check_early_stopping  # noqa: PLC0415
+    from .schedules import check_no_conflict, check_schedules  # noqa: PLC0415
+
+    if tp.get("early_stopping") not in (None, [], {}):
+        tp["early_stopping"] = check_early_stopping(tp["early_stopping"])
+    if tp.get("schedules") not in (None, []):
+        tp["schedules"] = check_schedules(tp["schedules"])
+        check_no_conflict(tp["schedules"], tp.get("change_strategies", []))
+    if "batch_size" in tp:
+        b = to_tuple(tp["batch_size"])
+        if len(b) != 1 or not (b[0] == "auto" or (is_int(b[0]) and int(b[0]) >= 1)):
+            raise _bad(f"train_param batch_size must be 'auto' or an integer >= 1, got "
+                       f"{tp['batch_size']!r}")
+        tp["batch_size"] = b[0] if b[0] == "auto" else int(b[0])
+    if isinstance(tp.get("display_param"), dict) and \
+            tp["display_param"].get("enabled") == "true":
+        from .display import check_display  # noqa: PLC0415
+
+        check_display(tp["display_param"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,7 +375,8 @@ def create_dl_train_param(dlmodel_handle: Any, num_epochs: Any, evaluation_inter
                                  f"{', '.join(_GEN_PARAM_NAMES)})")
         if isinstance(value, (list, tuple)) and len(value) == 1 and (
                 isinstance(value[0], (list, tuple)) or name in (
-                    "evaluate", "augment", "display", "evaluate_before_train")):
+                    "evaluate", "augment", "display", "evaluate_before_train",
+                    "early_stopping", "batch_size")):
             value = value[0]  # a one-element tuple wrapping the value
         if name == "evaluate":
             tp["evaluation_param"] = _check_eval_param(value)
@@ -378,6 +404,15 @@ def create_dl_train_param(dlmodel_handle: Any, num_epochs: Any, evaluation_inter
                 value.get("enabled", display), "display enabled")
         elif name == "evaluate_before_train":
             tp["evaluate_before_train"] = _true_false(value, "evaluate_before_train")
+        elif name == "early_stopping":
+            from .early_stopping import check_early_stopping  # noqa: PLC0415
+
+            tp["early_stopping"] = check_early_stopping(value)
+        elif name == "schedule":
+            tp["schedules"] = list(tp.get("schedules", [])) + _dict_list(value, "'schedule'")
+        elif name == "batch_size":
+            tp["batch_size"] = value
+    _check_experience_keys(tp)
     return tp
 
 
@@ -637,13 +672,21 @@ class DisplayHook(TrainHook):
 
 def hooks_from_train_param(tp: dict) -> list[TrainHook]:
     """The hooks train_dl_model builds from a (validated) TrainParam."""
+    from . import display as _display  # noqa: PLC0415
+    from .early_stopping import EarlyStoppingHook  # noqa: PLC0415
+    from .schedules import ScheduleHook  # noqa: PLC0415
+
     hooks: list[TrainHook] = []
+    if tp.get("early_stopping"):  # first: restores the best before 'final' is written
+        hooks.append(EarlyStoppingHook(tp["early_stopping"]))
     if tp["change_strategies"]:
         hooks.append(ChangeStrategyHook(tp["change_strategies"]))
+    if tp.get("schedules"):
+        hooks.append(ScheduleHook(tp["schedules"]))
     if tp["serialization_strategies"]:
         hooks.append(SerializationHook(tp["serialization_strategies"]))
     if tp["display_param"].get("enabled") == "true":
-        hooks.append(DisplayHook(float(tp["update_interval_seconds"])))
+        hooks += _display.display_hooks(tp)
     return hooks
 
 
@@ -709,6 +752,28 @@ def _adopt_model_file(m: Any, path: str) -> None:
         m.mark_hparams_dirty()
 
 
+def _auto_batch_size(m: Any, tp: dict, n_train: int, resume: bool) -> None:
+    """train_param batch_size: an integer sets it; 'auto' runs optimize_dl_model_batch_size
+    (training mode, at most the 'train' split's size) first.  Not on 'resume' (the resumed
+    model keeps its batch size)."""
+    from ..operators.dl_model import set_dl_model_param  # noqa: PLC0415
+
+    b = tp.get("batch_size")
+    if b is None or resume:
+        return
+    mult = int(m.params["batch_size_multiplier"])
+    if b != "auto" and int(b) * mult > n_train:
+        raise HOperatorError(H_ERR_DL_INVALID_DATASET,
+                             f"the 'train' split holds {n_train} samples, fewer than one batch "
+                             f"(train_param batch_size {b} × batch_size_multiplier {mult})")
+    if b == "auto":
+        from .batch_size import optimize_dl_model_batch_size  # noqa: PLC0415
+
+        optimize_dl_model_batch_size(m, "training", {"max_batch_size": max(1, n_train // mult)})
+    else:
+        set_dl_model_param(m, "batch_size", int(b))
+
+
 def _none_if_empty(v: Any) -> Any:
     """[] (an .hdict empty tuple) stands for "none yet"."""
     return None if isinstance(v, list) and not v else v
@@ -758,6 +823,7 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
     val_idx = _split_indices(samples, "validation")
     if not train_idx:
         raise HOperatorError(H_ERR_DL_INVALID_DATASET, "the dataset has no 'train' samples")
+    _auto_batch_size(m, tp, len(train_idx), resume)
     batch0 = int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"]) * world
     if batch0 > len(train_idx):
         raise HOperatorError(H_ERR_DL_INVALID_DATASET,

@@ -1,0 +1,477 @@
+"""What train_dl_model shows and writes with enable_display 'true': a progress bar (tqdm), a
+training plot, confusion matrices / example predictions per evaluation (matplotlib, drawn
+off-screen with the Agg canvas, so no display is needed and pyplot's global state is never
+touched), and a JSON-lines log of every iteration, train info and evaluation.
+
+The keys of the display dict (create_dl_train_param's 'display' generic parameter; besides
+HALCON's own keys, which are kept and ignored here):
+
+=======================  ==================================================================
+``output_dir``           folder for the files below (created when missing). Without it only
+                         the progress bar is shown and nothing is written.
+``progress``             'bar' (default: a tqdm bar on stderr: epoch, loss, measure,
+                         images/s, ETA), 'lines' (one printed line per
+                         update_interval_seconds, HALCON-like) or 'none'.
+``plot``                 'true' (default) / 'false': ``training_plot.png`` (loss and the
+                         ``plot_params`` per iteration, evaluation measures per epoch),
+                         rewritten after every evaluation and at the end.
+``plot_params``          model parameters drawn per iteration (default ['learning_rate']).
+``confusion_matrix``     'true' (default) / 'false': classification, after every evaluation
+                         ``confusion_matrix.png`` (latest) and ``confusion_matrix_<epoch>.png``
+                         (rows = ground truth, columns = prediction, counts).
+``num_images``           HALCON's key: number of validation images drawn with their
+                         prediction after every evaluation (``predictions.png``; segmentation:
+                         image | ground truth | prediction; classification: true / predicted
+                         label).  Default 0 (HALCON's default).
+``log``                  'true' (default) / 'false': ``train_log.jsonl``.
+=======================  ==================================================================
+
+All files are written atomically (a temporary file renamed over the old one).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import (
+    H_ERR_DL_FILE_WRITE,
+    H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
+    HOperatorError,
+)
+from ..operators._tuple import is_int, is_str, to_tuple
+from .hooks import TrainContext, TrainHook
+
+__all__: list[str] = []
+
+PLOT_FILE = "training_plot.png"
+LOG_FILE = "train_log.jsonl"
+CONFUSION_FILE = "confusion_matrix.png"
+PREDICTIONS_FILE = "predictions.png"
+
+
+def _bad(msg: str) -> HOperatorError:
+    return HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE, msg)
+
+
+def _tf(d: dict, key: str, default: str) -> bool:
+    v = to_tuple(d.get(key, default))
+    x = v[0] if len(v) == 1 else None
+    if x is True or x == "true" or (is_int(x) and x == 1):
+        return True
+    if x is False or x == "false" or (is_int(x) and x == 0):
+        return False
+    raise _bad(f"display {key} must be 'true' or 'false', got {d.get(key)!r}")
+
+
+def check_display(d: dict) -> dict:
+    """The display options halcdl uses, validated (7914)."""
+    out: dict = {}
+    od = d.get("output_dir")
+    if isinstance(od, os.PathLike):
+        od = os.fspath(od)
+    if od is not None and od != [] and (not is_str(od) or not od):
+        raise _bad(f"display output_dir must be a folder name, got {od!r}")
+    out["output_dir"] = str(od) if od not in (None, []) else None
+    prog = d.get("progress", "bar")
+    if prog not in ("bar", "lines", "none"):
+        raise _bad(f"display progress must be 'bar', 'lines' or 'none', got {prog!r}")
+    out["progress"] = prog
+    out["plot"] = _tf(d, "plot", "true")
+    out["confusion_matrix"] = _tf(d, "confusion_matrix", "true")
+    out["log"] = _tf(d, "log", "true")
+    pp = to_tuple(d.get("plot_params", ["learning_rate"]))
+    if not all(is_str(p) for p in pp):
+        raise _bad(f"display plot_params must be model parameter names, got {pp!r}")
+    out["plot_params"] = [str(p) for p in pp]
+    n = d.get("num_images")
+    if n is not None:
+        n = to_tuple(n)
+        if len(n) != 1 or not is_int(n[0]) or int(n[0]) < 0:
+            raise _bad(f"display num_images must be an integer >= 0, got {d.get('num_images')!r}")
+        n = int(n[0])
+    out["num_images"] = n
+    return out
+
+
+def display_hooks(tp: dict) -> list[TrainHook]:
+    """The hooks enable_display 'true' adds (see the module docstring)."""
+    from .train import DisplayHook  # noqa: PLC0415
+
+    import importlib.util  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    opts = check_display(tp["display_param"])
+    hooks: list[TrainHook] = []
+    if opts["progress"] == "bar" and importlib.util.find_spec("tqdm") is None:
+        opts["progress"] = "lines"  # without tqdm: HALCON-like printed lines
+    if opts["output_dir"] and (opts["plot"] or opts["confusion_matrix"]
+                               or opts["num_images"]) and \
+            importlib.util.find_spec("matplotlib") is None:
+        warnings.warn("halcdl: matplotlib is not installed: no training plot, confusion "
+                      "matrix or predictions (pip install matplotlib)", stacklevel=3)
+        opts.update(plot=False, confusion_matrix=False, num_images=0)
+    if opts["progress"] == "bar":
+        hooks.append(ProgressBarHook())
+    elif opts["progress"] == "lines":
+        hooks.append(DisplayHook(float(tp["update_interval_seconds"])))
+    if opts["output_dir"]:
+        hooks.append(FilesHook(opts))
+    return hooks
+
+
+# --------------------------------------------------------------------------------------------
+def _measure_text(ctx: TrainContext) -> str:
+    from .train import _lookup  # noqa: PLC0415
+
+    if ctx.evaluation_result is None:
+        return ""
+    parts = []
+    for k in ctx.train_param["evaluation_comparison_keys"]:
+        v = _lookup(ctx.evaluation_result, k)
+        if v is not None:
+            parts.append(f"{k} {float(np.nanmean(np.asarray(v, dtype=float))):.4f}")
+    return " ".join(parts)
+
+
+class ProgressBarHook(TrainHook):
+    """A tqdm bar over the iterations (stderr), postfix: epoch, loss, measure, images/s; tqdm
+    adds the ETA.  Evaluations are printed as lines above the bar (stdout)."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream
+        self.bar = None
+        self._t0 = 0.0
+        self._images = 0
+
+    def on_train_begin(self, ctx: TrainContext) -> None:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        self.bar = tqdm(total=max(ctx.num_iterations, ctx.iteration), initial=ctx.iteration,
+                        unit="it", file=self.stream or sys.stderr, dynamic_ncols=True,
+                        desc="training", leave=True)
+        self._t0 = time.perf_counter()
+        self._images = 0
+
+    def _postfix(self, ctx: TrainContext) -> dict:
+        dt = time.perf_counter() - self._t0
+        d = {"epoch": f"{ctx.epoch:.2f}/{ctx.num_epochs:g}", "loss": f"{ctx.mean_loss:.4f}"}
+        m = _measure_text(ctx)
+        if m:
+            d["val"] = m
+        if dt > 0:
+            d["img/s"] = f"{self._images / dt:.1f}"
+        return d
+
+    def on_batch_end(self, ctx: TrainContext) -> None:
+        self._images += ctx.batch_size
+        self.bar.set_postfix(self._postfix(ctx), refresh=False)
+        self.bar.update(1)
+
+    def on_evaluation(self, ctx: TrainContext) -> None:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        if self.bar is not None:
+            self.bar.set_postfix(self._postfix(ctx), refresh=False)
+        tqdm.write(f"epoch {ctx.epoch:.2f}  loss {ctx.mean_loss:.4f}  validation "
+                   f"{_measure_text(ctx)}{'  (best)' if ctx.improved else ''}",
+                   file=sys.stdout)
+
+    def on_train_end(self, ctx: TrainContext) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(self._postfix(ctx), refresh=False)
+            self.bar.close()
+            self.bar = None
+
+
+# --------------------------------------------------------------------------------------------
+def jsonable(x: Any) -> Any:
+    """x with numpy arrays and scalars as lists and numbers (NaN/inf as null)."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return jsonable(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def _atomic_savefig(fig, path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+
+    FigureCanvasAgg(fig)
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    except OSError as err:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise HOperatorError(H_ERR_DL_FILE_WRITE, f"cannot write {path!r}: {err}") from None
+
+
+def draw_training_plot(records: list[dict], path: str, plot_params: list[str],
+                       measure_names: list[str], title: str = "") -> None:
+    """The training plot from log records: top, the loss per iteration (and its running
+    mean); middle, the plot_params per iteration; bottom, the evaluation measures over
+    epochs."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    its = [r for r in records if r.get("type") == "iteration"]
+    evs = [r for r in records if r.get("type") == "evaluation"]
+    fig = Figure(figsize=(9, 8))
+    ax1, ax2, ax3 = fig.subplots(3, 1)
+    ep = np.array([r["epoch"] for r in its], dtype=float)
+    loss = np.array([np.nan if r.get("loss") is None else r["loss"] for r in its],
+                    dtype=float)
+    ax1.plot(ep, loss, color="tab:blue", lw=0.8, alpha=0.5, label="loss (batch)")
+    mean = np.array([np.nan if r.get("mean_loss") is None else r["mean_loss"] for r in its],
+                    dtype=float)
+    ax1.plot(ep, mean, color="tab:blue", lw=1.8, label="mean loss")
+    ax1.set_ylabel("loss")
+    ax1.set_title(title or "training")
+    ax1.legend(loc="upper right")
+    ax1.grid(alpha=0.3)
+    colors = ["tab:orange", "tab:purple", "tab:brown", "tab:pink"]
+    for i, name in enumerate(plot_params):
+        vals = np.array([np.nan if r.get(name) is None else r[name] for r in its],
+                        dtype=float)
+        ax2.plot(ep, vals, color=colors[i % len(colors)], label=name)
+    ax2.set_ylabel(", ".join(plot_params))
+    if plot_params:
+        ax2.legend(loc="upper right")
+    ax2.grid(alpha=0.3)
+    e_ep = np.array([r["epoch"] for r in evs], dtype=float)
+    for i, name in enumerate(measure_names):
+        vals = np.array([np.nan if r.get("measures", {}).get(name) is None
+                         else r["measures"][name] for r in evs], dtype=float)
+        ax3.plot(e_ep, vals, marker="o", color=["tab:green", "tab:red", "tab:cyan"][i % 3],
+                 label=name)
+    ax3.set_ylabel("validation")
+    ax3.set_xlabel("epoch")
+    if measure_names and evs:
+        ax3.legend(loc="best")
+    ax3.grid(alpha=0.3)
+    lo = min([0.0] + list(ep[:1]))
+    hi = max([1.0] + list(ep[-1:]) + list(e_ep[-1:]))
+    for ax in (ax1, ax2, ax3):
+        ax.set_xlim(lo, hi)
+    fig.tight_layout()
+    _atomic_savefig(fig, path)
+
+
+def draw_confusion_matrix(cm: np.ndarray, class_names: list[str], path: str,
+                          title: str) -> None:
+    """Counts, rows = ground truth, columns = prediction."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    cm = np.asarray(cm)
+    k = cm.shape[0]
+    size = min(12.0, 2.5 + 0.5 * k)
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(k), [str(c) for c in class_names], rotation=45, ha="right")
+    ax.set_yticks(range(k), [str(c) for c in class_names])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("ground truth class")
+    ax.set_title(title)
+    if k <= 20:
+        vmax = cm.max() if cm.size else 0
+        for r in range(k):
+            for c in range(k):
+                ax.text(c, r, str(int(cm[r, c])), ha="center", va="center",
+                        color="white" if cm[r, c] > vmax / 2 else "black", fontsize=9)
+    fig.tight_layout()
+    _atomic_savefig(fig, path)
+
+
+def _as_display_image(img: np.ndarray) -> np.ndarray:
+    a = np.asarray(img, dtype=np.float64)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def draw_predictions(model: Any, dldataset: dict, indices: list[int], path: str,
+                     title: str) -> None:
+    """Validation images with their prediction (classification: true / predicted label in
+    the title; segmentation: image | ground truth | prediction)."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    from ..operators.dl_model import apply_dl_model  # noqa: PLC0415
+    from . import evaluate as _evaluate  # noqa: PLC0415
+
+    samples = _evaluate.read_samples(dldataset, indices)
+    results = apply_dl_model(model, samples, [])
+    names = dict(zip(model.params["class_ids"], model.params["class_names"]))
+    seg = model.is_segmentation
+    n = len(samples)
+    cols = 3 if seg else min(n, 4)
+    rows = n if seg else int(math.ceil(n / cols))
+    fig = Figure(figsize=(3 * cols, 3 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    k = max([1] + [int(c) + 1 for c in model.params["class_ids"]])  # colour scale of ids
+    for i, (s, r) in enumerate(zip(samples, results)):
+        if seg:
+            gt = s.get("segmentation_image")
+            pred = np.asarray(r["segmentation_image"])
+            axes[3 * i].imshow(_as_display_image(s["image"]), cmap="gray")
+            axes[3 * i].set_title(f"image {s.get('image_id')}", fontsize=8)
+            if gt is not None:
+                axes[3 * i + 1].imshow(np.asarray(gt), cmap="tab20", vmin=0, vmax=k)
+            axes[3 * i + 1].set_title("ground truth", fontsize=8)
+            axes[3 * i + 2].imshow(pred, cmap="tab20", vmin=0, vmax=k)
+            axes[3 * i + 2].set_title("prediction", fontsize=8)
+        else:
+            ax = axes[i]
+            ax.imshow(_as_display_image(s["image"]), cmap="gray")
+            pred = to_tuple(r.get("classification_class_names", []))
+            conf = to_tuple(r.get("classification_confidences", []))
+            true = names.get(s.get("image_label_id"), s.get("image_label_id"))
+            ok = bool(pred) and str(pred[0]) == str(true)
+            ax.set_title(f"true {true}\npred {pred[0] if pred else '?'} "
+                         f"({float(conf[0]) if conf else float('nan'):.2f})",
+                         fontsize=8, color="green" if ok else "red")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _atomic_savefig(fig, path)
+
+
+class FilesHook(TrainHook):
+    """The JSON-lines log, the training plot, the confusion matrix and example predictions
+    in ``output_dir`` (see the module docstring)."""
+
+    def __init__(self, opts: dict) -> None:
+        self.opts = opts
+        self.dir = opts["output_dir"]
+        self.records: list[dict] = []
+        self._n_infos = 0
+        self._log: str | None = None
+        self._pending: list[str] = []
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def on_train_begin(self, ctx: TrainContext) -> None:
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+        except OSError as err:
+            raise HOperatorError(H_ERR_DL_FILE_WRITE,
+                                 f"display output_dir {self.dir!r}: {err}") from None
+        self.records = []
+        self._n_infos = len(ctx.train_infos)
+        log = self.path(LOG_FILE)
+        if ctx.iteration > 0 and os.path.isfile(log):  # continuing: keep what was logged
+            with open(log, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if rec.get("iteration", -1) <= ctx.iteration:
+                        self.records.append(rec)
+        self._log = log if self.opts["log"] else None
+        self._pending = []
+        if self._log is not None:  # no file stays open between events (nothing leaks if
+            with open(log, "w", encoding="utf-8") as f:  # training ends with an exception)
+                f.writelines(json.dumps(rec) + "\n" for rec in self.records)
+
+    def _flush(self) -> None:
+        """Append the lines since the last flush (after every epoch and evaluation)."""
+        if self._log is not None and self._pending:
+            with open(self._log, "a", encoding="utf-8") as f:
+                f.writelines(self._pending)
+        self._pending = []
+
+    def _emit(self, rec: dict) -> None:
+        rec = jsonable(rec)
+        self.records.append(rec)
+        if self._log is not None:
+            self._pending.append(json.dumps(rec) + "\n")
+
+    def _new_infos(self, ctx: TrainContext) -> None:
+        for info in ctx.train_infos[self._n_infos:]:
+            self._emit({"type": "train_info", **info})
+        self._n_infos = len(ctx.train_infos)
+
+    def on_batch_end(self, ctx: TrainContext) -> None:
+        tr = ctx.train_result or {}
+        loss = float(np.ravel(tr.get("total_loss", np.nan))[0])
+        rec = {"type": "iteration", "iteration": ctx.iteration, "epoch": ctx.epoch,
+               "loss": loss, "mean_loss": ctx.mean_loss, "batch_size": ctx.batch_size}
+        for name in self.opts["plot_params"]:
+            v = ctx.model.params.get(name)
+            if isinstance(v, (int, float)):
+                rec[name] = float(v)
+        self._emit(rec)
+        self._new_infos(ctx)
+
+    def on_epoch_end(self, ctx: TrainContext) -> None:
+        self._new_infos(ctx)
+        self._flush()
+
+    def _measures(self, ctx: TrainContext) -> dict:
+        from .train import _lookup  # noqa: PLC0415
+
+        out = {}
+        for k in ctx.train_param["evaluation_comparison_keys"]:
+            v = _lookup(ctx.evaluation_result or {}, k)
+            if v is not None:
+                out[k] = float(np.nanmean(np.asarray(v, dtype=float)))
+        return out
+
+    def on_evaluation(self, ctx: TrainContext) -> None:
+        res = ctx.evaluation_result or {}
+        self._emit({"type": "evaluation", "iteration": ctx.iteration, "epoch": ctx.epoch,
+                    "comparison_value": ctx.comparison_value, "improved": ctx.improved,
+                    "measures": self._measures(ctx), "result": res})
+        ep = f"{ctx.epoch:.2f}".rstrip("0").rstrip(".")
+        cm = res.get("absolute_confusion_matrix")
+        if self.opts["confusion_matrix"] and cm is not None and not ctx.model.is_segmentation:
+            # HALCON's orientation is rows = predicted: transpose to rows = ground truth
+            cm = np.asarray(cm).T
+            names = list(ctx.model.params["class_names"])
+            title = f"confusion matrix, validation, epoch {ep}"
+            draw_confusion_matrix(cm, names, self.path(f"confusion_matrix_{ep}.png"), title)
+            draw_confusion_matrix(cm, names, self.path(CONFUSION_FILE), title)
+        n = self.opts["num_images"] or 0
+        if n > 0:
+            from .train import _split_indices  # noqa: PLC0415
+
+            val = _split_indices(list(ctx.dldataset["samples"]), "validation")[:n]
+            if val:
+                draw_predictions(ctx.model, ctx.dldataset, val, self.path(PREDICTIONS_FILE),
+                                 f"validation predictions, epoch {ep}")
+        if self.opts["plot"]:
+            self._plot(ctx)
+        self._flush()
+
+    def _plot(self, ctx: TrainContext) -> None:
+        draw_training_plot(self.records, self.path(PLOT_FILE), self.opts["plot_params"],
+                           list(ctx.train_param["evaluation_comparison_keys"]),
+                           f"{ctx.model.params.get('type', '')} training, epoch "
+                           f"{ctx.epoch:.2f}/{ctx.num_epochs:g}")
+
+    def on_train_end(self, ctx: TrainContext) -> None:
+        self._new_infos(ctx)
+        try:
+            if self.opts["plot"]:
+                self._plot(ctx)
+        finally:
+            self._flush()
