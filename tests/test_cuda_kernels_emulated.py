@@ -787,6 +787,36 @@ def test_adam_update_bit_exact(K, t):
         assert np.all(np.abs(step - 0.001) < 1e-4)
 
 
+def test_update_finite_checks(K):
+    """The divergence checks (issue 15): the flag drops exactly when the update the twin
+    kernel would make holds NaN/Inf; nothing is written (inputs unchanged)."""
+    rng = np.random.default_rng(71)
+    n, nw = 2500, 1700
+    w = rng.standard_normal(n).astype(F32)
+    g = rng.standard_normal(n).astype(F32)
+    v = (rng.standard_normal(n) * 0.1).astype(F32)
+    m2 = (rng.random(n) * 0.01).astype(F32)
+    for lr, expect in ((0.01, 1), (3e38, 0)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            rw, rv = sgd_ref(w, g, v, nw, lr, 0.9, 0.0005)
+        assert bool(np.all(np.isfinite(rw)) and np.all(np.isfinite(rv))) == bool(expect)
+        out = K.call("sgd_update_finite", w, g, v, nw, n, F32(lr), F32(0.9), F32(0.0005),
+                     np.ones(1, np.int32))
+        assert int(out[-1][0]) == expect, ("sgd", lr)
+        assert_bits_equal(out[0], w, "sgd check must not write w")
+        assert_bits_equal(out[2], v, "sgd check must not write v")
+    g_inf = g.copy()
+    g_inf[5] = np.inf
+    out = K.call("sgd_update_finite", w, g_inf, v, nw, n, F32(0.01), F32(0.9), F32(0.0), np.ones(1, np.int32))
+    assert int(out[-1][0]) == 0
+    for gscale, expect in ((1.0, 1), (1e30, 0)):  # g² overflows the second moment
+        gg = (g * F32(gscale)).astype(F32)
+        out = K.call("adam_update_finite", w, gg, v, m2, nw, n, F32(0.001), F32(0.9), F32(0.999), F32(1e-8),
+                     F32(0.0005), 3, np.ones(1, np.int32))
+        assert int(out[-1][0]) == expect, ("adam", gscale)
+        assert_bits_equal(out[3], m2, "adam check must not write v")
+
+
 # ---- determinism across schedules, launch shapes ----------------------------------------------
 
 def test_reductions_are_schedule_independent(K):

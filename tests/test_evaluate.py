@@ -1,13 +1,13 @@
 """evaluate_dl_model: classification measures against scikit-learn, segmentation measures
 against an independent numpy computation, sample selection, bad input.
 
-Datasets hold their images in memory; the workflow's sample reader
-(``halcdl.workflow.evaluate.read_samples``) is replaced by one returning them (see
-tests/test_train.py).
+Datasets are preprocessed ones (one DLSample .hdict file per sample under 'dlsample_dir'),
+read by the real read_dl_samples, wrapped to log the indices (see tests/test_train.py).
 """
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 
 import numpy as np
@@ -15,24 +15,39 @@ import pytest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
 import halcdl as ha
+from halcdl.io.hdict import write_hdict
 from halcdl.workflow import evaluate as ev
+
+SAMPLE_DIR: list = []
+
+
+@pytest.fixture(autouse=True)
+def _sample_dir(tmp_path_factory):
+    SAMPLE_DIR[:] = [str(tmp_path_factory.mktemp("dlsamples"))]
+
+
+def with_files(ds: dict) -> dict:
+    """Write every sample's DLSample file (image + labels) and point the dataset at them."""
+    for i, s in enumerate(ds["samples"]):
+        name = f"{s['image_id']}_dlsample.hdict"
+        d = {"image": s["_image"], "image_id": s["image_id"]}
+        for k in ("image_label_id", "segmentation_image"):
+            if k in s:
+                d[k] = s[k]
+        write_hdict(d, os.path.join(SAMPLE_DIR[0], name))
+        s["dlsample_file_name"] = name
+    ds["dlsample_dir"] = SAMPLE_DIR[0]
+    return ds
 
 
 @pytest.fixture
 def reader(monkeypatch):
     log = []
+    real = ev.read_samples
 
     def read(dldataset, indices):
         log.append(list(indices))
-        out = []
-        for i in indices:
-            s = dldataset["samples"][i]
-            d = {"image": s["_image"].copy(), "image_id": s["image_id"]}
-            for k in ("image_label_id", "segmentation_image"):
-                if k in s:
-                    d[k] = s[k]
-            out.append(d)
-        return out
+        return real(dldataset, indices)
 
     monkeypatch.setattr(ev, "read_samples", read)
     read.log = log
@@ -53,7 +68,7 @@ def classification_setup(n=37, classes=4, seed=0, class_ids=(3, 7, 1, 9)):
         samples.append({"image_id": 1000 + i, "_image": rng.normal(0, 60, (16, 16, 3))
                         .astype(np.float32), "image_label_id": int(class_ids[i % classes]),
                         "split": "test" if i % 3 else "validation"})
-    return m, {"class_ids": list(class_ids), "samples": samples}
+    return m, with_files({"class_ids": list(class_ids), "samples": samples})
 
 
 def predictions(m, ds, idx):
@@ -170,7 +185,7 @@ def seg_setup(n=7, seed=1):
         seg = rng.choice([0, 4, 2, 255], (16, 16), p=[0.4, 0.3, 0.2, 0.1]).astype(np.uint8)
         samples.append({"image_id": i, "split": "test", "segmentation_image": seg,
                         "_image": rng.normal(0, 50, (16, 16, 3)).astype(np.float32)})
-    return m, {"class_ids": [0, 4, 2], "samples": samples}
+    return m, with_files({"class_ids": [0, 4, 2], "samples": samples})
 
 
 def test_segmentation_against_numpy(reader):
@@ -204,17 +219,71 @@ def test_segmentation_against_numpy(reader):
     assert set(only) == {"mean_iou"}
 
 
-def test_detection_dispatch(reader, monkeypatch):
-    m, ds = classification_setup(n=4)
-    m.params["type"] = "detection"  # no detection model yet: the dispatch only
-    try:
-        import halcdl.workflow.evaluate_detection  # noqa: F401
-    except ImportError:
-        with pytest.raises(ha.HOperatorError) as e:
-            ha.evaluate_dl_model(ds, m, "sample_indices", [0], [])
-        assert e.value.error_code == 7914 and "detection" in e.value.message
-    finally:
-        m.params["type"] = "classification"
+def detection_setup(n=3, seed=2):
+    rng = np.random.default_rng(seed)
+    ha.set_system("seed_rand", seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = ha.create_dl_model_detection(
+            "pretrained_dl_classifier_compact.hdl", 2,
+            {"image_width": 64, "image_height": 64, "capacity": "low", "min_level": 2,
+             "max_level": 3, "anchor_num_subscales": 1, "anchor_aspect_ratios": [1.0, 2.0],
+             "min_confidence": 0.0})
+    ha.set_dl_model_param(m, "batch_size", 2)
+    samples = []
+    for i in range(n):
+        samples.append({"image_id": 50 + i, "split": "validation" if i else "train",
+                        "_image": rng.normal(0, 1, (64, 64, 3)).astype(np.float32),
+                        "bbox_row1": [5.0, 20.0 + i], "bbox_col1": [6.0, 30.0],
+                        "bbox_row2": [30.0, 60.0], "bbox_col2": [40.0, 62.0 - i],
+                        "bbox_label_id": [0, 1]})
+    ds = {"class_ids": [0, 1], "samples": samples, "dlsample_dir": SAMPLE_DIR[0]}
+    for s in samples:
+        name = f"det_{s['image_id']}_dlsample.hdict"
+        write_hdict({"image": s["_image"], "image_id": s["image_id"],
+                     **{k: s[k] for k in s if k.startswith("bbox_")}},
+                    os.path.join(SAMPLE_DIR[0], name))
+        s["dlsample_file_name"] = name
+    return m, ds
+
+
+def test_detection_dispatch(reader):
+    """A detection model's evaluation is halcdl.workflow.evaluate_detection's mean_ap over
+    apply_dl_model's results, read in batches like the other types."""
+    evaluate_detection = pytest.importorskip("halcdl.workflow.evaluate_detection")
+    m, ds = detection_setup()
+    result, params = ha.evaluate_dl_model(ds, m, "sample_indices", [0, 1, 2],
+                                          {"iou_threshold": [0.5, 0.75]})
+    assert params["evaluation_type"] == "detection" and params["num_samples"] == 3
+    assert [len(b) for b in reader.log] == [2, 1]
+    samples = ev.read_samples(ds, [0, 1, 2])
+    results = ha.apply_dl_model(m, samples, [])
+    expected = evaluate_detection.evaluate_detection(results, samples, dict(m.params),
+                                                     {"iou_threshold": [0.5, 0.75]})
+    assert result["max_num_detections_all"]["area_all"]["mean_ap"] == \
+        pytest.approx(expected["max_num_detections_all"]["area_all"]["mean_ap"])
+    # train_dl_model compares detection evaluations by mean_ap, found in the nested result
+    tp = ha.create_dl_train_param(m, 1, 1, "false", 1, ["serialize"], [[]])
+    assert tp["evaluation_comparison_keys"] == ["mean_ap"]
+    ds["samples"][2]["split"] = "train"  # two training samples: one batch
+    _, _, evals = ha.train_dl_model(ds, m, tp, 0)
+    assert len(evals) == 1 and evals[0]["comparison_value"] == pytest.approx(
+        evals[0]["result"]["max_num_detections_all"]["area_all"]["mean_ap"])
+
+
+def test_detection_without_its_evaluation_module(reader, monkeypatch):
+    m, ds = detection_setup(n=1)
+    real = ev.importlib.import_module
+
+    def no_detection(name, *a):
+        if name.endswith("evaluate_detection"):
+            raise ImportError(name)
+        return real(name, *a)
+
+    monkeypatch.setattr(ev.importlib, "import_module", no_detection)
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.evaluate_dl_model(ds, m, "sample_indices", [0], [])
+    assert e.value.error_code == 7914 and "detection evaluation" in e.value.message
 
 
 @pytest.mark.parametrize("args,code", [

@@ -252,7 +252,7 @@ class FakeEngine final : public DeviceEngine {
   float* pinned_weights(size_t n) override { if (w_.size() < n) w_.resize(n); return w_.data(); }
   // P -= lr, M1 += 1, M2 += 2 (Adam), S += 0.5; the loss is the images' mean.
   TrainResult train_step(const float* images, bool, const int*, const float*, int bs, int m, int c, int h, int w,
-                         const HParams& hp, int64_t adam_t, uint64_t) override {
+                         const HParams& hp, int64_t adam_t, uint64_t, const StepHook*) override {
     if (fail("train")) HALCDL_THROW(kErrTrainingFailed, "fake: the loss became nan");
     const size_t n = static_cast<size_t>(bs) * m * c * h * w;
     double sum = 0;

@@ -1,10 +1,11 @@
 """create_dl_train_param and train_dl_model: HALCON's loop semantics, serialization, resume,
 determinism, bad input.
 
-The datasets here hold their images in memory: the tests replace the workflow's sample reader
-(``halcdl.workflow.evaluate.read_samples``, which train_dl_model and evaluate_dl_model both
-call) by one that returns copies of the in-memory samples and logs the indices it was asked
-for, so the tests see exactly which samples each iteration trained on.
+The datasets are preprocessed ones as preprocess_dl_dataset leaves them: one DLSample .hdict
+file per sample under the dataset's 'dlsample_dir', read by the real read_dl_samples. The
+``reader`` fixture wraps the workflow's sample reader (``halcdl.workflow.evaluate.
+read_samples``, which train_dl_model and evaluate_dl_model both call) to log the indices it
+was asked for, so the tests see exactly which samples each iteration trained on.
 """
 from __future__ import annotations
 
@@ -16,12 +17,19 @@ import numpy as np
 import pytest
 
 import halcdl as ha
+from halcdl.io.hdict import write_hdict
 from halcdl.workflow import evaluate as ev
 from halcdl.workflow import train as tr
 from halcdl.workflow.hooks import TrainHook
 
 SIZE = 16
 LR = 0.01
+SAMPLE_DIR: list = []  # the folder of this test's DLSample files (set by a fixture)
+
+
+@pytest.fixture(autouse=True)
+def _sample_dir(tmp_path_factory):
+    SAMPLE_DIR[:] = [str(tmp_path_factory.mktemp("dlsamples"))]
 
 
 def make_dataset(n_train=22, n_val=8, n_test=6, classes=3, seed=0):
@@ -32,26 +40,25 @@ def make_dataset(n_train=22, n_val=8, n_test=6, classes=3, seed=0):
         c = i % classes
         img = rng.normal(0, 20, (SIZE, SIZE, 3)).astype(np.float32) + (c - 1) * 60.0
         split = "train" if i < n_train else ("validation" if i < n_train + n_val else "test")
+        name = f"{seed}_{n_train}_{100 + i}_dlsample.hdict"
+        write_hdict({"image": img, "image_id": 100 + i, "image_label_id": c},
+                    os.path.join(SAMPLE_DIR[0], name))
         samples.append({"image_id": 100 + i, "image_label_id": c, "split": split,
-                        "_image": img})
+                        "dlsample_file_name": name, "_image": img})
     return {"class_ids": list(range(classes)), "class_names": [f"c{c}" for c in
                                                                range(classes)],
-            "samples": samples, "image_dir": ""}
+            "samples": samples, "image_dir": "", "dlsample_dir": SAMPLE_DIR[0]}
 
 
 @pytest.fixture
 def reader(monkeypatch):
-    """In-memory read_dl_samples stand-in; ``reader.log`` lists every call's indices."""
+    """The real read_dl_samples; ``reader.log`` lists every call's indices."""
     log: list[list[int]] = []
+    real = ev.read_samples
 
     def read(dldataset, indices):
         log.append(list(indices))
-        out = []
-        for i in indices:
-            s = dldataset["samples"][i]
-            out.append({"image": s["_image"].copy(), "image_id": s["image_id"],
-                        "image_label_id": s["image_label_id"]})
-        return out
+        return real(dldataset, indices)
 
     monkeypatch.setattr(ev, "read_samples", read)
     read.log = log
@@ -264,10 +271,18 @@ def test_evaluation_interval(reader):
     # each evaluation reads the validation split in batches of batch_size
     val_reads = [b for b in reader.log if set(b) <= set(val)]
     assert [i for b in val_reads[:2] for i in b] == val
-    tp = train_param(m, epochs=1, interval=1, names=["evaluate_before_train"],
-                     values=["true"])
+    tp = train_param(m, epochs=1, interval=1, names=["evaluate_before_train", "display"],
+                     values=["true", {"selected_percentage_train_samples": 25}])
+    reader.log.clear()
     _, _, evals = tr.run_training(ds, m, tp, 0)
     assert [e["iteration"] for e in evals] == [0, 5]
+    # result_train: the first 25 % of the training split (5 of 20), evaluated as well
+    train_idx = [i for i, s in enumerate(ds["samples"]) if s["split"] == "train"]
+    direct, _ = ha.evaluate_dl_model(ds, m, "sample_indices", train_idx[:5], [])
+    assert evals[-1]["result_train"]["top1_error"] == direct["top1_error"]
+    assert [train_idx[:4], train_idx[4:5]] in [reader.log[i:i + 2]
+                                              for i in range(len(reader.log))]
+    assert evals[0]["result"]["top1_error"] >= 0 and "result_train" in evals[0]
 
 
 def test_change_strategy_and_momentum_scaling(reader):
@@ -523,3 +538,45 @@ def test_max_batch_size_respects_memory(monkeypatch):
     ha.set_dl_model_param_max_gpu_batch_size(m, 1000)
     # fixed 10 MiB + 3 MiB per sample ≤ 80 MiB → b ≤ 23: the largest power of two is 16
     assert ha.get_dl_model_param_s(m, "batch_size") == 16
+
+
+def test_augmentation_reproducible_and_resumable(reader, tmp_path):
+    """augment_dl_samples runs on every batch (seeded by seed_rand, the epoch and the image
+    id): two runs agree, a run without augmentation does not, and resume matches too."""
+    ds = make_dataset(n_train=16)
+    aug = {"augmentation_percentage": 100, "mirror": "rc", "brightness_variation": 20}
+    runs = []
+    for names, values in ((["augment"], [aug]), (["augment"], [aug]), ([], [])):
+        m = make_model(batch=4)
+        tr.run_training(ds, m, train_param(m, epochs=2, interval=0, names=names,
+                                           values=values), 0)
+        runs.append(m)
+    assert_same_model(runs[0], runs[1])
+    assert any(not np.array_equal(a, b) for a, b in zip(weights(runs[0]).values(),
+                                                        weights(runs[2]).values()))
+    ser = [{"type": "current", "basename": str(tmp_path / "cur")}]
+    m = make_model(batch=4)
+    tp = ha.create_dl_train_param(m, 1, 0, "false", 5, ["augment", "serialize"], [aug, ser])
+    ha.train_dl_model(ds, m, tp, 0)
+    ha.train_dl_model(ds, m, {**tp, "num_epochs": 2}, "resume")
+    assert_same_model(m, runs[0])
+    # the dataset's samples are not changed by the augmentation (the reader gives copies)
+    assert all("image" not in s for s in ds["samples"])
+
+
+def test_stop_before_a_batch_restores_momentum(reader):
+    ds = make_dataset(n_train=20)
+    m = make_model(batch=4)
+    change = {"model_param": "learning_rate", "initial_value": 0.02, "epochs": [1],
+              "values": [0.0002], "scale_momentum_threshold": 5.0}
+
+    class StopAtEpoch1(TrainHook):
+        def on_batch_begin(self, ctx):
+            if ctx.epoch >= 1:  # the change hook has just scaled the momentum
+                assert ctx.model.params["momentum"] == pytest.approx(0.009)
+                ctx.stop = True
+
+    tp = train_param(m, epochs=3, interval=0, names=["change"], values=[change])
+    _, infos, _ = tr.run_training(ds, m, tp, 0, [StopAtEpoch1()])
+    assert state(m)["steps"] == 5 and infos[-1]["iteration"] == 5
+    assert m.params["momentum"] == 0.9

@@ -9,6 +9,8 @@
 #include <cmath>
 #include <memory>
 #include <new>
+#include <stdexcept>
+#include <system_error>
 #include <numeric>
 #include <tuple>
 
@@ -49,6 +51,54 @@ std::unique_lock<std::mutex> lock_model(Model& md) {
   return lk;
 }
 
+// ---- data parallelism -----------------------------------------------------------------
+
+// Calls the Python `reduce(grad, stats, stats_before, scalars, multiplier, bn_momentum,
+// device)` of a data-parallel train step (engine/hparams.h StepReduce, halcdl/distributed.py)
+// from inside the engine, which runs without the GIL. On the CPU grad, stats and stats_before
+// (read-only) are zero-copy float32 views of the engine's arenas; on the GPU (pointer, count)
+// tuples of device memory. scalars is a float64 view. The views are valid during the call only.
+// A Python exception becomes a halcdl::Error: an HOperatorError keeps its number, anything
+// else is 7720; the engine then commits nothing.
+void call_reduce(const py::object& reduce, const StepReduce& a) {
+  py::gil_scoped_acquire gil;
+  try {
+    py::capsule owner(a.scalars, [](void*) {});  // a base: numpy views the memory, no copy
+    py::object grad, stats, before;
+    const auto view = [&owner](float* p, size_t n) -> py::object {
+      return py::array_t<float>({static_cast<py::ssize_t>(n)}, {static_cast<py::ssize_t>(sizeof(float))}, p, owner);
+    };
+    const auto dev = [](const float* p, size_t n) -> py::object {
+      return py::make_tuple(reinterpret_cast<uintptr_t>(p), n);
+    };
+    if (a.on_device) {
+      grad = dev(a.grad, a.n_grad);
+      stats = dev(a.stats, a.n_stats);
+      before = dev(a.stats_before, a.n_stats);
+    } else {
+      grad = view(a.grad, a.n_grad);
+      stats = view(a.stats, a.n_stats);
+      before = view(const_cast<float*>(a.stats_before), a.n_stats);
+      before.attr("setflags")(py::arg("write") = false);
+    }
+    py::array_t<double> scalars({static_cast<py::ssize_t>(a.n_scalars)}, {static_cast<py::ssize_t>(sizeof(double))},
+                                a.scalars, owner);
+    reduce(grad, stats, before, scalars, a.multiplier, a.bn_momentum, a.on_device ? a.device : -1);
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_Exception)) throw;  // KeyboardInterrupt, SystemExit: as they are
+    int code = kErrTrainingFailed;
+    std::string msg;
+    if (error_class() && e.matches(error_class())) {
+      code = py::cast<int>(e.value().attr("error_code"));
+      msg = py::str(e.value().attr("_text"));
+    } else {
+      msg = "data-parallel reduce failed: " + std::string(py::str(e.type().attr("__name__"))) + ": " +
+            std::string(py::str(e.value()));
+    }
+    throw Error(code, msg);
+  }
+}
+
 // ---- spec ------------------------------------------------------------------------------
 
 std::vector<double> attr_values(const std::string& node, const std::string& key, py::handle v) {
@@ -56,7 +106,13 @@ std::vector<double> attr_values(const std::string& node, const std::string& key,
   auto one = [&](py::handle x) {
     if (py::isinstance<py::bool_>(x) || py::isinstance<py::int_>(x) || py::isinstance<py::float_>(x) ||
         py::hasattr(x, "__index__") || py::hasattr(x, "__float__")) {
-      out.push_back(py::cast<double>(py::float_(py::reinterpret_borrow<py::object>(x))));
+      double d = 0;
+      try {
+        d = py::cast<double>(py::float_(py::reinterpret_borrow<py::object>(x)));
+      } catch (py::error_already_set&) {  // 10**400: beyond a double
+        HALCDL_THROW(kErrInvalidInputShape, "node '", node, "': attribute '", key, "' is out of range");
+      }
+      out.push_back(d);
     } else {
       HALCDL_THROW(kErrInvalidInputShape, "node '", node, "': attribute '", key, "' must be a number or a list of numbers");
     }
@@ -116,8 +172,10 @@ template <typename A>
 A numeric_array(py::handle obj) {
   if (py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj)) return A();
   try {
-    return A::ensure(obj);
-  } catch (py::error_already_set&) {
+    return A(py::reinterpret_borrow<py::object>(obj));  // unlike A::ensure, keeps the error
+  } catch (py::error_already_set& e) {
+    // KeyboardInterrupt (Ctrl-C while the samples are read) or SystemExit: not a bad image
+    if (!e.matches(PyExc_Exception)) throw;
     return A();
   }
 }
@@ -150,7 +208,14 @@ Batch gather(Model& m, const py::list& samples, int c, int h, int w, Labels labe
       if (py::isinstance<py::array>(l) && py::array(l).size() == 1) l = py::array(l).attr("item")();
       int64_t id = 0;
       bool ok = !py::isinstance<py::bool_>(l) && py::hasattr(l, "__index__");
-      if (ok) id = py::cast<int64_t>(py::int_(l));
+      if (ok) {
+        // beyond int64 (2**70, a uint64 max): no class id can be that, so the label is invalid
+        int overflow = 0;
+        const long long v = PyLong_AsLongLongAndOverflow(py::int_(l).ptr(), &overflow);
+        if (v == -1 && PyErr_Occurred()) PyErr_Clear();
+        ok = overflow == 0;
+        id = v;
+      }
       int idx = ok ? m.label_index(id) : Model::kUnknown;
       HALCDL_CHECK(idx >= 0, kErrInvalidLabels, "sample ", i, ": image_label_id ", std::string(py::repr(l)),
                    " is not one of the model's class_ids");
@@ -493,10 +558,32 @@ PYBIND11_MODULE(_core, m) {
       raise(kErrRuntimeUnsupported, (std::string("oneDNN error: ") + e.what()).c_str());
     } catch (const std::bad_alloc&) {
       raise(kErrNoMemory, "not enough memory");
+    } catch (const py::cast_error& e) {
+      // An argument the engine could not convert (wrong type, out of the C++ type's range).
+      raise(7790, (std::string("wrong type or out-of-range value: ") + e.what()).c_str());
+    } catch (const py::builtin_exception&) {
+      throw;  // pybind11's own (stop_iteration, index_error, ...): its translator maps them
+    } catch (const std::system_error& e) {
+      // e.g. a thread that could not be created
+      raise(kErrNoMemory, (std::string("system resources exhausted: ") + e.what()).c_str());
+    } catch (const std::length_error& e) {
+      raise(kErrNoMemory, (std::string("not enough memory: ") + e.what()).c_str());
+    } catch (const std::exception& e) {
+      raise(7791, (std::string("invalid input: ") + e.what()).c_str());
     }
   });
 
   m.def("set_error_class", [](py::object cls) { error_class() = cls; });
+  // The parameters a spec declares, [(name, shape, kind)], from the graph alone: no arena is
+  // allocated, so a model file's tensor table can be checked against it first.
+  m.def("spec_params", [](const py::list& spec) {
+    const Graph g = build_graph(to_spec(spec));
+    py::list out;
+    for (const auto& p : g.params)
+      out.append(py::make_tuple(p.name, p.shape,
+                                p.kind == ParamKind::State ? "state" : p.kind == ParamKind::Bias ? "bias" : "weight"));
+    return out;
+  });
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
   m.def("dnnl_version", [] {
@@ -756,7 +843,7 @@ PYBIND11_MODULE(_core, m) {
       .def("summary", &Model::summary)
       .def("train_step",
            [](Model& md, const py::list& samples, int batch_size, int multiplier, int height, int width,
-              int channels, uintptr_t images_ptr) {
+              int channels, uintptr_t images_ptr, py::object reduce, int world_size, int sub_offset) {
              HALCDL_CHECK(batch_size > 0, kErrInvalidValue, "batch_size must be > 0");
              HALCDL_CHECK(multiplier > 0, kErrBatchSizeMultiplier, "batch_size_multiplier must be > 0");
              const size_t need = static_cast<size_t>(batch_size) * multiplier;
@@ -787,6 +874,14 @@ PYBIND11_MODULE(_core, m) {
                           "GPU (CuPy) images need the model on the GPU: set 'runtime' to 'gpu'");
              Batch b = gather(md, samples, channels, height, width, per == 1 ? Labels::Class : Labels::Pixel,
                               !on_dev);
+             StepHook hook;
+             if (!reduce.is_none()) {
+               HALCDL_CHECK(sub_offset >= 0, kErrInvalidValue, "sub_offset must be >= 0");
+               HALCDL_CHECK(world_size >= 1, kErrInvalidValue, "world_size must be >= 1");
+               hook.sub_offset = sub_offset;
+               hook.world_size = world_size;
+               hook.reduce = [&reduce](const StepReduce& a) { call_reduce(reduce, a); };
+             }
              TrainResult r;
              {
                py::gil_scoped_release nogil;
@@ -805,7 +900,8 @@ PYBIND11_MODULE(_core, m) {
                  labels = lab;
                  pw = w;
                }
-               r = md.train_step(st, labels, pw, batch_size, multiplier, channels, height, width, on_dev);
+               r = md.train_step(st, labels, pw, batch_size, multiplier, channels, height, width, on_dev,
+                                 hook.reduce ? &hook : nullptr);
              }
              py::dict out;
              out["total_loss"] = r.total_loss;
@@ -813,7 +909,8 @@ PYBIND11_MODULE(_core, m) {
              return out;
            },
            py::arg("samples"), py::arg("batch_size"), py::arg("multiplier"), py::arg("height"), py::arg("width"),
-           py::arg("channels"), py::arg("images_ptr") = 0)
+           py::arg("channels"), py::arg("images_ptr") = 0, py::arg("reduce") = py::none(), py::arg("world_size") = 1,
+           py::arg("sub_offset") = 0)
       .def("is_detection", &Model::is_detection)
       .def("num_shared_params", &Model::num_shared_params)
       .def("set_frozen",

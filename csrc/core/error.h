@@ -36,6 +36,13 @@ enum ErrorCode : int {
   kErrDetParamValue = 7822,     // invalid detection parameter value
 };
 
+// Divergence (docs/robustness.md): a training step fails with kErrTrainingFailed, changing
+// nothing, when its loss is not finite or exceeds kMaxLoss, or when the update it would
+// commit (weights, optimizer state, running statistics) holds NaN or Inf. A mean
+// cross-entropy of 1e10 means logits 1e10 apart: no network that has not diverged gets
+// anywhere near it (raw 16-bit images give losses of ~1e4 at worst).
+constexpr double kMaxLoss = 1e10;
+
 class Error : public std::runtime_error {
  public:
   Error(int code, const std::string& msg) : std::runtime_error(msg), code_(code) {}

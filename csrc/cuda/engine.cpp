@@ -245,7 +245,8 @@ class CudaEngine final : public DeviceEngine {
   }
 
   TrainResult train_step(const float* images, bool images_on_device, const int* labels, const float* pixel_w, int bs,
-                         int m, int c, int h, int w, const HParams& hp, int64_t adam_t, uint64_t rng_base) override {
+                         int m, int c, int h, int w, const HParams& hp, int64_t adam_t, uint64_t rng_base,
+                         const StepHook* hook) override {
     HALCDL_CHECK(bs > 0 && m > 0, kErrInvalidValue, "invalid batch size ", bs, " x ", m);
     const int kc = num_classes();
     HALCDL_CHECK(hp.class_weights.empty() || static_cast<int>(hp.class_weights.size()) == kc, kErrInvalidValue,
@@ -298,7 +299,9 @@ class CudaEngine final : public DeviceEngine {
 
     // Running statistics go to the working copy S2 (committed at the end).
     const DeviceParams dp{P_.f(), S_.f(), S2_.f(), hp.batchnorm_momentum};
-    const float scale = 1.f / m;
+    // data parallel: every sub-batch's share of the global step (StepReduce, hparams.h)
+    const int mw = hook && hook->reduce ? m * hook->world_size : m;
+    const float scale = 1.f / mw;
     for (int s = 0; s < m; ++s) {
       k::nchw_to_nhwc(src + static_cast<size_t>(s) * bs * img, p.input(0), bs, c, static_cast<int64_t>(h) * w, st);
       p.forward(dp, rng_base + s);
@@ -313,27 +316,55 @@ class CudaEngine final : public DeviceEngine {
     }
     if (nw) k::sum_squares(P_.f(), nw, sumsq, scratch, st);
     else CUDA_CHECK(cudaMemsetAsync(sumsq, 0, sizeof(double), st));
-    // Bytes of 1: any nonzero flag means finite (check_finite only ever stores 0).
+    // Bytes of 1: any nonzero flag means finite (the checks only ever store 0). The divergence
+    // check before the commit (as the CPU's): the update the step would make (weights,
+    // optimizer state; it also covers a non-finite gradient) and the new running statistics
+    // must be finite. Read-only passes, so a failing step leaves the device arenas untouched.
     CUDA_CHECK(cudaMemsetAsync(flag, 1, sizeof(int), st));
-    if (nt) k::check_finite(G_.f(), nt, flag, st);
+    if (nt) {
+      if (adam)
+        k::adam_update_finite(P_.f(), G_.f(), M1_.f(), M2_.f(), nw, nt, hp.learning_rate, hp.adam_beta1,
+                              hp.adam_beta2, hp.adam_epsilon, hp.weight_prior, adam_t, flag, st);
+      else
+        k::sgd_update_finite(P_.f(), G_.f(), M1_.f(), nw, nt, hp.learning_rate, hp.momentum, hp.weight_prior, flag,
+                             st);
+    }
+    if (g_.n_state) k::check_finite(S2_.f(), g_.n_state, flag, st);
     d2h(ctx_, readback_.f(), scalars_.v(), sc_bytes);
     ctx_.sync();
 
     const double* hl = reinterpret_cast<const double*>(readback_.f());
+    const bool reduce = hook && hook->reduce;
     double ce = 0;
     for (int s = 0; s < m; ++s) {
       const double l = hl[s];
-      HALCDL_CHECK(std::isfinite(l), kErrTrainingFailed, "training step failed: the loss became ", l,
-                   " (lower the learning rate); the weights were not changed");
-      ce += l / m;
+      // data parallel: reported after the reduce, on every rank alike (model.cpp)
+      HALCDL_CHECK(reduce || (std::isfinite(l) && l <= kMaxLoss), kErrTrainingFailed,
+                   "training step failed: the loss became ", l,
+                   " (the training diverged: lower the learning rate); the weights were not changed");
+      ce += l / mw;
     }
     int finite = 0;
     std::memcpy(&finite, hl + m + 1, sizeof(int));
+    if (reduce) {
+      // G and S2 are complete (the stream was synchronised above); the hook averages them
+      // over the ranks in place (NCCL on its own stream, synchronised before it returns).
+      double sc[2] = {ce, finite != 0 && std::isfinite(ce) ? 0.0 : 1.0};
+      hook->reduce(
+          StepReduce{G_.f(), nt, S2_.f(), S_.f(), g_.n_state, sc, 2, m, hp.batchnorm_momentum, true, dev_});
+      HALCDL_CHECK(sc[1] == 0 && std::isfinite(sc[0]) && sc[0] <= kMaxLoss, kErrTrainingFailed,
+                   "training step failed: the loss or the gradient is not finite on ",
+                   sc[1] == 0 ? "the ranks' mean" : "at least one rank",
+                   " (lower the learning rate); the weights were not changed");
+      ce = sc[0];
+      finite = 1;
+    }
     const double reg = 0.5 * hp.weight_prior * hl[m];
     const double total = ce + reg;
     HALCDL_CHECK(std::isfinite(total) && finite != 0, kErrTrainingFailed,
-                 "training step failed: the loss or its gradient is not finite (lower the learning rate); "
-                 "the weights were not changed");
+                 "training step failed: the loss, its gradient, the updated weights / optimizer state or the "
+                 "running statistics would not be finite (the training diverged: lower the learning rate); the "
+                 "model was not changed");
 
     // Commit: update, optimizer state, running statistics. Queued on the stream; the next
     // call (or download) is ordered after it.

@@ -613,6 +613,33 @@ __global__ void adam_kernel(float* __restrict__ w, const float* __restrict__ gra
   }
 }
 
+// The divergence checks: the kernels above without the stores.
+__global__ void sgd_finite_kernel(const float* __restrict__ w, const float* __restrict__ grad,
+                                  const float* __restrict__ v, size_t n_weight, size_t n, float lr, float momentum,
+                                  float weight_prior, int* flag) {
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const float wi = w[i];
+    const float g = __fadd_rn(grad[i], i < n_weight ? __fmul_rn(weight_prior, wi) : 0.f);
+    const float vi = __fsub_rn(__fmul_rn(momentum, v[i]), __fmul_rn(lr, g));
+    if (!isfinite(vi) || !isfinite(__fadd_rn(wi, vi))) flag[0] = 0;
+  }
+}
+__global__ void adam_finite_kernel(const float* __restrict__ w, const float* __restrict__ grad,
+                                   const float* __restrict__ m1, const float* __restrict__ m2, size_t n_weight,
+                                   size_t n, float lr, float beta1, float beta2, float eps, float weight_prior,
+                                   float c1, float c2, int* flag) {
+  const float ob1 = __fsub_rn(1.f, beta1), ob2 = __fsub_rn(1.f, beta2);
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const float wi = w[i];
+    const float g = __fadd_rn(grad[i], i < n_weight ? __fmul_rn(weight_prior, wi) : 0.f);
+    const float a = __fadd_rn(__fmul_rn(beta1, m1[i]), __fmul_rn(ob1, g));
+    const float b = __fadd_rn(__fmul_rn(beta2, m2[i]), __fmul_rn(__fmul_rn(ob2, g), g));
+    const float num = __fmul_rn(lr, __fdiv_rn(a, c1));
+    const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(b, c2)), eps);
+    if (!isfinite(a) || !isfinite(b) || !isfinite(__fsub_rn(wi, __fdiv_rn(num, den)))) flag[0] = 0;
+  }
+}
+
 }  // namespace
 
 // ==== launchers =========================================================================
@@ -831,6 +858,23 @@ void adam_update(float* w, const float* grad, float* m, float* v, size_t n_weigh
   const float c2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(t)));
   adam_kernel<<<grid_for(n), kBlock, 0, s>>>(w, grad, m, v, n_weight, n, lr, beta1, beta2, eps, weight_prior, c1,
                                               c2);
+  CUDA_CHECK_LAUNCH();
+}
+
+void sgd_update_finite(const float* w, const float* grad, const float* v, size_t n_weight, size_t n, float lr,
+                       float momentum, float weight_prior, int* flag, cudaStream_t s) {
+  if (n == 0) return;
+  sgd_finite_kernel<<<grid_for(n), kBlock, 0, s>>>(w, grad, v, n_weight, n, lr, momentum, weight_prior, flag);
+  CUDA_CHECK_LAUNCH();
+}
+void adam_update_finite(const float* w, const float* grad, const float* m, const float* v, size_t n_weight, size_t n,
+                        float lr, float beta1, float beta2, float eps, float weight_prior, int64_t t, int* flag,
+                        cudaStream_t s) {
+  if (n == 0) return;
+  const float c1 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(t)));
+  const float c2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(t)));
+  adam_finite_kernel<<<grid_for(n), kBlock, 0, s>>>(w, grad, m, v, n_weight, n, lr, beta1, beta2, eps, weight_prior,
+                                                    c1, c2, flag);
   CUDA_CHECK_LAUNCH();
 }
 

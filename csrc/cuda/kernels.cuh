@@ -92,6 +92,13 @@ void sum_squares(const float* x, size_t n, double* out, double* scratch, cudaStr
 void check_finite(const float* x, size_t n, int* flag, cudaStream_t s);
 void sgd_update(float* w, const float* grad, float* v, size_t n_weight, size_t n, float lr, float momentum,
                 float weight_prior, cudaStream_t s);
+// flag[0] ← 0 if the update sgd_update / adam_update would make (same arguments, same float
+// expressions) leaves a weight or optimizer-state value NaN/Inf; reads only.
+void sgd_update_finite(const float* w, const float* grad, const float* v, size_t n_weight, size_t n, float lr,
+                       float momentum, float weight_prior, int* flag, cudaStream_t s);
+void adam_update_finite(const float* w, const float* grad, const float* m, const float* v, size_t n_weight, size_t n,
+                        float lr, float beta1, float beta2, float eps, float weight_prior, int64_t t, int* flag,
+                        cudaStream_t s);
 void adam_update(float* w, const float* grad, float* m, float* v, size_t n_weight, size_t n, float lr, float beta1,
                  float beta2, float eps, float weight_prior, int64_t t, cudaStream_t s);
 

@@ -53,11 +53,12 @@ class DeviceEngine {
   // Model::train_step on the device. `images`: bs·m plain NCHW images in host memory (copied
   // with one transfer) or, with images_on_device, device memory used in place. `labels` and
   // `pixel_w` are host memory. `adam_t` is the Adam step count of this step (already counted);
-  // sub-batch s uses dropout seed rng_base + s. Nothing persistent changes unless the whole
+  // sub-batch s uses dropout seed rng_base + s. `hook` (null: none) is called as in
+  // Model::train_step, with device pointers. Nothing persistent changes unless the whole
   // step succeeds.
   virtual TrainResult train_step(const float* images, bool images_on_device, const int* labels,
                                  const float* pixel_w, int bs, int m, int c, int h, int w, const HParams& hp,
-                                 int64_t adam_t, uint64_t rng_base) = 0;
+                                 int64_t adam_t, uint64_t rng_base, const StepHook* hook) = 0;
   // Classification: n·K softmax probabilities into `probs`. Host or device memory for the
   // images and for the outputs, as the flags say.
   virtual void infer(const float* images, bool images_on_device, int n, int bs, int c, int h, int w, float* probs,
@@ -93,7 +94,7 @@ struct RunResult {
   std::vector<float> bn_mean, bn_var;  // when the last node is a training bn (biased variance)
 };
 
-constexpr int kCudaAbiVersion = 1;
+constexpr int kCudaAbiVersion = 2;  // 2: train_step takes a StepHook
 
 // The table libhalcdl_cuda.so exports through `extern "C" const CudaApi* halcdl_cuda_api()`.
 // Every function may throw halcdl::Error.

@@ -53,14 +53,17 @@ struct Attrs {
     if (it == s.attrs.end()) return def;
     HALCDL_CHECK(it->second.size() == 1, kErrInvalidInputShape, "node '", s.name, "': attribute '", k,
                  "' must be a single number");
+    HALCDL_CHECK(std::isfinite(it->second[0]), kErrInvalidInputShape, "node '", s.name, "': attribute '", k,
+                 "' must be finite");
     return it->second[0];
   }
-  int integer(const char* k, int def) const {
-    double v = num(k, def);
-    HALCDL_CHECK(v == std::floor(v), kErrInvalidInputShape, "node '", s.name, "': attribute '", k,
-                 "' must be an integer");
+  // an integer in [-2^30, 2^30] (no conversion beyond int's range, which would be undefined)
+  static int to_int(const NodeSpec& s, const char* k, double v) {
+    HALCDL_CHECK(std::isfinite(v) && v == std::floor(v) && std::fabs(v) <= 1073741824.0, kErrInvalidInputShape,
+                 "node '", s.name, "': attribute '", k, "' must be an integer of at most 2^30, got ", v);
     return static_cast<int>(v);
   }
+  int integer(const char* k, int def) const { return to_int(s, k, num(k, def)); }
   // int or [a, b]
   void pair(const char* k, int def, int& a, int& b) const {
     auto it = s.attrs.find(k);
@@ -68,18 +71,27 @@ struct Attrs {
     const auto& v = it->second;
     HALCDL_CHECK(v.size() == 1 || v.size() == 2, kErrInvalidInputShape, "node '", s.name, "': attribute '", k,
                  "' must be an int or a pair");
-    a = static_cast<int>(v[0]);
-    b = static_cast<int>(v.size() == 2 ? v[1] : v[0]);
+    a = to_int(s, k, v[0]);
+    b = to_int(s, k, v.size() == 2 ? v[1] : v[0]);
   }
 };
 
 }  // namespace
 
 int Graph::param_index(const std::string& name) const {
+  // a hash lookup: reading a model calls this once per tensor (linear, not quadratic, in the
+  // number of layers)
+  if (param_lookup.size() == params.size()) {
+    auto it = param_lookup.find(name);
+    return it == param_lookup.end() ? -1 : it->second;
+  }
   for (size_t i = 0; i < params.size(); ++i)
     if (params[i].name == name) return static_cast<int>(i);
   return -1;
 }
+
+// Largest parameter tensor a spec may declare (2^32 floats = 16 GiB).
+constexpr size_t kMaxParamFloats = size_t(1) << 32;
 
 Graph build_graph(const std::vector<NodeSpec>& spec) {
   Graph g;
@@ -94,7 +106,12 @@ Graph build_graph(const std::vector<NodeSpec>& spec) {
     p.kind = kind;
     p.node = node_idx;
     p.size = 1;
-    for (auto d : shape) p.size *= static_cast<size_t>(d);
+    for (auto d : shape) {
+      // overflow-safe: a spec may declare any size; the model's arenas are bounded
+      HALCDL_CHECK(d > 0 && p.size <= kMaxParamFloats / static_cast<size_t>(d), kErrInvalidInputShape, "node '",
+                   n.name, "': parameter '", role, "' would hold more than ", kMaxParamFloats, " values");
+      p.size *= static_cast<size_t>(d);
+    }
     (kind == ParamKind::Weight ? weights : kind == ParamKind::Bias ? biases : states).push_back(p);
   };
 
@@ -209,6 +226,9 @@ Graph build_graph(const std::vector<NodeSpec>& spec) {
         need_inputs(1, 1);
         n.channels = in_ch(0);
         n.eps = static_cast<float>(a.num("eps", 1e-5));
+        // a positive normal float32 (1/sqrt(var + eps) must stay finite for var = 0)
+        HALCDL_CHECK(n.eps >= 1.17549435e-38f && n.eps <= 1.f, kErrInvalidInputShape, "node '", s.name,
+                     "': batch-norm eps must be in (0, 1], got ", a.num("eps", 1e-5));
         add_param(n, idx, "scale", {n.channels}, ParamKind::Weight);
         add_param(n, idx, "shift", {n.channels}, ParamKind::Bias);
         add_param(n, idx, "running_mean", {n.channels}, ParamKind::State);
@@ -279,6 +299,9 @@ Graph build_graph(const std::vector<NodeSpec>& spec) {
   g.n_state = soff;
   for (auto* v : {&weights, &biases, &states})
     for (auto& p : *v) g.params.push_back(p);
+  for (size_t i = 0; i < g.params.size(); ++i) g.param_lookup.emplace(g.params[i].name, static_cast<int>(i));
+  HALCDL_CHECK(g.param_lookup.size() == g.params.size(), kErrInvalidInputShape,
+               "two parameters of the graph have the same name");
   for (size_t i = 0; i < g.params.size(); ++i) {
     auto& p = g.params[i];
     Node& n = g.nodes[p.node];

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -67,6 +68,7 @@ struct Graph {
   size_t n_weight = 0;             // floats in the weight range [0, n_weight)
   size_t n_trainable = 0;          // floats in weights + biases
   size_t n_state = 0;              // floats of running statistics
+  std::unordered_map<std::string, int> param_lookup;  // name -> index in params (param_index)
   // Tied parameters (conv `share`): (shadow param, master param). The shadow has its own
   // arena slot with the master's values; the model adds its gradient into the master's and
   // copies the master back after every update (engine/model.cpp).

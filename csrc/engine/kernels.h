@@ -24,12 +24,34 @@ double sum_squares(const float* w, size_t n);
 void accumulate(float* dst, const float* src, size_t n);
 bool all_finite(const float* x, size_t n);
 // HALCON's SGD: g ← ∇L + λw (λ = weight_prior, only on [0, n_weight)); v ← μv − lr·g; w ← w + v.
+// max |x[i]| over [0, n) (NaN ignored) and, in the same pass, whether every x[i] is finite.
+double max_abs(const float* x, size_t n, bool* all_finite);
+// The largest magnitudes an update left in the arenas, computed by the update itself (no
+// extra pass): the divergence check bounds the next update's values from them.
+struct UpdateMax {
+  double w = 0, m1 = 0, m2 = 0;
+};
 void sgd_update(float* w, const float* grad, float* v, size_t n_weight, size_t n, float lr, float momentum,
-                float weight_prior);
+                float weight_prior, UpdateMax* out = nullptr);
 // Adam with L2 through the gradient: g ← ∇L + λw; m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²;
 // w ← w − lr · (m / (1−β1^t)) / (sqrt(v / (1−β2^t)) + ε).
 void adam_update(float* w, const float* grad, float* m, float* v, size_t n_weight, size_t n, float lr, float beta1,
-                 float beta2, float eps, float weight_prior, int64_t t);
+                 float beta2, float eps, float weight_prior, int64_t t, UpdateMax* out = nullptr);
+// Upper bounds (double) of |w'|, |v'| (sgd) or |w'|, |m'|, |v'| and the intermediate v'/c2
+// (adam) of the next update from the maxima of its inputs; the largest of them. Below
+// FLT_MAX / 2 every value the update computes is finite (float32 rounding included), so the
+// exact per-element check (sgd/adam_update_finite) is needed only above.
+double sgd_update_bound(const UpdateMax& in, double gmax, float lr, float momentum, float weight_prior);
+double adam_update_bound(const UpdateMax& in, double gmax, float lr, float beta1, float beta2, float eps,
+                         float weight_prior, int64_t t);
+// The divergence check before a commit: true when the update sgd_update / adam_update would
+// make (same arguments, same float expressions) leaves every weight and every optimizer-state
+// value finite. Reads the arenas once and writes nothing, so a failing step keeps the model
+// bit-identical; it also covers a non-finite gradient (which makes the update non-finite).
+bool sgd_update_finite(const float* w, const float* grad, const float* v, size_t n_weight, size_t n, float lr,
+                       float momentum, float weight_prior);
+bool adam_update_finite(const float* w, const float* grad, const float* m, const float* v, size_t n_weight, size_t n,
+                        float lr, float beta1, float beta2, float eps, float weight_prior, int64_t t);
 // Running statistics, PyTorch's convention: r ← (1−μ)·r + μ·batch (variance unbiased).
 void bn_running_update(float* mean, float* var, const float* bmean, const float* bvar, int c, int64_t count,
                        float momentum);

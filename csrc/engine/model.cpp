@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <sstream>
 
@@ -14,6 +15,7 @@
 namespace halcdl {
 
 namespace {
+constexpr int kMaxThreads = 1024;
 int g_threads = 0;
 void apply_threads() {
   if (g_threads > 0) omp_set_num_threads(g_threads);
@@ -21,7 +23,9 @@ void apply_threads() {
 }  // namespace
 
 void set_num_threads(int n) {
-  HALCDL_CHECK(n >= 0, kErrInvalidValue, "thread_num must be >= 0, got ", n);
+  // The Python layer bounds thread_num by the hardware (set_system); this is the engine's own
+  // limit: libgomp ends the process when it cannot create the threads asked for.
+  HALCDL_CHECK(n >= 0 && n <= kMaxThreads, kErrInvalidValue, "thread_num must be in [0, ", kMaxThreads, "], got ", n);
   g_threads = n;
   apply_threads();
 }
@@ -91,6 +95,7 @@ void Model::set_param(const std::string& name, const float* data, size_t n) {
   std::memcpy(base, data, n * sizeof(float));
   apply_ties();
   ++version_;
+  update_max_valid_ = false;
   push_device([&] { std::memcpy(base, old.data(), n * sizeof(float)); });
 }
 
@@ -115,6 +120,7 @@ std::vector<std::string> Model::copy_params_from(const Model& other) {
   }
   apply_ties();
   ++version_;
+  update_max_valid_ = false;
   push_device([&] {
     std::copy(old_p.begin(), old_p.end(), P_.f());
     std::copy(old_s.begin(), old_s.end(), S_.f());
@@ -166,6 +172,7 @@ void Model::set_hparams(const HParams& hp) {
 }
 
 void Model::reset_optimizer() {
+  update_max_valid_ = false;
   if (dev_) dev_->reset_optimizer();  // first: a failure leaves the host as it was
   std::memset(M1_.c(), 0, M1_.bytes());
   if (M2_.bytes()) std::memset(M2_.c(), 0, M2_.bytes());
@@ -205,6 +212,7 @@ void Model::set_state(const State& st) {
   adam_t_ = st.adam_t;
   steps_ = st.steps;
   seed_ = st.seed;
+  update_max_valid_ = false;
   push_device([&] {
     std::copy(old.m1.begin(), old.m1.end(), M1_.f());
     if (had_m2) std::copy(old.m2.begin(), old.m2.end(), M2_.f());
@@ -237,6 +245,7 @@ void Model::sync_host() const {
   Model* self = const_cast<Model*>(this);
   self->dev_->download(P_.f(), S_.f(), M1_.f(), M2_.bytes() ? M2_.f() : nullptr);
   self->host_stale_ = false;
+  self->update_max_valid_ = false;
 }
 
 void Model::push_device(const std::function<void()>& undo) {
@@ -264,6 +273,7 @@ void Model::set_device(int gpu) {
   HALCDL_CHECK(gpu >= -1, kErrInvalidValue, "invalid GPU index ", gpu);
   if (gpu == gpu_) return;
   sync_host();  // the host arenas hold the latest state from here on
+  update_max_valid_ = false;
   if (gpu < 0) {
     dev_.reset();
     gpu_ = -1;
@@ -317,12 +327,14 @@ Plan& Model::plan(int n, int c, int h, int w, bool training) {
 }
 
 TrainResult Model::train_step(const float* images, const int* labels, const float* pixel_w, int bs, int m, int c,
-                              int h, int w, bool images_on_device) {
+                              int h, int w, bool images_on_device, const StepHook* hook) {
+  const bool dp = hook && hook->reduce;
+  const uint64_t rng = seed_ * 0x9e3779b97f4a7c15ull + steps_ * 1315423911ull + (dp ? hook->sub_offset : 0);
   if (dev_) {
     if (hp_.solver == "adam" && !M2_.bytes()) M2_.resize(g_.n_trainable * sizeof(float));
     const int64_t t = hp_.solver == "adam" ? adam_t_ + 1 : adam_t_;
-    TrainResult r = dev_->train_step(images, images_on_device, labels, pixel_w, bs, m, c, h, w, hp_, t,
-                                     seed_ * 0x9e3779b97f4a7c15ull + steps_ * 1315423911ull);
+    TrainResult r = dev_->train_step(images, images_on_device, labels, pixel_w, bs, m, c, h, w, hp_, t, rng,
+                                     dp ? hook : nullptr);
     adam_t_ = t;  // committed: the device step succeeded
     host_stale_ = true;
     ++version_;
@@ -342,19 +354,25 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
   const float* cw = hp_.class_weights.empty() ? nullptr : hp_.class_weights.data();
   // Arenas only some configurations need, allocated on first use (then reused).
   if (m > 1 && !T_.bytes()) T_.resize(nt * sizeof(float));
-  if (hp_.solver == "adam" && !M2_.bytes()) M2_.resize(nt * sizeof(float));
+  if (hp_.solver == "adam" && !M2_.bytes()) {
+    M2_.resize(nt * sizeof(float));
+    update_max_valid_ = false;
+  }
   double ce = 0;
+  const int mw = dp ? m * hook->world_size : m;  // sub-batches of the whole (global) step
   for (int s = 0; s < m; ++s) {
     std::memcpy(p.input_buffer(0), images + s * bs * img, bs * img * sizeof(float));
-    p.forward(seed_ * 0x9e3779b97f4a7c15ull + steps_ * 1315423911ull + s);
+    p.forward(rng + s);
     const float* z = p.output();
     const size_t lo = static_cast<size_t>(s) * bs * per;
-    double l = per == 1 ? kern::softmax_xent(z, labels + lo, cw, bs, k, 1.f / m, dlogits_.f())
+    double l = per == 1 ? kern::softmax_xent(z, labels + lo, cw, bs, k, 1.f / mw, dlogits_.f())
                         : kern::softmax_xent_pixels(z, labels + lo, cw, pixel_w ? pixel_w + lo : nullptr, bs, k, per,
-                                                    1.f / m, dlogits_.f());
-    HALCDL_CHECK(std::isfinite(l), kErrTrainingFailed, "training step failed: the loss became ", l,
-                 " (lower the learning rate); the weights were not changed");
-    ce += l / m;
+                                                    1.f / mw, dlogits_.f());
+    // Data parallel: every rank must reach the reduce (the others would wait for it), so a
+    // non-finite or diverging loss is only reported after it, on all ranks alike.
+    HALCDL_CHECK(dp || (std::isfinite(l) && l <= kMaxLoss), kErrTrainingFailed, "training step failed: the loss became ", l,
+                 " (the training diverged: lower the learning rate); the weights were not changed");
+    ce += l / mw;
     p.backward(dlogits_.f(), s == 0 ? G_.f() : T_.f());
     if (s > 0) kern::accumulate(G_.f(), T_.f(), nt);
     for (const BNStats& st : p.bn_stats()) {
@@ -363,6 +381,15 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
       float* var = S2_.f() + g_.params[nd.p_var].offset;
       kern::bn_running_update(mean, var, st.mean, st.var, nd.channels, st.count, hp_.batchnorm_momentum);
     }
+  }
+  if (dp) {
+    double sc[2] = {ce, std::isfinite(ce) && kern::all_finite(G_.f(), nt) ? 0.0 : 1.0};
+    hook->reduce(StepReduce{G_.f(), nt, S2_.f(), S_.f(), g_.n_state, sc, 2, m, hp_.batchnorm_momentum, false, -1});
+    HALCDL_CHECK(sc[1] == 0 && std::isfinite(sc[0]) && sc[0] <= kMaxLoss, kErrTrainingFailed,
+                 "training step failed: the loss or the gradient is not finite on ",
+                 sc[1] == 0 ? "the ranks' mean" : "at least one rank",
+                 " (lower the learning rate); the weights were not changed");
+    ce = sc[0];  // the global mean
   }
   return {commit_step(ce), ce, {}};
 }
@@ -407,21 +434,56 @@ double Model::commit_step(double ce) {
   }
   const double reg = 0.5 * hp_.weight_prior * sq;
   const double total = ce + reg;
-  HALCDL_CHECK(std::isfinite(total) && kern::all_finite(G_.f(), nt), kErrTrainingFailed,
-               "training step failed: the loss or its gradient is not finite (lower the learning rate); "
-               "the weights were not changed");
+  HALCDL_CHECK(std::isfinite(total), kErrTrainingFailed,
+               "training step failed: the loss is not finite (lower the learning rate); the weights were not "
+               "changed");
+  // Divergence check before the commit: the update it would make (weights, optimizer state)
+  // and the new running statistics must all be finite; nothing has been written yet, so a
+  // failure leaves the model bit-identical. Cheap path: one pass over the gradient (max |g|
+  // and finiteness, what the former gradient-only check cost) and the maxima the previous
+  // update left (computed inside it), which bound every value this update computes; only
+  // when that bound is not far below FLT_MAX does the exact per-element pass run.
+  const bool adam = hp_.solver == "adam";
+  bool grad_finite = true;
+  const double gmax = kern::max_abs(G_.f(), nt, &grad_finite);
+  if (!update_max_valid_) {
+    update_max_.w = kern::max_abs(P_.f(), nt, nullptr);
+    update_max_.m1 = kern::max_abs(M1_.f(), nt, nullptr);
+    update_max_.m2 = adam ? kern::max_abs(M2_.f(), nt, nullptr) : 0.0;
+    update_max_valid_ = true;
+  }
+  const double bound =
+      !grad_finite ? std::numeric_limits<double>::infinity()
+      : adam ? kern::adam_update_bound(update_max_, gmax, hp_.learning_rate, hp_.adam_beta1, hp_.adam_beta2,
+                                       hp_.adam_epsilon, hp_.weight_prior, adam_t_ + 1)
+             : kern::sgd_update_bound(update_max_, gmax, hp_.learning_rate, hp_.momentum, hp_.weight_prior);
+  const bool finite_update =
+      grad_finite &&
+      (bound < 0.5 * std::numeric_limits<float>::max() ||
+       (adam ? kern::adam_update_finite(P_.f(), G_.f(), M1_.f(), M2_.f(), g_.n_weight, nt, hp_.learning_rate,
+                                        hp_.adam_beta1, hp_.adam_beta2, hp_.adam_epsilon, hp_.weight_prior,
+                                        adam_t_ + 1)
+             : kern::sgd_update_finite(P_.f(), G_.f(), M1_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.momentum,
+                                       hp_.weight_prior)));
+  HALCDL_CHECK(finite_update, kErrTrainingFailed,
+               "training step failed: the gradient or the updated weights / optimizer state would not be finite "
+               "(the training diverged: lower the learning rate); the model was not changed");
+  HALCDL_CHECK(kern::all_finite(S2_.f(), g_.n_state), kErrTrainingFailed,
+               "training step failed: the batch-norm running statistics would not be finite (the training "
+               "diverged: lower the learning rate); the model was not changed");
   // Commit: update, optimizer state, running statistics.
   std::vector<std::vector<float>> keep;
   for (int i : frozen_) {
     const ParamInfo& a = g_.params[i];
     keep.emplace_back(P_.f() + a.offset, P_.f() + a.offset + a.size);
   }
-  if (hp_.solver == "adam") {
+  if (adam) {
     ++adam_t_;
     kern::adam_update(P_.f(), G_.f(), M1_.f(), M2_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.adam_beta1,
-                      hp_.adam_beta2, hp_.adam_epsilon, hp_.weight_prior, adam_t_);
+                      hp_.adam_beta2, hp_.adam_epsilon, hp_.weight_prior, adam_t_, &update_max_);
   } else {
-    kern::sgd_update(P_.f(), G_.f(), M1_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.momentum, hp_.weight_prior);
+    kern::sgd_update(P_.f(), G_.f(), M1_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.momentum, hp_.weight_prior,
+                     &update_max_);
   }
   for (size_t j = 0; j < frozen_.size(); ++j) {
     const ParamInfo& a = g_.params[frozen_[j]];
@@ -430,6 +492,8 @@ double Model::commit_step(double ce) {
     if (M2_.bytes()) std::fill(M2_.f() + a.offset, M2_.f() + a.offset + a.size, 0.f);
   }
   apply_ties();
+  // frozen parameters got their old values back: the maxima must cover those too
+  if (!frozen_.empty()) update_max_valid_ = false;
   std::memcpy(S_.c(), S2_.c(), S_.bytes());
   ++version_;
   ++steps_;

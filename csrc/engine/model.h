@@ -7,6 +7,7 @@
 // by 1/m) → backward (into G for the first, T then G += T for the rest); then one update.
 // Nothing persistent (P, M1, M2, S, step counters) changes until the whole step succeeded.
 #pragma once
+#include "engine/kernels.h"
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -83,8 +84,10 @@ class Model {
   // `images`: bs·m plain NCHW images; `labels`: class indices, labels_per_sample() per image
   // (kIgnored = skip the pixel); `pixel_w`: null or one weight per label.
   // With `images_on_device` (GPU only) `images` is device memory (a CuPy array), used in place.
+  // `hook` (data parallelism, hparams.h): averages gradient, running statistics and loss over
+  // the ranks between backward and update; null costs nothing.
   TrainResult train_step(const float* images, const int* labels, const float* pixel_w, int bs, int m, int c, int h,
-                         int w, bool images_on_device = false);
+                         int w, bool images_on_device = false, const StepHook* hook = nullptr);
   // `images`: n plain NCHW images, run in chunks of bs. Classification: n·K probabilities into
   // `probs`. Segmentation: per pixel the winning class index and its probability.
   // On the GPU, `on_device` says that images and outputs are device memory (CuPy arrays).
@@ -148,6 +151,10 @@ class Model {
   std::unique_ptr<DeviceEngine> dev_;
   int gpu_ = -1;
   bool host_stale_ = false;  // device arenas changed since the last sync_host
+  // Maxima of |weights| and |optimizer state| the last CPU update left (its divergence check
+  // bounds the next update from them); invalid after any other change to the arenas.
+  kern::UpdateMax update_max_;
+  bool update_max_valid_ = false;
   GpuOptions gpu_opts_;
   det::Config det_;
   std::vector<int> frozen_;

@@ -22,11 +22,14 @@ from . import operators as _operators  # noqa: E402
 from .operators import *  # noqa: E402,F401,F403  (the operator set and handle classes)
 from . import workflow as _workflow  # noqa: E402
 from .workflow import *  # noqa: E402,F401,F403  (HALCON's procedures)
+from . import layers as _layers  # noqa: E402
+from .layers import *  # noqa: E402,F401,F403  (layer API, introspection, serialization)
 from .hobject import HObject, concat_obj, count_obj, gen_empty_obj, select_obj  # noqa: E402
 
 __all__ = [
     *_operators.__all__,
     *_workflow.__all__,
+    *_layers.__all__,
     "concat_obj",
     "count_obj",
     "gen_empty_obj",

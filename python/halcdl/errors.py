@@ -173,6 +173,9 @@ H_ERR_CNN_INVALID_INPUT_SIZE = 7722
 H_ERR_CNN_INVALID_INPUT_DEPTH = 7724
 H_ERR_CNN_DEPTH_NOT_AVAILABLE = 7725
 H_ERR_CNN_INVALID_IMAGE_SIZE = 7730
+H_ERR_DL_LAYER_PARAM = 7731  # layer API: invalid layer parameters (number unconfirmed)
+H_ERR_DL_LAYER_INPUT = 7732  # layer API: layer inputs missing or not fitting (unconfirmed)
+H_ERR_DL_GRAPH = 7733  # layer API: invalid network graph (cycle, names, outputs; unconfirmed)
 H_ERR_CNN_INVALID_SHAPE = 7735
 H_ERR_CNN_INVALID_INPUT_DATA = 7736
 H_ERR_CNN_RUNTIME_FAILED = 7742
@@ -274,6 +277,9 @@ ERROR_MESSAGES: dict[int, str] = {
     7724: "New number of channels must be either 1 or 3",
     7725: "Number of channels cannot be switched from 1 to 3 for this network",
     7730: "Invalid input image size for a detection model",
+    7731: "Invalid layer parameters",
+    7732: "Layer inputs missing or not fitting",
+    7733: "Invalid network graph",
     7735: "Invalid input shape",
     7736: "Invalid input data",
     7742: "Runtime not supported on this machine",

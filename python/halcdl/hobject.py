@@ -79,7 +79,13 @@ class HObject:
         return self.images[i]
 
     def __array__(self, dtype=None, copy=None):
-        """The images stacked to an (N, H, W[, C]) array (they must have one shape)."""
+        """The images stacked to an (N, H, W[, C]) array (they must have one shape); an
+        object of exactly one image is that image's (H, W[, C]) array, so a one-image object
+        (e.g. from himage_from_numpy_array) works wherever an image array is expected, such
+        as a DLSample's 'image'."""
+        if len(self.images) == 1:
+            a = np.asarray(self.images[0])
+            return a if dtype is None else a.astype(dtype)
         a = np.stack(self.images) if self.images else np.zeros((0, 0, 0), np.float32)
         return a if dtype is None else a.astype(dtype)
 

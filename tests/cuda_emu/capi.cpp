@@ -167,5 +167,14 @@ int emu_adam_update(float* w, const float* grad, float* m, float* v, size_t n_we
                     float beta2, float eps, float weight_prior, int64_t t) {
   EMU_CALL(k::adam_update(w, grad, m, v, n_weight, n, lr, beta1, beta2, eps, weight_prior, t, kStream))
 }
+int emu_sgd_update_finite(const float* w, const float* grad, const float* v, size_t n_weight, size_t n, float lr,
+                          float momentum, float weight_prior, int* flag) {
+  EMU_CALL(k::sgd_update_finite(w, grad, v, n_weight, n, lr, momentum, weight_prior, flag, kStream))
+}
+int emu_adam_update_finite(const float* w, const float* grad, const float* m, const float* v, size_t n_weight,
+                           size_t n, float lr, float beta1, float beta2, float eps, float weight_prior, int64_t t,
+                           int* flag) {
+  EMU_CALL(k::adam_update_finite(w, grad, m, v, n_weight, n, lr, beta1, beta2, eps, weight_prior, t, flag, kStream))
+}
 
 }  // extern "C"

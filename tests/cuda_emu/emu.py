@@ -181,6 +181,8 @@ SIGNATURES = {
     "check_finite": [_P, _SZ, _P],
     "sgd_update": [_P, _P, _P, _SZ, _SZ, _F, _F, _F],
     "adam_update": [_P, _P, _P, _P, _SZ, _SZ, _F, _F, _F, _F, _F, _I64],
+    "sgd_update_finite": [_P, _P, _P, _SZ, _SZ, _F, _F, _F, _P],
+    "adam_update_finite": [_P, _P, _P, _P, _SZ, _SZ, _F, _F, _F, _F, _F, _I64, _P],
 }
 SCHEDULES = {"in_order": 0, "reverse": 1, "random": 2}
 

@@ -11,13 +11,19 @@ only on an ONNX path.
 from __future__ import annotations
 
 
+import os
+
 from ..errors import H_ERR_DL_FILE_READ, HOperatorError
 from ..models.handle import DLModel
-from .files import looks_like_safetensors
-from .native import FORMAT, FORMAT_VERSION, read_model_bytes, write_model
+from .files import FileFormatError, looks_like_safetensors, read_safetensors_file
+from .native import FORMAT, FORMAT_VERSION, format_error, read_model_bytes, write_model
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "read_file", "write_file", "is_onnx_name",
            "NotAModelFile"]
+
+
+# protobuf's own limit for one message is 2 GiB
+MAX_ONNX_BYTES = 2**31 - 1
 
 
 class NotAModelFile(HOperatorError):
@@ -36,9 +42,28 @@ def _looks_like_onnx(head: bytes) -> bool:
 def read_file(path: str, seed: int) -> DLModel:
     """The model stored in the file ``path`` (which exists).  ``seed``: engine seed for a
     model whose file carries none (ONNX)."""
+    # The first bytes decide what the file is before the rest is read: a halcdl file is read
+    # only as far as its header promises (files.read_safetensors_file), an ONNX file only up
+    # to MAX_ONNX_BYTES, anything else not at all.
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(16)
+            f.seek(0)
+            if looks_like_safetensors(head):
+                try:
+                    data, parsed = read_safetensors_file(f, size)
+                    return read_model_bytes(data, path, parsed)
+                except FileFormatError as err:
+                    raise format_error(path, err) from None
+            elif is_onnx_name(path) or _looks_like_onnx(head):
+                if size > MAX_ONNX_BYTES:
+                    raise HOperatorError(H_ERR_DL_FILE_READ,
+                                         f"cannot read model file {path!r}: {size} bytes, more "
+                                         f"than an ONNX model may have ({MAX_ONNX_BYTES})")
+                data = f.read()
+            else:
+                data = head
     except OSError as err:
         raise HOperatorError(H_ERR_DL_FILE_READ, f"cannot read model file {path!r}: "
                                                  f"{err.strerror or err}") from None

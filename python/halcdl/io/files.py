@@ -15,9 +15,14 @@ turns them into HALCON error numbers naming the file.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import re
 import secrets
+import stat
+import time
 from typing import Callable, Iterable
 
 import numpy as np
@@ -36,6 +41,10 @@ _DTYPES = {"F32": "<f4", "F64": "<f8", "I64": "<i8", "I32": "<i4", "U8": "u1"}
 _DTYPE_OF = {np.dtype(v): k for k, v in _DTYPES.items()}
 # the safetensors library refuses headers above 100 MB; so do we (a corrupted length field)
 MAX_HEADER = 100_000_000
+# deepest JSON nesting accepted in a header (halcdl writes at most ~6 levels)
+MAX_JSON_DEPTH = 64
+# at most this many tensors in one file (a 20,000-layer network has ~80,000)
+MAX_TENSORS = 1_000_000
 
 
 class FileFormatError(Exception):
@@ -77,10 +86,22 @@ def atomic_write(path: str, write: Callable[[Callable[[bytes], None]], None]) ->
     error the temporary file is removed and the exception propagates (``OSError`` for the
     file system's errors).  A symbolic link at ``path`` is followed: its target is replaced.
     """
-    path = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
+    # symbolic links (of the file or of a folder above it) resolved: the temporary file goes
+    # next to the real file, and the rename replaces that file, not the link
+    path = os.path.realpath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(21, "is a directory", path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        # a device, FIFO or socket: a rename would replace it by a regular file, and writing
+        # into it directly is not atomic; refused (the caller raises 7781)
+        raise OSError(errno.EINVAL, "not a regular file (device, FIFO or socket): refused",
+                      path)
     folder = os.path.dirname(path)
+    started = time.time()
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
                                f"{secrets.token_hex(4)}.tmp")
     # O_EXCL: never follow or reuse anything that is already there; 0o666 & ~umask as for a
@@ -106,6 +127,50 @@ def atomic_write(path: str, write: Callable[[Callable[[bytes], None]], None]) ->
             os.close(dfd)
     except OSError:
         pass
+    remove_stale_temporaries(folder, started)
+
+
+# .<file name>.<pid>.<8 hex digits>.tmp, as atomic_write names its temporary files
+_TMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
+
+
+def remove_stale_temporaries(folder: str, before: float) -> list[str]:
+    """Remove the temporary files of atomic_write that a killed write left in ``folder``:
+    halcdl's naming, a regular file, last modified before ``before`` (the start of the
+    current write), and its writer process no longer running — or not modified for a day.
+    Returns the names removed; errors are ignored (best effort)."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        mt = _TMP_RE.match(e.name)
+        if not mt:
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_mtime >= before:
+                continue
+            if _alive(int(mt.group(1))) and st.st_mtime > before - 86400:
+                continue
+            os.unlink(e.path)
+            removed.append(e.name)
+        except OSError:
+            continue
+    return removed
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,6 +223,108 @@ def looks_like_safetensors(head: bytes) -> bool:
     return len(head) >= 9 and head[8:9] == b"{"
 
 
+def json_depth_ok(obj, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True if ``obj`` (parsed JSON) nests lists/dicts at most ``limit`` deep (iterative)."""
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            o = o.values()
+        elif not isinstance(o, list):
+            continue
+        if d > limit:
+            return False
+        stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list)))
+    return True
+
+
+def load_json(text, what: str = "the header", check_depth: bool = True):
+    """``json.loads`` with bounded nesting; :class:`FileFormatError` on anything wrong
+    (invalid JSON, nesting beyond MAX_JSON_DEPTH, numbers beyond a double)."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise FileFormatError("corrupted", f"{what} nests JSON too deeply") from None
+    except (UnicodeDecodeError, ValueError, TypeError) as err:
+        raise FileFormatError("corrupted", f"{what} is not valid JSON ({err})") from None
+    if check_depth and not json_depth_ok(obj):
+        raise FileFormatError("corrupted", f"{what} nests JSON deeper than {MAX_JSON_DEPTH} "
+                                           f"levels")
+    return obj
+
+
+def read_safetensors_file(f, size: int) -> tuple[bytes, tuple[dict, dict, memoryview]]:
+    """``(bytes, (metadata, table, data_section))`` of an open safetensors file of ``size``
+    bytes (the header parsed once), the data read only after its header
+    (length, JSON, tensor table) promises exactly ``size`` bytes: a corrupted length or a
+    table claiming more data than there is fails before the data is read."""
+    head = f.read(8)
+    if len(head) < 8:
+        raise FileFormatError("truncated", f"the file holds {len(head)} bytes, less than a "
+                                           f"header")
+    n = int.from_bytes(head, "little")
+    if n > MAX_HEADER:
+        raise FileFormatError("corrupted", f"header length field {n} is implausible")
+    if 8 + n > size:
+        raise FileFormatError("truncated", f"the header is {n} bytes but the file ends after "
+                                           f"{size - 8}")
+    header_raw = f.read(n)
+    meta, table = _parse_header(header_raw)
+    need = max((e["data_offsets"][1] for e in table.values()), default=0)
+    if 8 + n + need > size:
+        raise FileFormatError("truncated", f"the data section holds {size - 8 - n} of {need} "
+                                           f"bytes")
+    if 8 + n + need < size:
+        raise FileFormatError("corrupted", f"{size - 8 - n - need} unexpected bytes after the "
+                                           f"last tensor")
+    data = head + header_raw + f.read(need)
+    if len(data) != 8 + n + need:
+        raise FileFormatError("truncated", "the file changed while it was read")
+    return data, (meta, table, memoryview(data)[8 + n:])
+
+
+def _parse_header(raw) -> tuple[dict, dict]:
+    """(metadata, table) of the JSON header bytes, every entry checked (dtype, shape, offsets
+    with exact integer arithmetic, contiguity)."""
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise FileFormatError("corrupted", f"the header is not valid UTF-8 ({err})") from None
+    # depth: json's own recursion guard (RecursionError → 7780) suffices here, as every
+    # entry below is checked to be flat (strings, a dtype, lists of ints)
+    header = load_json(text, check_depth=False)
+    if not isinstance(header, dict):
+        raise FileFormatError("corrupted", "the header is not a JSON object")
+    if len(header) > MAX_TENSORS + 1:
+        raise FileFormatError("corrupted", f"the header lists {len(header) - 1} tensors")
+    meta = header.pop("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise FileFormatError("corrupted", "__metadata__ must map strings to strings")
+    spans = []
+    for name, e in header.items():
+        ok = (isinstance(e, dict) and e.get("dtype") in _DTYPES
+              and isinstance(e.get("shape"), list) and len(e["shape"]) <= 8
+              and all(type(s) is int and s >= 0 for s in e["shape"])
+              and isinstance(e.get("data_offsets"), list) and len(e["data_offsets"]) == 2
+              and all(type(o) is int for o in e["data_offsets"]))
+        if not ok:
+            raise FileFormatError("corrupted", f"bad header entry for tensor {name!r}")
+        b, end = e["data_offsets"]
+        # Python ints: a shape of 2**70 cannot wrap around
+        nbytes = math.prod(e["shape"]) * np.dtype(_DTYPES[e["dtype"]]).itemsize
+        if end - b != nbytes or b < 0:
+            raise FileFormatError("corrupted", f"tensor {name!r}: offsets {b}..{end} do not "
+                                               f"match its shape {e['shape']}")
+        spans.append((b, end, name))
+    spans.sort()
+    pos = 0
+    for b, end, name in spans:
+        if b != pos:
+            raise FileFormatError("corrupted", f"tensor {name!r} starts at {b}, expected {pos}")
+        pos = end
+    return meta, header
+
+
 def parse_safetensors(data: bytes) -> tuple[dict, dict, memoryview]:
     """``(metadata, table, data_section)`` of a whole file's bytes.
 
@@ -176,37 +343,9 @@ def parse_safetensors(data: bytes) -> tuple[dict, dict, memoryview]:
     if 8 + n > size:
         raise FileFormatError("truncated", f"the header is {n} bytes but the file ends after "
                                            f"{size - 8}")
-    try:
-        header = json.loads(bytes(data[8:8 + n]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise FileFormatError("corrupted", f"the header is not valid JSON ({err})") from None
-    if not isinstance(header, dict):
-        raise FileFormatError("corrupted", "the header is not a JSON object")
-    meta = header.pop("__metadata__", {})
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise FileFormatError("corrupted", "__metadata__ must map strings to strings")
+    meta, header = _parse_header(data[8:8 + n])
     body = memoryview(data)[8 + n:]
-    spans = []
-    for name, e in header.items():
-        ok = (isinstance(e, dict) and e.get("dtype") in _DTYPES
-              and isinstance(e.get("shape"), list)
-              and all(isinstance(s, int) and s >= 0 for s in e["shape"])
-              and isinstance(e.get("data_offsets"), list) and len(e["data_offsets"]) == 2
-              and all(isinstance(o, int) for o in e["data_offsets"]))
-        if not ok:
-            raise FileFormatError("corrupted", f"bad header entry for tensor {name!r}")
-        b, end = e["data_offsets"]
-        nbytes = int(np.prod(e["shape"], dtype=np.int64)) * np.dtype(_DTYPES[e["dtype"]]).itemsize
-        if end - b != nbytes or b < 0:
-            raise FileFormatError("corrupted", f"tensor {name!r}: offsets {b}..{end} do not "
-                                               f"match its shape {e['shape']}")
-        spans.append((b, end, name))
-    spans.sort()
-    pos = 0
-    for b, end, name in spans:
-        if b != pos:
-            raise FileFormatError("corrupted", f"tensor {name!r} starts at {b}, expected {pos}")
-        pos = end
+    pos = max((e["data_offsets"][1] for e in header.values()), default=0)
     if len(body) < pos:
         raise FileFormatError("truncated", f"the data section holds {len(body)} of {pos} "
                                            f"bytes")

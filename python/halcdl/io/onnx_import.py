@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import H_ERR_DL_READ_ONNX, HOperatorError
 from ..models.handle import DLModel
 from .arch import spec_architecture
+from .files import json_depth_ok
 from .onnx_common import require_onnx
 
 __all__ = ["import_onnx", "OnnxParseError", "SUPPORTED_OPS"]
@@ -181,10 +182,40 @@ class _Converter:
                 raise _Unsupported(f"output {o!r} is used; only the first output is supported")
 
     # ---------------------------------------------------------------------------------------
+    def _initializer(self, init) -> np.ndarray:
+        """An initializer as an array, checked first: a known data type, dims >= 0, and as
+        much data as its dims promise (before numpy is asked to reshape anything)."""
+        T = self.onnx.TensorProto
+        dims = list(init.dims)
+        if any(d < 0 for d in dims) or len(dims) > 8:
+            raise self.fail(f"initializer {init.name!r}: invalid dims {dims}")
+        n = math.prod(dims)
+        sizes = {T.FLOAT: 4, T.DOUBLE: 8, T.INT64: 8, T.INT32: 4, T.FLOAT16: 2, T.INT8: 1,
+                 T.UINT8: 1, T.INT16: 2, T.UINT16: 2, T.BOOL: 1, T.UINT32: 4, T.UINT64: 8}
+        if init.data_type not in sizes:
+            raise self.fail(f"initializer {init.name!r}: unsupported data type "
+                            f"{init.data_type}")
+        if init.data_location != T.EXTERNAL:
+            if init.HasField("raw_data"):
+                have = len(init.raw_data) // sizes[init.data_type]
+            else:
+                field = {T.FLOAT: "float_data", T.DOUBLE: "double_data", T.INT64: "int64_data",
+                         T.UINT64: "uint64_data", T.UINT32: "uint64_data"}.get(
+                    init.data_type, "int32_data")
+                have = len(getattr(init, field))
+            if have != n:
+                raise self.fail(f"initializer {init.name!r}: its dims {dims} promise {n} "
+                                f"values, it holds {have}")
+        try:
+            return self.nh.to_array(init)
+        except Exception as err:  # protobuf / numpy conversion
+            raise self.fail(f"initializer {init.name!r}: cannot be read "
+                            f"({type(err).__name__}: {err})") from None
+
     def run(self) -> tuple[list, dict, tuple, int]:
         g = self.graph
         for init in g.initializer:
-            self.consts[init.name] = self.nh.to_array(init)
+            self.consts[init.name] = self._initializer(init)
         inputs = [i for i in g.input if i.name not in self.consts]
         if len(inputs) != 1:
             raise self.fail(f"the graph must have exactly one input, it has {len(inputs)} "
@@ -219,6 +250,16 @@ class _Converter:
             except _Unsupported as err:
                 raise self.fail(f"node {node.name or '#' + str(idx)!r} (op type "
                                 f"{node.op_type}): {err}") from None
+            except HOperatorError:
+                raise
+            except (IndexError, KeyError, ValueError, TypeError, ZeroDivisionError,
+                    OverflowError, AttributeError, RecursionError) as err:
+                # a node the checks above did not anticipate (no inputs, a missing weight,
+                # an attribute of the wrong kind): still 7801 naming it
+                what = ("a required input is missing" if isinstance(err, IndexError)
+                        else f"{type(err).__name__}: {err}")
+                raise self.fail(f"node {node.name or '#' + str(idx)!r} (op type "
+                                f"{node.op_type}): invalid node ({what})") from None
         out_name = g.output[0].name
         if out_name not in self.acts:
             raise self.fail(f"the output {out_name!r} is not computed from the input")
@@ -304,6 +345,9 @@ class _Converter:
         if node.input[0] not in self.shapes or data is None or int(a.get("axis", 0)) != 0:
             raise _Unsupported("only Gather on a shape (axis 0) is supported")
         ind = self.const(node.input[1], "the indices")
+        if not all(-len(data) <= int(i) < len(data) for i in ind.reshape(-1)):
+            raise _Unsupported(f"Gather indices {ind.reshape(-1).tolist()} out of range for "
+                               f"a shape of {len(data)} values")
         # a scalar index gives a scalar; kept as a one-element list (Unsqueeze is a no-op)
         self.shapes[node.output[0]] = [data[int(i)] for i in ind.reshape(-1)]
 
@@ -368,6 +412,9 @@ class _Converter:
 
     @staticmethod
     def _out(size: int, k: int, s: int, p: int, d: int = 1, ceil: bool = False) -> int:
+        if s < 1 or d < 1 or k < 1 or p < 0:
+            raise _Unsupported(f"kernel {k}, stride {s}, dilation {d} must be >= 1 and "
+                               f"padding {p} >= 0")
         span = size + 2 * p - d * (k - 1) - 1
         if ceil:
             o = -(-span // s) + 1
@@ -870,7 +917,13 @@ def import_onnx(path: str, seed: int, data: bytes | None = None) -> DLModel:
         raise OnnxParseError(H_ERR_DL_READ_ONNX, f"cannot import ONNX file {path!r}: not a "
                                                  f"readable ONNX model ({err})") from None
     conv = _Converter(onnx, model, path)
-    spec, params, (c, h, w), k = conv.run()
+    try:
+        spec, params, (c, h, w), k = conv.run()
+    except HOperatorError:
+        raise
+    except (IndexError, KeyError, ValueError, TypeError, ZeroDivisionError, OverflowError,
+            AttributeError, RecursionError) as err:
+        raise conv.fail(f"invalid graph ({type(err).__name__}: {err})") from None
     fixed = any(n["op"] == "fc" and "in_features" in n for n in spec)
     kind = {}
     if conv.segmentation:
@@ -879,20 +932,31 @@ def import_onnx(path: str, seed: int, data: bytes | None = None) -> DLModel:
     props = _meta_props(model)
 
     def prop(key, kind, default):
+        if key not in props:
+            return default
         try:
             v = json.loads(props[key])
-            return v if kind(v) else default
-        except (KeyError, ValueError):
-            return default
+            if json_depth_ok(v) and kind(v):
+                return v
+        except (ValueError, RecursionError, TypeError, OverflowError):
+            pass
+        # halcdl's own metadata, present but unusable (hand-edited, corrupted): refused
+        raise conv.fail(f"metadata {key!r} is invalid: {props[key][:80]!r}")
+
+    def finite(v) -> bool:  # a float32-finite number (1e999 parses as inf)
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and \
+            math.isfinite(float(v)) and abs(float(v)) <= 1e30
 
     class_ids = prop("halcdl.class_ids", lambda v: isinstance(v, list) and len(v) == k and all(
-        isinstance(i, int) and i >= 0 for i in v) and len(set(v)) == k, list(range(k)))
+        isinstance(i, int) and 0 <= i < 2**63 for i in v) and len(set(v)) == k, list(range(k)))
     class_names = prop("halcdl.class_names", lambda v: isinstance(v, list) and len(v) == k and
                        all(isinstance(s, str) for s in v), [str(i) for i in class_ids])
-    rmin = prop("halcdl.image_range_min", lambda v: isinstance(v, (int, float)), -127.0)
-    rmax = prop("halcdl.image_range_max", lambda v: isinstance(v, (int, float)), 128.0)
+    rmin = prop("halcdl.image_range_min", finite, -127.0)
+    rmax = prop("halcdl.image_range_max", finite, 128.0)
     meta = prop("halcdl.meta_data", lambda v: isinstance(v, dict) and all(
-        isinstance(x, (str, int, float)) for x in v.values()), None)
+        isinstance(x, str) or (finite(x) if isinstance(x, float) else
+                               isinstance(x, int) and -2**63 <= x < 2**63)
+        for x in v.values()), None)
     base = os.path.basename(path)
     arch = spec_architecture(
         base, spec, k, f"imported from the ONNX file {base}",

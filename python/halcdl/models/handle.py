@@ -101,6 +101,9 @@ class DLModel:
             self.params.update(_copy.deepcopy(DETECTION_DEFAULTS))
             self.params["backbone"] = ""
         self._hparams_dirty = True
+        # halcdl.distributed.DataParallel while the model is data parallel ('data_parallel'),
+        # else None; not a model parameter: never written to a file
+        self.data_parallel = None
 
     # ----------------------------------------------------------------------------------------
     @property

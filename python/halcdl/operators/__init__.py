@@ -53,8 +53,20 @@ from .dl_model import (
 )
 from .dl_detection import create_dl_model_detection
 from .system import get_system, get_system_s, set_system
+from .interop import (
+    as_python_dict,
+    from_python_dict,
+    himage_as_numpy_array,
+    himage_from_numpy_array,
+    set_dict_tuple_at,
+)
 
 __all__ = [
+    "as_python_dict",
+    "from_python_dict",
+    "himage_as_numpy_array",
+    "himage_from_numpy_array",
+    "set_dict_tuple_at",
     "read_dict",
     "write_dict",
     "dict_to_json",

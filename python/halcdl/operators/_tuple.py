@@ -32,10 +32,16 @@ __all__ = [
     "as_int",
     "as_float",
     "as_str",
+    "to_float",
+    "check_float32",
+    "FLT_MAX",
+    "FLT_MIN_NORMAL",
+    "INT32_MAX",
     "wrong_type",
     "wrong_value",
     "wrong_num",
     "operator",
+    "conversion_error",
 ]
 
 
@@ -61,6 +67,25 @@ def wrong_num(pos: int, detail: str) -> HOperatorError:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Python / pybind11 exceptions an argument can cause while it is converted (UnicodeError is a
+# ValueError; pybind11's cast_error arrives as RuntimeError; RecursionError too).
+_CONVERSION_ERRORS = (TypeError, ValueError, OverflowError, IndexError, KeyError,
+                      ZeroDivisionError, RuntimeError, MemoryError, AttributeError)
+
+
+def conversion_error(exc: BaseException) -> HOperatorError:
+    """HOperatorError for a Python exception raised while converting an argument: wrong type
+    → 7790, out of memory → 6001, anything else (value, range, encoding, nesting) → 7791."""
+    if isinstance(exc, MemoryError):
+        code, what = 6001, "not enough memory"
+    elif isinstance(exc, (TypeError, AttributeError)):
+        code, what = 7790, "an argument has a type the operator cannot convert"
+    elif isinstance(exc, RecursionError):
+        code, what = 7791, "an argument is nested too deeply"
+    else:
+        code, what = 7791, "an argument has a value the operator cannot convert"
+    return HOperatorError(code, f"{what} ({type(exc).__name__}: {str(exc)[:200]})")
+
 
 def operator(func: F) -> F:
     """Mark ``func`` as a HALCON operator: an HOperatorError raised inside (by Python or by the
@@ -77,6 +102,14 @@ def operator(func: F) -> F:
                 err.operator = name
                 err.message = f"{err.message} in operator {name}"
             raise
+        except _CONVERSION_ERRORS as exc:
+            # The last line of the conversion layer (docs/robustness.md): an argument that a
+            # check above did not anticipate made Python or pybind11 fail while converting
+            # it.  It becomes HOperatorError; the original exception is chained as __cause__.
+            err = conversion_error(exc)
+            err.operator = name
+            err.message = f"{err.message} in operator {name}"
+            raise err from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -152,9 +185,36 @@ def as_float(v: Any, pos: int, what: str, finite: bool = True) -> float:
     """``v`` as float (ints accepted), or 1200+pos (wrong type) / 1300+pos (NaN, Inf)."""
     if not is_number(v):
         raise wrong_type(pos, f"{what} must be a number, got {v!r}")
-    f = float(v)
+    f = to_float(v)
     if finite and not math.isfinite(f):
         raise wrong_value(pos, f"{what} must be finite, got {f!r}")
+    return f
+
+
+FLT_MAX = float(np.finfo(np.float32).max)
+FLT_MIN_NORMAL = float(np.finfo(np.float32).tiny)  # smallest normal float32
+INT32_MAX = 2**31 - 1
+
+
+def to_float(v: Any) -> float:
+    """``float(v)`` for a number; an int too large for a double (``10**400``) gives ``inf``
+    instead of OverflowError, so the caller's finiteness check names the parameter."""
+    try:
+        return float(v)
+    except OverflowError:
+        return -math.inf if is_int(v) and int(v) < 0 else math.inf
+
+
+def check_float32(f: float, what: str, err: Callable[[str], Exception],
+                  normal: bool = False) -> float:
+    """``f`` (already finite as a double) must be finite as float32 (``|f| <= FLT_MAX``);
+    with ``normal``, a nonzero ``f`` must also not be subnormal or round to 0 in float32
+    (``|f| >= FLT_MIN_NORMAL``).  Raises ``err(message)`` otherwise."""
+    if abs(f) > FLT_MAX:
+        raise err(f"{what} = {f!r} is not representable as a float32 (|value| <= {FLT_MAX:.6g})")
+    if normal and f != 0 and abs(f) < FLT_MIN_NORMAL:
+        raise err(f"{what} = {f!r} is below the smallest normal float32 ({FLT_MIN_NORMAL:.6g}) "
+                  f"and would be rounded towards 0")
     return f
 
 

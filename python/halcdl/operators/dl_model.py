@@ -7,6 +7,7 @@ raises leaves the model exactly as it was.  Error numbers: see docs/operators.md
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import warnings
@@ -29,6 +30,7 @@ from ..errors import (
     H_ERR_DL_INPUT_WRONG_VALUES,
     H_ERR_DL_INPUTS_MISSING,
     H_ERR_DL_MODEL_INVALID_NUM_SAMPLES,
+    H_ERR_DL_MODEL_RUNTIME,
     H_ERR_DL_MODEL_UNSUPPORTED_GENPARAM,
     H_ERR_DL_SOLVER_INVALID_TYPE,
     H_ERR_DL_WRONG_BS_MULTIPLIER,
@@ -41,7 +43,10 @@ from .. import io as model_io
 from ..models.handle import DLModel
 from ..models.zoo import ARCHITECTURES, get_architecture
 from ._tuple import (
+    INT32_MAX,
     as_str,
+    check_float32,
+    to_float,
     is_int,
     is_number,
     is_str,
@@ -55,6 +60,7 @@ from ._tuple import (
     wrong_value,
 )
 from .. import _gpu
+from .. import distributed
 from .dl_device import DLDevice, cpu_device, gpu_device
 from .system import next_model_seed
 
@@ -128,9 +134,18 @@ def create_model(file_name: str) -> DLModel:
 def _file_name(file_name: Any, pos: int) -> str:
     if isinstance(file_name, os.PathLike):
         file_name = os.fspath(file_name)
+    if isinstance(file_name, bytes):
+        raise wrong_type(pos, "file_name must be a string, got bytes")
     name = as_str(to_scalar(file_name, pos, "one file name"), pos, "file_name")
     if not name:
         raise wrong_value(pos, "file_name must not be empty")
+    if "\0" in name:
+        raise wrong_value(pos, f"file_name must not contain a NUL character: {name!r}")
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:
+        raise wrong_value(pos, f"file_name cannot be encoded for the file system "
+                               f"(lone surrogate?): {name!r}") from None
     return name
 
 
@@ -220,25 +235,33 @@ def _int(v: Any, name: str) -> int:
     return int(v)
 
 
-def _float(v: Any, name: str) -> float:
+def _float(v: Any, name: str, normal: bool = False) -> float:
+    """A number the engine can hold: finite as a float32 (and, with ``normal``, not a nonzero
+    value that float32 rounds to a subnormal or 0).  1203 wrong type, 1303 wrong value."""
     if not is_number(v):
         raise wrong_type(_VAL, f"{name} must be a number, got {v!r}")
-    f = float(v)
+    f = to_float(v)
     if not math.isfinite(f):
         raise wrong_value(_VAL, f"{name} must be finite, got {f!r}")
-    return f
+    return check_float32(f, name, lambda msg: wrong_value(_VAL, msg), normal)
 
 
-def _int_param(vals: list, name: str, minimum: int) -> int:
+# Upper bounds of the counts (documented in docs/robustness.md): checked here, before any plan
+# or buffer is made, so a huge value fails naming its parameter.
+MAX_BATCH_SIZE = 65536
+MAX_IMAGE_SIDE = 32768
+
+
+def _int_param(vals: list, name: str, minimum: int, maximum: int = INT32_MAX) -> int:
     v = _int(_one(vals, name), name)
-    if v < minimum:
-        raise wrong_value(_VAL, f"{name} must be >= {minimum}, got {v}")
+    if v < minimum or v > maximum:
+        raise wrong_value(_VAL, f"{name} must be in [{minimum}, {maximum}], got {v}")
     return v
 
 
 def _float_param(vals: list, name: str, lo: float, hi: float | None = None,
                  lo_open: bool = False, hi_open: bool = False) -> float:
-    v = _float(_one(vals, name), name)
+    v = _float(_one(vals, name), name, normal=lo_open)
     bad_lo = v <= lo if lo_open else v < lo
     bad_hi = hi is not None and (v >= hi if hi_open else v > hi)
     if bad_lo or bad_hi:
@@ -307,11 +330,13 @@ def _set_channels(m: DLModel, c: int) -> None:
 
 
 def _set_batch_size(m: DLModel, vals: list) -> None:
-    m.params["batch_size"] = _int_param(vals, "batch_size", 1)
+    m.params["batch_size"] = _int_param(vals, "batch_size", 1, MAX_BATCH_SIZE)
 
 
 def _set_multiplier(m: DLModel, vals: list) -> None:
     v = _int(_one(vals, "batch_size_multiplier"), "batch_size_multiplier")
+    if v > MAX_BATCH_SIZE:
+        raise wrong_value(_VAL, f"batch_size_multiplier must be <= {MAX_BATCH_SIZE}, got {v}")
     if v < 1:
         raise HOperatorError(H_ERR_DL_WRONG_BS_MULTIPLIER,
                              f"batch_size_multiplier must be greater than 0, got {v}")
@@ -338,9 +363,9 @@ def _set_class_ids(m: DLModel, vals: list) -> None:
     if not vals:
         raise HOperatorError(H_ERR_DL_CLASS_IDS_INVALID, "class_ids must not be empty")
     for v in vals:
-        if not is_int(v) or int(v) < 0:
+        if not is_int(v) or not 0 <= int(v) < 2**63:
             raise HOperatorError(H_ERR_DL_CLASS_IDS_INVALID,
-                                 f"class ids must be non-negative integers, got {v!r}")
+                                 f"class ids must be non-negative 64-bit integers, got {v!r}")
     ids = [int(v) for v in vals]
     if len(set(ids)) != len(ids):
         raise HOperatorError(H_ERR_DL_CLASS_IDS_NOT_UNIQUE, f"class ids are not unique: {ids}")
@@ -387,10 +412,19 @@ def _set_class_weights(m: DLModel, vals: list) -> None:
         if not is_number(v):
             raise HOperatorError(H_ERR_DL_INPUT_WRONG_TYPE,
                                  f"class_weights must be numbers, got {v!r}")
-    weights = [float(v) for v in vals]
+    weights = [to_float(v) for v in vals]
     if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
         raise HOperatorError(H_ERR_DL_INPUT_WRONG_VALUES,
                              f"class_weights must be finite, >= 0 and not all 0: {weights}")
+    # what the engine holds: float32, normal numbers (1e-300 would be 0), a finite sum
+    def bad(msg: str) -> HOperatorError:
+        return HOperatorError(H_ERR_DL_INPUT_WRONG_VALUES, msg)
+    for w in weights:
+        check_float32(w, "class weight", bad, normal=True)
+    with np.errstate(over="ignore"):
+        total = float(np.sum(np.asarray(weights, np.float32), dtype=np.float32))
+    if not math.isfinite(total):
+        raise bad(f"class_weights sum to more than the largest float32: {weights}")
     m.params["class_weights"] = weights
     m.mark_hparams_dirty()
 
@@ -404,9 +438,9 @@ def _set_ignore_class_ids(m: DLModel, vals: list) -> None:
             raise HOperatorError(H_ERR_DL_INPUT_WRONG_TYPE,
                                  f"ignore_class_ids must be integers, got {v!r}")
     ids = [int(v) for v in vals]
-    if any(i < 0 for i in ids):
+    if any(not 0 <= i < 2**63 for i in ids):
         raise HOperatorError(H_ERR_DL_INPUT_WRONG_VALUES,
-                             f"ignore_class_ids must be non-negative, got {ids}")
+                             f"ignore_class_ids must be non-negative 64-bit integers, got {ids}")
     if len(set(ids)) != len(ids):
         raise HOperatorError(H_ERR_DL_CLASS_IDS_NOT_UNIQUE,
                              f"ignore_class_ids are not unique: {ids}")
@@ -419,13 +453,13 @@ def _set_ignore_class_ids(m: DLModel, vals: list) -> None:
 
 
 def _set_image_width(m: DLModel, vals: list) -> None:
-    w = _int_param(vals, "image_width", 1)
+    w = _int_param(vals, "image_width", 1, MAX_IMAGE_SIDE)
     _check_image_size(m, w, m.params["image_height"])
     m.params["image_width"] = w
 
 
 def _set_image_height(m: DLModel, vals: list) -> None:
-    h = _int_param(vals, "image_height", 1)
+    h = _int_param(vals, "image_height", 1, MAX_IMAGE_SIDE)
     _check_image_size(m, m.params["image_width"], h)
     m.params["image_height"] = h
 
@@ -439,8 +473,9 @@ def _set_image_dimensions(m: DLModel, vals: list) -> None:
         raise wrong_num(_VAL, f"image_dimensions is [width, height, channels], got {vals!r}")
     w = _int(vals[0], "image width")
     h = _int(vals[1], "image height")
-    if w < 1 or h < 1:
-        raise wrong_value(_VAL, f"image width and height must be >= 1, got {w}x{h}")
+    if not (1 <= w <= MAX_IMAGE_SIDE and 1 <= h <= MAX_IMAGE_SIDE):
+        raise wrong_value(_VAL, f"image width and height must be in [1, {MAX_IMAGE_SIDE}], "
+                                f"got {w}x{h}")
     c = _check_channels(vals[2])
     _check_image_size(m, w, h)
     _set_channels(m, c)  # may rebuild; the size was validated on the current graph
@@ -450,7 +485,11 @@ def _set_image_dimensions(m: DLModel, vals: list) -> None:
 
 def _range_setter(name: str) -> Callable[[DLModel, list], None]:
     def setter(m: DLModel, vals: list) -> None:
-        m.params[name] = _float(_one(vals, name), name)
+        # float32-finite (images are float32); |value| <= 1e30 keeps max - min finite too
+        v = _float(_one(vals, name), name)
+        if abs(v) > 1e30:
+            raise wrong_value(_VAL, f"{name} must be within [-1e30, 1e30], got {v!r}")
+        m.params[name] = v
 
     return setter
 
@@ -522,7 +561,46 @@ def _set_meta_data(m: DLModel, vals: list) -> None:
         if not (is_str(v) or is_number(v)):
             raise HOperatorError(H_ERR_DL_INPUT_WRONG_TYPE,
                                  f"meta_data values must be strings or numbers, got {v!r}")
+        # what write_dl_model can store: UTF-8 text, finite numbers, 64-bit integers
+        for t in (k, v):
+            if is_str(t):
+                try:
+                    str(t).encode("utf-8")
+                except UnicodeEncodeError:
+                    raise HOperatorError(H_ERR_DL_INPUT_WRONG_VALUES,
+                                         f"meta_data holds a string that is not valid text "
+                                         f"(lone surrogate): {t!r}") from None
+        if is_int(v) and not -2**63 <= int(v) < 2**63:
+            raise HOperatorError(H_ERR_DL_INPUT_WRONG_VALUES,
+                                 f"meta_data integer {k!r} = {v} does not fit in 64 bits")
+        if is_number(v) and not is_int(v) and not math.isfinite(float(v)):
+            raise HOperatorError(H_ERR_DL_INPUT_WRONG_VALUES,
+                                 f"meta_data value {k!r} = {v!r} is not finite")
     m.params["meta_data"] = {str(k): py_value(v) for k, v in d.items()}
+
+
+def _dp_settings(m: DLModel) -> str:
+    """The settings every rank of a data-parallel run must share (checked on joining)."""
+    keys = ("type", "batch_size", "batch_size_multiplier", "learning_rate", "momentum",
+            "weight_prior", "solver_type", "adam_beta1", "adam_beta2", "adam_epsilon",
+            "batchnorm_momentum", "class_ids", "class_weights", "image_width", "image_height",
+            "image_num_channels", "ignore_class_ids")
+    return repr([(k, m.params.get(k)) for k in keys] + [m.core.get_precision()])
+
+
+def _set_data_parallel(m: DLModel, vals: list) -> None:
+    # halcdl's own (docs/distributed.md): 'torch' joins torch.distributed's default process
+    # group (collective: every rank calls it; rank 0's model is broadcast), 'false' leaves
+    v = _choice(vals, "data_parallel", ("torch", "false"))
+    if v == "torch" and m.is_detection:
+        raise HOperatorError(H_ERR_DL_MODEL_RUNTIME, "data_parallel: detection models cannot be "
+                                                     "trained data parallel yet")
+    if v == "torch":
+        if m.data_parallel is None:
+            m.data_parallel = distributed.join(m.core, m.core.device() >= 0, _dp_settings(m))
+    elif m.data_parallel is not None:
+        dp, m.data_parallel = m.data_parallel, None
+        distributed.leave(dp)
 
 
 _SETTERS: dict[str, Callable[[DLModel, list], None]] = {
@@ -554,9 +632,11 @@ _SETTERS: dict[str, Callable[[DLModel, list], None]] = {
     "optimize_for_inference": _set_optimize_for_inference,
     "meta_data": _set_meta_data,
     "precision": _set_precision,
+    "data_parallel": _set_data_parallel,
 }
 
-_READ_ONLY = ("type", "num_trainable_params", "summary", "input_dimensions")
+_READ_ONLY = ("type", "num_trainable_params", "summary", "input_dimensions",
+              "data_parallel_rank", "data_parallel_world_size")
 
 
 def _unsupported(name: str, what: str) -> HOperatorError:
@@ -586,7 +666,21 @@ def set_dl_model_param(dlmodel_handle: Any, gen_param_name: Any, gen_param_value
     vals = [gen_param_value] if isinstance(gen_param_value, dict) else to_tuple(gen_param_value)
     with m.lock:
         check_model(m)  # may have been cleared while waiting
+        if m.data_parallel is None or name == "data_parallel":
+            setter(m, vals)
+            return
+        # data parallel: a change that re-creates layers would give each rank its own new
+        # initialisation, so it is refused (and undone)
+        old = (m.spec, m.core, copy.deepcopy(m.params))
         setter(m, vals)
+        if m.core is not old[1]:
+            m.adopt(old[0], old[1])
+            m.params = old[2]
+            m.mark_hparams_dirty()
+            raise HOperatorError(H_ERR_DL_MODEL_RUNTIME,
+                                 f"{name}: the change re-creates layers, which a data-parallel "
+                                 f"model cannot do; set 'data_parallel' to 'false' first, "
+                                 f"change it, and join again")
 
 
 def _detection_setter(m: DLModel, name: str) -> Callable[[DLModel, list], None] | None:
@@ -641,6 +735,11 @@ def _get_param(m: DLModel, name: str) -> list:
         return [m.core.get_precision()]
     if name == "device":
         return [gpu_device(m.core.device()) if m.core.device() >= 0 else cpu_device()]
+    if name == "data_parallel":
+        return ["false" if m.data_parallel is None else "torch"]
+    if name in ("data_parallel_rank", "data_parallel_world_size"):
+        rank, world = distributed.rank_and_world_size(m)
+        return [rank if name == "data_parallel_rank" else world]
     if name in p:
         return [p[name]]
     raise _unsupported(name, "get_dl_model_param")
@@ -719,11 +818,19 @@ def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
         m.push_hparams()
         m.sync_gpu_options()
         dev = _device_images(m, samples)  # CuPy images: assembled on the GPU, used in place
+        dp = m.data_parallel
         try:
-            result = m.core.train_step(samples, p["batch_size"], p["batch_size_multiplier"],
-                                       p["image_height"], p["image_width"],
-                                       p["image_num_channels"],
-                                       0 if dev is None else dev.data.ptr)
+            if dp is None:
+                result = m.core.train_step(samples, p["batch_size"], p["batch_size_multiplier"],
+                                           p["image_height"], p["image_width"],
+                                           p["image_num_channels"],
+                                           0 if dev is None else dev.data.ptr)
+            else:  # the engine calls dp.reduce between backward and update
+                result = m.core.train_step(samples, p["batch_size"], p["batch_size_multiplier"],
+                                           p["image_height"], p["image_width"],
+                                           p["image_num_channels"],
+                                           0 if dev is None else dev.data.ptr, dp.reduce,
+                                           dp.world_size, dp.rank * p["batch_size_multiplier"])
         except TypeError as err:  # argument conversion in the bindings
             raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
                 from None
@@ -750,8 +857,10 @@ def _gpu_outputs(m: DLModel) -> bool:
 
 
 def _outputs(outputs: Any, available: tuple = _RESULT_KEYS) -> tuple:
+    if isinstance(outputs, np.ndarray) and outputs.ndim > 1:
+        raise wrong_type(3, f"outputs must be a list of names, got a {outputs.ndim}-D array")
     names = to_tuple(outputs)
-    if not names or names == ["default"]:
+    if not names or (len(names) == 1 and is_str(names[0]) and names[0] == "default"):
         return available
     for n in names:
         if not is_str(n):
@@ -759,6 +868,18 @@ def _outputs(outputs: Any, available: tuple = _RESULT_KEYS) -> tuple:
         if n not in available:
             raise wrong_value(3, f"unknown output {n!r} (available: {', '.join(available)})")
     return tuple(dict.fromkeys(str(n) for n in names))
+
+
+# apply_dl_model hands the engine at most this many samples per call (rounded up to a multiple
+# of batch_size, so the batches, and the results, are those of one call): Python sees a
+# Ctrl-C (KeyboardInterrupt) between two such chunks, and the staging memory stays bounded.
+APPLY_CHUNK_SAMPLES = 256
+
+
+def _chunks(samples: list, batch_size: int):
+    n = max(1, -(-APPLY_CHUNK_SAMPLES // batch_size)) * batch_size
+    for start in range(0, len(samples), n):
+        yield samples[start:start + n]
 
 
 def _apply_segmentation(m: DLModel, samples: list, keys: tuple) -> list:
@@ -769,13 +890,19 @@ def _apply_segmentation(m: DLModel, samples: list, keys: tuple) -> list:
     dev = _device_images(m, samples)
     if dev is not None or _gpu_outputs(m):
         return _apply_segmentation_gpu(m, samples, keys, dev)
-    try:
-        index, confidence = m.core.infer_segmentation(
-            samples, p["batch_size"], p["image_height"], p["image_width"],
-            p["image_num_channels"])
-    except TypeError as err:
-        raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
-            from None
+    parts = []
+    for chunk in _chunks(samples, p["batch_size"]):
+        try:
+            parts.append(m.core.infer_segmentation(
+                chunk, p["batch_size"], p["image_height"], p["image_width"],
+                p["image_num_channels"]))
+        except TypeError as err:
+            raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
+                from None
+    index = np.concatenate([np.asarray(i) for i, _ in parts]) if len(parts) > 1 \
+        else np.asarray(parts[0][0])
+    confidence = np.concatenate([np.asarray(c) for _, c in parts]) if len(parts) > 1 \
+        else parts[0][1]
     ids = np.asarray(p["class_ids"], dtype=np.int32)[np.asarray(index)]  # index → class id
     confidence = np.asarray(confidence, dtype=np.float32)
     columns = {"segmentation_image": ids, "segmentation_confidence": confidence}
@@ -882,12 +1009,15 @@ def apply_dl_model(dlmodel_handle: Any, dlsample_batch: Any, outputs: Any) -> li
                 return got
             probs = got
         else:
-            try:
-                probs = m.core.infer(samples, p["batch_size"], p["image_height"],
-                                     p["image_width"], p["image_num_channels"])
-            except TypeError as err:
-                raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
-                    from None
+            parts = []
+            for chunk in _chunks(samples, p["batch_size"]):
+                try:
+                    parts.append(m.core.infer(chunk, p["batch_size"], p["image_height"],
+                                              p["image_width"], p["image_num_channels"]))
+                except TypeError as err:
+                    raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts "
+                                        f"({err})") from None
+            probs = np.concatenate(parts) if len(parts) > 1 else parts[0]
         class_ids = np.asarray(p["class_ids"], dtype=np.int64)
         class_names = np.asarray(p["class_names"], dtype=object)
     probs = np.asarray(probs).reshape(len(samples), -1)
@@ -917,4 +1047,6 @@ def clear_dl_model(dlmodel_handle: Any) -> None:
             raise wrong_type(1, f"expected DL model handles, got {type(h).__name__}")
     for h in handles:
         with h.lock:
+            dp, h.data_parallel = getattr(h, "data_parallel", None), None
+            distributed.leave(dp)
             h.clear()

@@ -7,7 +7,11 @@ Supported parameters:
   the engine seed ``(s + n) mod 2**31`` (n = 0, 1, …), so the same sequence of calls gives the
   same weights.  get_system returns the value last set.  It is also augment_dl_samples'
   default seed; setting it restarts that procedure's call counter (docs/augmentation.md).
-* ``'thread_num'`` (int ≥ 1): number of CPU threads of the engine (OpenMP, shared with oneDNN).
+* ``'thread_num'`` (int, 1 ≤ n ≤ :func:`max_thread_num`): number of CPU threads of the engine
+  (OpenMP, shared with oneDNN).  The bound is ``min(1024, max(16, 4 × os.cpu_count()))``: more
+  threads than that only oversubscribe the cores, and a very large number would make OpenMP fail
+  to create them (libgomp ends the process then).  Larger values, and integers beyond the C int
+  range, raise 1302.
 * ``'cudnn_deterministic'`` (``'true'``/``'false'``, default ``'false'``): the GPU backend
   uses only deterministic cuDNN algorithms, chosen by heuristics rather than timing, so two
   identical training runs on the same GPU give bit-identical weights.  Applies from the next
@@ -22,6 +26,7 @@ HALCON does for set_system/get_system.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -65,6 +70,11 @@ def get_system_value(name: str) -> Any:
     return _state[name]
 
 
+def max_thread_num() -> int:
+    """Largest thread_num set_system accepts: ``min(1024, max(16, 4 × hardware threads))``."""
+    return min(1024, max(16, 4 * (os.cpu_count() or 1)))
+
+
 _SYSTEM_PARAMS = ("seed_rand", "thread_num", "cudnn_deterministic", "tf32")
 
 
@@ -89,8 +99,10 @@ def set_system(system_parameter: Any, value: Any) -> None:
             _seed_generation += 1
     elif name == "thread_num":
         n = as_int(v, 2, "thread_num")
-        if n < 1:
-            raise wrong_value(2, f"thread_num must be >= 1, got {n}")
+        hi = max_thread_num()
+        if n < 1 or n > hi:
+            raise wrong_value(2, f"thread_num must be in [1, {hi}] (4 x the {os.cpu_count()} "
+                                 f"hardware threads, at most 1024), got {n}")
         core.set_num_threads(n)
     elif name in ("cudnn_deterministic", "tf32"):
         v = py_value(v)

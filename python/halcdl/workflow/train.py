@@ -32,6 +32,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .. import distributed as _distributed
 from ..errors import (
     H_ERR_DL_FILE_READ,
     H_ERR_DL_FILE_WRITE,
@@ -532,6 +533,9 @@ class ChangeStrategyHook(TrainHook):
             set_dl_model_param(ctx.model, "momentum", self._restore_momentum)
             self._restore_momentum = None
 
+    def on_train_end(self, ctx: TrainContext) -> None:
+        self.on_batch_end(ctx)  # a stop between on_batch_begin and the step: restore too
+
 
 class SerializationHook(TrainHook):
     """HALCON's serialization strategies: write ``basename.hdl`` (write_dl_model) and
@@ -705,6 +709,11 @@ def _adopt_model_file(m: Any, path: str) -> None:
         m.mark_hparams_dirty()
 
 
+def _none_if_empty(v: Any) -> Any:
+    """[] (an .hdict empty tuple) stands for "none yet"."""
+    return None if isinstance(v, list) and not v else v
+
+
 def _split_indices(samples: list, split: str) -> list[int]:
     return [i for i, s in enumerate(samples) if str(s.get("split")) == split]
 
@@ -722,12 +731,14 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
     """train_dl_model's loop with extra ``hooks`` (called after the TrainParam's own hooks).
     Arguments as train_dl_model; returns (train_results, train_infos, evaluation_infos).
     See :mod:`halcdl.workflow.hooks` for the events and the context."""
-    from ..operators.dl_model import check_model, get_dl_model_param_s  # noqa: PLC0415
-    from ..operators.dl_model import train_dl_model_batch  # noqa: PLC0415
+    from ..operators.dl_model import check_model, train_dl_model_batch  # noqa: PLC0415
     from ..operators.system import set_system  # noqa: PLC0415
 
     samples = _evaluate.check_dataset(dldataset, 1)
     m = check_model(dlmodel_handle, 2)
+    # data parallel (docs/distributed.md): a step is world × batch_size × multiplier samples
+    # of the same permutation on every rank, each rank training on its share
+    rank, world = _distributed.rank_and_world_size(m)
     tp = train_param if _validated else _check_train_param(train_param, 3)
     se = to_tuple(start_epoch)
     if len(se) != 1:
@@ -747,11 +758,12 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
     val_idx = _split_indices(samples, "validation")
     if not train_idx:
         raise HOperatorError(H_ERR_DL_INVALID_DATASET, "the dataset has no 'train' samples")
-    batch0 = int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"])
+    batch0 = int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"]) * world
     if batch0 > len(train_idx):
         raise HOperatorError(H_ERR_DL_INVALID_DATASET,
                              f"the 'train' split holds {len(train_idx)} samples, fewer than "
-                             f"one batch (batch_size × batch_size_multiplier = {batch0})")
+                             f"one batch (batch_size × batch_size_multiplier"
+                             f"{' × ranks' if world > 1 else ''} = {batch0})")
     model_type = str(m.params["type"])
     keys = tp["evaluation_comparison_keys"] or _COMPARISON_DEFAULT.get(model_type,
                                                                        ["top1_error"])
@@ -761,6 +773,13 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
         wanted = to_tuple(eval_param["measures"])
         if "all" not in wanted:  # the comparison needs its measures
             eval_param["measures"] = wanted + [k for k in keys if k not in wanted]
+    share = _number(tp["display_param"].get("selected_percentage_train_samples", 0),
+                    "display_param selected_percentage_train_samples", lo=0.0)
+    if share > 100:
+        raise _bad(f"display_param selected_percentage_train_samples must be in [0, 100], "
+                   f"got {share}")
+    # HALCON also evaluates a share of the training split (the first ones, dataset order)
+    train_eval_idx = train_idx[:int(math.ceil(share / 100.0 * len(train_idx)))]
     info = None
     if resume:
         info, info_path = _latest_resume_info(tp)
@@ -772,19 +791,19 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
     n_train = len(train_idx)
     ctx = TrainContext(model=m, dldataset=dldataset, train_param=tp,
                        num_epochs=float(tp["num_epochs"]))
-    all_hooks = hooks_from_train_param(tp) + list(hooks)
+    own = hooks_from_train_param(tp)
+    if rank != 0:  # only rank 0 writes files and logs
+        own = [h for h in own if not isinstance(h, (SerializationHook, DisplayHook))]
+    all_hooks = own + list(hooks)
     losses: collections.deque = collections.deque()
     first_epoch = 0
     if info is not None:
         ctx.iteration = int(info["iteration"])
         ctx.epoch = float(info["epoch"])
-        def opt(v: Any) -> Any:  # [] (hdict's empty tuple) is "none yet"
-            return None if isinstance(v, list) and not v else v
-
-        ctx.best_value = opt(info.get("best_value"))
-        ctx.best_epoch = opt(info.get("best_epoch"))
-        ctx.best_iteration = opt(info.get("best_iteration"))
-        ctx.best_result = opt(info.get("best_result")) or None
+        ctx.best_value = _none_if_empty(info.get("best_value"))
+        ctx.best_epoch = _none_if_empty(info.get("best_epoch"))
+        ctx.best_iteration = _none_if_empty(info.get("best_iteration"))
+        ctx.best_result = _none_if_empty(info.get("best_result")) or None
         ctx.state = dict(info.get("state") or {})
         loop = ctx.state.get("_loop") or {}
         losses.extend(zip((float(x) for x in to_tuple(loop.get("losses"))),
@@ -819,6 +838,8 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
             return
         result, _ = _evaluate.evaluate_dl_model(dldataset, m, "split", "validation",
                                                 eval_param)
+        if world > 1:  # every rank evaluated (same time, no timeout risk); rank 0's counts
+            result = _distributed.broadcast_object(m, result)
         value = comparison_value(result, keys)
         ctx.evaluation_result = result
         ctx.comparison_value = value
@@ -827,8 +848,13 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
         if ctx.improved:
             ctx.best_value, ctx.best_epoch, ctx.best_iteration = value, ctx.epoch, ctx.iteration
             ctx.best_result = result
+        result_train: Any = []
+        if train_eval_idx:
+            result_train, _ = _evaluate.evaluate_dl_model(dldataset, m, "sample_indices",
+                                                          train_eval_idx, eval_param)
         ctx.evaluation_infos.append({"epoch": ctx.epoch, "iteration": ctx.iteration,
-                                     "result": result, "comparison_value": value})
+                                     "result": result, "result_train": result_train,
+                                     "comparison_value": value})
         call("on_evaluation")
 
     def train_info(final: bool = False) -> dict:
@@ -845,27 +871,37 @@ def run_training(dldataset: dict, dlmodel_handle: Any, train_param: dict, start_
     while epoch_index < num_epochs and not ctx.stop and ctx.iteration < ctx.num_iterations:
         order = np.random.default_rng([seed, epoch_index]).permutation(n_train)
         ipe = max(1, n_train // (int(m.params["batch_size"]) *
-                                 int(m.params["batch_size_multiplier"])))
+                                 int(m.params["batch_size_multiplier"]) * world))
         ctx.iterations_per_epoch = ipe
         ctx.epoch = float(epoch_index)
         call("on_epoch_begin")
         # resuming inside an epoch (a 'final' state written after a stop): skip what was done
         it = max(0, min(ipe, int(round((skip_fraction or 0.0) * ipe))))
         skip_fraction = None
-        pos = it * int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"])
+        pos = it * int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"]) * world
         while not ctx.stop:
             ctx.epoch = epoch_index + it / ipe
             if ctx.epoch >= num_epochs - 1e-12 or it >= ipe:
                 break
             call("on_batch_begin")
-            batch = int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"])
+            if ctx.stop:
+                break  # a hook stopped before this iteration: it does not run
+            share = int(m.params["batch_size"]) * int(m.params["batch_size_multiplier"])
+            batch = share * world
             if pos + batch > n_train:
                 break  # the last partial batch is dropped
             ctx.batch_size = batch
-            ctx.sample_indices = [train_idx[j] for j in order[pos:pos + batch]]
+            ctx.sample_indices = [train_idx[j] for j in
+                                  order[pos + rank * share:pos + (rank + 1) * share]]
             batch_samples = _evaluate.read_samples(dldataset, ctx.sample_indices)
             if tp["augmentation_param"]:
-                batch_samples = _augment(batch_samples, tp["augmentation_param"])
+                # per-sample randomness from (seed, epoch, image_id): reproducible, the same
+                # after 'resume', independent of the batch a sample lands in
+                aug = {"seed": seed, "epoch": epoch_index,
+                       "image_range_min": m.params["image_range_min"],
+                       "image_range_max": m.params["image_range_max"],
+                       **tp["augmentation_param"]}
+                batch_samples = _augment(batch_samples, aug)
             train_result = train_dl_model_batch(m, batch_samples)
             pos += batch
             it += 1
