@@ -117,6 +117,9 @@ class TorchTwin(nn.Module):
                 raise ValueError(f"torch_twin: unknown op {n['op']!r} in node {n['name']!r}")
         assert self.spec[0]["op"] == "input", "the first node must be the input"
         self.bn_momentum = bn_momentum
+        # optional hook relu_fn(node_name, x) -> relu(x), e.g. to record the inputs of every
+        # ReLU or to choose the derivative at points float32 cannot place (test_training_golden)
+        self.relu_fn = None
         self.in_channels = int(in_channels if in_channels is not None
                                else self.spec[0]["channels"])
         shapes = param_shapes(self.spec, self.in_channels)
@@ -217,7 +220,7 @@ class TorchTwin(nn.Module):
                         training=self.training, momentum=self.bn_momentum,
                         eps=float(node.get("eps", 1e-5)))
                 elif op == "relu":
-                    out = F.relu(a)
+                    out = F.relu(a) if self.relu_fn is None else self.relu_fn(name, a)
                 elif op == "relu6":
                     out = F.relu6(a)
                 elif op == "maxpool":
