@@ -203,11 +203,11 @@ def test_sample_images(tmp_path, capsys):
         assert len(files) == 3
         with Image.open(tmp_path / "im" / name / files[0]) as im:
             assert im.size == (16, 16)
-    # the camera tiles are cut from skimage's camera at the seeded positions
+    # the brick tiles are cut from skimage's brick at the seeded positions
     rng = np.random.default_rng(0)
-    cam = skdata.camera()
+    cam = skdata.brick()
     r, c = int(rng.integers(0, cam.shape[0] - 15)), int(rng.integers(0, cam.shape[1] - 15))
-    got = np.asarray(Image.open(tmp_path / "im" / "camera" / "camera_000.png"))
+    got = np.asarray(Image.open(tmp_path / "im" / "brick" / "brick_000.png"))
     assert np.array_equal(got, cam[r:r + 16, c:c + 16])
     assert "not empty" in _err(capsys, ["sample-images", str(tmp_path / "im")])
 

@@ -243,6 +243,7 @@ def cmd_train(args) -> int:
         w, h = args.image_size
         ha.set_dl_model_param(m, "image_width", w)
         ha.set_dl_model_param(m, "image_height", h)
+    ha.set_dl_model_param(m, "solver_type", args.solver)
     if args.learning_rate is not None:
         ha.set_dl_model_param(m, "learning_rate", float(args.learning_rate))
     samples = _samples_list(ds)
@@ -266,8 +267,8 @@ def cmd_train(args) -> int:
             b = n_train
         names.append("batch_size")
         values.append(b)
-    elif int(m.params["batch_size"]) > n_train:
-        ha.set_dl_model_param(m, "batch_size", n_train)
+    else:  # the model's batch size, but at least 8 (the zoo's default is 1) and at most n_train
+        ha.set_dl_model_param(m, "batch_size", min(max(int(m.params["batch_size"]), 8), n_train))
     if args.lr_schedule == "cosine":
         lr = float(ha.get_dl_model_param_s(m, "learning_rate"))
         names.append("schedule")
@@ -384,7 +385,9 @@ def cmd_predict(args) -> int:
     return 0
 
 
-SAMPLE_IMAGES = ("camera", "coffee", "chelsea", "astronaut")
+# four texture classes (512 × 512 gray pictures that ship with scikit-image), as in
+# examples/train_folder.py: tiles of one picture look alike, so the classes can be learned
+SAMPLE_IMAGES = ("brick", "grass", "gravel", "moon")
 
 
 def cmd_sample_images(args) -> int:
@@ -469,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=_image_size, default=None, metavar="W[xH]")
     t.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto")
     t.add_argument("--learning-rate", type=float, default=None)
+    t.add_argument("--solver", default="adam", choices=("adam", "sgd"),
+                   help="solver_type (default adam: trains the randomly initialised zoo "
+                        "models from scratch with its default learning rate 0.001)")
     t.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
                    help="cosine: linear warm-up (first 10%% of the epochs, at most 1), then "
                    "cosine decay to 1%% of the learning rate")
@@ -495,8 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     si = sub.add_parser("sample-images",
                         help="make a class folder from scikit-image's bundled pictures")
     si.add_argument("folder")
-    si.add_argument("--per-class", type=_positive_int, default=20)
-    si.add_argument("--size", type=_positive_int, default=64)
+    si.add_argument("--per-class", type=_positive_int, default=40)
+    si.add_argument("--size", type=_positive_int, default=32)
     si.add_argument("--seed", type=int, default=0)
     si.set_defaults(func=cmd_sample_images)
     i = sub.add_parser("info", help="parameters, classes and layers of a model")
