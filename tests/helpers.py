@@ -115,3 +115,15 @@ def halcon_files_dir() -> str:
         if d and os.path.isdir(d):
             return os.path.abspath(d)
     return ""
+
+
+def halcdl_path() -> str:
+    """The folder holding the halcdl package this test process imports: python/ of a checkout
+    built in place (tests/conftest.py puts it first), or site-packages of an installed one.
+    Subprocesses put it first on PYTHONPATH so they test the same halcdl (a clean clone has no
+    _core in python/, so pointing them at python/ would import a package without its engine)."""
+    import importlib.util
+    spec = importlib.util.find_spec("halcdl")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("halcdl is not importable")
+    return os.path.dirname(os.path.abspath(list(spec.submodule_search_locations)[0]))

@@ -213,9 +213,8 @@ def test_sample_images(tmp_path, capsys):
 
 
 def test_python_dash_m(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.join(os.path.dirname(__file__), "..", "python"),
-         os.environ.get("PYTHONPATH", "")]))
+    from helpers import halcdl_path
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([halcdl_path(), os.environ.get("PYTHONPATH", "")]))
     p = subprocess.run([sys.executable, "-m", "halcdl", "info", "compact"], env=env,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "image_width" in p.stdout

@@ -32,6 +32,8 @@ dist = torch.distributed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from helpers import halcdl_path  # noqa: E402
 WORKER = os.path.join(HERE, "distributed_worker.py")
 STEPS = 5
 LAUNCH_TIMEOUT = 300  # seconds a launch may take before the test fails (never hangs)
@@ -46,7 +48,7 @@ def _free_port() -> int:
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    py = os.path.join(ROOT, "python")
+    py = halcdl_path()
     env.update(PYTHONPATH=os.pathsep.join([py, HERE, env.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore",
                HALCDL_DISTRIBUTED_TIMEOUT="60")

@@ -12,7 +12,10 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PKG = os.path.join(HERE, "..", "python")
+sys.path.insert(0, HERE)
+from helpers import halcdl_path  # noqa: E402
+
+PKG = halcdl_path()  # the halcdl this process tests (installed, or python/ built in place)
 MEM_LIMIT = 3 * 2**30      # address space of the reading process
 TIMEOUT = 240              # seconds for the whole corpus in one child (each file: < 1 s)
 
