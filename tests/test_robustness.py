@@ -309,7 +309,8 @@ def test_ctrl_c_interrupts_long_apply_within_one_chunk(tmp_path):
 
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
-    pkg = os.path.join(os.path.dirname(__file__), "..", "python")
+    from helpers import halcdl_path
+    pkg = halcdl_path()  # the halcdl under test (site-packages in CI, python/ built in place)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, str(script), pkg], capture_output=True, text=True,
                        timeout=300, env=env)
