@@ -103,6 +103,19 @@ def test_stop_within_one_batch_and_model_locked(gate):
     with pytest.raises(ha.HOperatorError) as e:
         ha.train_dl_model(ds, m, tparam(m, 1, 1), 0)
     assert e.value.error_code == 7913
+    # nor may another thread change its parameters or weights, or clear it
+    lr = ha.get_dl_model_param(m, "learning_rate")  # reading still works
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.set_dl_model_param(m, "learning_rate", 0.5)
+    assert e.value.error_code == 7913 and ha.get_dl_model_param(m, "learning_rate") == lr
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.load_dl_model_weights(make_model(), m)
+    assert e.value.error_code == 7913
+    other = make_model()
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.clear_dl_model([other, m])
+    assert e.value.error_code == 7913
+    ha.get_dl_model_param(other, "batch_size")  # nothing was cleared: not 2454
     w0 = {n: np.array(m.core.get_param(n)) for n in m.core.param_names()}
     res = ha.apply_dl_model(m, batch, [])  # inference still works
     assert len(res) == 4

@@ -35,7 +35,7 @@ from ..operators._tuple import (
     wrong_type,
     wrong_value,
 )
-from ..operators.dl_model import check_model
+from ..operators.dl_model import _refuse_during_job, check_model
 from .api import DLLayer, extra_layers, replace_build
 
 __all__ = [
@@ -257,6 +257,7 @@ def set_dl_model_layer_param(dlmodel_handle: Any, layer_name: Any, param_name: A
     m = check_model(dlmodel_handle, 1)
     with m.lock:
         check_model(m)
+        _refuse_during_job(m, "set_dl_model_layer_param")
         view = _View(m)
         layer = view.layer(_layer_name(layer_name, 2), 2)
         name = as_str(to_scalar(param_name, 3, "one parameter name"), 3, "param_name")
@@ -349,6 +350,7 @@ def set_dl_model_layer_weights(weights: Any, dlmodel_handle: Any, layer_name: An
                             f"{type(weights).__name__}")
     with m.lock:
         check_model(m)
+        _refuse_during_job(m, "set_dl_model_layer_weights")
         pname, wt = _param_of(m, layer_name, weights_type, 3, 4)
         want = tuple(np.asarray(m.core.get_param(pname)).shape)
         if tuple(weights.shape) != want:
@@ -378,6 +380,7 @@ def load_dl_model_weights(dlmodel_handle_source: Any, dlmodel_handle_target: Any
     with first.lock, second.lock:
         check_model(src, 1)
         check_model(dst, 2)
+        _refuse_during_job(dst, "load_dl_model_weights")
         copy_matching_params(src.core, dst.core)
 
 

@@ -648,6 +648,16 @@ def _param_name(gen_param_name: Any) -> str:
     return as_str(to_scalar(gen_param_name, 2, "one parameter name"), 2, "gen_param_name")
 
 
+def _refuse_during_job(m: DLModel, what: str) -> None:
+    """HOperatorError 7913 when a background job (workflow/jobs.py) has reserved the model and
+    the caller is not that job's thread: a change of parameters or a training step from another
+    thread would interleave with the job's batches."""
+    job = getattr(m, "training_job", None)
+    if job is not None and not job.owns_current_thread():
+        raise HOperatorError(H_ERR_DL_MODEL_RUNTIME, f"{what}: the model is being trained by a "
+                             f"background job (stop it or wait for it)")
+
+
 @operator
 def set_dl_model_param(dlmodel_handle: Any, gen_param_name: Any, gen_param_value: Any) -> None:
     """Set one model parameter (see docs/operators.md for names, values and error numbers).
@@ -664,8 +674,10 @@ def set_dl_model_param(dlmodel_handle: Any, gen_param_name: Any, gen_param_value
             raise _unsupported(name, "set_dl_model_param (read-only)")
         raise _unsupported(name, "set_dl_model_param")
     vals = [gen_param_value] if isinstance(gen_param_value, dict) else to_tuple(gen_param_value)
+    _refuse_during_job(m, "set_dl_model_param")
     with m.lock:
         check_model(m)  # may have been cleared while waiting
+        _refuse_during_job(m, "set_dl_model_param")  # a job may have started while waiting
         if m.data_parallel is None or name == "data_parallel":
             setter(m, vals)
             return
@@ -811,14 +823,10 @@ def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
     Returns the DLTrainResult dict: ``total_loss`` plus one key per loss term."""
     m = check_model(dlmodel_handle, 1)
     samples = _sample_list(dlsample_batch, 2)
-    job = getattr(m, "training_job", None)  # workflow/jobs.py: reserved by a background job
-    if job is not None and not job.owns_current_thread():
-        from ..errors import H_ERR_DL_MODEL_RUNTIME  # noqa: PLC0415
-
-        raise HOperatorError(H_ERR_DL_MODEL_RUNTIME, "train_dl_model_batch: the model is "
-                             "being trained by a background job (stop it or wait for it)")
+    _refuse_during_job(m, "train_dl_model_batch")
     with m.lock:
         check_model(m)
+        _refuse_during_job(m, "train_dl_model_batch")
         _check_integer_images(m, samples)
         p = m.params
         m.push_hparams()
@@ -1051,6 +1059,7 @@ def clear_dl_model(dlmodel_handle: Any) -> None:
     for h in handles:
         if not isinstance(h, DLModel):
             raise wrong_type(1, f"expected DL model handles, got {type(h).__name__}")
+        _refuse_during_job(h, "clear_dl_model")  # before anything is cleared
     for h in handles:
         with h.lock:
             dp, h.data_parallel = getattr(h, "data_parallel", None), None
