@@ -322,3 +322,59 @@ def test_display_bad_input(bad):
     with pytest.raises(ha.HOperatorError) as e:
         ha.create_dl_train_param(m, 1, 1, "true", 1, ["display"], [bad])
     assert e.value.error_code == 7914
+
+
+def test_box_polygons_rectangle1_and_rectangle2():
+    r1 = disp._boxes({"bbox_row1": [2.0], "bbox_col1": [3.0], "bbox_row2": [10.0],
+                      "bbox_col2": [20.0], "bbox_label_id": [7]}, "bbox_label_id")
+    (poly, cid, conf), = r1
+    assert cid == 7 and conf == 1.0
+    assert poly.min(0).tolist() == [2.0, 3.0] and poly.max(0).tolist() == [10.0, 20.0]
+    # rectangle2 with phi = pi/2: length1 runs along the rows (HALCON's gen_rectangle2)
+    r2 = disp._boxes({"bbox_row": [50.0], "bbox_col": [40.0], "bbox_phi": [np.pi / 2],
+                      "bbox_length1": [10.0], "bbox_length2": [4.0], "bbox_class_id": [1],
+                      "bbox_confidence": [0.25]}, "bbox_class_id")
+    (poly, cid, conf), = r2
+    assert (cid, conf) == (1, 0.25) and np.allclose(poly[0], poly[-1])
+    assert np.allclose(poly.min(0), [40, 36]) and np.allclose(poly.max(0), [60, 44])
+
+
+def test_display_detection_predictions(tmp_path, monkeypatch):
+    from test_detection import SMALL
+    rng = np.random.default_rng(3)
+    ha.set_system("seed_rand", 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = ha.create_dl_model_detection("pretrained_dl_classifier_compact.hdl", 2, dict(SMALL))
+    ha.set_dl_model_param(m, "batch_size", 2)
+    w, h = ha.get_dl_model_param(m, "image_dimensions")[:2]
+    samples = []
+    for i in range(6):
+        r, c = 8 + 4 * i, 6 + 3 * i
+        samples.append({"image_id": i, "split": "train" if i < 4 else "validation",
+                        "bbox_row1": [float(r)], "bbox_col1": [float(c)],
+                        "bbox_row2": [float(r + 20)], "bbox_col2": [float(c + 24)],
+                        "bbox_label_id": [i % 2],
+                        "_image": rng.normal(0, 50, (h, w, 3)).astype(np.float32)})
+    ds = {"class_ids": [0, 1], "class_names": ["a", "b"], "samples": samples}
+
+    def read(dldataset, indices):
+        keys = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2", "bbox_label_id")
+        return [{"image": samples[i]["_image"].copy(), "image_id": i,
+                 **{k: list(samples[i][k]) for k in keys}} for i in indices]
+
+    monkeypatch.setattr(ev, "read_samples", read)
+    # min_confidence 0: the untrained detector still finds boxes, so both kinds are drawn
+    ha.set_dl_model_param(m, "min_confidence", 0.0)
+    ha.set_dl_model_param(m, "max_num_detections", 4)
+    tp = ha.create_dl_train_param(m, 1, 1, "true", 1, ["serialize", "display"],
+                                  [[], {"output_dir": str(tmp_path), "progress": "none",
+                                        "num_images": 2}])
+    tr.run_training(ds, m, tp, 0)
+    with Image.open(tmp_path / disp.PREDICTIONS_FILE) as im:
+        a = np.asarray(im.convert("RGB")).astype(int)
+    lime = (a[..., 0] < 80) & (a[..., 1] > 200) & (a[..., 2] < 80)  # the dashed true boxes
+    red = (a[..., 0] > 180) & (a[..., 1] < 80) & (a[..., 2] < 80)   # class 0's found boxes
+    blue = (a[..., 2] > 150) & (a[..., 0] < 80) & (a[..., 1] < 160)  # class 1's
+    assert lime.sum() > 50 and (red.sum() + blue.sum()) > 50
+    assert not os.path.exists(tmp_path / disp.CONFUSION_FILE)

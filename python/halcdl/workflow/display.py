@@ -22,7 +22,8 @@ HALCON's own keys, which are kept and ignored here):
 ``num_images``           HALCON's key: number of validation images drawn with their
                          prediction after every evaluation (``predictions.png``; segmentation:
                          image | ground truth | prediction; classification: true / predicted
-                         label).  Default 0 (HALCON's default).
+                         label; detection: true boxes dashed, the 10 most confident found
+                         boxes with class and confidence).  Default 0 (HALCON's default).
 ``log``                  'true' (default) / 'false': ``train_log.jsonl``.
 =======================  ==================================================================
 
@@ -306,10 +307,44 @@ def _as_display_image(img: np.ndarray) -> np.ndarray:
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
+MAX_DRAWN_BOXES = 10  # per image, the most confident (results are sorted by confidence)
+_CLASS_COLORS = ["tab:red", "tab:blue", "tab:orange", "tab:purple", "tab:cyan", "tab:pink",
+                 "tab:olive", "tab:brown"]
+
+
+def _boxes(d: dict, id_key: str) -> list[tuple[np.ndarray, Any, float]]:
+    """(closed polygon as (row, col) rows, class id, confidence) per box of a sample
+    (id_key 'bbox_label_id') or a detection result ('bbox_class_id'); rectangle1 or
+    rectangle2 keys, whichever the dict has.  rectangle2: phi counter-clockwise from the
+    column axis, length1 along phi, length2 across (HALCON's gen_rectangle2)."""
+    ids = list(to_tuple(d.get(id_key, [])))
+    conf = [float(c) for c in to_tuple(d.get("bbox_confidence", []))] or [1.0] * len(ids)
+    out = []
+    if "bbox_row1" in d:
+        r1, c1, r2, c2 = (np.asarray(to_tuple(d[k]), dtype=float)
+                          for k in ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2"))
+        for i in range(min(len(ids), len(r1))):
+            out.append((np.array([[r1[i], c1[i]], [r1[i], c2[i]], [r2[i], c2[i]],
+                                  [r2[i], c1[i]], [r1[i], c1[i]]]), ids[i], conf[i]))
+    elif "bbox_row" in d:
+        r, c, phi, l1, l2 = (np.asarray(to_tuple(d[k]), dtype=float)
+                             for k in ("bbox_row", "bbox_col", "bbox_phi", "bbox_length1",
+                                       "bbox_length2"))
+        for i in range(min(len(ids), len(r))):
+            a1 = np.array([-np.sin(phi[i]), np.cos(phi[i])]) * l1[i]  # (row, col) along phi
+            a2 = np.array([np.cos(phi[i]), np.sin(phi[i])]) * l2[i]   # across
+            ctr = np.array([r[i], c[i]])
+            pts = [ctr + a1 + a2, ctr + a1 - a2, ctr - a1 - a2, ctr - a1 + a2, ctr + a1 + a2]
+            out.append((np.array(pts), ids[i], conf[i]))
+    return out
+
+
 def draw_predictions(model: Any, dldataset: dict, indices: list[int], path: str,
                      title: str) -> None:
     """Validation images with their prediction (classification: true / predicted label in
-    the title; segmentation: image | ground truth | prediction)."""
+    the title; segmentation: image | ground truth | prediction; detection: ground-truth boxes
+    dashed green, found boxes solid in their class colour with class name and
+    confidence)."""
     from matplotlib.figure import Figure  # noqa: PLC0415
 
     from ..operators.dl_model import apply_dl_model  # noqa: PLC0415
@@ -319,6 +354,7 @@ def draw_predictions(model: Any, dldataset: dict, indices: list[int], path: str,
     results = apply_dl_model(model, samples, [])
     names = dict(zip(model.params["class_ids"], model.params["class_names"]))
     seg = model.is_segmentation
+    det = model.is_detection
     n = len(samples)
     cols = 3 if seg else min(n, 4)
     rows = n if seg else int(math.ceil(n / cols))
@@ -338,6 +374,22 @@ def draw_predictions(model: Any, dldataset: dict, indices: list[int], path: str,
             axes[3 * i + 1].set_title("ground truth", fontsize=8)
             axes[3 * i + 2].imshow(pred, cmap="tab20", vmin=0, vmax=k)
             axes[3 * i + 2].set_title("prediction", fontsize=8)
+        elif det:
+            ax = axes[i]
+            ax.imshow(_as_display_image(s["image"]), cmap="gray")
+            pred_boxes = _boxes(r, "bbox_class_id")
+            for poly, cid, conf in pred_boxes[:MAX_DRAWN_BOXES]:  # found: class colour
+                color = _CLASS_COLORS[int(cid) % len(_CLASS_COLORS)]
+                ax.plot(poly[:, 1], poly[:, 0], color=color, lw=1.2)
+                ax.text(poly[0, 1], poly[0, 0], f"{names.get(cid, cid)} {conf:.2f}",
+                        color="white", fontsize=6, va="bottom",
+                        bbox={"facecolor": color, "alpha": 0.6, "pad": 1, "lw": 0})
+            gt_boxes = _boxes(s, "bbox_label_id")
+            for poly, _, _ in gt_boxes:  # ground truth on top: dashed green
+                ax.plot(poly[:, 1], poly[:, 0], color="lime", lw=1.5, ls="--")
+            n_gt = len(gt_boxes)
+            ax.set_title(f"image {s.get('image_id')}: {n_gt} true, {len(pred_boxes)} found",
+                         fontsize=8)
         else:
             ax = axes[i]
             ax.imshow(_as_display_image(s["image"]), cmap="gray")
