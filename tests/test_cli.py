@@ -378,3 +378,40 @@ def test_display_detection_predictions(tmp_path, monkeypatch):
     blue = (a[..., 2] > 150) & (a[..., 0] < 80) & (a[..., 1] < 160)  # class 1's
     assert lime.sum() > 50 and (red.sum() + blue.sum()) > 50
     assert not os.path.exists(tmp_path / disp.CONFUSION_FILE)
+
+
+def test_live_window_needs_a_display(reader, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    ds = make_dataset()
+    m = make_model()
+    before = {n: np.array(m.core.get_param(n)) for n in m.core.param_names()}
+    with pytest.raises(ha.HOperatorError) as e:
+        tp = ha.create_dl_train_param(m, 1, 1, "true", 1, ["display"],
+                                      [{"output_dir": str(tmp_path / "d"), "live": "true"}])
+        tr.run_training(ds, m, tp, 0)
+    assert e.value.error_code == 7914 and "display" in str(e.value)
+    assert all(np.array_equal(before[n], np.array(m.core.get_param(n))) for n in before)
+    assert not os.path.exists(tmp_path / "d")
+
+
+@pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display (e.g. xvfb-run)")
+def test_live_window_draws_the_plot(reader, tmp_path):  # noqa: F811
+    plt = pytest.importorskip("matplotlib.pyplot")
+    try:
+        disp.live_backend()
+    except ha.HOperatorError as err:
+        pytest.skip(str(err))
+    ds = make_dataset()
+    m = make_model()
+    tp = ha.create_dl_train_param(m, 2, 1, "true", 1, ["display"],
+                                  [{"progress": "none", "live": "true"}])
+    tr.run_training(ds, m, tp, 0)
+    fig = plt.figure("halcdl training")  # the window the training drew into, still open
+    assert len(fig.axes) == 3 and fig.axes[0].lines and len(fig.axes[0].lines[0].get_xdata()) == 8
+    fig.canvas.draw()
+    w, h = fig.canvas.get_width_height()
+    assert w > 300 and h > 300
+    fig.savefig(tmp_path / "live.png")
+    plt.close(fig)
+    assert os.listdir(tmp_path) == ["live.png"]  # live alone writes no files

@@ -260,7 +260,8 @@ def cmd_train(args) -> int:
     ser = [{"type": "best", "basename": os.path.join(out, "model_best")},
            {"type": "final", "basename": os.path.join(out, "model_final")},
            {"type": "current", "basename": os.path.join(out, "model_current")}]
-    values: list = [ser, {"output_dir": out, "progress": "none" if args.quiet else "bar"}]
+    values: list = [ser, {"output_dir": out, "progress": "none" if args.quiet else "bar",
+                          "live": "true" if args.live else "false"}]
     if args.batch_size is not None:
         b = args.batch_size
         if b != "auto" and b > n_train:
@@ -485,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the training saved in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--live", action="store_true",
+                   help="also show the training plot in a window (needs a display)")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("evaluate", help="evaluate a model on a dataset")
     e.add_argument("model")

@@ -1,7 +1,7 @@
 """What train_dl_model shows and writes with enable_display 'true': a progress bar (tqdm), a
 training plot, confusion matrices / example predictions per evaluation (matplotlib, drawn
 off-screen with the Agg canvas, so no display is needed and pyplot's global state is never
-touched), and a JSON-lines log of every iteration, train info and evaluation.
+touched, except by the optional live window), and a JSON-lines log of every iteration, train info and evaluation.
 
 The keys of the display dict (create_dl_train_param's 'display' generic parameter; besides
 HALCON's own keys, which are kept and ignored here):
@@ -25,6 +25,13 @@ HALCON's own keys, which are kept and ignored here):
                          label; detection: true boxes dashed, the 10 most confident found
                          boxes with class and confidence).  Default 0 (HALCON's default).
 ``log``                  'true' (default) / 'false': ``train_log.jsonl``.
+``live``                 'false' (default) / 'true': the training plot also in a window
+                         (matplotlib's interactive backend, e.g. TkAgg), redrawn every
+                         update_interval_seconds and after every evaluation, left open at
+                         the end.  Needs a display: 'true' without one raises 7914 before
+                         training starts.  GUI toolkits run in the main thread only: in a
+                         background job (start_train_dl_model) the window is skipped with a
+                         warning.
 =======================  ==================================================================
 
 All files are written atomically (a temporary file renamed over the old one).
@@ -87,6 +94,9 @@ def check_display(d: dict) -> dict:
     out["plot"] = _tf(d, "plot", "true")
     out["confusion_matrix"] = _tf(d, "confusion_matrix", "true")
     out["log"] = _tf(d, "log", "true")
+    out["live"] = _tf(d, "live", "false")
+    if out["live"]:
+        live_backend()  # 7914 now, before training starts, when no window can open
     pp = to_tuple(d.get("plot_params", ["learning_rate"]))
     if not all(is_str(p) for p in pp):
         raise _bad(f"display plot_params must be model parameter names, got {pp!r}")
@@ -124,7 +134,34 @@ def display_hooks(tp: dict) -> list[TrainHook]:
         hooks.append(DisplayHook(float(tp["update_interval_seconds"])))
     if opts["output_dir"]:
         hooks.append(FilesHook(opts))
+    if opts["live"]:
+        hooks.append(LiveHook(opts, float(tp["update_interval_seconds"])))
     return hooks
+
+
+def live_backend() -> str:
+    """The interactive matplotlib backend a live window would use; 7914 when there is none
+    (no matplotlib, no display, or only non-interactive backends)."""
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise _bad("display live 'true' needs matplotlib (pip install matplotlib)")
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise _bad("display live 'true': no display (DISPLAY / WAYLAND_DISPLAY is not set); "
+                   "the PNG plot in output_dir needs none")
+    import matplotlib  # noqa: PLC0415
+
+    try:  # matplotlib >= 3.9
+        from matplotlib.backends import BackendFilter, backend_registry  # noqa: PLC0415
+
+        batch = set(backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE))
+    except ImportError:
+        batch = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
+    backend = str(matplotlib.get_backend()).lower()  # resolves rcParams' auto choice
+    if backend in {b.lower() for b in batch}:
+        raise _bad(f"display live 'true': matplotlib's backend {backend!r} cannot open a "
+                   f"window (install tkinter or a Qt binding, or set MPLBACKEND)")
+    return backend
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,9 +267,18 @@ def draw_training_plot(records: list[dict], path: str, plot_params: list[str],
     epochs."""
     from matplotlib.figure import Figure  # noqa: PLC0415
 
+    fig = Figure(figsize=(9, 8))
+    plot_into(fig, records, plot_params, measure_names, title)
+    _atomic_savefig(fig, path)
+
+
+def plot_into(fig, records: list[dict], plot_params: list[str], measure_names: list[str],
+              title: str = "") -> None:
+    """Draw the training plot into ``fig`` (cleared first): the PNG's and the live
+    window's figure."""
+    fig.clear()
     its = [r for r in records if r.get("type") == "iteration"]
     evs = [r for r in records if r.get("type") == "evaluation"]
-    fig = Figure(figsize=(9, 8))
     ax1, ax2, ax3 = fig.subplots(3, 1)
     ep = np.array([r["epoch"] for r in its], dtype=float)
     loss = np.array([np.nan if r.get("loss") is None else r["loss"] for r in its],
@@ -270,7 +316,6 @@ def draw_training_plot(records: list[dict], path: str, plot_params: list[str],
     for ax in (ax1, ax2, ax3):
         ax.set_xlim(lo, hi)
     fig.tight_layout()
-    _atomic_savefig(fig, path)
 
 
 def draw_confusion_matrix(cm: np.ndarray, class_names: list[str], path: str,
@@ -405,6 +450,18 @@ def draw_predictions(model: Any, dldataset: dict, indices: list[int], path: str,
     _atomic_savefig(fig, path)
 
 
+def _eval_measures(ctx: TrainContext) -> dict:
+    """The evaluation's comparison measures as floats (per-class values averaged)."""
+    from .train import _lookup  # noqa: PLC0415
+
+    out = {}
+    for k in ctx.train_param["evaluation_comparison_keys"]:
+        v = _lookup(ctx.evaluation_result or {}, k)
+        if v is not None:
+            out[k] = float(np.nanmean(np.asarray(v, dtype=float)))
+    return out
+
+
 class FilesHook(TrainHook):
     """The JSON-lines log, the training plot, the confusion matrix and example predictions
     in ``output_dir`` (see the module docstring)."""
@@ -478,21 +535,11 @@ class FilesHook(TrainHook):
         self._new_infos(ctx)
         self._flush()
 
-    def _measures(self, ctx: TrainContext) -> dict:
-        from .train import _lookup  # noqa: PLC0415
-
-        out = {}
-        for k in ctx.train_param["evaluation_comparison_keys"]:
-            v = _lookup(ctx.evaluation_result or {}, k)
-            if v is not None:
-                out[k] = float(np.nanmean(np.asarray(v, dtype=float)))
-        return out
-
     def on_evaluation(self, ctx: TrainContext) -> None:
         res = ctx.evaluation_result or {}
         self._emit({"type": "evaluation", "iteration": ctx.iteration, "epoch": ctx.epoch,
                     "comparison_value": ctx.comparison_value, "improved": ctx.improved,
-                    "measures": self._measures(ctx), "result": res})
+                    "measures": _eval_measures(ctx), "result": res})
         ep = f"{ctx.epoch:.2f}".rstrip("0").rstrip(".")
         cm = res.get("absolute_confusion_matrix")
         if self.opts["confusion_matrix"] and cm is not None and not ctx.model.is_segmentation:
@@ -527,3 +574,67 @@ class FilesHook(TrainHook):
                 self._plot(ctx)
         finally:
             self._flush()
+
+
+class LiveHook(TrainHook):
+    """The training plot in a window (display live 'true'), from its own records of the
+    iterations and evaluations; never writes a file."""
+
+    def __init__(self, opts: dict, interval: float) -> None:
+        self.opts, self.interval = opts, interval
+        self.records: list[dict] = []
+        self.fig = None
+        self._last = 0.0
+
+    def on_train_begin(self, ctx: TrainContext) -> None:
+        import threading  # noqa: PLC0415
+        import warnings  # noqa: PLC0415
+
+        self.records = []
+        if threading.current_thread() is not threading.main_thread():
+            warnings.warn("halcdl: display live 'true' is ignored outside the main thread "
+                          "(GUI toolkits run there only); the PNG plot is still written",
+                          stacklevel=2)
+            return
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+
+        self.fig = plt.figure("halcdl training", figsize=(9, 8))
+        plt.show(block=False)
+        self._draw(ctx)
+
+    def _draw(self, ctx: TrainContext) -> None:
+        if self.fig is None:
+            return
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+
+        if not plt.fignum_exists(self.fig.number):  # the user closed the window: stop drawing
+            self.fig = None
+            return
+        plot_into(self.fig, self.records, self.opts["plot_params"],
+                  list(ctx.train_param["evaluation_comparison_keys"]),
+                  f"{ctx.model.params.get('type', '')} training, epoch "
+                  f"{ctx.epoch:.2f}/{ctx.num_epochs:g}")
+        self.fig.canvas.draw_idle()
+        self.fig.canvas.flush_events()
+        self._last = time.monotonic()
+
+    def on_batch_end(self, ctx: TrainContext) -> None:
+        tr = ctx.train_result or {}
+        rec = {"type": "iteration", "iteration": ctx.iteration, "epoch": ctx.epoch,
+               "loss": float(np.ravel(tr.get("total_loss", np.nan))[0]),
+               "mean_loss": ctx.mean_loss}
+        for name in self.opts["plot_params"]:
+            v = ctx.model.params.get(name)
+            if isinstance(v, (int, float)):
+                rec[name] = float(v)
+        self.records.append(rec)
+        if time.monotonic() - self._last >= self.interval:
+            self._draw(ctx)
+
+    def on_evaluation(self, ctx: TrainContext) -> None:
+        self.records.append({"type": "evaluation", "epoch": ctx.epoch,
+                             "measures": _eval_measures(ctx)})
+        self._draw(ctx)
+
+    def on_train_end(self, ctx: TrainContext) -> None:
+        self._draw(ctx)
