@@ -43,6 +43,27 @@ def assert_same(a, b, what):
     assert not bad, f"{what}: {bad[:5]} changed"
 
 
+# --- 0. memory: plans far beyond RAM are refused before the engine allocates -------------
+def test_batch_beyond_memory_is_6001_before_planning(monkeypatch):
+    from halcdl.operators import dl_model
+    m = fresh_model(bs=2)
+    data = samples(5, 2)
+    ha.train_dl_model_batch(m, data)  # fits
+    before = state_of(m)
+    # 2 GiB "available": batch 65536 of 32x32 images needs more for its activations alone
+    monkeypatch.setattr(dl_model, "_available_memory", lambda: 2 * 2**30)
+    ha.set_dl_model_param(m, "batch_size", 65536)
+    for call in (lambda: ha.train_dl_model_batch(m, data), lambda: ha.apply_dl_model(m, data, [])):
+        with pytest.raises(ha.HOperatorError) as e:
+            call()
+        assert e.value.error_code == 6001 and "batch_size 65536" in str(e.value)
+    assert_same(state_of(m), before, "refused plan")
+    # the bound is a lower bound: what fits is not refused
+    ha.set_dl_model_param(m, "batch_size", 2)
+    ha.apply_dl_model(m, data, [])
+    ha.train_dl_model_batch(m, data)
+
+
 # --- 1. thread_num ----------------------------------------------------------------------
 def test_thread_num_bounds():
     before = ha.get_system_s("thread_num")

@@ -31,6 +31,7 @@ from ..errors import (
     H_ERR_DL_INPUTS_MISSING,
     H_ERR_DL_MODEL_INVALID_NUM_SAMPLES,
     H_ERR_DL_MODEL_RUNTIME,
+    H_ERR_MEM,
     H_ERR_DL_MODEL_UNSUPPORTED_GENPARAM,
     H_ERR_DL_SOLVER_INVALID_TYPE,
     H_ERR_DL_WRONG_BS_MULTIPLIER,
@@ -817,6 +818,50 @@ def _check_integer_images(m: DLModel, samples: list) -> None:
 # --------------------------------------------------------------------------------------------
 # training and inference
 # --------------------------------------------------------------------------------------------
+def _available_memory() -> int:
+    """MemAvailable + SwapFree of /proc/meminfo in bytes (0: unknown)."""
+    total = 0
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(("MemAvailable:", "SwapFree:")):
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
+
+
+def _check_plan_memory(m: DLModel, training: bool) -> None:
+    """6001 before the engine plans a batch whose activations alone cannot fit in the
+    machine's memory (CPU runtime; the GPU plan checks its one allocation itself).  The
+    bound is a lower bound of what the plan needs — batch_size × the activations of one
+    sample: every node's output when training (all are kept for the backward pass), the two
+    largest when inferring — so it refuses only what must fail; an allocation failure beyond
+    it is 6001 from the engine.  Without it a plan far beyond RAM would be overcommitted by
+    the kernel and the process killed by the OOM killer when the memory is touched."""
+    if m.core.device() >= 0:
+        return
+    p = m.params
+    key = (id(m.core), training, p["batch_size"], p["image_height"], p["image_width"],
+           p["image_num_channels"], p.get("precision"))
+    if getattr(m, "_memory_checked", None) == key:
+        return
+    shapes = m.core.node_shapes(int(p["image_height"]), int(p["image_width"]))
+    per = sorted(int(np.prod(np.asarray(d[1:], dtype=np.float64))) for d in shapes.values())
+    elem = 2 if p.get("precision") == "bfloat16" else 4
+    per_sample = float(sum(per) if training else sum(per[-2:])) * elem
+    need = per_sample * float(p["batch_size"])
+    avail = _available_memory()
+    if avail and need > avail:
+        raise HOperatorError(
+            H_ERR_MEM,
+            f"not enough memory: batch_size {p['batch_size']} at {p['image_width']}x"
+            f"{p['image_height']} needs at least {need / 2**30:.1f} GiB of activations for "
+            f"{'training' if training else 'inference'}, {avail / 2**30:.1f} GiB are available "
+            f"(lower batch_size or the image size)")
+    m._memory_checked = key
+
+
 @operator
 def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
     """One training step (one weight update) on batch_size × batch_size_multiplier samples.
@@ -828,6 +873,7 @@ def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
         check_model(m)
         _refuse_during_job(m, "train_dl_model_batch")
         _check_integer_images(m, samples)
+        _check_plan_memory(m, True)
         p = m.params
         m.push_hparams()
         m.sync_gpu_options()
@@ -1010,6 +1056,7 @@ def apply_dl_model(dlmodel_handle: Any, dlsample_batch: Any, outputs: Any) -> li
         check_model(m)
         _check_integer_images(m, samples)
         m.sync_gpu_options()
+        _check_plan_memory(m, False)
         if m.is_detection:
             m.push_hparams()
             return apply_detection(m, samples, keys)
