@@ -1,0 +1,180 @@
+"""Layer activations and gradients, Grad-CAM heatmaps (docs/introspection.md), against a
+PyTorch twin of the same network and weights (tests/torch_twin.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import halcdl as ha
+from torch_twin import from_model, images_to_nchw
+
+pytestmark = pytest.mark.filterwarnings("ignore::halcdl.NotPretrainedWarning")
+
+
+def _code(info) -> int:
+    return info.value.error_code
+
+
+def _model(size=32, k=3, seed=5):
+    ha.set_system("seed_rand", seed)
+    m = ha.read_dl_model("pretrained_dl_classifier_compact.hdl")
+    ha.set_dl_model_param(m, "image_dimensions", [size, size, 3])
+    ha.set_dl_model_param(m, "class_ids", list(range(k)))
+    ha.set_dl_model_param(m, "batch_size", 2)
+    # non-trivial running statistics, so inference-mode batch norm differs from training mode
+    rng = np.random.default_rng(seed)
+    for n in m.core.param_names():
+        if n.endswith("running_mean"):
+            m.core.set_param(n, rng.standard_normal(m.core.get_param(n).shape).astype(np.float32) * .1)
+        if n.endswith("running_var"):
+            m.core.set_param(n, rng.uniform(.5, 2, m.core.get_param(n).shape).astype(np.float32))
+    return m
+
+
+def _samples(n, size=32, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"image": rng.standard_normal((size, size, 3)).astype(np.float32),
+             "image_label_id": int(rng.integers(0, k))} for _ in range(n)]
+
+
+def _nchw(obj) -> np.ndarray:
+    return np.stack([np.asarray(im).transpose(2, 0, 1) for im in obj])
+
+
+def _state(m):
+    st = m.core.get_state()
+    return ({n: np.array(m.core.get_param(n)) for n in m.core.param_names()},
+            {k: np.array(v) if isinstance(v, (list, np.ndarray)) else v for k, v in dict(st).items()})
+
+
+def _same_state(a, b):
+    for n in a[0]:
+        np.testing.assert_array_equal(a[0][n], b[0][n], err_msg=n)
+    for k in a[1]:
+        np.testing.assert_array_equal(a[1][k], b[1][k], err_msg=k)
+
+
+def test_activations_after_apply_any_layer_match_pytorch():
+    m = _model()
+    s = _samples(5)
+    ha.apply_dl_model(m, s, [])
+    twin = from_model(m).eval()
+    twin.record = {}
+    with torch.no_grad():
+        twin(images_to_nchw(s[4:]))  # the last batch of the call: batch_size 2, 5 samples
+    for layer in ("conv1", "bn3", "relu5", "pool2", "conv7"):
+        got = ha.get_dl_model_layer_activations(m, layer)
+        assert len(got) == 1 and got[0].dtype == np.float32
+        np.testing.assert_allclose(_nchw(got), twin.record[layer].numpy(), rtol=1e-4, atol=1e-4,
+                                   err_msg=layer)
+    # the layers read are kept from now on; the outputs of the model did not change
+    assert set(ha.get_dl_model_param(m, "keep_layer_outputs")) == {"conv1", "bn3", "relu5",
+                                                                   "pool2", "conv7"}
+    got = ha.apply_dl_model(m, s, [])
+    with torch.no_grad():
+        probs = torch.softmax(twin(images_to_nchw(s)), 1).numpy()
+    for i, r in enumerate(got):
+        np.testing.assert_allclose(r["classification_confidences"],
+                                   probs[i][r["classification_class_ids"]], rtol=1e-4, atol=1e-5)
+
+
+def test_activations_and_gradients_after_a_train_step_match_pytorch():
+    m = _model()
+    ha.set_dl_model_param(m, "keep_layer_outputs", ["conv2", "relu4", "classifier", "gap"])
+    s = _samples(2, seed=3)
+    twin = from_model(m).train()  # weights before the step
+    twin.record = {}
+    ha.train_dl_model_batch(m, s)
+    x = images_to_nchw(s)
+    logits = twin(x)
+    for t in twin.record.values():
+        if t.requires_grad:
+            t.retain_grad()
+    F.cross_entropy(logits, torch.tensor([d["image_label_id"] for d in s])).backward()
+    for layer in ("conv2", "relu4", "classifier", "gap"):
+        a = _nchw(ha.get_dl_model_layer_activations(m, layer))
+        g = _nchw(ha.get_dl_model_layer_gradients(m, layer))
+        np.testing.assert_allclose(a, twin.record[layer].detach().numpy(), rtol=1e-4, atol=1e-4,
+                                   err_msg=layer)
+        ref = twin.record[layer].grad.numpy()
+        np.testing.assert_allclose(g, ref, rtol=1e-3, atol=1e-6 + 1e-3 * np.abs(ref).max(),
+                                   err_msg=layer)
+    # not kept before the step: not available (the weights changed since)
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.get_dl_model_layer_gradients(m, "conv3")
+    assert _code(e) == 7788
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.get_dl_model_layer_activations(m, "conv3")
+    assert _code(e) == 7788
+
+
+def _torch_grad_cam(twin, x, layer, cls, size):
+    twin.eval()
+    twin.record = {}
+    logits = twin(x)
+    a = twin.record[layer]
+    a.retain_grad()
+    logits[torch.arange(len(x)), cls].sum().backward()
+    alpha = a.grad.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((alpha * a).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
+    mx = cam.flatten(1).max(1).values
+    return (cam / mx.clamp_min(1e-30)[:, None, None]).detach().numpy(), logits.detach()
+
+
+@pytest.mark.parametrize("target", [[], [2]])
+def test_grad_cam_matches_pytorch_and_leaves_the_model_unchanged(target):
+    m = _model()
+    s = _samples(3, seed=9)
+    ha.train_dl_model_batch(m, s[:2])  # optimizer state present
+    before = _state(m)
+    ref_apply = ha.apply_dl_model(m, s, [])
+    twin = from_model(m)
+    res = ha.gen_dl_model_heatmap(m, s, "grad_cam", target, {"target_conv_layer": "conv6"})
+    x = images_to_nchw(s)
+    with torch.no_grad():
+        top = twin.eval()(x).argmax(1)
+    cls = top if not target else torch.full((3,), target[0])
+    ref, _ = _torch_grad_cam(twin, x, "conv6", cls, (32, 32))
+    for i, r in enumerate(res):
+        key = f"heatmap_image_class_{int(cls[i])}"
+        hm = r["heatmap_grad_cam"][key]
+        assert hm.shape == (32, 32) and hm.dtype == np.float32
+        np.testing.assert_allclose(hm, ref[i], atol=2e-4)
+        assert r["classification_class_ids"] == ref_apply[i]["classification_class_ids"]
+    _same_state(before, _state(m))
+    after = ha.apply_dl_model(m, s, [])
+    for a, b in zip(ref_apply, after):
+        assert a == b
+    # default target layer: the deepest convolution with a spatial output (the 1x1 "classifier" convolution before the global pooling here)
+    d = ha.gen_dl_model_heatmap_s(m, s[0], "grad_cam", [], {})
+    ref, _ = _torch_grad_cam(twin, x[:1], "classifier", top[:1], (32, 32))
+    np.testing.assert_allclose(d["heatmap_grad_cam"][f"heatmap_image_class_{int(top[0])}"],
+                               ref[0], atol=2e-4)
+
+
+def test_introspection_bad_input():
+    m = _model()
+    s = _samples(2)
+    before = _state(m)
+    cases = [
+        (lambda: ha.get_dl_model_layer_activations(m, "nope"), 1302),
+        (lambda: ha.get_dl_model_layer_activations(m, "conv1"), 7788),  # nothing ran yet
+        (lambda: ha.get_dl_model_layer_activations(m, ["conv1", "conv2"]), 1402),
+        (lambda: ha.set_dl_model_param(m, "keep_layer_outputs", ["nope"]), 1303),
+        (lambda: ha.gen_dl_model_heatmap(m, s, "nope", [], {}), 1303),
+        (lambda: ha.gen_dl_model_heatmap(m, s, "guided_grad_cam", [], {}), 7742),
+        (lambda: ha.gen_dl_model_heatmap(m, s, "grad_cam", [7], {}), 1304),
+        (lambda: ha.gen_dl_model_heatmap(m, s, "grad_cam", [0, 1], {}), 1304),
+        (lambda: ha.gen_dl_model_heatmap(m, s, "grad_cam", [], {"x": 1}), 1305),
+        (lambda: ha.gen_dl_model_heatmap(m, s, "grad_cam", [], {"target_conv_layer": "nope"}), 1305),
+        (lambda: ha.gen_dl_model_heatmap(m, 3, "grad_cam", [], {}), 1202),
+    ]
+    for call, code in cases:
+        with pytest.raises(ha.HOperatorError) as e:
+            call()
+        assert _code(e) == code, call
+    _same_state(before, _state(m))
+    assert ha.get_dl_model_param(m, "keep_layer_outputs") == []
