@@ -178,3 +178,115 @@ def test_introspection_bad_input():
         assert _code(e) == code, call
     _same_state(before, _state(m))
     assert ha.get_dl_model_param(m, "keep_layer_outputs") == []
+
+
+# --------------------------------------------------------------------------------------------
+# devices and optimize_dl_model_for_inference
+# --------------------------------------------------------------------------------------------
+def test_set_dl_device_param_has_nothing_settable():
+    cpu = ha.query_available_dl_devices_s(["runtime"], ["cpu"])
+    assert ha.get_dl_device_param_s(cpu, "conversion_supported") == "true"
+    assert ha.get_dl_device_param_s(cpu, "settable_device_params") == {}
+    for call, code in [
+        (lambda: ha.set_dl_device_param(cpu, "type", "gpu"), 7911),   # read-only
+        (lambda: ha.set_dl_device_param(cpu, "nope", 1), 7911),
+        (lambda: ha.set_dl_device_param(cpu, ["type", "id"], ["gpu"]), 1402),
+        (lambda: ha.set_dl_device_param("cpu", "type", "gpu"), 1201),
+        (lambda: ha.set_dl_device_param(cpu, 3, "gpu"), 1202),
+    ]:
+        with pytest.raises(ha.HOperatorError) as e:
+            call()
+        assert _code(e) == code
+    assert ha.get_dl_device_param_s(cpu, "type") == "cpu"
+
+
+def _digits_model():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    ha.set_system("seed_rand", 3)
+    X, y = load_digits(return_X_y=True)
+    X = (X.reshape(-1, 8, 8).astype(np.float32) - 8.0) / 8.0
+    xtr, xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    x = ha.create_dl_layer_input("image", [8, 8, 1], [], [])
+    x = ha.create_dl_layer_convolution(x, "conv1", 3, 1, 1, 16, 1, "half_kernel_size", "none",
+                                       "bias_term", "false")
+    x = ha.create_dl_layer_batch_normalization(x, "bn1", "auto", 1e-5, "relu", [], [])
+    x = ha.create_dl_layer_pooling(x, "pool1", 2, 2, "none", "maximum", [], [])
+    x = ha.create_dl_layer_convolution(x, "conv2", 3, 1, 1, 32, 1, "half_kernel_size", "relu",
+                                       [], [])
+    x = ha.create_dl_layer_dense(x, "fc", 10, [], [])
+    m = ha.create_dl_model(ha.create_dl_layer_softmax(x, "softmax", [], []))
+    ha.set_dl_model_param(m, "solver_type", "adam")
+    ha.set_dl_model_param(m, "learning_rate", 0.003)
+    ha.set_dl_model_param(m, "batch_size", 32)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        perm = rng.permutation(len(xtr))
+        for i in range(0, len(perm) - 31, 32):
+            ha.train_dl_model_batch(m, [{"image": xtr[j], "image_label_id": int(ytr[j])}
+                                        for j in perm[i:i + 32]])
+    train = [{"image": xtr[j], "image_label_id": int(ytr[j])} for j in range(len(xtr))]
+    test = [{"image": im, "image_label_id": int(t)} for im, t in zip(xte, yte)]
+    return m, train, test
+
+
+def test_optimize_for_inference_int8_simulated_on_digits():
+    m, train, test = _digits_model()
+    cpu = ha.query_available_dl_devices_s(["runtime"], ["cpu"])
+    w_before = {n: np.array(m.core.get_param(n)) for n in m.core.param_names()}
+    calib = train[:200]
+    q, rep = ha.optimize_dl_model_for_inference(m, cpu, "int8", calib, {})
+    # the input model is unchanged
+    for n, v in w_before.items():
+        np.testing.assert_array_equal(m.core.get_param(n), v)
+    assert ha.get_dl_model_param_s(q, "precision_is_converted") == "true"
+    assert rep["int8_mode"].startswith("simulated")
+    # weights: int8 levels of a per-output-channel scale
+    for layer in ("conv1", "conv2", "fc"):
+        w = np.asarray(q.core.get_param(f"{layer}.weight"))
+        s = np.asarray(rep["weight_scales"][layer], dtype=np.float32)
+        lv = w.reshape(len(s), -1) / s[:, None]
+        np.testing.assert_allclose(lv, np.rint(lv), atol=1e-3)
+        assert np.abs(lv).max() <= 127.001
+        w0 = w_before[f"{layer}.weight"].reshape(len(s), -1)
+        np.testing.assert_allclose(s, np.abs(w0).max(1) / 127, rtol=1e-6)
+    # activation scales: max |input| / 127 over the calibration samples (the image for conv1)
+    amax = max(float(np.abs(d["image"]).max()) for d in calib)
+    assert rep["activation_scales"]["image"] == pytest.approx(amax / 127, rel=1e-6)
+    assert set(rep["activation_scales"]) == {"image", "pool1", "conv2/activation"}
+    # accuracy on the held-out digits changes by at most one point
+    def acc(model):
+        res = ha.apply_dl_model(model, test, [])
+        return 100 * np.mean([r["classification_class_ids"][0] == d["image_label_id"]
+                              for r, d in zip(res, test)])
+    a0, a1 = acc(m), acc(q)
+    assert a0 > 90
+    assert abs(a1 - a0) <= 1.0, (a0, a1)
+    assert rep["accuracy_change_points"] == pytest.approx(
+        100 * (rep["accuracy_converted"] - rep["accuracy_original"]))
+    # float32: an identical copy; bfloat16: per the hardware; float16: not on the CPU
+    f, rep32 = ha.optimize_dl_model_for_inference(m, [cpu], "float32", test[:50], [])
+    assert rep32["top1_agreement"] == 1.0 and rep32["accuracy_change_points"] == 0
+    from halcdl._native import core
+    if core.bf16_supported():
+        b, repb = ha.optimize_dl_model_for_inference(m, cpu, "bfloat16", test, {})
+        assert ha.get_dl_model_param_s(b, "precision") == "bfloat16"
+        assert abs(repb["accuracy_change_points"]) <= 1.0
+    else:
+        with pytest.raises(ha.HOperatorError) as e:
+            ha.optimize_dl_model_for_inference(m, cpu, "bfloat16", test, {})
+        assert _code(e) == 7742
+    for call, code in [
+        (lambda: ha.optimize_dl_model_for_inference(m, cpu, "float16", test, {}), 7742),
+        (lambda: ha.optimize_dl_model_for_inference(m, cpu, "int4", test, {}), 1303),
+        (lambda: ha.optimize_dl_model_for_inference(m, "cpu", "int8", test, {}), 1202),
+        (lambda: ha.optimize_dl_model_for_inference(m, cpu, "int8", [], {}), 1304),
+        (lambda: ha.optimize_dl_model_for_inference(m, cpu, "int8", [3], {}), 1204),
+        (lambda: ha.optimize_dl_model_for_inference(m, cpu, "int8", test, {"a": 1}), 1305),
+    ]:
+        with pytest.raises(ha.HOperatorError) as e:
+            call()
+        assert _code(e) == code
+    for n, v in w_before.items():
+        np.testing.assert_array_equal(m.core.get_param(n), v)

@@ -16,6 +16,7 @@ from . import introspect as _introspect
 from .activations import *  # noqa: F401,F403
 from .api import *  # noqa: F401,F403
 from .introspect import *  # noqa: F401,F403
+from .optimize import optimize_dl_model_for_inference
 from .serialize import (
     SerializedItem,
     deserialize_dl_classifier,
@@ -27,6 +28,7 @@ from .serialize import (
 __all__ = [
     *_api.__all__,
     *_activations.__all__,
+    "optimize_dl_model_for_inference",
     *_introspect.__all__,
     "SerializedItem",
     "serialize_dl_model",
