@@ -290,3 +290,24 @@ def test_optimize_for_inference_int8_simulated_on_digits():
         assert _code(e) == code
     for n, v in w_before.items():
         np.testing.assert_array_equal(m.core.get_param(n), v)
+
+
+def test_grad_cam_through_dropout_and_fused_relu_is_inference_mode():
+    ha.set_system("seed_rand", 11)
+    x = ha.create_dl_layer_input("image", [12, 12, 2], [], [])
+    x = ha.create_dl_layer_convolution(x, "c1", 3, 1, 1, 8, 1, "half_kernel_size", "relu", [], [])
+    x = ha.create_dl_layer_dropout(x, "drop", 0.5, [], [])
+    x = ha.create_dl_layer_convolution(x, "c2", 3, 1, 2, 6, 1, "none", "relu", [], [])
+    x = ha.create_dl_layer_dense(x, "fc", 4, [], [])
+    m = ha.create_dl_model(ha.create_dl_layer_softmax(x, "softmax", [], []))
+    rng = np.random.default_rng(1)
+    s = [{"image": rng.standard_normal((12, 12, 2)).astype(np.float32)} for _ in range(3)]
+    a = ha.gen_dl_model_heatmap(m, s, "grad_cam", [1], {"target_conv_layer": "c2"})
+    b = ha.gen_dl_model_heatmap(m, s, "grad_cam", [1], {"target_conv_layer": "c2"})
+    twin = from_model(m)
+    ref, _ = _torch_grad_cam(twin, images_to_nchw(s), "c2/activation", torch.full((3,), 1),
+                             (12, 12))
+    for i in range(3):
+        ha_map = a[i]["heatmap_grad_cam"]["heatmap_image_class_1"]
+        np.testing.assert_array_equal(ha_map, b[i]["heatmap_grad_cam"]["heatmap_image_class_1"])
+        np.testing.assert_allclose(ha_map, ref[i], atol=2e-4)
