@@ -1027,7 +1027,7 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("name"), py::arg("grad") = false)
       .def("grad_forward",
-           [](Model& md, const py::list& samples, int height, int width, int channels) {
+           [](Model& md, const py::list& samples, int height, int width, int channels, bool guided) {
              HALCDL_CHECK(samples.size() > 0, kErrInvalidValue, "no samples given");
              auto lk = lock_model(md);
              HALCDL_CHECK(md.device() < 0, kErrRuntimeUnsupported, "heatmaps (forward + backward without an update) "
@@ -1040,11 +1040,19 @@ PYBIND11_MODULE(_core, m) {
                py::gil_scoped_release nogil;
                float* st = md.staging(static_cast<size_t>(n) * channels * height * width);
                assemble(b, st, channels, height, width);
-               out = md.grad_forward(st, n, channels, height, width, &d);
+               out = md.grad_forward(st, n, channels, height, width, &d, guided);
              }
              return to_array(out, d);
            },
-           py::arg("samples"), py::arg("height"), py::arg("width"), py::arg("channels"))
+           py::arg("samples"), py::arg("height"), py::arg("width"), py::arg("channels"),
+           py::arg("guided") = false)
+      .def("grad_input",
+           [](Model& md) {
+             auto lk = lock_model(md);
+             Dims d;
+             auto v = md.grad_input(&d);
+             return to_array(v, d);
+           })
       .def("grad_backward",
            [](Model& md, py::object grad) {
              auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(grad);

@@ -90,7 +90,7 @@ void add_into(void* dst, const void* src, size_t bytes, bool bf16) {
 class CpuPlan : public Plan {
  public:
   CpuPlan(const Graph& g, const std::vector<Dims>& input_dims, bool training, bool input_grads, bool bf16,
-          ParamViews views, bool fuse, const std::vector<int>& keep, bool eval_grads)
+          ParamViews views, bool fuse, const std::vector<int>& keep, bool eval_grads, bool guided)
       : g_(g), eng_(dnnl::engine::kind::cpu, 0), strm_(eng_), training_(training), bf16_(bf16), fuse_(fuse) {
     const int n = static_cast<int>(g.nodes.size());
     std::vector<Dims> dims = g.infer_shapes(input_dims);
@@ -98,6 +98,7 @@ class CpuPlan : public Plan {
     nodes_.resize(n);
     Build b{eng_, g, slots_, ws_, n, training, bf16 ? dt::bf16 : dt::f32, views};
     b.eval = training && eval_grads;
+    guided_ = b.eval && guided;
     kept_.assign(n, false);
     for (int k : keep)
       if (k >= 0 && k < n) kept_[k] = true;
@@ -292,6 +293,8 @@ class CpuPlan : public Plan {
     for (int i = static_cast<int>(nodes_.size()) - 1; i >= 0; --i) {
       if (!nodes_[i] || !slots_[i].need_grad) continue;
       nodes_[i]->backward(e);
+      if (guided_ && g_.nodes[i].op == OpKind::Relu && !nodes_[i]->gin.empty() && nodes_[i]->gin[0])
+        clamp_negative(nodes_[i]->gin[0]);
       for (auto& a : accum_[i]) add_into(a.dst, a.src, a.bytes, bf16_);
     }
     strm_.wait();
@@ -329,6 +332,22 @@ class CpuPlan : public Plan {
   }
 
  private:
+  // guided backpropagation: a ReLU's input gradient keeps its positive values only
+  void clamp_negative(const memory& m) const {
+    const size_t bytes = m.get_desc().get_size();
+    if (bf16_) {
+      uint16_t* d = static_cast<uint16_t*>(m.get_data_handle());
+      const int64_t k = static_cast<int64_t>(bytes / 2);
+#pragma omp parallel for simd
+      for (int64_t i = 0; i < k; ++i) d[i] = (d[i] & 0x8000u) ? uint16_t(0) : d[i];
+      return;
+    }
+    float* d = static_cast<float*>(m.get_data_handle());
+    const int64_t k = static_cast<int64_t>(bytes / 4);
+#pragma omp parallel for simd
+    for (int64_t i = 0; i < k; ++i) d[i] = d[i] > 0.f ? d[i] : 0.f;
+  }
+  bool guided_ = false;
   struct Accum { void* dst; const void* src; size_t bytes; };
   const Graph& g_;
   dnnl::engine eng_;
@@ -370,11 +389,11 @@ void check_bf16_supported() {
 
 std::unique_ptr<Plan> make_cpu_plan(const Graph& g, const std::vector<Dims>& input_dims, bool training,
                                     bool input_grads, ParamViews views, Precision precision, bool fuse,
-                                    const std::vector<int>& keep, bool eval_grads) {
+                                    const std::vector<int>& keep, bool eval_grads, bool guided) {
   if (precision == Precision::BF16) check_bf16_supported();
   try {
     return std::make_unique<cpu::CpuPlan>(g, input_dims, training, input_grads, precision == Precision::BF16, views,
-                                          fuse, keep, eval_grads);
+                                          fuse, keep, eval_grads, guided);
   } catch (const dnnl::error& e) {
     HALCDL_THROW(kErrRuntimeUnsupported, "oneDNN could not create a primitive for this network: ", e.what());
   }

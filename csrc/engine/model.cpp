@@ -746,24 +746,26 @@ std::vector<float> Model::layer_tensor(const std::string& name, bool grad, Dims*
   return out;
 }
 
-std::vector<float> Model::grad_forward(const float* images, int n, int c, int h, int w, Dims* out_dims) {
+std::vector<float> Model::grad_forward(const float* images, int n, int c, int h, int w, Dims* out_dims,
+                                       bool guided) {
   HALCDL_CHECK(!dev_, kErrRuntimeUnsupported, "heatmaps (forward + backward without an update) are not supported "
                "on the GPU yet (run the model on the CPU)");
   HALCDL_CHECK(!g_.is_detection(), kErrRuntimeUnsupported, "heatmaps are not supported for detection models");
   apply_threads();
   last_kind_ = 0;
-  auto key = std::make_tuple(n, c, h, w);
+  auto key = std::make_tuple(n, c, guided ? -h : h, w);
   auto it = grad_plans_.find(key);
   if (it == grad_plans_.end()) {
     if (grad_plans_.size() >= 4) grad_plans_.clear();
     ParamViews v{P_.f(), S_.f(), &version_};
-    it = grad_plans_.emplace(key, make_cpu_plan(g_, {{n, c, h, w}}, true, false, v, precision_, true, keep_, true))
+    it = grad_plans_.emplace(key, make_cpu_plan(g_, {{n, c, h, w}}, true, guided, v, precision_, !guided, keep_, true,
+                                                guided))
              .first;
   }
   Plan& p = *it->second;
   std::memcpy(p.input_buffer(0), images, static_cast<size_t>(n) * c * h * w * sizeof(float));
   p.forward(0);
-  last_key_ = std::make_tuple(n, c, h, w, true);
+  last_key_ = std::make_tuple(n, c, guided ? -h : h, w, true);
   last_kind_ = 2;
   const Dims& od = p.output_dims();
   size_t cnt = 1;
@@ -782,6 +784,19 @@ void Model::grad_backward(const float* grad_output, size_t n) {
   apply_threads();
   if (grad_scratch_.bytes() < g_.n_trainable * sizeof(float)) grad_scratch_.resize(g_.n_trainable * sizeof(float));
   p->backward(grad_output, grad_scratch_.f());
+}
+
+std::vector<float> Model::grad_input(Dims* dims) {
+  Plan* p = last_kind_ == 2 ? last_plan() : nullptr;
+  HALCDL_CHECK(p && std::get<2>(last_key_) < 0, kErrInvalidInputShape, "grad_input needs a guided grad_forward "
+               "and grad_backward first");
+  const Dims& d = p->input_dims(0);
+  size_t cnt = 1;
+  for (auto v : d) cnt *= static_cast<size_t>(v);
+  std::vector<float> out(cnt);
+  p->input_grad(0, out.data());
+  *dims = d;
+  return out;
 }
 
 std::string Model::summary() const {

@@ -136,8 +136,12 @@ class Model {
   // with gradients that keeps the kept nodes; returns the plain output. grad_backward then
   // runs the backward from a given output gradient (parameter gradients go to scratch).
   // Neither touches weights, statistics, optimizer state or step counters. 7742 on the GPU.
-  std::vector<float> grad_forward(const float* images, int n, int c, int h, int w, Dims* out_dims);
+  // `guided`: a plan with guided backpropagation through the ReLUs (no fusion) that keeps
+  // the input gradient (grad_input after grad_backward), for Guided Grad-CAM.
+  std::vector<float> grad_forward(const float* images, int n, int c, int h, int w, Dims* out_dims,
+                                  bool guided = false);
   void grad_backward(const float* grad_output, size_t n);
+  std::vector<float> grad_input(Dims* dims);  // guided plans only
 
  private:
   Plan& plan(int n, int c, int h, int w, bool training);
@@ -165,7 +169,7 @@ class Model {
   std::map<std::tuple<int, int, int, int, bool>, std::unique_ptr<Plan>> plans_;
   // introspection: kept nodes, the eval-mode gradient plans, and which plan ran last
   std::vector<int> keep_;
-  std::map<std::tuple<int, int, int, int>, std::unique_ptr<Plan>> grad_plans_;
+  std::map<std::tuple<int, int, int, int>, std::unique_ptr<Plan>> grad_plans_;  // h < 0: guided
   std::tuple<int, int, int, int, bool> last_key_{};
   int last_kind_ = 0;  // 0 none, 1 plans_[last_key_], 2 grad_plans_ (n, c, h, w of last_key_)
   Buffer grad_scratch_;

@@ -60,10 +60,13 @@ void check_bf16_supported();  // 7742 when the CPU lacks bfloat16 instructions
 
 std::unique_ptr<Plan> make_cpu_plan(const Graph& g, const std::vector<Dims>& input_dims, bool training,
                                     bool input_grads, ParamViews views, Precision precision = Precision::F32,
-                                    bool fuse = true, const std::vector<int>& keep = {}, bool eval_grads = false);
+                                    bool fuse = true, const std::vector<int>& keep = {}, bool eval_grads = false,
+                                    bool guided = false);
 // keep: nodes whose output (and, in a training plan, gradient) stays readable after the run
 // (read_tensor): they are not fused and their buffers are not reused. eval_grads (with
 // training = true): gradients through the network in inference mode (batch norm with the
 // running statistics, dropout the identity), for heatmaps; such a plan reports no bn_stats.
+// guided (with eval_grads, fuse = false): guided backpropagation, every ReLU's backward passes
+// only positive gradients (dx = max(dy · [x > 0], 0)), for Guided Grad-CAM.
 
 }  // namespace halcdl

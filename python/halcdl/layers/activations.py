@@ -182,10 +182,6 @@ def _heatmap(dlmodel_handle: Any, dlsample: Any, heatmap_method: Any, target_cla
     method = as_str(to_scalar(heatmap_method, 3, "one heatmap method"), 3, "heatmap_method")
     if method not in _METHODS:
         raise wrong_value(3, f"heatmap_method must be one of {_METHODS}, got {method!r}")
-    if method == "guided_grad_cam":
-        raise HOperatorError(H_ERR_CNN_RUNTIME_FAILED, "heatmap_method 'guided_grad_cam' is not "
-                             "implemented in halcdl yet (it needs guided backpropagation through "
-                             "the ReLUs); use 'grad_cam'")
     targets = list(to_tuple(target_classes))
     if len(targets) > 1:
         raise wrong_value(4, "target_classes takes one class id or an empty tuple (as HALCON)")
@@ -242,6 +238,14 @@ def _heatmap(dlmodel_handle: Any, dlsample: Any, heatmap_method: Any, target_cla
                     raise HOperatorError(H_ERR_DL_PARAM_NOT_AVAILABLE,
                                          f"target_conv_layer {layer!r} has no spatial output")
                 cams = grad_cam(act, grd, h, w)
+                if method == "guided_grad_cam":
+                    # guided backpropagation (ReLUs pass positive gradients only) down to
+                    # the image, times the Grad-CAM map: (N, C, H, W) → (H, W, C) images
+                    m.core.grad_forward(chunk, h, w, c, True)
+                    m.core.grad_backward(g.reshape(logits.shape))
+                    gb = np.asarray(m.core.grad_input())
+                    cams = (gb * cams[:, None]).transpose(0, 2, 3, 1).astype(np.float32)
+                key = "heatmap_" + method
                 order = np.argsort(-probs, axis=1, kind="stable")
                 for i in range(len(chunk)):
                     cid = class_ids[int(idx[i])]
@@ -249,7 +253,7 @@ def _heatmap(dlmodel_handle: Any, dlsample: Any, heatmap_method: Any, target_cla
                         "classification_class_ids": [class_ids[j] for j in order[i]],
                         "classification_class_names": [p["class_names"][j] for j in order[i]],
                         "classification_confidences": probs[i][order[i]].tolist(),
-                        "heatmap_grad_cam": {f"heatmap_image_class_{cid}": cams[i]},
+                        key: {f"heatmap_image_class_{cid}": np.ascontiguousarray(cams[i])},
                     })
             return results
         finally:
@@ -261,7 +265,9 @@ def gen_dl_model_heatmap(dlmodel_handle: Any, dlsample: Any, heatmap_method: Any
                          target_classes: Any, gen_param: Any) -> list:
     """Infer the samples and compute a heatmap per sample for the target class (one class id,
     or [] for each sample's top class): DLResult dicts with the classification results and
-    'heatmap_grad_cam': {'heatmap_image_class_<id>': (H, W) float32 in [0, 1]}.  GenParam:
+    'heatmap_grad_cam': {'heatmap_image_class_<id>': (H, W) float32 in [0, 1]}, or for
+    'guided_grad_cam' 'heatmap_guided_grad_cam': {...: (H, W, C) float32, the guided
+    backpropagation's image gradient times the Grad-CAM map}.  GenParam:
     'target_conv_layer' (default: the deepest convolution with an output larger than 1 x 1).
     Inference mode (running statistics, no dropout); weights, statistics and optimizer state
     are not touched."""
