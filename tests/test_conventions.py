@@ -164,6 +164,16 @@ HALCON_SIGNATURES = {
     "set_dl_model_layer_weights": ["weights", "dlmodel_handle", "layer_name", "weights_type"],
     "load_dl_model_weights": ["dlmodel_handle_source", "dlmodel_handle_target"],
     "get_dl_model_layer": ["dlmodel_handle", "layer_names"],
+    # introspection, heatmaps, inference precision, devices (docs/introspection.md)
+    "get_dl_model_layer_activations": ["dlmodel_handle", "layer_name"],
+    "get_dl_model_layer_gradients": ["dlmodel_handle", "layer_name"],
+    "gen_dl_model_heatmap": ["dlmodel_handle", "dlsample", "heatmap_method", "target_classes",
+                             "gen_param"],
+    "gen_dl_model_heatmap_s": ["dlmodel_handle", "dlsample", "heatmap_method", "target_classes",
+                               "gen_param"],
+    "optimize_dl_model_for_inference": ["dlmodel_handle", "dldevice_handle", "precision",
+                                        "dlsamples", "gen_param"],
+    "set_dl_device_param": ["dldevice_handle", "gen_param_name", "gen_param_value"],
 }
 # in the table, provided by other pieces of work (may be absent from this build)
 NOT_YET = {"write_dl_model"}

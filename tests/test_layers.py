@@ -548,11 +548,6 @@ MISSING_ON_PURPOSE = {
     "create_dl_layer_reshape": "no reshape op",
     "create_dl_layer_zoom_size": "no resize-to-size op",
     "create_dl_layer_zoom_to_layer_size": "no resize-to-size op",
-    "get_dl_model_layer_activations": "the engine's plans do not expose intermediate tensors",
-    "get_dl_model_layer_gradients": "the engine's plans do not expose intermediate gradients",
-    "gen_dl_model_heatmap": "needs activations and gradients of a layer",
-    "optimize_dl_model_for_inference": "no int8/bfloat16 conversion path yet",
-    "set_dl_device_param": "device parameters are not settable yet",
 }
 # provided by other pieces of work (may be absent from this build)
 ELSEWHERE = {"create_dl_model_detection"}

@@ -120,6 +120,8 @@ class TorchTwin(nn.Module):
         # optional hook relu_fn(node_name, x) -> relu(x), e.g. to record the inputs of every
         # ReLU or to choose the derivative at points float32 cannot place (test_training_golden)
         self.relu_fn = None
+        # optional dict: forward() stores every node's output under its name (introspection)
+        self.record = None
         self.in_channels = int(in_channels if in_channels is not None
                                else self.spec[0]["channels"])
         shapes = param_shapes(self.spec, self.in_channels)
@@ -248,6 +250,8 @@ class TorchTwin(nn.Module):
                 else:  # pragma: no cover - rejected in __init__
                     raise ValueError(op)
             vals[name] = out
+            if self.record is not None:
+                self.record[name] = out
         return out.flatten(1) if out.dim() == 4 and out.shape[2:] == (1, 1) else out
 
 

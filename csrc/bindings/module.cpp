@@ -1012,6 +1012,55 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("samples"), py::arg("batch_size"), py::arg("height"), py::arg("width"), py::arg("channels"),
            py::arg("images_ptr") = 0, py::arg("index_ptr") = 0, py::arg("conf_ptr") = 0)
+      .def("set_keep",
+           [](Model& md, const std::vector<std::string>& names) {
+             auto lk = lock_model(md);
+             md.set_keep(names);
+           })
+      .def("keep_names", [](Model& md) { auto lk = lock_model(md); return md.keep_names(); })
+      .def("layer_tensor",
+           [](Model& md, const std::string& name, bool grad) {
+             auto lk = lock_model(md);
+             Dims d;
+             auto v = md.layer_tensor(name, grad, &d);
+             return to_array(v, d);
+           },
+           py::arg("name"), py::arg("grad") = false)
+      .def("grad_forward",
+           [](Model& md, const py::list& samples, int height, int width, int channels, bool guided) {
+             HALCDL_CHECK(samples.size() > 0, kErrInvalidValue, "no samples given");
+             auto lk = lock_model(md);
+             HALCDL_CHECK(md.device() < 0, kErrRuntimeUnsupported, "heatmaps (forward + backward without an update) "
+                          "are not supported on the GPU yet (run the model on the CPU)");
+             Batch b = gather(md, samples, channels, height, width, Labels::None, true);
+             const int n = static_cast<int>(samples.size());
+             Dims d;
+             std::vector<float> out;
+             {
+               py::gil_scoped_release nogil;
+               float* st = md.staging(static_cast<size_t>(n) * channels * height * width);
+               assemble(b, st, channels, height, width);
+               out = md.grad_forward(st, n, channels, height, width, &d, guided);
+             }
+             return to_array(out, d);
+           },
+           py::arg("samples"), py::arg("height"), py::arg("width"), py::arg("channels"),
+           py::arg("guided") = false)
+      .def("grad_input",
+           [](Model& md) {
+             auto lk = lock_model(md);
+             Dims d;
+             auto v = md.grad_input(&d);
+             return to_array(v, d);
+           })
+      .def("grad_backward",
+           [](Model& md, py::object grad) {
+             auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(grad);
+             HALCDL_CHECK(a, kErrInvalidInputData, "the output gradient must be a numeric array");
+             auto lk = lock_model(md);
+             py::gil_scoped_release nogil;
+             md.grad_backward(a.data(), static_cast<size_t>(a.size()));
+           })
       .def("infer",
            [](Model& md, const py::list& samples, int batch_size, int height, int width, int channels,
               uintptr_t images_ptr, uintptr_t out_ptr) -> py::object {

@@ -19,15 +19,18 @@ class BatchNorm : public CpuNode {
     md_ = x.md;
     out(b).md = md_;
     auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
-    if (!b.training) flags = flags | dnnl::normalization_flags::use_global_stats;
+    global_ = !b.training || b.eval;
+    if (global_) flags = flags | dnnl::normalization_flags::use_global_stats;
     if (fuse_relu) flags = flags | dnnl::normalization_flags::fuse_norm_relu;
     auto prop = b.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
     fwd_pd_ = dnnl::batch_normalization_forward::primitive_desc(b.eng, prop, md_, md_, node.eps, flags);
     if (!b.training) return;
     stat_md_ = fwd_pd_.mean_desc();
     // read by the model's running-statistics update after the whole backward
-    mean_buf_ = b.request(stat_md_, b.tf(idx), b.t_end());
-    var_buf_ = b.request(stat_md_, b.tf(idx), b.t_end());
+    if (!global_) {
+      mean_buf_ = b.request(stat_md_, b.tf(idx), b.t_end());
+      var_buf_ = b.request(stat_md_, b.tf(idx), b.t_end());
+    }
     if (fuse_relu) ws_buf_ = b.request(fwd_pd_.workspace_desc(), b.tf(idx), b.tb(idx));
     bwd_pd_ = dnnl::batch_normalization_backward::primitive_desc(b.eng, dnnl::prop_kind::backward, md_, md_, md_,
                                                                  node.eps, flags, fwd_pd_);
@@ -46,12 +49,13 @@ class BatchNorm : public CpuNode {
     memory shift(c_md, b.eng, b.views.weights + P[node.p_bias].offset);
     fwd_ = dnnl::batch_normalization_forward(fwd_pd_);
     fwd_args_ = {{DNNL_ARG_SRC, x.data}, {DNNL_ARG_DST, y}, {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift}};
-    if (!b.training) {
+    if (global_) {
       fwd_args_[DNNL_ARG_MEAN] = memory(c_md, b.eng, b.views.state + P[node.p_mean].offset);
       fwd_args_[DNNL_ARG_VARIANCE] = memory(c_md, b.eng, b.views.state + P[node.p_var].offset);
-      return;
+      if (!b.training) return;
     }
-    memory mean = b.mem(stat_md_, mean_buf_), var = b.mem(stat_md_, var_buf_);
+    memory mean = global_ ? fwd_args_[DNNL_ARG_MEAN] : b.mem(stat_md_, mean_buf_);
+    memory var = global_ ? fwd_args_[DNNL_ARG_VARIANCE] : b.mem(stat_md_, var_buf_);
     stats_.mean = static_cast<const float*>(mean.get_data_handle());
     stats_.var = static_cast<const float*>(var.get_data_handle());
     fwd_args_[DNNL_ARG_MEAN] = mean;
@@ -75,7 +79,7 @@ class BatchNorm : public CpuNode {
     bwd_.execute(e.s, bwd_args_);
   }
 
-  const BNStats* bn_stats() const override { return &stats_; }
+  const BNStats* bn_stats() const override { return global_ ? nullptr : &stats_; }
 
  private:
   memory::desc md_, stat_md_;
@@ -83,6 +87,7 @@ class BatchNorm : public CpuNode {
   dnnl::batch_normalization_backward::primitive_desc bwd_pd_;
   dnnl::batch_normalization_forward fwd_;
   dnnl::batch_normalization_backward bwd_;
+  bool global_ = false;  // running statistics (inference, or eval_grads) instead of batch statistics
   int mean_buf_ = -1, var_buf_ = -1, dsrc_buf_ = -1, ws_buf_ = -1;
   Args fwd_args_, bwd_args_;
   GradTarget dscale_, dshift_;

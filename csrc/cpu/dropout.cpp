@@ -26,7 +26,8 @@ class Dropout : public CpuNode {
     out(b).md = x.md;
     bf16_ = x.md.get_data_type() == dt::bf16;
     n_ = x.md.get_size() / (bf16_ ? 2 : 4);
-    training_ = b.training;
+    training_ = b.training && !b.eval;  // eval_grads: the identity, with a backward
+    grads_ = b.training;
     if (training_) mask_buf_ = b.request(x.md, b.tf(idx), b.tb(idx));
   }
 
@@ -34,8 +35,8 @@ class Dropout : public CpuNode {
     const Slot& x = in(b, 0);
     x_ = x.data.get_data_handle();
     y_ = y.get_data_handle();
-    if (training_) {
-      mask_ = b.mem(x.md, mask_buf_);
+    if (training_) mask_ = b.mem(x.md, mask_buf_);
+    if (grads_) {
       if (dy) dy_ = dy.get_data_handle();
       if (dy && gin[0]) dx_ = gin[0].get_data_handle();
     }
@@ -55,6 +56,10 @@ class Dropout : public CpuNode {
 
   void backward(Exec&) override {
     if (!dx_) return;
+    if (!training_) {
+      std::memcpy(dx_, dy_, n_ * (bf16_ ? 2 : 4));
+      return;
+    }
     if (bf16_) mul<uint16_t>(dy_, mask_.get_data_handle(), dx_);
     else mul<float>(dy_, mask_.get_data_handle(), dx_);
   }
@@ -91,7 +96,7 @@ class Dropout : public CpuNode {
   }
 
   size_t n_ = 0;
-  bool training_ = false, bf16_ = false;
+  bool training_ = false, grads_ = false, bf16_ = false;
   int mask_buf_ = -1;
   memory mask_;
   const void* x_ = nullptr;

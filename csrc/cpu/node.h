@@ -55,6 +55,7 @@ struct Build {
   bool training;
   dt adt;              // activation (compute) data type: f32 or bf16
   ParamViews views;
+  bool eval = false;   // training plan in inference mode (eval_grads): bn global stats, no dropout
   int tf(int i) const { return i; }
   int tb(int i) const { return 2 * n - 1 - i; }
   int t_end() const { return 2 * n; }

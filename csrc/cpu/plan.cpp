@@ -90,13 +90,18 @@ void add_into(void* dst, const void* src, size_t bytes, bool bf16) {
 class CpuPlan : public Plan {
  public:
   CpuPlan(const Graph& g, const std::vector<Dims>& input_dims, bool training, bool input_grads, bool bf16,
-          ParamViews views, bool fuse)
+          ParamViews views, bool fuse, const std::vector<int>& keep, bool eval_grads, bool guided)
       : g_(g), eng_(dnnl::engine::kind::cpu, 0), strm_(eng_), training_(training), bf16_(bf16), fuse_(fuse) {
     const int n = static_cast<int>(g.nodes.size());
     std::vector<Dims> dims = g.infer_shapes(input_dims);
     slots_.resize(n);
     nodes_.resize(n);
     Build b{eng_, g, slots_, ws_, n, training, bf16 ? dt::bf16 : dt::f32, views};
+    b.eval = training && eval_grads;
+    guided_ = b.eval && guided;
+    kept_.assign(n, false);
+    for (int k : keep)
+      if (k >= 0 && k < n) kept_[k] = true;
 
     // Which tensors need a gradient.
     const Graph::GradInfo gi = g.grad_info(training, input_grads);
@@ -113,7 +118,7 @@ class CpuPlan : public Plan {
     std::vector<OpKind> fuse_act(n, OpKind::Input);
     std::vector<bool> bn_relu(n, false);
     auto sole = [&](int i, OpKind k) -> int {  // the only consumer of i, if of kind k
-      if (i == g.output || consumers[i].size() != 1) return -1;
+      if (i == g.output || consumers[i].size() != 1 || kept_[i]) return -1;  // a kept output is not fused away
       int c = consumers[i][0].first;
       return g.nodes[c].op == k ? c : -1;
     };
@@ -146,6 +151,11 @@ class CpuPlan : public Plan {
       for (auto& c : consumers[i])
         if (alias[c.first] != r && c.first != r) gcons[r].push_back(c);
     }
+    // a group with a kept member keeps its buffers to the end (the member read is the
+    // group's last: fusion stops at a kept node, see sole())
+    std::vector<bool> gkeep(n, false);
+    for (int i = 0; i < n; ++i)
+      if (kept_[i]) gkeep[alias[i] >= 0 ? alias[i] : i] = true;
 
     // Layouts and op buffers, in topological order.
     for (int i = 0; i < n; ++i) {
@@ -168,7 +178,7 @@ class CpuPlan : public Plan {
       }
       int last = i;
       for (auto& c : gcons[i]) last = std::max(last, c.first);
-      if (gout[i]) last = b.t_end();
+      if (gout[i] || gkeep[i]) last = b.t_end();
       slots_[i].data_id = b.request(slots_[i].md, b.tf(i), training ? b.t_end() : last);
     }
 
@@ -184,7 +194,7 @@ class CpuPlan : public Plan {
         for (auto& c : gcons[i]) t0 = std::min(t0, b.tb(c.first));
         // the output's gradient is copied in, a dangling tensor's zeroed, when the backward starts
         if (gout[i] || gcons[i].empty()) t0 = n - 1;
-        s.grad_id = b.request(s.md, t0, b.tb(i));
+        s.grad_id = b.request(s.md, t0, gkeep[i] ? b.t_end() : b.tb(i));
         if (gcons[i].empty() && !gout[i]) zero_grads_.push_back(i);
       }
       for (int i = 0; i < n; ++i) {
@@ -283,6 +293,8 @@ class CpuPlan : public Plan {
     for (int i = static_cast<int>(nodes_.size()) - 1; i >= 0; --i) {
       if (!nodes_[i] || !slots_[i].need_grad) continue;
       nodes_[i]->backward(e);
+      if (guided_ && g_.nodes[i].op == OpKind::Relu && !nodes_[i]->gin.empty() && nodes_[i]->gin[0])
+        clamp_negative(nodes_[i]->gin[0]);
       for (auto& a : accum_[i]) add_into(a.dst, a.src, a.bytes, bf16_);
     }
     strm_.wait();
@@ -298,6 +310,19 @@ class CpuPlan : public Plan {
 
   const std::vector<BNStats>& bn_stats() const override { return bn_stats_; }
 
+  const Dims& node_dims(int node) const override { return slots_.at(node).dims; }
+
+  void read_tensor(int node, bool grad, float* dst) override {
+    HALCDL_CHECK(node >= 0 && node < static_cast<int>(slots_.size()) && kept_[node], kErrInvalidInputShape,
+                 "node ", node, " is not kept by this plan");
+    const Slot& s = slots_[node];
+    HALCDL_CHECK(!grad || static_cast<bool>(s.grad), kErrInvalidInputShape, "this plan keeps no gradient of layer '",
+                 g_.nodes[node].name, "' (no gradient flows into it, or the plan is not a training plan)");
+    memory src = grad ? s.grad : s.data, plain(plain_desc(s.dims), eng_, dst);
+    dnnl::reorder(src, plain).execute(strm_, src, plain);
+    strm_.wait();
+  }
+
   void dropout_mask(int node, float* dst) override {
     const memory* m = nodes_.at(node) ? nodes_[node]->dropout_mask() : nullptr;
     HALCDL_CHECK(m, kErrInvalidInputShape, "node ", node, " has no dropout mask");
@@ -307,6 +332,22 @@ class CpuPlan : public Plan {
   }
 
  private:
+  // guided backpropagation: a ReLU's input gradient keeps its positive values only
+  void clamp_negative(const memory& m) const {
+    const size_t bytes = m.get_desc().get_size();
+    if (bf16_) {
+      uint16_t* d = static_cast<uint16_t*>(m.get_data_handle());
+      const int64_t k = static_cast<int64_t>(bytes / 2);
+#pragma omp parallel for simd
+      for (int64_t i = 0; i < k; ++i) d[i] = (d[i] & 0x8000u) ? uint16_t(0) : d[i];
+      return;
+    }
+    float* d = static_cast<float*>(m.get_data_handle());
+    const int64_t k = static_cast<int64_t>(bytes / 4);
+#pragma omp parallel for simd
+    for (int64_t i = 0; i < k; ++i) d[i] = d[i] > 0.f ? d[i] : 0.f;
+  }
+  bool guided_ = false;
   struct Accum { void* dst; const void* src; size_t bytes; };
   const Graph& g_;
   dnnl::engine eng_;
@@ -315,6 +356,7 @@ class CpuPlan : public Plan {
   ParamViews views_;
   Workspace ws_;
   std::vector<Slot> slots_;
+  std::vector<bool> kept_;
   std::vector<std::unique_ptr<CpuNode>> nodes_;
   std::vector<std::vector<Accum>> accum_;
   std::vector<int> input_slots_, zero_grads_;
@@ -346,11 +388,12 @@ void check_bf16_supported() {
 }
 
 std::unique_ptr<Plan> make_cpu_plan(const Graph& g, const std::vector<Dims>& input_dims, bool training,
-                                    bool input_grads, ParamViews views, Precision precision, bool fuse) {
+                                    bool input_grads, ParamViews views, Precision precision, bool fuse,
+                                    const std::vector<int>& keep, bool eval_grads, bool guided) {
   if (precision == Precision::BF16) check_bf16_supported();
   try {
     return std::make_unique<cpu::CpuPlan>(g, input_dims, training, input_grads, precision == Precision::BF16, views,
-                                          fuse);
+                                          fuse, keep, eval_grads, guided);
   } catch (const dnnl::error& e) {
     HALCDL_THROW(kErrRuntimeUnsupported, "oneDNN could not create a primitive for this network: ", e.what());
   }

@@ -232,11 +232,15 @@ void Model::set_precision(Precision p) {
   }
   precision_ = p;
   plans_.clear();
+  grad_plans_.clear();
+  last_kind_ = 0;
 }
 
 void Model::release_training_plans() {
   for (auto it = plans_.begin(); it != plans_.end();)
     it = std::get<4>(it->first) ? plans_.erase(it) : std::next(it);
+  grad_plans_.clear();
+  if (std::get<4>(last_key_) || last_kind_ == 2) last_kind_ = 0;
   if (dev_) dev_->release_training_plans();
 }
 
@@ -291,6 +295,8 @@ void Model::set_device(int gpu) {
   gpu_ = gpu;
   host_stale_ = false;
   plans_.clear();         // the CPU plans' workspaces are not needed on the GPU
+  grad_plans_.clear();
+  last_kind_ = 0;
 }
 
 float* Model::staging(size_t floats) {
@@ -320,7 +326,7 @@ Plan& Model::plan(int n, int c, int h, int w, bool training) {
   if (it != plans_.end()) return *it->second;
   if (plans_.size() >= 8) plans_.clear();
   ParamViews v{P_.f(), S_.f(), &version_};
-  auto p = make_cpu_plan(g_, {{n, c, h, w}}, training, false, v, precision_);
+  auto p = make_cpu_plan(g_, {{n, c, h, w}}, training, false, v, precision_, true, keep_);
   auto& ref = *p;
   plans_[key] = std::move(p);
   return ref;
@@ -330,6 +336,7 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
                               int h, int w, bool images_on_device, const StepHook* hook) {
   const bool dp = hook && hook->reduce;
   const uint64_t rng = seed_ * 0x9e3779b97f4a7c15ull + steps_ * 1315423911ull + (dp ? hook->sub_offset : 0);
+  last_kind_ = 0;
   if (dev_) {
     if (hp_.solver == "adam" && !M2_.bytes()) M2_.resize(g_.n_trainable * sizeof(float));
     const int64_t t = hp_.solver == "adam" ? adam_t_ + 1 : adam_t_;
@@ -344,6 +351,7 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
   HALCDL_CHECK(!images_on_device, kErrInvalidInputData, "device images need the model on the GPU");
   apply_threads();
   Plan& p = plan(bs, c, h, w, true);
+  last_kind_ = 0;
   const int k = num_classes();
   const size_t img = static_cast<size_t>(c) * h * w;
   const int64_t per = labels_per_sample(h, w);
@@ -374,6 +382,7 @@ TrainResult Model::train_step(const float* images, const int* labels, const floa
                  " (the training diverged: lower the learning rate); the weights were not changed");
     ce += l / mw;
     p.backward(dlogits_.f(), s == 0 ? G_.f() : T_.f());
+    ran(bs, c, h, w, true);
     if (s > 0) kern::accumulate(G_.f(), T_.f(), nt);
     for (const BNStats& st : p.bn_stats()) {
       const Node& nd = g_.nodes[st.node];
@@ -642,6 +651,7 @@ std::vector<std::vector<det::Detection>> Model::infer_detection(const float* ima
 
 void Model::infer(const float* images, int n, int bs, int c, int h, int w, float* probs, bool on_device) {
   apply_threads();
+  last_kind_ = 0;
   HALCDL_CHECK(labels_per_sample(h, w) == 1, kErrInvalidInputShape,
                "this network outputs one score per pixel: use the segmentation inference");
   if (dev_) return dev_->infer(images, on_device, n, bs, c, h, w, probs, on_device);
@@ -653,6 +663,7 @@ void Model::infer(const float* images, int n, int bs, int c, int h, int w, float
     Plan& p = plan(cnt, c, h, w, false);
     std::memcpy(p.input_buffer(0), images + start * img, cnt * img * sizeof(float));
     p.forward(0);
+    ran(cnt, c, h, w, false);
     kern::softmax_rows(p.output(), cnt, k, probs + static_cast<size_t>(start) * k);
   }
 }
@@ -660,6 +671,7 @@ void Model::infer(const float* images, int n, int bs, int c, int h, int w, float
 void Model::infer_segmentation(const float* images, int n, int bs, int c, int h, int w, int* index,
                                float* confidence, bool on_device) {
   apply_threads();
+  last_kind_ = 0;
   const int k = num_classes();
   const int64_t per = labels_per_sample(h, w);
   HALCDL_CHECK(per > 1, kErrInvalidInputShape, "this network does not output one score per pixel");
@@ -671,8 +683,120 @@ void Model::infer_segmentation(const float* images, int n, int bs, int c, int h,
     Plan& p = plan(cnt, c, h, w, false);
     std::memcpy(p.input_buffer(0), images + start * img, cnt * img * sizeof(float));
     p.forward(0);
+    ran(cnt, c, h, w, false);
     kern::softmax_argmax_pixels(p.output(), cnt, k, per, index + start * per, confidence + start * per);
   }
+}
+
+void Model::set_keep(const std::vector<std::string>& names) {
+  std::vector<int> k;
+  for (const auto& nm : names) {
+    int idx = -1;
+    for (size_t i = 0; i < g_.nodes.size(); ++i)
+      if (g_.nodes[i].name == nm) idx = static_cast<int>(i);
+    HALCDL_CHECK(idx >= 0, kErrUnsupportedParam, "the network has no layer '", nm, "'");
+    if (std::find(k.begin(), k.end(), idx) == k.end()) k.push_back(idx);
+  }
+  std::sort(k.begin(), k.end());
+  if (k == keep_) return;
+  keep_ = std::move(k);
+  plans_.clear();
+  grad_plans_.clear();
+  last_kind_ = 0;
+}
+
+std::vector<std::string> Model::keep_names() const {
+  std::vector<std::string> r;
+  for (int i : keep_) r.push_back(g_.nodes[i].name);
+  return r;
+}
+
+Plan* Model::last_plan() {
+  if (last_kind_ == 1) {
+    auto it = plans_.find(last_key_);
+    return it == plans_.end() ? nullptr : it->second.get();
+  }
+  if (last_kind_ == 2) {
+    auto [n, c, h, w, t] = last_key_;
+    auto it = grad_plans_.find(std::make_tuple(n, c, h, w));
+    return it == grad_plans_.end() ? nullptr : it->second.get();
+  }
+  return nullptr;
+}
+
+std::vector<float> Model::layer_tensor(const std::string& name, bool grad, Dims* dims) {
+  HALCDL_CHECK(!dev_, kErrRuntimeUnsupported, "layer activations and gradients are not available on the GPU yet "
+               "(run the model on the CPU to read them)");
+  int idx = -1;
+  for (size_t i = 0; i < g_.nodes.size(); ++i)
+    if (g_.nodes[i].name == name) idx = static_cast<int>(i);
+  HALCDL_CHECK(idx >= 0, kErrUnsupportedParam, "the network has no layer '", name, "'");
+  HALCDL_CHECK(std::find(keep_.begin(), keep_.end(), idx) != keep_.end(), kErrInvalidInputShape, "layer '", name,
+               "' is not kept: its output is only kept for layers named before the run");
+  Plan* p = last_plan();
+  HALCDL_CHECK(p, kErrInvalidInputShape, "no batch has run since layer '", name, "' was kept (apply or train first)");
+  HALCDL_CHECK(!grad || last_kind_ == 2 || std::get<4>(last_key_), kErrInvalidInputShape, "the last run of layer '",
+               name, "' was an inference: gradients exist after a training step (or a heatmap) only");
+  const Dims& d = p->node_dims(idx);
+  size_t cnt = 1;
+  for (auto v : d) cnt *= static_cast<size_t>(v);
+  std::vector<float> out(cnt);
+  p->read_tensor(idx, grad, out.data());
+  *dims = d;
+  return out;
+}
+
+std::vector<float> Model::grad_forward(const float* images, int n, int c, int h, int w, Dims* out_dims,
+                                       bool guided) {
+  HALCDL_CHECK(!dev_, kErrRuntimeUnsupported, "heatmaps (forward + backward without an update) are not supported "
+               "on the GPU yet (run the model on the CPU)");
+  HALCDL_CHECK(!g_.is_detection(), kErrRuntimeUnsupported, "heatmaps are not supported for detection models");
+  apply_threads();
+  last_kind_ = 0;
+  auto key = std::make_tuple(n, c, guided ? -h : h, w);
+  auto it = grad_plans_.find(key);
+  if (it == grad_plans_.end()) {
+    if (grad_plans_.size() >= 4) grad_plans_.clear();
+    ParamViews v{P_.f(), S_.f(), &version_};
+    it = grad_plans_.emplace(key, make_cpu_plan(g_, {{n, c, h, w}}, true, guided, v, precision_, !guided, keep_, true,
+                                                guided))
+             .first;
+  }
+  Plan& p = *it->second;
+  std::memcpy(p.input_buffer(0), images, static_cast<size_t>(n) * c * h * w * sizeof(float));
+  p.forward(0);
+  last_key_ = std::make_tuple(n, c, guided ? -h : h, w, true);
+  last_kind_ = 2;
+  const Dims& od = p.output_dims();
+  size_t cnt = 1;
+  for (auto v : od) cnt *= static_cast<size_t>(v);
+  *out_dims = od;
+  return std::vector<float>(p.output(), p.output() + cnt);
+}
+
+void Model::grad_backward(const float* grad_output, size_t n) {
+  HALCDL_CHECK(!dev_, kErrRuntimeUnsupported, "heatmaps are not supported on the GPU yet");
+  Plan* p = last_kind_ == 2 ? last_plan() : nullptr;
+  HALCDL_CHECK(p, kErrInvalidInputShape, "grad_backward needs a grad_forward first");
+  size_t cnt = 1;
+  for (auto v : p->output_dims()) cnt *= static_cast<size_t>(v);
+  HALCDL_CHECK(n == cnt, kErrInvalidInputShape, "the output gradient needs ", cnt, " values, got ", n);
+  apply_threads();
+  if (grad_scratch_.bytes() < g_.n_trainable * sizeof(float)) grad_scratch_.resize(g_.n_trainable * sizeof(float));
+  p->backward(grad_output, grad_scratch_.f());
+}
+
+std::vector<float> Model::grad_input(Dims* dims) {
+  Plan* p = last_kind_ == 2 ? last_plan() : nullptr;
+  HALCDL_CHECK(p && std::get<2>(last_key_) < 0, kErrInvalidInputShape, "grad_input needs a guided grad_forward "
+               "and grad_backward first");
+  const Dims& d = p->input_dims(0);
+  size_t cnt = 1;
+  for (auto v : d) cnt *= static_cast<size_t>(v);
+  std::vector<float> out(cnt);
+  p->input_grad(0, out.data());
+  *dims = d;
+  return out;
 }
 
 std::string Model::summary() const {

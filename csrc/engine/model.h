@@ -123,6 +123,26 @@ class Model {
   std::string summary() const;
   std::mutex& mutex() { return mu_; }
 
+  // Introspection (docs/introspection.md). Kept nodes: their outputs (and, in training, their
+  // gradients) stay readable after a CPU run; they are not fused and their buffers are not
+  // reused. Changing the set rebuilds the plans; an empty set (the default) costs nothing.
+  void set_keep(const std::vector<std::string>& names);  // 7911 for an unknown node
+  std::vector<std::string> keep_names() const;
+  // A kept node's output (grad = false) or gradient (grad = true) of the last CPU batch run
+  // (the last chunk of an inference, the last sub-batch of a train step, or grad_forward /
+  // grad_backward), plain; `dims` gets its shape. 7735 when there is none; 7742 on the GPU.
+  std::vector<float> layer_tensor(const std::string& name, bool grad, Dims* dims);
+  // Heatmaps: a forward in inference mode (running statistics, no dropout) through a plan
+  // with gradients that keeps the kept nodes; returns the plain output. grad_backward then
+  // runs the backward from a given output gradient (parameter gradients go to scratch).
+  // Neither touches weights, statistics, optimizer state or step counters. 7742 on the GPU.
+  // `guided`: a plan with guided backpropagation through the ReLUs (no fusion) that keeps
+  // the input gradient (grad_input after grad_backward), for Guided Grad-CAM.
+  std::vector<float> grad_forward(const float* images, int n, int c, int h, int w, Dims* out_dims,
+                                  bool guided = false);
+  void grad_backward(const float* grad_output, size_t n);
+  std::vector<float> grad_input(Dims* dims);  // guided plans only
+
  private:
   Plan& plan(int n, int c, int h, int w, bool training);
   // The host arenas are the truth on the CPU; on the GPU the device arenas are, and the host
@@ -147,6 +167,17 @@ class Model {
   std::unordered_map<int64_t, int> label_index_;
   Precision precision_ = Precision::F32;
   std::map<std::tuple<int, int, int, int, bool>, std::unique_ptr<Plan>> plans_;
+  // introspection: kept nodes, the eval-mode gradient plans, and which plan ran last
+  std::vector<int> keep_;
+  std::map<std::tuple<int, int, int, int>, std::unique_ptr<Plan>> grad_plans_;  // h < 0: guided
+  std::tuple<int, int, int, int, bool> last_key_{};
+  int last_kind_ = 0;  // 0 none, 1 plans_[last_key_], 2 grad_plans_ (n, c, h, w of last_key_)
+  Buffer grad_scratch_;
+  Plan* last_plan();
+  void ran(int n, int c, int h, int w, bool training) {
+    last_key_ = std::make_tuple(n, c, h, w, training);
+    last_kind_ = 1;
+  }
   std::mutex mu_;
   std::unique_ptr<DeviceEngine> dev_;
   int gpu_ = -1;

@@ -44,6 +44,11 @@ class Plan {
   // Dropout masks (scale 0 or 1/(1-p)) in plain layout, for tests.
   virtual void dropout_mask(int node, float* dst) = 0;
   virtual size_t workspace_bytes() const = 0;
+  // Introspection (get_dl_model_layer_activations / _gradients, heatmaps): the output of a
+  // node kept by the plan (`keep` of make_cpu_plan), or its gradient after backward(), in
+  // plain layout; 7735 for a node the plan does not keep (or keeps no gradient of).
+  virtual void read_tensor(int node, bool grad, float* dst) = 0;
+  virtual const Dims& node_dims(int node) const = 0;
 };
 
 // Compute precision: fp32, or bf16 activations/weights with fp32 master weights, fp32
@@ -55,6 +60,13 @@ void check_bf16_supported();  // 7742 when the CPU lacks bfloat16 instructions
 
 std::unique_ptr<Plan> make_cpu_plan(const Graph& g, const std::vector<Dims>& input_dims, bool training,
                                     bool input_grads, ParamViews views, Precision precision = Precision::F32,
-                                    bool fuse = true);
+                                    bool fuse = true, const std::vector<int>& keep = {}, bool eval_grads = false,
+                                    bool guided = false);
+// keep: nodes whose output (and, in a training plan, gradient) stays readable after the run
+// (read_tensor): they are not fused and their buffers are not reused. eval_grads (with
+// training = true): gradients through the network in inference mode (batch norm with the
+// running statistics, dropout the identity), for heatmaps; such a plan reports no bn_stats.
+// guided (with eval_grads, fuse = false): guided backpropagation, every ReLU's backward passes
+// only positive gradients (dx = max(dy · [x > 0], 0)), for Guided Grad-CAM.
 
 }  // namespace halcdl

@@ -38,6 +38,7 @@ from .dl_device import (
     get_dl_device_param_s,
     query_available_dl_devices,
     query_available_dl_devices_s,
+    set_dl_device_param,
 )
 from .dl_model import (
     DLModel,
@@ -94,6 +95,7 @@ __all__ = [
     "get_dl_classifier_train_result_s",
     "get_dl_device_param",
     "get_dl_device_param_s",
+    "set_dl_device_param",
     "get_dl_model_param",
     "get_dl_model_param_s",
     "get_system",

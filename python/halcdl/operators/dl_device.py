@@ -31,6 +31,7 @@ __all__ = [
     "query_available_dl_devices_s",
     "get_dl_device_param",
     "get_dl_device_param_s",
+    "set_dl_device_param",
     "available_devices",
 ]
 
@@ -59,6 +60,8 @@ class DLDevice:
                 "ai_accelerator_interface": ["none"],
                 "inference_only": ["false"],
                 "precisions": ["float32"],  # bfloat16 on the GPU is not implemented yet
+                "conversion_supported": ["false"],  # optimize_dl_model_for_inference: float32 only
+                "settable_device_params": [{}],
                 "compute_capability": [f"{cc[0]}.{cc[1]}"],
                 "memory": [int(self.info.get("total_bytes", 0))],
             }
@@ -70,6 +73,10 @@ class DLDevice:
             "ai_accelerator_interface": ["none"],
             "inference_only": ["false"],
             "precisions": ["float32", "bfloat16"] if core.bf16_supported() else ["float32"],
+            # optimize_dl_model_for_inference: float32, bfloat16 (with the hardware), int8
+            # (simulated, docs/introspection.md)
+            "conversion_supported": ["true"],
+            "settable_device_params": [{}],
         }
 
     def __eq__(self, other: object) -> bool:
@@ -211,3 +218,33 @@ def get_dl_device_param(dldevice_handle: Any, gen_param_name: Any) -> list:
 def get_dl_device_param_s(dldevice_handle: Any, gen_param_name: Any) -> Any:
     """Like get_dl_device_param, for a parameter with exactly one value."""
     return single(_device_param(dldevice_handle, gen_param_name))
+
+
+@operator
+def set_dl_device_param(dldevice_handle: Any, gen_param_name: Any, gen_param_value: Any) -> None:
+    """Set device parameters.  halcdl's CPU and CUDA devices have no settable parameters
+    (their 'settable_device_params' dict is empty; HALCON's settable ones belong to AI²
+    plug-in devices): every known name is read-only and every other name unknown, both
+    7911, after the arguments are checked (1201/1402 for a wrong handle or a name/value
+    count mismatch).  Nothing changes."""
+    dev = dldevice_handle
+    if isinstance(dev, (list, tuple)) and len(dev) == 1:
+        dev = dev[0]
+    if not isinstance(dev, DLDevice):
+        raise wrong_type(1, f"dldevice_handle must be a device handle, got {type(dev).__name__}")
+    names = to_tuple(gen_param_name)
+    values = to_tuple(gen_param_value)
+    if not names or len(names) != len(values):
+        raise wrong_num(2, f"{len(names)} parameter names but {len(values)} values")
+    for n in names:
+        if not is_str(n):
+            raise wrong_type(2, f"gen_param_name must be strings, got {n!r}")
+    params = dev.params()
+    n = names[0]
+    if n in params:
+        raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENPARAM,
+                             f"device parameter {n!r} is read-only (a {dev.type} device has no "
+                             f"settable parameters)")
+    raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENPARAM,
+                         f"Unsupported generic parameter {n!r} for set_dl_device_param (a "
+                         f"{dev.type} device has no settable parameters)")

@@ -546,6 +546,19 @@ def _set_optimize_for_inference(m: DLModel, vals: list) -> None:
     m.params["optimize_for_inference"] = v
 
 
+def _set_keep_layer_outputs(m: DLModel, vals: list) -> None:
+    """halcdl extension: the layers whose outputs (and gradients in training) the engine
+    keeps readable after each batch (docs/introspection.md); [] for none."""
+    from ..layers.activations import layer_node  # noqa: PLC0415
+
+    names = []
+    for v in vals:
+        if not isinstance(v, str):
+            raise wrong_type(3, f"keep_layer_outputs takes layer names, got {v!r}")
+        names.append(layer_node(m, v, 3))
+    m.core.set_keep(names)
+
+
 def _set_precision(m: DLModel, vals: list) -> None:
     # bf16 compute with fp32 master weights; the engine raises 7742 on a CPU without bf16
     m.core.set_precision(_choice(vals, "precision", ("float32", "bfloat16")))
@@ -634,6 +647,7 @@ _SETTERS: dict[str, Callable[[DLModel, list], None]] = {
     "meta_data": _set_meta_data,
     "precision": _set_precision,
     "data_parallel": _set_data_parallel,
+    "keep_layer_outputs": _set_keep_layer_outputs,
 }
 
 _READ_ONLY = ("type", "num_trainable_params", "summary", "input_dimensions",
@@ -746,6 +760,8 @@ def _get_param(m: DLModel, name: str) -> list:
         return str(m.core.summary()).splitlines()
     if name == "precision":
         return [m.core.get_precision()]
+    if name == "keep_layer_outputs":
+        return [n.split("/", 1)[0] for n in m.core.keep_names()]
     if name == "device":
         return [gpu_device(m.core.device()) if m.core.device() >= 0 else cpu_device()]
     if name == "data_parallel":
@@ -879,6 +895,7 @@ def train_dl_model_batch(dlmodel_handle: Any, dlsample_batch: Any) -> dict:
         m.sync_gpu_options()
         dev = _device_images(m, samples)  # CuPy images: assembled on the GPU, used in place
         dp = m.data_parallel
+        m._introspect_last = None
         try:
             if dp is None:
                 result = m.core.train_step(samples, p["batch_size"], p["batch_size_multiplier"],
@@ -942,6 +959,14 @@ def _chunks(samples: list, batch_size: int):
         yield samples[start:start + n]
 
 
+def _remember_batch(m: DLModel, chunk: list, kind: str) -> None:
+    """The engine's last batch of an apply (references to its sample dicts, no pixel
+    copies): get_dl_model_layer_activations runs it again for a layer that was not kept
+    (layers/activations.py)."""
+    bs = int(m.params["batch_size"])
+    m._introspect_last = (m.core, kind, list(chunk[(len(chunk) - 1) // bs * bs:]))
+
+
 def _apply_segmentation(m: DLModel, samples: list, keys: tuple) -> list:
     """apply_dl_model of a segmentation model (the caller holds the lock): per sample the
     class id of the winning class per pixel and its softmax probability, (H, W) arrays at
@@ -959,6 +984,7 @@ def _apply_segmentation(m: DLModel, samples: list, keys: tuple) -> list:
         except TypeError as err:
             raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts ({err})") \
                 from None
+        _remember_batch(m, chunk, "segmentation")
     index = np.concatenate([np.asarray(i) for i, _ in parts]) if len(parts) > 1 \
         else np.asarray(parts[0][0])
     confidence = np.concatenate([np.asarray(c) for _, c in parts]) if len(parts) > 1 \
@@ -1075,6 +1101,7 @@ def apply_dl_model(dlmodel_handle: Any, dlsample_batch: Any, outputs: Any) -> li
                 try:
                     parts.append(m.core.infer(chunk, p["batch_size"], p["image_height"],
                                               p["image_width"], p["image_num_channels"]))
+                    _remember_batch(m, chunk, "classification")
                 except TypeError as err:
                     raise wrong_type(2, f"dlsample_batch must be a list of DLSample dicts "
                                         f"({err})") from None
