@@ -12,10 +12,14 @@ Sections (--threads threads everywhere, default 2):
           both running halcdl's own ONNX export of the same model (write_dl_model(.onnx)).
           The peers' timed region is what a user writes: stack the HWC samples into NCHW, run,
           sort the confidences (classification) or argmax over the classes (segmentation).
+          Networks with residual adds also get a `halcdl_no_sum_fusion` candidate (a plan
+          built under HALCDL_NO_FUSE=sum): the before/after of that fusion in the same run.
           bfloat16 rows (halcdl precision 'bfloat16' vs OpenVINO's bf16 hint) are measured only
           where the CPU has bf16 instructions; elsewhere they are reported as not available.
   train   train_dl_model_batch against torch.compile (inductor) of the PyTorch twin, forward +
-          cross-entropy + backward + SGD(momentum, weight_decay), resnet18 and mobilenet_v2 bs16.
+          cross-entropy + backward + SGD(momentum, weight_decay), resnet18 and mobilenet_v2 bs16
+          (compiled in an untimed first call); plus `halcdl_no_add_relu_fusion` (a plan built
+          under HALCDL_NO_FUSE=add_relu): the before/after of the training fusion.
   peak    the machine's fp32 convolution rate: a oneDNN forward convolution micro-benchmark
           (benchmarks/conv_peak.cpp, compiled here with g++ against the oneDNN halcdl uses).
   ops     the engine's per-op timer (HALCDL_OP_TIMER / halcdl._native core.set_op_timer) on
@@ -174,6 +178,16 @@ def section_infer(cfg):
         path = os.path.join(tmp, f"{name}.onnx")
         ha.write_dl_model(model, path)
         fns = {"halcdl": lambda: ha.apply_dl_model(model, samples, [])}
+        unfused = None
+        if cfg.before and any(n["op"] == "add" for n in model.spec):
+            # before/after of the residual fusion in this run: a plan built without it
+            os.environ["HALCDL_NO_FUSE"] = "sum"
+            try:
+                unfused = make(name, bs)
+                ha.apply_dl_model(unfused, samples, [])   # builds its plan now
+            finally:
+                del os.environ["HALCDL_NO_FUSE"]
+            fns["halcdl_no_sum_fusion"] = lambda: ha.apply_dl_model(unfused, samples, [])
         errs = {}
         for k, (fn, err) in {"onnxruntime": ort_fn(path, samples, cfg.threads, seg),
                              "openvino": ov_fn(path, samples, cfg.threads, seg)}.items():
@@ -198,11 +212,15 @@ def section_infer(cfg):
         r = {"model": name, "batch": bs, "precision": "float32", "times": ts, "errors": errs,
              "agreement": agree, "img_s": {k: bs / med(v) for k, v in ts.items()}}
         r["ratio"] = {k: med(ts[k]) / med(ts["halcdl"]) for k in ts if k != "halcdl"}
-        peers = [v for v in r["ratio"].values()]
+        peers = [v for k, v in r["ratio"].items() if k in ("onnxruntime", "openvino")]
         r["ratio_vs_best"] = min(peers) if peers else None
+        if "halcdl_no_sum_fusion" in ts:
+            r["fusion_speedup"] = r["ratio"].pop("halcdl_no_sum_fusion")
         LOG(f"  infer f32 {name:22s} bs{bs:<3d} " + "  ".join(
             f"{k} {v:6.1f} img/s" for k, v in r["img_s"].items()) + "  ratios " + "  ".join(
-            f"{k} {v:.2f}" for k, v in r["ratio"].items()) + f"  agree {agree}"
+            f"{k} {v:.2f}" for k, v in r["ratio"].items())
+            + (f"  sum fusion x{r['fusion_speedup']:.2f}" if "fusion_speedup" in r else "")
+            + f"  agree {agree}"
             + (f"  [{errs}]" if errs else ""))
         rows.append(r)
         # bfloat16 against OpenVINO's bf16
@@ -224,6 +242,8 @@ def section_infer(cfg):
                                            if "ratio" in bf else bf["error"]))
         rows.append(bf)
         ha.clear_dl_model(model)
+        if unfused is not None:
+            ha.clear_dl_model(unfused)
     return rows
 
 
@@ -261,6 +281,16 @@ def section_train(cfg):
                 err = f"{type(e).__name__}: {str(e)[:300]}"
         compile_s = time.perf_counter() - t0
         fns = {"halcdl": lambda: ha.train_dl_model_batch(model, samples)}
+        unfused = None
+        if cfg.before and any(n["op"] == "add" for n in model.spec):
+            # before/after of the training add → relu fusion in this run
+            os.environ["HALCDL_NO_FUSE"] = "add_relu"
+            try:
+                unfused = make(name, bs)
+                ha.train_dl_model_batch(unfused, samples)      # builds its plan now
+            finally:
+                del os.environ["HALCDL_NO_FUSE"]
+            fns["halcdl_no_add_relu_fusion"] = lambda: ha.train_dl_model_batch(unfused, samples)
         if err is None:
             fns["torch_compile"] = t_step
         ts = interleaved(fns, cfg.warmup, cfg.train_repeats)
@@ -268,10 +298,14 @@ def section_train(cfg):
              "compile_s": compile_s, "img_s": {k: bs / med(v) for k, v in ts.items()}}
         if "torch_compile" in ts:
             r["ratio"] = med(ts["torch_compile"]) / med(ts["halcdl"])
+        if unfused is not None:
+            r["fusion_speedup"] = med(ts["halcdl_no_add_relu_fusion"]) / med(ts["halcdl"])
+            ha.clear_dl_model(unfused)
         LOG(f"  train {name:12s} bs{bs:<3d} " + "  ".join(
             f"{k} {v:6.1f} img/s" for k, v in r["img_s"].items())
             + (f"  ratio {r['ratio']:.2f}  (compile {compile_s:.0f} s)" if "ratio" in r
-               else f"  [{err}]"))
+               else f"  [{err}]")
+            + (f"  add+relu fusion x{r['fusion_speedup']:.2f}" if "fusion_speedup" in r else ""))
         rows.append(r)
         ha.clear_dl_model(model)
     return rows
@@ -336,9 +370,10 @@ def section_ops(cfg, peak):
     core = native()
     rows = []
     reps = 3 if cfg.quick else 10
-    for name in ("resnet18", "mobilenet_v2"):
-        model = make(name, 16)
-        samples = make_samples(16, *hw(model))
+    for name in cfg.ops_models.split(","):
+        bs = 4 if name.startswith("segmentation_") else 16
+        model = make(name, bs)
+        samples = make_samples(bs, *hw(model))
         ha.apply_dl_model(model, samples, [])
         ha.train_dl_model_batch(model, samples)
         core.reset_op_times()
@@ -351,7 +386,7 @@ def section_ops(cfg, peak):
             core.set_op_timer(False)
         t = {k: (s / reps, c // reps) for k, (s, c) in core.op_times().items()}
         core.reset_op_times()
-        r = {"model": name, "batch": 16, "per_call": t}
+        r = {"model": name, "batch": bs, "per_call": t}
         for ph in ("infer", "train_fwd", "train_bwd"):
             tot = sum(s for k, (s, _) in t.items() if k.startswith(ph + ":"))
             LOG(f"  ops {name} {ph}: {tot * 1e3:.1f} ms per call")
@@ -359,9 +394,9 @@ def section_ops(cfg, peak):
                 if k.startswith(ph + ":") and s > 0.01 * tot:
                     LOG(f"      {k.split(':', 1)[1]:28s} {s * 1e3:8.2f} ms  {s / tot:5.1%}  "
                         f"({c} nodes)")
-        fl, f0 = conv_flops(model, 16)
+        fl, f0 = conv_flops(model, bs)
         conv = lambda ph: sum(s for k, (s, _) in t.items()  # noqa: E731
-                              if k.startswith(ph + ":Conv"))
+                              if k.startswith(ph + ":conv"))
         r["conv_gflop"] = fl / 1e9
         r["infer_conv_gflops"] = fl / conv("infer") / 1e9
         r["train_conv_gflops"] = (3 * fl - f0) / (conv("train_fwd") + conv("train_bwd")) / 1e9
@@ -402,6 +437,9 @@ def main(argv=None):
     p.add_argument("--warmup", type=int)
     p.add_argument("--repeats", type=int)
     p.add_argument("--json")
+    p.add_argument("--ops-models", default="resnet18,mobilenet_v2")
+    p.add_argument("--no-before", dest="before", action="store_false",
+                   help="skip the halcdl_no_sum_fusion candidate (HALCDL_NO_FUSE=sum)")
     cfg = p.parse_args(argv)
     cfg.warmup = cfg.warmup if cfg.warmup is not None else (1 if cfg.quick else 3)
     cfg.repeats = cfg.repeats or (4 if cfg.quick else 15)

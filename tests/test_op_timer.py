@@ -3,7 +3,7 @@
 - The timer is off by default (nothing recorded), records per fused node type when on, for
   apply ("infer:") and for a train step ("train_fwd:", "train_bwd:"), and stops when off.
 - Inference fuses conv → bn → add → relu into one convolution with sum + relu post-ops
-  accumulating in place into the residual's buffer; HALCDL_FUSE_SUM=0 (read when a plan is
+  accumulating in place into the residual's buffer; HALCDL_NO_FUSE=sum (read when a plan is
   built) keeps the separate add. Both give the same confidences, and those equal the PyTorch
   twin's; the fused plan actually contains the fused node (seen through the timer's keys).
 """
@@ -78,10 +78,10 @@ def test_residual_fusion_matches_unfused_and_twin(name, monkeypatch):
     t = _timed(lambda: ha.apply_dl_model(fused, samples, []))
     assert any("+add" in k for k in t)
     got = _conf(ha.apply_dl_model(fused, samples, []))
-    monkeypatch.setenv("HALCDL_FUSE_SUM", "0")
+    monkeypatch.setenv("HALCDL_NO_FUSE", "sum")
     plain = _model(name)
     t = _timed(lambda: ha.apply_dl_model(plain, samples, []))
-    assert not any("+add" in k for k in t) and "infer:add" in t
+    assert not any("+add" in k for k in t) and "infer:add+relu" in t  # add → relu still fused
     ref = _conf(ha.apply_dl_model(plain, samples, []))
     # fp32 sums in another order (in place vs binary add): not bit-identical
     assert_close(got, ref, atol=3e-5, rtol=3e-4, what=f"{name}: fused vs unfused")
@@ -90,3 +90,25 @@ def test_residual_fusion_matches_unfused_and_twin(name, monkeypatch):
     with torch.no_grad():
         want = torch.softmax(twin(images_to_nchw(samples, torch.float64)), dim=1).numpy()
     assert_close(got, want, atol=1e-5, rtol=1e-3, what=f"{name}: fused vs twin")
+
+
+def test_training_add_relu_fusion_is_bit_identical(monkeypatch):
+    """Training fuses add → relu (post-op forward, relu_use_dst backward): the losses and every
+    parameter after two steps equal the unfused plan's exactly (the golden tests rely on it)."""
+    samples = make_samples(2, 32, 32, 3, CLASS_IDS, np.random.default_rng(2))
+
+    def run():
+        m = _model("resnet18")
+        ha.set_dl_model_param(m, "learning_rate", 0.01)
+        t = _timed(lambda: ha.train_dl_model_batch(m, samples))
+        losses = [ha.train_dl_model_batch(m, samples)["total_loss"]]
+        params = {n: np.array(m.core.get_param(n)) for n in m.core.param_names()}
+        return t, losses, params
+    t, losses, params = run()
+    assert t["train_fwd:add+relu"][1] == 8 and "train_fwd:add" not in t
+    monkeypatch.setenv("HALCDL_NO_FUSE", "add_relu")
+    t0, losses0, params0 = run()
+    assert "train_fwd:add+relu" not in t0 and t0["train_fwd:add"][1] == 8
+    assert losses == losses0
+    for n in params:
+        assert np.array_equal(params[n], params0[n]), n

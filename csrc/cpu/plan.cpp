@@ -77,6 +77,15 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 
 namespace {
 
+// HALCDL_NO_FUSE=sum,add_relu: the plans built from now on skip those fusions (for
+// before/after benchmarks in one process; read when a plan is built).
+bool no_fuse(const char* what) {
+  const char* v = std::getenv("HALCDL_NO_FUSE");
+  if (!v) return false;
+  const std::string s = std::string(",") + v + ",";
+  return s.find(std::string(",") + what + ",") != std::string::npos;
+}
+
 std::unique_ptr<CpuNode> make_node(const Node& n, int idx) {
   switch (n.op) {
     case OpKind::Conv: return make_conv(n, idx);
@@ -137,7 +146,7 @@ class CpuPlan : public Plan {
     }
 
     // Fusions. A fused node does not run; its slot aliases the buffers of the node that
-    // absorbed it (root). Training: bn → relu (oneDNN's fuse_norm_relu). Inference:
+    // absorbed it (root). Always: bn → relu (oneDNN's fuse_norm_relu), add → relu (post-op). Inference:
     // conv → bn [→ relu | relu6] (bn folded into the conv's weights, activation post-op).
     std::vector<int> alias(n, -1), fuse_bn(n, -1);
     std::vector<OpKind> fuse_act(n, OpKind::Input);
@@ -163,11 +172,10 @@ class CpuPlan : public Plan {
     // Inference, fp32: conv [→ bn] → add(·, r) [→ relu] becomes one convolution with a sum
     // (and relu) post-op that accumulates into r's buffer in place: r must be the data of a
     // non-input root whose every other consumer runs before the conv, and not the output.
-    // HALCDL_FUSE_SUM=0 turns it off (benchmarks compare both in one process).
+    // HALCDL_NO_FUSE=sum turns it off (benchmarks compare both in one process).
     std::vector<int> fuse_sum(n, -1), share(n, -1);
     std::vector<OpKind> post_act(n, OpKind::Input);
-    const char* fs_env = std::getenv("HALCDL_FUSE_SUM");
-    const bool fuse_sum_on = !(fs_env && std::strcmp(fs_env, "0") == 0);
+    const bool fuse_sum_on = !no_fuse("sum"), fuse_add_relu = !no_fuse("add_relu");
     auto root = [&](int i) { return alias[i] >= 0 ? alias[i] : i; };
     for (int j = 0; j < n && !training && !bf16 && fuse_ && fuse_sum_on; ++j) {
       const Node& add = g.nodes[j];
@@ -202,7 +210,9 @@ class CpuPlan : public Plan {
       }
     }
     for (int i = 0; i < n && fuse_; ++i) {
-      if (g.nodes[i].op != OpKind::BN || alias[i] >= 0) continue;
+      // bn → relu (fuse_norm_relu) and add → relu (eltwise post-op of the binary)
+      if ((g.nodes[i].op != OpKind::BN && g.nodes[i].op != OpKind::Add) || alias[i] >= 0) continue;
+      if (g.nodes[i].op == OpKind::Add && (g.nodes[i].inputs.size() != 2 || !fuse_add_relu)) continue;
       int r = sole(i, OpKind::Relu);
       if (r < 0) continue;
       alias[r] = i;
