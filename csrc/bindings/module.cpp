@@ -585,6 +585,15 @@ PYBIND11_MODULE(_core, m) {
     return out;
   });
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  // Per-op timer of the CPU plans (docs/performance.md): off unless HALCDL_OP_TIMER=1 or set on.
+  m.def("set_op_timer", &set_op_timer, py::arg("on"));
+  m.def("op_timer", &op_timer);
+  m.def("op_times", [] {
+    py::dict d;
+    for (const auto& t : op_times()) d[py::str(t.key)] = py::make_tuple(t.seconds, t.calls);
+    return d;
+  });
+  m.def("reset_op_times", &reset_op_times);
   m.def("get_num_threads", &get_num_threads);
   m.def("dnnl_version", [] {
     auto v = dnnl_version();

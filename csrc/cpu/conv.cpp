@@ -62,12 +62,19 @@ class ConvT : public CpuNode {
     const auto alg = P::alg;
     auto prop = b.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
     dnnl::primitive_attr attr;
+    dnnl::post_ops po;
     if (fused_act != OpKind::Input) {
-      dnnl::post_ops po;
       if (fused_act == OpKind::Relu) po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
       else po.append_eltwise(dnnl::algorithm::eltwise_clip_v2, 0.f, 6.f);
-      attr.set_post_ops(po);
     }
+    if (fused_sum >= 0) {
+      // residual add in place: dst (= the other operand's buffer, in its layout) += conv
+      HALCDL_CHECK(!Transposed && !b.training, kErrInvalidInputShape, "internal: sum fusion");
+      po.append_sum(1.f);
+      if (fused_post_act == OpKind::Relu) po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+      dst_any = b.slots[fused_sum].md;
+    }
+    if (po.len() > 0) attr.set_post_ops(po);
     fwd_pd_ = typename P::Fwd::primitive_desc(b.eng, prop, alg, src_any, w_any, bias_md_, dst_any, strides, dil, pl,
                                               pr, attr);
     if (fold) {

@@ -12,11 +12,27 @@ class Add : public CpuNode {
  public:
   using CpuNode::CpuNode;
 
+  // fuse_relu (the plan's add → relu fusion): y = relu(a + b) as a post-op of the binary;
+  // backward: g = dy · [y > 0] (relu_use_dst_for_bwd: y > 0 exactly where a + b > 0, so the
+  // gradient equals the separate relu's bit for bit), da = g, db = g.
   void create(Build& b) override {
     const Slot &a = in(b, 0), &c = in(b, 1);
     out(b).md = a.md;
-    pd_ = dnnl::binary::primitive_desc(b.eng, dnnl::algorithm::binary_add, a.md, a.md, a.md);
+    dnnl::primitive_attr attr;
+    if (fuse_relu) {
+      dnnl::post_ops po;
+      po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+      attr.set_post_ops(po);
+    }
+    pd_ = dnnl::binary::primitive_desc(b.eng, dnnl::algorithm::binary_add, a.md, a.md, a.md, attr);
     if (c.md != a.md) cvt_buf_ = b.request(a.md, b.tf(idx), b.tf(idx));
+    if (fuse_relu && b.training && (a.need_grad || c.need_grad)) {
+      const auto alg = dnnl::algorithm::eltwise_relu_use_dst_for_bwd;
+      auto hint = dnnl::eltwise_forward::primitive_desc(b.eng, dnnl::prop_kind::forward_training, alg, a.md, a.md,
+                                                        0.f, 0.f);
+      relu_bwd_pd_ = dnnl::eltwise_backward::primitive_desc(b.eng, alg, a.md, a.md, a.md, 0.f, 0.f, hint);
+      if (!a.need_grad && c.md != a.md) g_buf_ = b.request(a.md, b.tb(idx), b.tb(idx));
+    }
   }
 
   void bind(Build& b) override {
@@ -28,6 +44,15 @@ class Add : public CpuNode {
     }
     prim_ = dnnl::binary(pd_);
     args_ = {{DNNL_ARG_SRC_0, a.data}, {DNNL_ARG_SRC_1, src1}, {DNNL_ARG_DST, y}};
+    if (relu_bwd_pd_) {
+      // g goes straight into the first gradient target in the output's layout, is copied to the other
+      memory g = gin[0] ? gin[0] : g_buf_ >= 0 ? b.mem(a.md, g_buf_) : gin[1];
+      relu_bwd_ = dnnl::eltwise_backward(relu_bwd_pd_);
+      relu_args_ = {{DNNL_ARG_DST, y}, {DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_SRC, g}};
+      for (size_t k = 0; k < 2; ++k)
+        if (gin[k] && gin[k].get_data_handle() != g.get_data_handle()) back_[k] = Reorder(g, gin[k]);
+      return;
+    }
     for (size_t k = 0; k < 2; ++k)
       if (gin[k]) back_[k] = Reorder(dy, gin[k]);
   }
@@ -37,6 +62,7 @@ class Add : public CpuNode {
     prim_.execute(e.s, args_);
   }
   void backward(Exec& e) override {
+    if (relu_bwd_) relu_bwd_.execute(e.s, relu_args_);
     for (auto& r : back_)
       if (r) r.run(e.s);
   }
@@ -44,8 +70,10 @@ class Add : public CpuNode {
  private:
   dnnl::binary::primitive_desc pd_;
   dnnl::binary prim_;
-  Args args_;
-  int cvt_buf_ = -1;
+  dnnl::eltwise_backward::primitive_desc relu_bwd_pd_;
+  dnnl::eltwise_backward relu_bwd_;
+  Args args_, relu_args_;
+  int cvt_buf_ = -1, g_buf_ = -1;
   Reorder cvt_, back_[2];
 };
 

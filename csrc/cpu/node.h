@@ -123,7 +123,12 @@ class CpuNode {
   // Fusions decided by the plan before create() (the fused nodes' slots alias this one's):
   int fused_bn = -1;                     // conv (inference): the bn folded into it
   OpKind fused_act = OpKind::Input;      // conv (inference): relu / relu6 as a post-op
-  bool fuse_relu = false;                // bn: the relu that follows it
+  bool fuse_relu = false;                // bn / add: the relu that follows it
+  // conv (inference, fp32): a following residual add as a sum post-op, computed in place in
+  // the add's other operand's buffer (the plan makes the conv's output alias it), and the
+  // relu after the add as a further post-op: y = relu(conv(x) + b + y_prev).
+  int fused_sum = -1;                    // the slot whose data the conv accumulates into
+  OpKind fused_post_act = OpKind::Input;
 
  protected:
   const Slot& in(Build& b, int k) const { return b.slots[node.inputs[k]]; }

@@ -3,7 +3,12 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <numeric>
 
 #include "cpu/node.h"
@@ -43,9 +48,43 @@ WeightMirror weight_mirror(Build& b, int param, const memory::desc& plain, const
   return w;
 }
 
+// ---- per-op timer ---------------------------------------------------------------------------
+
+namespace {
+std::atomic<bool>& timer_flag() {
+  static std::atomic<bool> on{[] {
+    const char* v = std::getenv("HALCDL_OP_TIMER");
+    return v && *v && std::strcmp(v, "0") != 0;
+  }()};
+  return on;
+}
+std::mutex timer_mu;
+std::map<std::string, std::pair<double, int64_t>>& timer_table() {
+  static std::map<std::string, std::pair<double, int64_t>> t;
+  return t;
+}
+void timer_add(const std::string& key, double sec) {
+  std::lock_guard<std::mutex> l(timer_mu);
+  auto& e = timer_table()[key];
+  e.first += sec;
+  e.second += 1;
+}
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+}  // namespace
+
 // ---- the plan ------------------------------------------------------------------------------
 
 namespace {
+
+// HALCDL_NO_FUSE=sum,add_relu: the plans built from now on skip those fusions (for
+// before/after benchmarks in one process; read when a plan is built).
+bool no_fuse(const char* what) {
+  const char* v = std::getenv("HALCDL_NO_FUSE");
+  if (!v) return false;
+  const std::string s = std::string(",") + v + ",";
+  return s.find(std::string(",") + what + ",") != std::string::npos;
+}
 
 std::unique_ptr<CpuNode> make_node(const Node& n, int idx) {
   switch (n.op) {
@@ -112,7 +151,7 @@ class CpuPlan : public Plan {
     }
 
     // Fusions. A fused node does not run; its slot aliases the buffers of the node that
-    // absorbed it (root). Training: bn → relu (oneDNN's fuse_norm_relu). Inference:
+    // absorbed it (root). Always: bn → relu (oneDNN's fuse_norm_relu), add → relu (post-op). Inference:
     // conv → bn [→ relu | relu6] (bn folded into the conv's weights, activation post-op).
     std::vector<int> alias(n, -1), fuse_bn(n, -1);
     std::vector<OpKind> fuse_act(n, OpKind::Input);
@@ -135,13 +174,63 @@ class CpuPlan : public Plan {
         fuse_act[i] = g.nodes[act].op;
       }
     }
+    // Inference, fp32: conv [→ bn] → add(·, r) [→ relu] becomes one convolution with a sum
+    // (and relu) post-op that accumulates into r's buffer in place: r must be the data of a
+    // non-input root whose every other consumer runs before the conv, and not the output.
+    // HALCDL_NO_FUSE=sum turns it off (benchmarks compare both in one process).
+    std::vector<int> fuse_sum(n, -1), share(n, -1);
+    std::vector<OpKind> post_act(n, OpKind::Input);
+    const bool fuse_sum_on = !no_fuse("sum"), fuse_add_relu = !no_fuse("add_relu");
+    auto root = [&](int i) { return alias[i] >= 0 ? alias[i] : i; };
+    for (int j = 0; j < n && !training && !bf16 && fuse_ && fuse_sum_on; ++j) {
+      const Node& add = g.nodes[j];
+      if (add.op != OpKind::Add || add.inputs.size() != 2) continue;
+      for (int k = 0; k < 2; ++k) {
+        const int t = add.inputs[k], o = add.inputs[1 - k];
+        const int c = root(t), r = root(o);
+        if (t == o || g.nodes[c].op != OpKind::Conv || fuse_act[c] != OpKind::Input || fuse_sum[c] >= 0) continue;
+        if (t == g.output || consumers[t].size() != 1 || dims[t] != dims[o]) continue;
+        if (kept_[t] || kept_[j] || kept_[c]) continue;  // a kept output is read after the batch
+        if (g.nodes[r].op == OpKind::Input || r >= c || o == g.output) continue;  // o computed before c
+        // every other reader of r's group runs (at its root's turn) before the conv, and
+        // none is itself an in-place sum (it would overwrite o first)
+        bool ok = true;
+        for (int m = 0; m < n && ok; ++m) {
+          if (root(m) != r) continue;
+          if (kept_[m]) ok = false;  // the sum overwrites r's buffer in place
+          for (auto& cs : consumers[m]) {
+            const int u = cs.first;
+            if (u == j || root(u) == r) continue;
+            if (root(u) >= c || (alias[u] >= 0 && g.nodes[u].op == OpKind::Add)) ok = false;
+          }
+        }
+        if (!ok) continue;
+        alias[j] = c;
+        fuse_sum[c] = o;
+        share[c] = share[r] >= 0 ? share[r] : r;
+        int act = sole(j, OpKind::Relu);
+        if (act >= 0) {
+          alias[act] = c;
+          post_act[c] = OpKind::Relu;
+        }
+        break;
+      }
+    }
     for (int i = 0; i < n && fuse_; ++i) {
-      if (g.nodes[i].op != OpKind::BN || alias[i] >= 0) continue;
+      // bn → relu (fuse_norm_relu) and add → relu (eltwise post-op of the binary)
+      if ((g.nodes[i].op != OpKind::BN && g.nodes[i].op != OpKind::Add) || alias[i] >= 0) continue;
+      if (g.nodes[i].op == OpKind::Add && (g.nodes[i].inputs.size() != 2 || !fuse_add_relu)) continue;
       int r = sole(i, OpKind::Relu);
       if (r < 0) continue;
       alias[r] = i;
       bn_relu[i] = true;
     }
+    // Timer labels: the root's op and the ops fused into it.
+    labels_.resize(n);
+    for (int i = 0; i < n; ++i)
+      if (alias[i] < 0) labels_[i] = op_name(g.nodes[i].op);
+    for (int i = 0; i < n; ++i)
+      if (alias[i] >= 0) labels_[alias[i]] += std::string("+") + op_name(g.nodes[i].op);
     // Per root: the consumers of its group (members excluded) and whether it is the output.
     std::vector<std::vector<std::pair<int, int>>> gcons(n);
     std::vector<bool> gout(n, false);
@@ -156,6 +245,16 @@ class CpuPlan : public Plan {
     std::vector<bool> gkeep(n, false);
     for (int i = 0; i < n; ++i)
       if (kept_[i]) gkeep[alias[i] >= 0 ? alias[i] : i] = true;
+
+    // Data lifetimes per root; a buffer shared in place lives until its last sharer's readers.
+    std::vector<int> last(n);
+    for (int i = 0; i < n; ++i) {
+      last[i] = i;
+      for (auto& c : gcons[i]) last[i] = std::max(last[i], c.first);
+      if (gout[i] || gkeep[i]) last[i] = b.t_end();
+    }
+    for (int i = n - 1; i >= 0; --i)
+      if (share[i] >= 0) last[share[i]] = std::max(last[share[i]], last[i]);
 
     // Layouts and op buffers, in topological order.
     for (int i = 0; i < n; ++i) {
@@ -174,12 +273,16 @@ class CpuPlan : public Plan {
         nodes_[i]->fused_bn = fuse_bn[i];
         nodes_[i]->fused_act = fuse_act[i];
         nodes_[i]->fuse_relu = bn_relu[i];
+        nodes_[i]->fused_sum = fuse_sum[i];
+        nodes_[i]->fused_post_act = post_act[i];
         nodes_[i]->create(b);
       }
-      int last = i;
-      for (auto& c : gcons[i]) last = std::max(last, c.first);
-      if (gout[i] || gkeep[i]) last = b.t_end();
-      slots_[i].data_id = b.request(slots_[i].md, b.tf(i), training ? b.t_end() : last);
+      if (share[i] >= 0) {
+        HALCDL_CHECK(slots_[i].md == slots_[share[i]].md, kErrRuntimeUnsupported, "internal: in-place sum layout");
+        slots_[i].data_id = slots_[share[i]].data_id;
+        continue;
+      }
+      slots_[i].data_id = b.request(slots_[i].md, b.tf(i), training ? b.t_end() : last[i]);
     }
 
     // Gradient buffers and targets: the consumer whose backward runs first (the latest one)
@@ -274,6 +377,7 @@ class CpuPlan : public Plan {
   size_t workspace_bytes() const override { return ws_.bytes(); }
 
   void forward(uint64_t rng) override {
+    if (op_timer()) return forward_timed(rng);
     Exec e{strm_, *views_.version, rng, nullptr};
     for (auto& r : in_cvt_) r.run(strm_);
     for (auto& nd : nodes_)
@@ -282,20 +386,54 @@ class CpuPlan : public Plan {
     strm_.wait();
   }
 
+  // forward() with every step timed on its own (the stream waited for after each).
+  void forward_timed(uint64_t rng) {
+    const std::string ph = training_ ? "train_fwd:" : "infer:";
+    Exec e{strm_, *views_.version, rng, nullptr};
+    auto t0 = Clock::now();
+    for (auto& r : in_cvt_) r.run(strm_);
+    strm_.wait();
+    if (!in_cvt_.empty()) timer_add(ph + "input_convert", since(t0));
+    for (auto& nd : nodes_) {
+      if (!nd) continue;
+      t0 = Clock::now();
+      nd->forward(e);
+      strm_.wait();
+      timer_add(ph + labels_[nd->idx], since(t0));
+    }
+    t0 = Clock::now();
+    out_r_.run(strm_);
+    strm_.wait();
+    timer_add(ph + "output_reorder", since(t0));
+  }
+
   const float* output() override { return out_plain_.f(); }
 
   void backward(const float* grad_output, float* param_grad) override {
     HALCDL_CHECK(training_ && gout_r_, kErrTrainingUnsupported, "backward on a plan without gradients");
     Exec e{strm_, *views_.version, 0, param_grad};
+    const bool timed = op_timer();
+    auto t0 = Clock::now();
     std::memcpy(gout_plain_.f(), grad_output, gout_mem_.get_desc().get_size());
     gout_r_.run(strm_);
     for (int i : zero_grads_) std::memset(slots_[i].grad.get_data_handle(), 0, slots_[i].md.get_size());
+    if (timed) {
+      strm_.wait();
+      timer_add("train_bwd:grad_output_reorder", since(t0));
+    }
     for (int i = static_cast<int>(nodes_.size()) - 1; i >= 0; --i) {
       if (!nodes_[i] || !slots_[i].need_grad) continue;
+      if (timed) t0 = Clock::now();
       nodes_[i]->backward(e);
       if (guided_ && g_.nodes[i].op == OpKind::Relu && !nodes_[i]->gin.empty() && nodes_[i]->gin[0])
         clamp_negative(nodes_[i]->gin[0]);
+      if (timed) {
+        strm_.wait();
+        timer_add("train_bwd:" + labels_[i], since(t0));
+        t0 = Clock::now();
+      }
       for (auto& a : accum_[i]) add_into(a.dst, a.src, a.bytes, bf16_);
+      if (timed && !accum_[i].empty()) timer_add("train_bwd:grad_accumulate", since(t0));
     }
     strm_.wait();
   }
@@ -362,6 +500,7 @@ class CpuPlan : public Plan {
   std::vector<int> input_slots_, zero_grads_;
   std::vector<BNStats> bn_stats_;
   std::vector<Dims> input_dims_;
+  std::vector<std::string> labels_;  // per root node: "Conv+BN+Relu" (the per-op timer's keys)
   std::vector<float*> in_ptr_;
   Buffer out_plain_, gout_plain_;
   std::vector<Buffer> in_f32_;
@@ -374,6 +513,19 @@ class CpuPlan : public Plan {
 }  // namespace halcdl::cpu
 
 namespace halcdl {
+
+void set_op_timer(bool on) { cpu::timer_flag().store(on, std::memory_order_relaxed); }
+bool op_timer() { return cpu::timer_flag().load(std::memory_order_relaxed); }
+std::vector<OpTime> op_times() {
+  std::lock_guard<std::mutex> l(cpu::timer_mu);
+  std::vector<OpTime> out;
+  for (auto& [k, v] : cpu::timer_table()) out.push_back({k, v.first, v.second});
+  return out;
+}
+void reset_op_times() {
+  std::lock_guard<std::mutex> l(cpu::timer_mu);
+  cpu::timer_table().clear();
+}
 
 bool bf16_supported() {
   auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());

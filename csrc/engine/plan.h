@@ -2,6 +2,7 @@
 // backend primitives and one workspace for activations, gradients and scratch, laid out by a
 // lifetime-aware allocator. Building a plan allocates; running one does not.
 #pragma once
+#include <string>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -68,5 +69,19 @@ std::unique_ptr<Plan> make_cpu_plan(const Graph& g, const std::vector<Dims>& inp
 // running statistics, dropout the identity), for heatmaps; such a plan reports no bn_stats.
 // guided (with eval_grads, fuse = false): guided backpropagation, every ReLU's backward passes
 // only positive gradients (dx = max(dy · [x > 0], 0)), for Guided Grad-CAM.
+
+// Per-op timer of the CPU plans (off by default; on with HALCDL_OP_TIMER=1 in the environment
+// or set_op_timer(true)). When on, every node of a forward / backward is timed on its own
+// (the stream is waited for after each), keyed "<phase>:<op>[+fused ops]" with phase
+// infer / train_fwd / train_bwd. When off, a plan's forward and backward test one flag.
+struct OpTime {
+  std::string key;
+  double seconds;
+  int64_t calls;
+};
+void set_op_timer(bool on);
+bool op_timer();
+std::vector<OpTime> op_times();
+void reset_op_times();
 
 }  // namespace halcdl
