@@ -681,9 +681,18 @@ PYBIND11_MODULE(_core, m) {
     float* o = r.mutable_data();
     {
       py::gil_scoped_release nogil;
+      if (D == 5) {
+        std::vector<det::Rect2Geom> ga(n), gb(mm);
+        for (int64_t i = 0; i < n; ++i) det::prepare2(a.data() + 5 * i, ga[i]);
+        for (int64_t j = 0; j < mm; ++j) det::prepare2(b.data() + 5 * j, gb[j]);
 #pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < mm; ++j) o[i * mm + j] = det::iou_d(a.data() + D * i, b.data() + D * j, D);
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < mm; ++j) o[i * mm + j] = det::iou2(ga[i], gb[j]);
+      } else {
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < mm; ++j) o[i * mm + j] = det::iou(a.data() + 4 * i, b.data() + 4 * j);
+      }
     }
     return r;
   });

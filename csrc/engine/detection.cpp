@@ -107,30 +107,35 @@ double poly_area(const double* p, int n) {
 }
 }  // namespace
 
-float iou2(const float* a, const float* b) {
-  const double aa = 4.0 * a[2] * a[3], ab = 4.0 * b[2] * b[3];
-  if (!(aa > 0) || !(ab > 0)) return 0.f;
-  const double dr = static_cast<double>(a[0]) - b[0], dc = static_cast<double>(a[1]) - b[1];
-  const double ra = std::hypot(static_cast<double>(a[2]), static_cast<double>(a[3]));
-  const double rb = std::hypot(static_cast<double>(b[2]), static_cast<double>(b[3]));
-  if (dr * dr + dc * dc >= (ra + rb) * (ra + rb)) return 0.f;
-  double ca[8], cb[8];
-  corners2(a, ca);
-  corners2(b, cb);
-  // to (x, y) = (col, row): counter-clockwise (u1 × u2 = +1)
-  double P[2 * 16], Q[2 * 16], C[8];
+void prepare2(const float* b, Rect2Geom& g) {
+  double rc[8];
+  corners2(b, rc);
+  g.x0 = g.y0 = 1e300;
+  g.x1 = g.y1 = -1e300;
+  for (int i = 0; i < 4; ++i) {  // (x, y) = (col, row): counter-clockwise (u1 × u2 = +1)
+    g.x[i] = rc[2 * i + 1];
+    g.y[i] = rc[2 * i];
+    g.x0 = std::min(g.x0, g.x[i]);
+    g.x1 = std::max(g.x1, g.x[i]);
+    g.y0 = std::min(g.y0, g.y[i]);
+    g.y1 = std::max(g.y1, g.y[i]);
+  }
+  g.area = 4.0 * b[2] * b[3];
+}
+
+float iou2(const Rect2Geom& a, const Rect2Geom& b) {
+  if (!(a.area > 0) || !(b.area > 0)) return 0.f;
+  if (a.x1 <= b.x0 || b.x1 <= a.x0 || a.y1 <= b.y0 || b.y1 <= a.y0) return 0.f;
+  double P[2 * 16], Q[2 * 16];
   int n = 4;
   for (int i = 0; i < 4; ++i) {
-    P[2 * i] = ca[2 * i + 1];
-    P[2 * i + 1] = ca[2 * i];
-    C[2 * i] = cb[2 * i + 1];
-    C[2 * i + 1] = cb[2 * i];
+    P[2 * i] = a.x[i];
+    P[2 * i + 1] = a.y[i];
   }
-  // Sutherland–Hodgman: clip P by each edge of the convex, counter-clockwise C
+  // Sutherland–Hodgman: clip a by each edge of the convex, counter-clockwise b
   for (int e = 0; e < 4 && n > 0; ++e) {
-    const double ex = C[2 * e], ey = C[2 * e + 1];
-    const double fx = C[2 * ((e + 1) % 4)], fy = C[2 * ((e + 1) % 4) + 1];
-    const double dx = fx - ex, dy = fy - ey;
+    const double ex = b.x[e], ey = b.y[e];
+    const double dx = b.x[(e + 1) % 4] - ex, dy = b.y[(e + 1) % 4] - ey;
     int m = 0;
     for (int i = 0; i < n; ++i) {
       const double* p = P + 2 * i;
@@ -153,8 +158,15 @@ float iou2(const float* a, const float* b) {
   }
   if (n < 3) return 0.f;
   const double inter = std::max(0.0, poly_area(P, n));
-  const double u = aa + ab - inter;
+  const double u = a.area + b.area - inter;
   return u > 0 ? static_cast<float>(std::min(1.0, inter / u)) : 0.f;
+}
+
+float iou2(const float* a, const float* b) {
+  Rect2Geom ga, gb;
+  prepare2(a, ga);
+  prepare2(b, gb);
+  return iou2(ga, gb);
 }
 
 void encode2(const float* a, const float* g, float* t, bool ignore_direction) {
@@ -243,12 +255,56 @@ void decode(const float* a, const float* t, float* b) {
   b[3] = cx + 0.5f * w;
 }
 
+namespace {
+// rectangle2 matching: the geometry of every box prepared once, the IoU matrix kept when it is
+// small enough (else the low-quality pass recomputes its column)
+void match2(const float* anchors, int64_t na, const float* boxes, int nb, const Config& c, int* out) {
+  std::vector<Rect2Geom> gb(nb);
+  for (int g = 0; g < nb; ++g) prepare2(boxes + 5 * g, gb[g]);
+  const bool keep = static_cast<int64_t>(nb) * na <= (int64_t(1) << 23);
+  std::vector<float> q(keep ? static_cast<size_t>(na) * nb : 0);
+  std::vector<int> arg(na);
+#pragma omp parallel for schedule(static)
+  for (int64_t a = 0; a < na; ++a) {
+    Rect2Geom ga;
+    prepare2(anchors + 5 * a, ga);
+    float bv = -1.f;
+    int bi = 0;
+    for (int g = 0; g < nb; ++g) {
+      const float v = iou2(ga, gb[g]);
+      if (keep) q[static_cast<size_t>(a) * nb + g] = v;
+      if (v > bv) { bv = v; bi = g; }
+    }
+    arg[a] = bi;
+    out[a] = bv >= c.fg_iou ? bi : bv < c.bg_iou ? kBackground : kIgnored;
+  }
+  if (!c.low_quality_matches) return;
+  std::vector<float> v(keep ? 0 : na);
+  for (int g = 0; g < nb; ++g) {
+    if (!keep) {
+#pragma omp parallel for schedule(static)
+      for (int64_t a = 0; a < na; ++a) {
+        Rect2Geom ga;
+        prepare2(anchors + 5 * a, ga);
+        v[a] = iou2(ga, gb[g]);
+      }
+    }
+    auto at = [&](int64_t a) { return keep ? q[static_cast<size_t>(a) * nb + g] : v[a]; };
+    float hv = 0.f;
+    for (int64_t a = 0; a < na; ++a) hv = std::max(hv, at(a));
+    if (hv <= 0.f) continue;
+    for (int64_t a = 0; a < na; ++a)
+      if (at(a) == hv) out[a] = arg[a];
+  }
+}
+}  // namespace
+
 void match(const float* anchors, int64_t na, const float* boxes, int nb, const Config& c, int* out) {
-  const int D = c.box_dim();
   if (nb == 0) {
     std::fill(out, out + na, kBackground);
     return;
   }
+  if (c.oriented) return match2(anchors, na, boxes, nb, c, out);
   std::vector<float> best(na);
   std::vector<int> arg(na);
 #pragma omp parallel for schedule(static)
@@ -256,7 +312,7 @@ void match(const float* anchors, int64_t na, const float* boxes, int nb, const C
     float bv = -1.f;
     int bi = 0;
     for (int g = 0; g < nb; ++g) {
-      const float v = iou_d(anchors + D * a, boxes + D * g, D);
+      const float v = iou(anchors + 4 * a, boxes + 4 * g);
       if (v > bv) { bv = v; bi = g; }
     }
     best[a] = bv;
@@ -268,21 +324,10 @@ void match(const float* anchors, int64_t na, const float* boxes, int nb, const C
   // own best box (here only where that IoU is > 0)
   for (int g = 0; g < nb; ++g) {
     float hv = 0.f;
-    if (D == 4) {
-      for (int64_t a = 0; a < na; ++a) hv = std::max(hv, iou(anchors + 4 * a, boxes + 4 * g));
-      if (hv <= 0.f) continue;
-      for (int64_t a = 0; a < na; ++a)
-        if (iou(anchors + 4 * a, boxes + 4 * g) == hv) out[a] = arg[a];
-      continue;
-    }
-    // rectangle2: the oriented IoU is dear, compute it once per anchor (in parallel)
-    std::vector<float> v(na);
-#pragma omp parallel for schedule(static)
-    for (int64_t a = 0; a < na; ++a) v[a] = iou2(anchors + 5 * a, boxes + 5 * g);
-    for (int64_t a = 0; a < na; ++a) hv = std::max(hv, v[a]);
+    for (int64_t a = 0; a < na; ++a) hv = std::max(hv, iou(anchors + 4 * a, boxes + 4 * g));
     if (hv <= 0.f) continue;
     for (int64_t a = 0; a < na; ++a)
-      if (v[a] == hv) out[a] = arg[a];
+      if (iou(anchors + 4 * a, boxes + 4 * g) == hv) out[a] = arg[a];
   }
 }
 
@@ -384,10 +429,25 @@ LossResult loss(const float* out, int bs, int64_t na, int k, const float* anchor
 
 std::vector<int> nms(const float* boxes, int dim, const std::vector<int>& order, float thr) {
   std::vector<int> keep;
+  if (dim == 5) {  // the geometry of each candidate once
+    std::vector<Rect2Geom> kg;
+    for (int i : order) {
+      Rect2Geom g;
+      prepare2(boxes + 5 * i, g);
+      bool ok = true;
+      for (const Rect2Geom& k : kg)
+        if (iou2(g, k) > thr) { ok = false; break; }
+      if (ok) {
+        keep.push_back(i);
+        kg.push_back(g);
+      }
+    }
+    return keep;
+  }
   for (int i : order) {
     bool ok = true;
     for (int j : keep)
-      if (iou_d(boxes + dim * i, boxes + dim * j, dim) > thr) { ok = false; break; }
+      if (iou(boxes + 4 * i, boxes + 4 * j) > thr) { ok = false; break; }
     if (ok) keep.push_back(i);
   }
   return keep;

@@ -67,9 +67,17 @@ float wrap_angle(float phi, bool ignore_direction);
 // The 4 corners (row, col) of a rectangle2, counter-clockwise in the (x, y) = (col, row) plane.
 void corners2(const float* box, double* rc);
 // IoU of two rectangle2 boxes: convex polygon clipping (Sutherland–Hodgman) of the two
-// rectangles, areas by the shoelace formula (double precision); 0 when the circumscribed
-// circles do not meet.
+// rectangles, areas by the shoelace formula (double precision); 0 without clipping when the
+// axis-parallel bounding boxes of the corners do not overlap.
 float iou2(const float* a, const float* b);
+// The same with the corners prepared once per box (matching and NMS prepare each box once).
+struct Rect2Geom {
+  double x[4], y[4];      // corners, (x, y) = (col, row), counter-clockwise
+  double x0, x1, y0, y1;  // their bounding box
+  double area;            // 4·l1·l2
+};
+void prepare2(const float* box, Rect2Geom& g);
+float iou2(const Rect2Geom& a, const Rect2Geom& b);
 // IoU of either kind (dim 4: rectangle1, dim 5: rectangle2).
 inline float iou_d(const float* a, const float* b, int dim) { return dim == 5 ? iou2(a, b) : iou(a, b); }
 // Encoding relative to an oriented anchor (row_a, col_a, l1_a, l2_a, phi_a): the centre offset
