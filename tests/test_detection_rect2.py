@@ -508,3 +508,26 @@ def test_cup_detection_rectangle2_trains_and_returns_oriented_boxes():
               f"{figs[name]['mean_ap']:.3f}, SoAP {figs[name]['soap']:.3f}")
     assert figs["train"]["mean_ap"] > 0.5 and figs["train"]["soap"] > 0.8
     assert figs["held-out"]["mean_ap"] > 0.4 and figs["held-out"]["soap"] > 0.75
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(CUP, "labels.hdict")),
+                    reason="the real HALCON files are not on this machine")
+def test_determine_detection_param_from_rectangle2_labels():
+    from halcdl.io.hdict import read_hdict
+
+    ds = read_hdict(os.path.join(CUP, "labels.hdict"))
+    ds["image_dir"] = os.path.join(CUP, "images")
+    p = ha.determine_dl_model_detection_param(ds, 256, 160, {})
+    assert p["instance_type"] == "rectangle2"
+    # the cups stand upright: one anchor angle ≈ ±π/2 (modulo π)
+    assert len(p["anchor_angles"]) == 1 and abs(abs(p["anchor_angles"][0]) - PI / 2) < 0.3
+    l1 = np.concatenate([np.atleast_1d(s["bbox_length1"]) for s in ds["samples"]]) / 2
+    l2 = np.concatenate([np.atleast_1d(s["bbox_length2"]) for s in ds["samples"]]) / 2
+    z = 2 * np.sqrt(l1 * l2)  # 512×320 → 256×160: both axes by 1/2
+    assert p["min_level"] == max(1, math.floor(math.log2(z.min() / 4)))
+    r = l2 / l1
+    want = sorted({round(float(q), 2) for q in np.quantile(r, [0.1, 0.5, 0.9])})
+    assert p["anchor_aspect_ratios"] == want
+    m = ha.create_dl_model_detection("pretrained_dl_classifier_compact.hdl", 2,
+                                     {**p, "capacity": "low"})
+    assert ha.get_dl_model_param(m, "anchor_angles") == p["anchor_angles"]
