@@ -446,6 +446,9 @@ def torch_forward(spec, params, x):
 
 
 def test_five_steps_against_torch():
+    # float32 vs float64: some initialisations cross a ReLU / max-pool kink within 5 steps and
+    # then drift apart (seen when other detectors were created first); pin the initialisation
+    ha.set_system("seed_rand", 42)
     m = small_model(class_heads_weight=1.3, bbox_heads_weight=0.8)
     ha.set_dl_model_param(m, "batch_size", 2)
     ha.set_dl_model_param(m, "learning_rate", 0.01)
