@@ -430,13 +430,13 @@ def torch_forward(spec, params, x):
         elif op == "upsample_nearest":
             out = F.interpolate(vals[ins[0]], scale_factor=n.get("scale", 2), mode="nearest")
         elif op == "detection_output":
-            k, a = n["num_classes"], n["num_anchors"]
+            k, a, d = n["num_classes"], n["num_anchors"], n.get("box_values", 4)
             rows = []
             for c, b in zip(ins[0::2], ins[1::2]):
                 zc, zb = vals[c], vals[b]
                 nb, _, h, w = zc.shape
                 zc = zc.view(nb, a, k, h, w).permute(0, 3, 4, 1, 2).reshape(nb, -1, k)
-                zb = zb.view(nb, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(nb, -1, 4)
+                zb = zb.view(nb, a, d, h, w).permute(0, 3, 4, 1, 2).reshape(nb, -1, d)
                 rows.append(torch.cat([zc, zb], 2))
             out = torch.cat(rows, 1)
         else:
@@ -446,6 +446,9 @@ def torch_forward(spec, params, x):
 
 
 def test_five_steps_against_torch():
+    # float32 vs float64: some initialisations cross a ReLU / max-pool kink within 5 steps and
+    # then drift apart (seen when other detectors were created first); pin the initialisation
+    ha.set_system("seed_rand", 42)
     m = small_model(class_heads_weight=1.3, bbox_heads_weight=0.8)
     ha.set_dl_model_param(m, "batch_size", 2)
     ha.set_dl_model_param(m, "learning_rate", 0.01)

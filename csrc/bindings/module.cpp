@@ -339,6 +339,10 @@ det::Config parse_det_config(const det::Config& cur, const py::dict& d) {
     else if (k == "max_overlap_class_agnostic") c.max_overlap_class_agnostic = py::cast<float>(v);
     else if (k == "max_num_detections") c.max_num_detections = py::cast<int>(v);
     else if (k == "pre_nms_top_n") c.pre_nms_top_n = py::cast<int>(v);
+    else if (k == "oriented") c.oriented = py::cast<bool>(v);
+    else if (k == "anchor_angles") c.angles = py::cast<std::vector<float>>(v);
+    else if (k == "ignore_direction") c.ignore_direction = py::cast<bool>(v);
+    else if (k == "no_orientation") c.no_orientation = py::cast<std::vector<int>>(v);
     else HALCDL_THROW(kErrUnsupportedParam, "unknown detection setting '", k, "'");
   }
   return c;
@@ -364,29 +368,37 @@ std::vector<double> box_values(py::handle s, size_t i, const char* key) {
 BoxBatch gather_boxes(const Model& m, const py::list& samples) {
   BoxBatch b;
   b.off.push_back(0);
-  static const char* keys[4] = {"bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2"};
+  static const char* keys1[4] = {"bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2"};
+  static const char* keys2[5] = {"bbox_row", "bbox_col", "bbox_length1", "bbox_length2", "bbox_phi"};
+  const bool r2 = m.detection().oriented;
+  const int D = r2 ? 5 : 4;
+  const char* const* keys = r2 ? keys2 : keys1;
   for (size_t i = 0; i < samples.size(); ++i) {
     py::handle s = samples[i];
     HALCDL_CHECK(py::isinstance<py::dict>(s), kErrInputsMissing, "sample ", i, " is not a dict (DLSample)");
-    std::vector<double> v[4];
-    for (int k = 0; k < 4; ++k) v[k] = box_values(s, i, keys[k]);
+    std::vector<double> v[5];
+    for (int k = 0; k < D; ++k) v[k] = box_values(s, i, keys[k]);
     std::vector<double> lab = box_values(s, i, "bbox_label_id");
     const size_t n = lab.size();
-    for (int k = 0; k < 4; ++k)
+    for (int k = 0; k < D; ++k)
       HALCDL_CHECK(v[k].size() == n, kErrInvalidInputData, "sample ", i, ": '", keys[k], "' holds ", v[k].size(),
                    " values but 'bbox_label_id' ", n, " (the bbox lists must have equal lengths)");
     for (size_t j = 0; j < n; ++j) {
-      for (int k = 0; k < 4; ++k)
+      for (int k = 0; k < D; ++k)
         HALCDL_CHECK(std::isfinite(v[k][j]), kErrInvalidInputData, "sample ", i, ": box ", j, " has a NaN or infinite ",
                      keys[k]);
-      HALCDL_CHECK(v[2][j] > v[0][j] && v[3][j] > v[1][j], kErrInvalidInputData, "sample ", i, ": box ", j,
-                   " has bbox_row2 <= bbox_row1 or bbox_col2 <= bbox_col1 (", v[0][j], ", ", v[1][j], ", ", v[2][j],
-                   ", ", v[3][j], ")");
+      if (r2)
+        HALCDL_CHECK(v[2][j] > 0 && v[3][j] > 0, kErrInvalidInputData, "sample ", i, ": box ", j,
+                     " has bbox_length1 or bbox_length2 <= 0 (", v[2][j], ", ", v[3][j], ")");
+      else
+        HALCDL_CHECK(v[2][j] > v[0][j] && v[3][j] > v[1][j], kErrInvalidInputData, "sample ", i, ": box ", j,
+                     " has bbox_row2 <= bbox_row1 or bbox_col2 <= bbox_col1 (", v[0][j], ", ", v[1][j], ", ", v[2][j],
+                     ", ", v[3][j], ")");
       const double id = lab[j];
       int idx = (std::isfinite(id) && id == std::floor(id)) ? m.label_index(static_cast<int64_t>(id)) : Model::kUnknown;
       HALCDL_CHECK(idx >= 0, kErrInvalidLabels, "sample ", i, ": bbox_label_id ", id,
                    " is not one of the model's class_ids");
-      for (int k = 0; k < 4; ++k) b.boxes.push_back(static_cast<float>(v[k][j]));
+      for (int k = 0; k < D; ++k) b.boxes.push_back(static_cast<float>(v[k][j]));
       b.labels.push_back(idx);
     }
     b.off.push_back(static_cast<int64_t>(b.labels.size()));
@@ -402,6 +414,14 @@ py::array_t<float> farray2(const std::vector<float>& v, int64_t rows, int64_t co
 
 std::vector<float> rows4(const FArray& a, const char* what) {
   HALCDL_CHECK(a && a.ndim() == 2 && a.shape(1) == 4, kErrInvalidInputShape, what, " must be an (n, 4) array");
+  return std::vector<float>(a.data(), a.data() + a.size());
+}
+
+// (n, 4) rectangle1 or (n, 5) rectangle2 rows; `dim` 0 = either (set to the one found)
+std::vector<float> rows_d(const FArray& a, const char* what, int& dim) {
+  HALCDL_CHECK(a && a.ndim() == 2 && (dim ? a.shape(1) == dim : (a.shape(1) == 4 || a.shape(1) == 5)),
+               kErrInvalidInputShape, what, " must be an (n, 4) or (n, 5) array");
+  dim = static_cast<int>(a.shape(1));
   return std::vector<float>(a.data(), a.data() + a.size());
 }
 
@@ -635,48 +655,85 @@ PYBIND11_MODULE(_core, m) {
     std::vector<det::Level> lv;
     for (auto& [h, w, s] : levels) lv.push_back({h, w, s});
     auto a = det::make_anchors(c, lv);
-    return farray2(a, static_cast<int64_t>(a.size() / 4), 4);
+    return farray2(a, static_cast<int64_t>(a.size() / c.box_dim()), c.box_dim());
   });
-  m.def("det_encode", [](FArray anchors, FArray boxes) {
-    auto a = rows4(anchors, "anchors"), b = rows4(boxes, "boxes");
+  m.def("det_encode", [](FArray anchors, FArray boxes, bool ignore_direction) {
+    int D = 0;
+    auto a = rows_d(anchors, "anchors", D);
+    auto b = rows_d(boxes, "boxes", D);
     HALCDL_CHECK(a.size() == b.size(), kErrInvalidInputShape, "anchors and boxes need equal lengths");
     std::vector<float> t(a.size());
-    for (size_t i = 0; i < a.size(); i += 4) det::encode(a.data() + i, b.data() + i, t.data() + i);
-    return farray2(t, static_cast<int64_t>(a.size() / 4), 4);
-  });
-  m.def("det_decode", [](FArray anchors, FArray deltas) {
-    auto a = rows4(anchors, "anchors"), t = rows4(deltas, "deltas");
+    for (size_t i = 0; i < a.size(); i += D)
+      if (D == 5) det::encode2(a.data() + i, b.data() + i, t.data() + i, ignore_direction);
+      else det::encode(a.data() + i, b.data() + i, t.data() + i);
+    return farray2(t, static_cast<int64_t>(a.size() / D), D);
+  }, py::arg("anchors"), py::arg("boxes"), py::arg("ignore_direction") = false);
+  m.def("det_decode", [](FArray anchors, FArray deltas, bool ignore_direction) {
+    int D = 0;
+    auto a = rows_d(anchors, "anchors", D);
+    auto t = rows_d(deltas, "deltas", D);
     HALCDL_CHECK(a.size() == t.size(), kErrInvalidInputShape, "anchors and deltas need equal lengths");
     std::vector<float> b(a.size());
-    for (size_t i = 0; i < a.size(); i += 4) det::decode(a.data() + i, t.data() + i, b.data() + i);
-    return farray2(b, static_cast<int64_t>(a.size() / 4), 4);
+    for (size_t i = 0; i < a.size(); i += D)
+      if (D == 5) det::decode2(a.data() + i, t.data() + i, b.data() + i, ignore_direction);
+      else det::decode(a.data() + i, t.data() + i, b.data() + i);
+    return farray2(b, static_cast<int64_t>(a.size() / D), D);
+  }, py::arg("anchors"), py::arg("deltas"), py::arg("ignore_direction") = false);
+  // pairwise IoU matrix (n, m) of rectangle1 (…, 4) or rectangle2 (…, 5) boxes (evaluation)
+  m.def("det_iou_matrix", [](FArray a_, FArray b_) {
+    int D = 0;
+    std::vector<float> a = a_.size() ? rows_d(a_, "boxes", D) : std::vector<float>();
+    std::vector<float> b = b_.size() ? rows_d(b_, "boxes", D) : std::vector<float>();
+    if (!D) D = 4;
+    const int64_t n = static_cast<int64_t>(a.size() / D), mm = static_cast<int64_t>(b.size() / D);
+    py::array_t<float> r({n, mm});
+    float* o = r.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      if (D == 5) {
+        std::vector<det::Rect2Geom> ga(n), gb(mm);
+        for (int64_t i = 0; i < n; ++i) det::prepare2(a.data() + 5 * i, ga[i]);
+        for (int64_t j = 0; j < mm; ++j) det::prepare2(b.data() + 5 * j, gb[j]);
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < mm; ++j) o[i * mm + j] = det::iou2(ga[i], gb[j]);
+      } else {
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < mm; ++j) o[i * mm + j] = det::iou(a.data() + 4 * i, b.data() + 4 * j);
+      }
+    }
+    return r;
   });
   m.def("det_nms", [](FArray boxes, FArray scores, float thr) {
-    auto b = rows4(boxes, "boxes");
-    const int n = static_cast<int>(b.size() / 4);
+    int D = 0;
+    auto b = rows_d(boxes, "boxes", D);
+    const int n = static_cast<int>(b.size() / D);
     HALCDL_CHECK(scores && scores.size() == n, kErrInvalidInputShape, "one score per box");
     std::vector<int> order(n);
     std::iota(order.begin(), order.end(), 0);
     const float* sc = scores.data();
     std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return sc[x] > sc[y]; });
-    return det::nms(b.data(), order, thr);
+    return det::nms(b.data(), D, order, thr);
   });
   m.def("det_match", [](FArray anchors, FArray boxes, const py::dict& cfg) {
     det::Config c = parse_det_config(det::Config{}, cfg);
-    auto a = rows4(anchors, "anchors");
-    std::vector<float> b = boxes.size() ? rows4(boxes, "boxes") : std::vector<float>();
-    std::vector<int> out(a.size() / 4);
-    det::match(a.data(), static_cast<int64_t>(out.size()), b.data(), static_cast<int>(b.size() / 4), c, out.data());
+    int D = c.box_dim();
+    auto a = rows_d(anchors, "anchors", D);
+    std::vector<float> b = boxes.size() ? rows_d(boxes, "boxes", D) : std::vector<float>();
+    std::vector<int> out(a.size() / D);
+    det::match(a.data(), static_cast<int64_t>(out.size()), b.data(), static_cast<int>(b.size() / D), c, out.data());
     return out;
   });
   m.def("det_detect", [](FArray out, FArray anchors, const std::vector<int64_t>& level_start, const py::dict& cfg,
                          int h, int w) {
     det::Config c = parse_det_config(det::Config{}, cfg);
-    HALCDL_CHECK(out && out.ndim() == 2, kErrInvalidInputShape, "out must be (na, k + 4)");
+    int D = c.box_dim();
+    HALCDL_CHECK(out && out.ndim() == 2, kErrInvalidInputShape, "out must be (na, k + D)");
     const int64_t na = out.shape(0);
-    const int k = static_cast<int>(out.shape(1)) - 4;
-    auto a = rows4(anchors, "anchors");
-    HALCDL_CHECK(static_cast<int64_t>(a.size() / 4) == na && level_start.size() >= 2 && level_start.back() == na,
+    const int k = static_cast<int>(out.shape(1)) - D;
+    auto a = rows_d(anchors, "anchors", D);
+    HALCDL_CHECK(static_cast<int64_t>(a.size() / D) == na && level_start.size() >= 2 && level_start.back() == na,
                  kErrInvalidInputShape, "anchors / level_start do not fit out");
     auto d = det::detect(out.data(), na, k, a.data(), level_start.data(), static_cast<int>(level_start.size()) - 1,
                          c, h, w);
@@ -684,21 +741,22 @@ PYBIND11_MODULE(_core, m) {
     std::vector<int> cl;
     std::vector<float> sc;
     for (auto& x : d) {
-      bx.insert(bx.end(), x.box, x.box + 4);
+      bx.insert(bx.end(), x.box, x.box + D);
       cl.push_back(x.cls);
       sc.push_back(x.score);
     }
-    return py::make_tuple(farray2(bx, static_cast<int64_t>(d.size()), 4), cl, sc);
+    return py::make_tuple(farray2(bx, static_cast<int64_t>(d.size()), D), cl, sc);
   });
   m.def("det_loss", [](FArray out, FArray anchors, const std::vector<int64_t>& level_start, const py::list& boxes,
                        const py::list& labels, const py::dict& cfg, const std::vector<float>& class_w) {
     det::Config c = parse_det_config(det::Config{}, cfg);
-    HALCDL_CHECK(out && out.ndim() == 3, kErrInvalidInputShape, "out must be (bs, na, k + 4)");
+    int D = c.box_dim();
+    HALCDL_CHECK(out && out.ndim() == 3, kErrInvalidInputShape, "out must be (bs, na, k + D)");
     const int bs = static_cast<int>(out.shape(0));
     const int64_t na = out.shape(1);
-    const int k = static_cast<int>(out.shape(2)) - 4;
-    auto a = rows4(anchors, "anchors");
-    HALCDL_CHECK(static_cast<int64_t>(a.size() / 4) == na && level_start.size() >= 2 && level_start.back() == na,
+    const int k = static_cast<int>(out.shape(2)) - D;
+    auto a = rows_d(anchors, "anchors", D);
+    HALCDL_CHECK(static_cast<int64_t>(a.size() / D) == na && level_start.size() >= 2 && level_start.back() == na,
                  kErrInvalidInputShape, "anchors / level_start do not fit out");
     HALCDL_CHECK(py::len(boxes) == static_cast<size_t>(bs) && py::len(labels) == static_cast<size_t>(bs),
                  kErrInvalidInputShape, "one box array and one label list per image");
@@ -708,17 +766,17 @@ PYBIND11_MODULE(_core, m) {
     for (int i = 0; i < bs; ++i) {
       FArray b = FArray::ensure(boxes[i]);
       if (b && b.size()) {
-        auto r = rows4(b, "boxes");
+        auto r = rows_d(b, "boxes", D);
         bx.insert(bx.end(), r.begin(), r.end());
       }
       auto l = py::cast<std::vector<int>>(labels[i]);
       lb.insert(lb.end(), l.begin(), l.end());
       off.push_back(static_cast<int64_t>(lb.size()));
-      HALCDL_CHECK(bx.size() == 4 * lb.size(), kErrInvalidInputShape, "image ", i, ": one label per box");
+      HALCDL_CHECK(bx.size() == static_cast<size_t>(D) * lb.size(), kErrInvalidInputShape, "image ", i, ": one label per box");
     }
     for (int l : lb) HALCDL_CHECK(l >= 0 && l < k, kErrInvalidLabels, "label index out of range");
     HALCDL_CHECK(class_w.empty() || static_cast<int>(class_w.size()) == k, kErrInvalidValue, "class weights: k values");
-    py::array_t<float> grad({static_cast<int64_t>(bs), na, static_cast<int64_t>(k + 4)});
+    py::array_t<float> grad({static_cast<int64_t>(bs), na, static_cast<int64_t>(k + D)});
     det::LossResult r = det::loss(out.data(), bs, na, k, a.data(), level_start.data(),
                                   static_cast<int>(level_start.size()) - 1, bx.data(), lb.data(), off.data(),
                                   class_w.empty() ? nullptr : class_w.data(), c, 1.f, grad.mutable_data());
@@ -947,7 +1005,8 @@ PYBIND11_MODULE(_core, m) {
              auto lk = lock_model(md);
              std::vector<int64_t> ls;
              const auto& a = md.anchors(h, w, &ls);
-             return py::make_tuple(farray2(a, static_cast<int64_t>(a.size() / 4), 4), ls);
+             const int D = md.detection().box_dim();
+             return py::make_tuple(farray2(a, static_cast<int64_t>(a.size() / D), D), ls);
            })
       .def("infer_detection",
            [](Model& md, const py::list& samples, int batch_size, int height, int width, int channels) {
@@ -964,13 +1023,14 @@ PYBIND11_MODULE(_core, m) {
                r = md.infer_detection(st, n, batch_size, channels, height, width);
              }
              py::list out;
+             const int D = md.detection().box_dim();
              for (auto& dets : r) {
                const int64_t k = static_cast<int64_t>(dets.size());
-               py::array_t<float> bx({k, int64_t(4)});
+               py::array_t<float> bx({k, int64_t(D)});
                py::array_t<int32_t> cl(k);
                py::array_t<float> sc(k);
                for (int64_t i = 0; i < k; ++i) {
-                 std::memcpy(bx.mutable_data() + 4 * i, dets[i].box, 4 * sizeof(float));
+                 std::memcpy(bx.mutable_data() + D * i, dets[i].box, D * sizeof(float));
                  cl.mutable_data()[i] = dets[i].cls;
                  sc.mutable_data()[i] = dets[i].score;
                }

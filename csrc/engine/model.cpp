@@ -516,9 +516,13 @@ void Model::set_detection(const det::Config& c) {
   HALCDL_CHECK(c.min_level >= 1 && c.max_level >= c.min_level && c.max_level - c.min_level + 1 == levels,
                kErrDetParamValue, "min_level/max_level (", c.min_level, "/", c.max_level, ") do not match the ",
                levels, " levels of the network");
-  HALCDL_CHECK(c.num_subscales >= 1 && !c.aspect_ratios.empty() && c.anchors_per_position() == o.det_anchors,
-               kErrDetParamValue, "anchor_aspect_ratios × anchor_num_subscales must give the network's ",
+  HALCDL_CHECK(c.num_subscales >= 1 && !c.aspect_ratios.empty() && !c.angles.empty() &&
+                   c.anchors_per_position() == o.det_anchors,
+               kErrDetParamValue, "anchor_aspect_ratios × anchor_num_subscales (× anchor_angles) must give the network's ",
                o.det_anchors, " anchors per position");
+  HALCDL_CHECK(c.box_dim() == o.det_box, kErrDetParamValue, "instance_type does not match the network's ", o.det_box,
+               " box values");
+  for (float a : c.angles) HALCDL_CHECK(std::isfinite(a), kErrDetParamValue, "anchor angles must be finite");
   for (float r : c.aspect_ratios)
     HALCDL_CHECK(std::isfinite(r) && r > 0, kErrDetParamValue, "anchor aspect ratios must be > 0, got ", r);
   HALCDL_CHECK(c.bg_iou <= c.fg_iou && c.bg_iou >= 0 && c.fg_iou <= 1, kErrDetParamValue,
@@ -577,7 +581,8 @@ TrainResult Model::train_step_detection(const float* images, const float* boxes,
   const int k = num_classes();
   const int64_t na = ls.back();
   const size_t img = static_cast<size_t>(c) * h * w;
-  const size_t nout = static_cast<size_t>(bs) * na * (k + 4);
+  const int D = det_.box_dim();
+  const size_t nout = static_cast<size_t>(bs) * na * (k + D);
   if (dlogits_.bytes() < nout * sizeof(float)) dlogits_.resize(nout * sizeof(float));
   const size_t nt = g_.n_trainable;
   std::memcpy(S2_.c(), S_.c(), S_.bytes());
@@ -593,7 +598,7 @@ TrainResult Model::train_step_detection(const float* images, const float* boxes,
     std::vector<int64_t> off(bs + 1);
     for (int i = 0; i <= bs; ++i) off[i] = box_off[s * bs + i] - box_off[s * bs];
     const int64_t b0 = box_off[s * bs];
-    det::LossResult r = det::loss(p.output(), bs, na, k, anc.data(), ls.data(), nl, boxes + 4 * b0, labels + b0,
+    det::LossResult r = det::loss(p.output(), bs, na, k, anc.data(), ls.data(), nl, boxes + D * b0, labels + b0,
                                   off.data(), cw, det_, 1.f / m, dlogits_.f());
     const double l = r.cls + r.box;
     HALCDL_CHECK(std::isfinite(l), kErrTrainingFailed, "training step failed: the loss became ", l,
@@ -643,7 +648,7 @@ std::vector<std::vector<det::Detection>> Model::infer_detection(const float* ima
     p.forward(0);
     const float* o = p.output();
     for (int i = 0; i < cnt; ++i)
-      out[start + i] = det::detect(o + static_cast<size_t>(i) * na * (k + 4), na, k, anc.data(), ls.data(),
+      out[start + i] = det::detect(o + static_cast<size_t>(i) * na * (k + det_.box_dim()), na, k, anc.data(), ls.data(),
                                    static_cast<int>(ls.size()) - 1, det_, h, w);
   }
   return out;

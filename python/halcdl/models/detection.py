@@ -155,15 +155,11 @@ def validate_value(key: str, v: Any, num_classes: int) -> Any:
         return str(x)
     if key == "instance_type":
         x = _one(key, v)
-        if x == "rectangle2":
-            raise HOperatorError(H_ERR_CNN_RUNTIME_FAILED,
-                                 "instance_type 'rectangle2' (oriented boxes) is not implemented "
-                                 "in halcdl yet; use 'rectangle1'")
-        if x != "rectangle1":
+        if x not in ("rectangle1", "rectangle2"):
             raise HOperatorError(H_ERR_DL_DETECTOR_INVALID_INSTANCE_TYPE,
                                  f"invalid instance_type {x!r} (use 'rectangle1' or "
                                  f"'rectangle2')")
-        return "rectangle1"
+        return str(x)
     if key == "ignore_direction":
         return _bool_str(key, v)
     if key == "instance_segmentation":
@@ -223,9 +219,26 @@ def validate_detection_params(given: dict, num_classes: int) -> dict:
     return out
 
 
+def anchors_per_position(p: dict) -> int:
+    a = len(p["anchor_aspect_ratios"]) * int(p["anchor_num_subscales"])
+    if p.get("instance_type") == "rectangle2":
+        a *= len(p["anchor_angles"])
+    return a
+
+
 def engine_config(p: dict) -> dict:
-    """The engine's detection settings (core.Model.set_detection) for model params ``p``."""
+    """The engine's detection settings (core.Model.set_detection) for model params ``p``.
+    rectangle2: class_ids_no_orientation become label indices (ids not in class_ids are
+    ignored)."""
+    r2 = p.get("instance_type") == "rectangle2"
+    ids = [int(x) for x in p.get("class_ids", [])]
+    no_or = sorted({ids.index(int(c)) for c in p.get("class_ids_no_orientation", [])
+                    if int(c) in ids}) if r2 else []
     return {
+        "oriented": r2,
+        "anchor_angles": [float(x) for x in p["anchor_angles"]],
+        "ignore_direction": r2 and p.get("ignore_direction") == "true",
+        "no_orientation": no_or,
         "min_level": int(p["min_level"]),
         "max_level": int(p["max_level"]),
         "anchor_num_subscales": int(p["anchor_num_subscales"]),
@@ -348,7 +361,8 @@ def build_detection_spec(backbone_spec: list, num_classes: int, p: dict) -> tupl
                              f"{sorted(taps)})")
     top = min(hi, deepest)
     width, depth = CAPACITY[p["capacity"]]
-    a = len(p["anchor_aspect_ratios"]) * int(p["anchor_num_subscales"])
+    a = anchors_per_position(p)
+    nbox = 5 if p["instance_type"] == "rectangle2" else 4
     k = int(num_classes)
     keep = [taps[lv] for lv in range(lo, top + 1)]
     if hi > deepest:
@@ -376,7 +390,7 @@ def build_detection_spec(backbone_spec: list, num_classes: int, p: dict) -> tupl
                                stride=2, pad=1)
     det_inputs = []
     for lv in range(lo, hi + 1):
-        for head, outc in (("cls_head", a * k), ("box_head", a * 4)):
+        for head, outc in (("cls_head", a * k), ("box_head", a * nbox)):
             x = feats[lv]
             for d in range(depth):
                 name = f"{head}{lv}.conv{d}"
@@ -387,7 +401,7 @@ def build_detection_spec(backbone_spec: list, num_classes: int, p: dict) -> tupl
             det_inputs.append(add(f"{head}{lv}.logits", "conv", [x], out_channels=outc,
                                   kernel=3, pad=1, **extra))
     add("detection_output", "detection_output", det_inputs, num_classes=k, num_anchors=a,
-        box_values=4)
+        box_values=nbox)
     info = {"taps": {str(lv): taps[lv] for lv in sorted(taps)}, "backbone_levels": sorted(taps)}
     return nodes, info
 

@@ -24,6 +24,14 @@ __all__ = ["create_dl_model_detection"]
 
 DETECTION_RESULT_KEYS = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2", "bbox_class_id",
                          "bbox_class_name", "bbox_confidence")
+DETECTION_RESULT_KEYS_RECT2 = ("bbox_row", "bbox_col", "bbox_phi", "bbox_length1", "bbox_length2",
+                               "bbox_class_id", "bbox_class_name", "bbox_confidence")
+
+
+def result_keys(m: DLModel) -> tuple:
+    """The DLResult keys of detection model ``m`` (by its instance_type)."""
+    return DETECTION_RESULT_KEYS_RECT2 if m.params.get("instance_type") == "rectangle2" \
+        else DETECTION_RESULT_KEYS
 
 
 def _backbone(backbone: Any) -> tuple[str, list, Any, dict]:
@@ -179,14 +187,20 @@ def apply_detection(m: DLModel, samples: list, keys: tuple) -> list:
     ids = np.asarray(p["class_ids"], dtype=np.int64)
     names = np.asarray(p["class_names"], dtype=object)
     out = []
+    r2 = p.get("instance_type") == "rectangle2"
     for boxes, cls, score in dets:
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5 if r2 else 4)
         cls = np.asarray(cls, dtype=np.int64)
         cols = {
-            "bbox_row1": boxes[:, 0].tolist(), "bbox_col1": boxes[:, 1].tolist(),
-            "bbox_row2": boxes[:, 2].tolist(), "bbox_col2": boxes[:, 3].tolist(),
             "bbox_class_id": ids[cls].tolist(), "bbox_class_name": names[cls].tolist(),
             "bbox_confidence": np.asarray(score, dtype=np.float64).tolist(),
         }
+        if r2:  # the engine's order: row, col, length1, length2, phi
+            cols.update({"bbox_row": boxes[:, 0].tolist(), "bbox_col": boxes[:, 1].tolist(),
+                         "bbox_length1": boxes[:, 2].tolist(),
+                         "bbox_length2": boxes[:, 3].tolist(), "bbox_phi": boxes[:, 4].tolist()})
+        else:
+            cols.update({"bbox_row1": boxes[:, 0].tolist(), "bbox_col1": boxes[:, 1].tolist(),
+                         "bbox_row2": boxes[:, 2].tolist(), "bbox_col2": boxes[:, 3].tolist()})
         out.append({k: cols[k] for k in keys})
     return out

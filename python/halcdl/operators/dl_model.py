@@ -378,6 +378,7 @@ def _set_class_ids(m: DLModel, vals: list) -> None:
     if len(ids) == len(p["class_ids"]):
         m.core.set_class_ids(ids)
         p["class_ids"] = ids
+        m.mark_hparams_dirty()  # a detector's class_ids_no_orientation map to new indices
         return
     # new class count: re-create the head (everything else keeps its values)
     spec, new = m.rebuilt(len(ids), p["image_num_channels"], ids, None)
@@ -385,6 +386,7 @@ def _set_class_ids(m: DLModel, vals: list) -> None:
     p["class_ids"] = ids
     p["class_names"] = [str(i) for i in ids]
     p["class_weights"] = None
+    m.mark_hparams_dirty()
 
 
 def _set_class_names(m: DLModel, vals: list) -> None:
@@ -1071,9 +1073,9 @@ def apply_dl_model(dlmodel_handle: Any, dlsample_batch: Any, outputs: Any) -> li
     model's type, or a subset of these names."""
     m = check_model(dlmodel_handle, 1)
     samples = _sample_list(dlsample_batch, 2)
-    from .dl_detection import DETECTION_RESULT_KEYS, apply_detection  # noqa: PLC0415
+    from .dl_detection import apply_detection, result_keys  # noqa: PLC0415
 
-    keys = _outputs(outputs, DETECTION_RESULT_KEYS if m.is_detection else
+    keys = _outputs(outputs, result_keys(m) if m.is_detection else
                     _SEGMENTATION_RESULT_KEYS if m.is_segmentation else _RESULT_KEYS)
     if not samples:
         raise HOperatorError(H_ERR_DL_MODEL_INVALID_NUM_SAMPLES,

@@ -42,8 +42,13 @@ def determine_dl_model_detection_param(dldataset: Any, image_width_target: Any,
     largest anchor 4·2^l·2^((S−1)/S) reaches max z (at least min_level, at most the largest l
     with 2^l dividing both target sizes), S = 3 subscales, aspect ratios [1.0] when all
     ratios lie in [0.8, 1.25], else the 10 %, 50 % and 90 % quantiles of the ratios (two
-    decimals).  Errors: 7783 no boxes (or a sample without bbox keys), 7736 unreadable
-    image files or invalid boxes."""
+    decimals).  rectangle2 datasets (bbox_row, bbox_col, bbox_phi, bbox_length1,
+    bbox_length2): z = 2·sqrt(l1·l2), ratio l2 / l1 (the anchor's height / width at its own
+    angle), each length scaled by the image's scale along its axis; the result adds
+    instance_type 'rectangle2' and anchor_angles: the axial mean of the angles (modulo π,
+    two decimals) when they are concentrated (mean resultant length of 2φ ≥ 0.9), else
+    [−π/4, 0, π/4, π/2].  Errors: 7783 no boxes (or a sample without bbox keys), 7736
+    unreadable image files or invalid boxes."""
     if not isinstance(dldataset, dict) or not isinstance(dldataset.get("samples"), list):
         raise wrong_type(1, "dldataset must be a DLDataset dict with 'samples'")
     tw = to_scalar(image_width_target, 2, "one width")
@@ -57,9 +62,37 @@ def determine_dl_model_detection_param(dldataset: Any, image_width_target: Any,
         raise wrong_type(4, "gen_param must be a dict or []")
     split = gp.get("split", "all")
     image_dir = str(dldataset.get("image_dir", ""))
-    sizes, ratios = [], []
+    sizes, ratios, angles = [], [], []
+    rect2 = None
+    r2keys = ("bbox_row", "bbox_col", "bbox_phi", "bbox_length1", "bbox_length2")
     for i, s in enumerate(dldataset["samples"]):
         if not isinstance(s, dict) or (split != "all" and s.get("split") != split):
+            continue
+        if rect2 is None:
+            rect2 = "bbox_row1" not in s and all(k in s for k in r2keys)
+        if rect2:
+            if any(k not in s for k in r2keys):
+                raise HOperatorError(H_ERR_DL_INPUTS_MISSING,
+                                     f"sample {i} has no rectangle2 bbox keys {r2keys}")
+            try:
+                b = np.stack([np.asarray(s[k], np.float64).reshape(-1) for k in r2keys], 1)
+            except (TypeError, ValueError):
+                raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
+                                     f"sample {i}: invalid bbox lists") from None
+            if len(b) == 0:
+                continue
+            phi, l1, l2 = b[:, 2], b[:, 3], b[:, 4]
+            if not (np.isfinite(b).all() and (l1 > 0).all() and (l2 > 0).all()):
+                raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
+                                     f"sample {i}: boxes must be finite with positive lengths")
+            iw, ih = _image_size(os.path.join(image_dir, str(s.get("image_file_name", ""))), i)
+            fy, fx = th / ih, tw / iw
+            sn, cs = np.sin(phi), np.cos(phi)
+            l1 = l1 * np.hypot(fy * sn, fx * cs)   # length1 runs along (−sin φ, cos φ)
+            l2 = l2 * np.hypot(fy * cs, fx * sn)
+            sizes.append(2.0 * np.sqrt(l1 * l2))
+            ratios.append(l2 / l1)
+            angles.append(phi)
             continue
         keys = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")
         if any(k not in s for k in keys):
@@ -96,5 +129,16 @@ def determine_dl_model_detection_param(dldataset: Any, image_width_target: Any,
         ar = [1.0]
     else:
         ar = sorted({round(float(q), 2) for q in np.quantile(r, [0.1, 0.5, 0.9])})
-    return {"min_level": lo, "max_level": hi, "anchor_num_subscales": SUBSCALES,
-            "anchor_aspect_ratios": ar, "image_width": tw, "image_height": th}
+    out = {"min_level": lo, "max_level": hi, "anchor_num_subscales": SUBSCALES,
+           "anchor_aspect_ratios": ar, "image_width": tw, "image_height": th}
+    if rect2:
+        phi = np.concatenate(angles)
+        c2, s2 = np.cos(2 * phi).mean(), np.sin(2 * phi).mean()
+        if math.hypot(c2, s2) >= 0.9:
+            mean = 0.5 * math.atan2(s2, c2)        # in (−π/2, π/2]
+            out["anchor_angles"] = [round(mean, 2)]
+        else:
+            out["anchor_angles"] = [round(-math.pi / 4, 4), 0.0, round(math.pi / 4, 4),
+                                    round(math.pi / 2, 4)]
+        out["instance_type"] = "rectangle2"
+    return out

@@ -18,6 +18,16 @@ confidence (stable), cumulative TP / FP, precision made monotone (interpolate_pr
 AP = mean precision at the 101 recall points 0, 0.01, …, 1.  mean_ap averages over the
 classes that have ground truth and over the thresholds.  This is exactly pycocotools'
 COCOeval (bbox), which the tests compare against.
+
+rectangle2 (model_params instance_type 'rectangle2', boxes bbox_row, bbox_col, bbox_phi,
+bbox_length1, bbox_length2): the same with the oriented IoU of the engine (convex polygon
+clipping, ``core.det_iou_matrix``) and area 4·length1·length2, plus SoAP, the score of
+angle precision of WORKFLOW.md: SoAP = 1 − mean |Δφ| / π over the true positives, Δφ the
+angle between a true positive and its ground truth taken modulo 2π into [0, π] (modulo π into
+[0, π/2] with ignore_direction 'true').  Per class and IoU threshold the mean over all
+true positives; ``soap`` averages over the classes with true positives (classes of
+class_ids_no_orientation are left out: their boxes have phi 0) and the thresholds,
+``soap_iou_05`` … per threshold, ``class_soap`` per class (−1 without true positives).
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from ..errors import (
     HOperatorError,
 )
 
-__all__ = ["evaluate_detection", "detection_iou"]
+__all__ = ["evaluate_detection", "detection_iou", "rect2_iou"]
 
 DEFAULT_IOU = [round(0.5 + 0.05 * i, 2) for i in range(10)]
 _REC = np.linspace(0.0, 1.0, 101)
@@ -57,9 +67,31 @@ def detection_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(ua > 0, inter / np.where(ua > 0, ua, 1), 0.0)
 
 
-def _boxes(d: dict, i: int, what: str, label_key: str, extra: str | None = None):
-    keys = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2", label_key) + (
-        (extra,) if extra else ())
+RECT1_KEYS = ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2")
+# the engine's order of a rectangle2 box
+RECT2_KEYS = ("bbox_row", "bbox_col", "bbox_length1", "bbox_length2", "bbox_phi")
+
+
+def rect2_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of (n, 5) and (m, 5) rectangle2 boxes (row, col, length1, length2, phi): the
+    engine's oriented IoU (polygon clipping in C++)."""
+    from .._native import core  # noqa: PLC0415
+
+    a = np.ascontiguousarray(np.asarray(a, np.float32).reshape(-1, 5))
+    b = np.ascontiguousarray(np.asarray(b, np.float32).reshape(-1, 5))
+    return np.asarray(core.det_iou_matrix(a, b), np.float64).reshape(len(a), len(b))
+
+
+def _area(b: np.ndarray) -> np.ndarray:
+    if b.shape[1] == 5:
+        return 4.0 * b[:, 2] * b[:, 3]
+    return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+
+def _boxes(d: dict, i: int, what: str, label_key: str, extra: str | None = None,
+           rect2: bool = False):
+    nb = 5 if rect2 else 4
+    keys = (RECT2_KEYS if rect2 else RECT1_KEYS) + (label_key,) + ((extra,) if extra else ())
     for k in keys:
         if k not in d:
             raise HOperatorError(H_ERR_DL_INPUTS_MISSING, f"{what} {i} has no key {k!r}")
@@ -75,7 +107,7 @@ def _boxes(d: dict, i: int, what: str, label_key: str, extra: str | None = None)
     if not all(np.isfinite(c).all() for c in cols):
         raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
                              f"{what} {i}: NaN or infinite bbox values")
-    return np.stack(cols[:4], 1), cols[4].astype(np.int64), (cols[5] if extra else None)
+    return np.stack(cols[:nb], 1), cols[nb].astype(np.int64), (cols[nb + 1] if extra else None)
 
 
 def _gen(gen_param: Any) -> dict:
@@ -89,9 +121,9 @@ def _gen(gen_param: Any) -> dict:
     return gen_param
 
 
-def _image_eval(det_b, det_s, gt_b, gt_area, lo, hi, max_det, thrs):
+def _image_eval(det_b, det_s, gt_b, gt_area, lo, hi, max_det, thrs, period=0.0):
     """COCOeval.evaluateImg for one image and class: (scores, matched (T, D), ignored
-    (T, D), number of non-ignored ground-truth boxes)."""
+    (T, D), number of non-ignored ground-truth boxes, |Δφ| (T, D) of the matches)."""
     order = np.argsort(-det_s, kind="mergesort")[:max_det]
     db, ds = det_b[order], det_s[order]
     g_ig = (gt_area < lo) | (gt_area > hi)
@@ -100,8 +132,9 @@ def _image_eval(det_b, det_s, gt_b, gt_area, lo, hi, max_det, thrs):
     T, D, G = len(thrs), len(db), len(gb)
     dtm = np.zeros((T, D), bool)
     dt_ig = np.zeros((T, D), bool)
+    dphi = np.zeros((T, D))
     if G and D:
-        ious = detection_iou(db, gb)
+        ious = rect2_iou(db, gb) if db.shape[1] == 5 else detection_iou(db, gb)
         gtm = np.zeros((T, G), bool)
         for ti, t in enumerate(thrs):
             for di in range(D):
@@ -120,10 +153,13 @@ def _image_eval(det_b, det_s, gt_b, gt_area, lo, hi, max_det, thrs):
                 dt_ig[ti, di] = g_ig[m]
                 dtm[ti, di] = True
                 gtm[ti, m] = True
-    d_area = (db[:, 2] - db[:, 0]) * (db[:, 3] - db[:, 1]) if D else np.zeros(0)
+                if period:
+                    x = np.mod(db[di, 4] - gb[m, 4], period)
+                    dphi[ti, di] = min(x, period - x)
+    d_area = _area(db) if D else np.zeros(0)
     out_rng = (d_area < lo) | (d_area > hi)
     dt_ig = dt_ig | (~dtm & out_rng[None, :])
-    return ds, dtm, dt_ig, int((~g_ig).sum())
+    return ds, dtm, dt_ig, int((~g_ig).sum()), dphi
 
 
 def _ap(scores, dtm, dt_ig, npig, interpolate):
@@ -186,11 +222,20 @@ def evaluate_detection(results: Any, samples: Any, model_params: Any, gen_param:
     if not (len(names) == len(los) == len(his)):
         raise HOperatorError(H_ERR_DL_INPUT_WRONG_VALUES, "area_ranges lists differ in length")
     interpolate = str(g.get("interpolate_pr_curves", "true")) != "false"
+    def one(key):  # a value or a tuple of one (get_dl_model_param's form)
+        v = model_params.get(key)
+        return v[0] if isinstance(v, (list, tuple)) and len(v) == 1 else v
+
+    rect2 = one("instance_type") == "rectangle2"
+    period = (np.pi if one("ignore_direction") in ("true", True, 1) else 2 * np.pi) \
+        if rect2 else 0.0
+    no_orient = {int(c) for c in np.asarray(model_params.get("class_ids_no_orientation", []))
+                 .reshape(-1)} if rect2 else set()
 
     dets, gts = [], []
     for i, (r, s) in enumerate(zip(results, samples)):
-        db, dl, ds = _boxes(r, i, "result", "bbox_class_id", "bbox_confidence")
-        gb, gl, _ = _boxes(s, i, "sample", "bbox_label_id")
+        db, dl, ds = _boxes(r, i, "result", "bbox_class_id", "bbox_confidence", rect2)
+        gb, gl, _ = _boxes(s, i, "sample", "bbox_label_id", None, rect2)
         dets.append((db, dl, ds))
         gts.append((gb, gl))
 
@@ -200,20 +245,26 @@ def evaluate_detection(results: Any, samples: Any, model_params: Any, gen_param:
         per_area = {}
         for name, lo, hi in zip(names, los, his):
             ap = np.zeros((len(class_ids), len(thrs)))
+            soap = np.full((len(class_ids), len(thrs)), -1.0)
             for ki, c in enumerate(class_ids):
-                sc, tm, ig, npig = [], [], [], 0
+                sc, tm, ig, dp, npig = [], [], [], [], 0
                 for (db, dl, ds), (gb, gl) in zip(dets, gts):
                     dsel, gsel = dl == c, gl == c
                     g_b = gb[gsel]
-                    g_area = (g_b[:, 2] - g_b[:, 0]) * (g_b[:, 3] - g_b[:, 1])
-                    s_, m_, i_, n_ = _image_eval(db[dsel], ds[dsel], g_b, g_area, lo, hi,
-                                                 len(ds) if md < 0 else md, thrs)
+                    s_, m_, i_, n_, p_ = _image_eval(db[dsel], ds[dsel], g_b, _area(g_b), lo, hi,
+                                                     len(ds) if md < 0 else md, thrs, period)
                     sc.append(s_)
                     tm.append(m_)
                     ig.append(i_)
+                    dp.append(p_)
                     npig += n_
-                ap[ki] = _ap(np.concatenate(sc), np.concatenate(tm, 1), np.concatenate(ig, 1),
-                             npig, interpolate)
+                tm_, ig_ = np.concatenate(tm, 1), np.concatenate(ig, 1)
+                ap[ki] = _ap(np.concatenate(sc), tm_, ig_, npig, interpolate)
+                if rect2 and c not in no_orient:
+                    tp, dp_ = tm_ & ~ig_, np.concatenate(dp, 1)
+                    for ti in range(len(thrs)):
+                        if tp[ti].any():
+                            soap[ki, ti] = 1.0 - float(dp_[ti][tp[ti]].mean()) / np.pi
             valid = ap[:, 0] > -1
             res: dict = {"mean_ap": float(ap[valid].mean()) if valid.any() else -1.0,
                          "class_ap": [float(ap[k].mean()) if valid[k] else -1.0
@@ -223,6 +274,14 @@ def evaluate_detection(results: Any, samples: Any, model_params: Any, gen_param:
                 res[f"ap_iou_{_key(t)}"] = float(ap[valid, ti].mean()) if valid.any() else -1.0
                 res[f"class_ap_iou_{_key(t)}"] = [float(ap[k, ti]) if valid[k] else -1.0
                                                   for k in range(len(class_ids))]
+            if rect2:
+                ok = soap > -1
+                res["soap"] = float(soap[ok].mean()) if ok.any() else -1.0
+                res["class_soap"] = [float(soap[k][ok[k]].mean()) if ok[k].any() else -1.0
+                                     for k in range(len(class_ids))]
+                for ti, t in enumerate(thrs):
+                    res[f"soap_iou_{_key(t)}"] = (float(soap[ok[:, ti], ti].mean())
+                                                  if ok[:, ti].any() else -1.0)
             per_area[f"area_{name}"] = res
         out[md_key] = per_area
     return out
