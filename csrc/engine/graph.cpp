@@ -27,6 +27,11 @@ const char* op_name(OpKind k) {
     case OpKind::UpNearest: return "upsample_nearest";
     case OpKind::UpBilinear: return "upsample_bilinear";
     case OpKind::DetOut: return "detection_output";
+    case OpKind::Sigmoid: return "sigmoid";
+    case OpKind::Tanh: return "tanh";
+    case OpKind::DepthToSpace: return "depth_to_space";
+    case OpKind::ResizeNearest: return "resize_nearest";
+    case OpKind::ResizeBilinear: return "resize_bilinear";
   }
   return "?";
 }
@@ -41,7 +46,9 @@ const std::unordered_map<std::string, OpKind>& op_table() {
       {"add", OpKind::Add},     {"concat", OpKind::Concat},   {"dropout", OpKind::Dropout},
       {"softmax", OpKind::Softmax}, {"deconv", OpKind::Deconv},
       {"upsample_nearest", OpKind::UpNearest}, {"upsample_bilinear", OpKind::UpBilinear},
-      {"detection_output", OpKind::DetOut}};
+      {"detection_output", OpKind::DetOut}, {"sigmoid", OpKind::Sigmoid}, {"tanh", OpKind::Tanh},
+      {"depth_to_space", OpKind::DepthToSpace}, {"resize_nearest", OpKind::ResizeNearest},
+      {"resize_bilinear", OpKind::ResizeBilinear}};
   return t;
 }
 
@@ -269,6 +276,35 @@ Graph build_graph(const std::vector<NodeSpec>& spec) {
         if (n.bias) add_param(n, idx, "bias", {n.channels}, ParamKind::Bias);
         break;
       }
+      case OpKind::Sigmoid:
+      case OpKind::Tanh:
+        need_inputs(1, 1);
+        n.channels = in_ch(0);
+        break;
+      case OpKind::DepthToSpace: {
+        // y[n, c, h·b + i, w·b + j] = x[n, k, h, w]; CRD: k = c·b² + i·b + j, DCR: k = (i·b + j)·C + c
+        need_inputs(1, 1);
+        n.block = a.integer("block_size", 2);
+        n.crd = a.num("crd", 1) != 0;
+        HALCDL_CHECK(n.block >= 1 && n.block <= 4096, kErrInvalidInputShape, "node '", s.name,
+                     "': block_size must be in [1, 4096]");
+        const int64_t bb = static_cast<int64_t>(n.block) * n.block;
+        HALCDL_CHECK(in_ch(0) % bb == 0, kErrInvalidInputShape, "node '", s.name, "': the input's ", in_ch(0),
+                     " channels are not a multiple of block_size² = ", bb);
+        n.channels = static_cast<int>(in_ch(0) / bb);
+        break;
+      }
+      case OpKind::ResizeNearest:
+      case OpKind::ResizeBilinear:
+        // to a fixed output size (half-pixel centres, PyTorch's interpolate(size=...),
+        // 'nearest-exact' / 'bilinear' with align_corners=False)
+        need_inputs(1, 1);
+        n.channels = in_ch(0);
+        n.out_h = a.integer("height", 0);
+        n.out_w = a.integer("width", 0);
+        HALCDL_CHECK(n.out_h >= 1 && n.out_w >= 1 && n.out_h <= 65536 && n.out_w <= 65536, kErrInvalidInputShape,
+                     "node '", s.name, "': height and width must be in [1, 65536]");
+        break;
       case OpKind::Add:
         need_inputs(2, 2);
         n.channels = in_ch(0);
@@ -370,6 +406,19 @@ std::vector<Dims> Graph::infer_shapes(const std::vector<Dims>& input_dims) const
         const Dims& x = in(0);
         HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
         out[i] = {x[0], x[1], x[2] * n.scale, x[3] * n.scale};
+        break;
+      }
+      case OpKind::DepthToSpace: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        out[i] = {x[0], n.channels, x[2] * n.block, x[3] * n.block};
+        break;
+      }
+      case OpKind::ResizeNearest:
+      case OpKind::ResizeBilinear: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        out[i] = {x[0], x[1], n.out_h, n.out_w};
         break;
       }
       case OpKind::GAP: {

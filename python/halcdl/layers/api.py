@@ -68,6 +68,9 @@ __all__ = [
     "create_dl_layer_loss_cross_entropy",
     "create_dl_layer_transposed_convolution",
     "create_dl_layer_zoom_factor",
+    "create_dl_layer_zoom_size",
+    "create_dl_layer_zoom_to_layer_size",
+    "create_dl_layer_depth_to_space",
     "create_dl_model",
     "get_dl_layer_param",
     "get_dl_layer_param_s",
@@ -345,12 +348,13 @@ def _upper_bound(v: Any, pos: int) -> float:
 def create_dl_layer_activation(dllayer_input: Any, layer_name: Any, activation_type: Any,
                                gen_param_name: Any, gen_param_value: Any) -> DLLayer:
     """An activation layer: 'relu' (generic parameter 'upper_bound': 6 gives ReLU6, the only
-    bound the engine has).  HALCON's 'sigmoid' and 'tanh' are not in halcdl's engine yet
-    (7914)."""
+    bound the engine has), 'sigmoid' (1 / (1 + e^-x)) or 'tanh'."""
     inp = _layer(dllayer_input, 1)
     name = _name(layer_name, 2)
-    t = _choice(activation_type, 3, "activation_type", ("relu", "sigmoid", "tanh"), ("relu",))
+    t = _choice(activation_type, 3, "activation_type", ("relu", "sigmoid", "tanh"))
     gen = _gen(gen_param_name, gen_param_value, 4, {"upper_bound": _upper_bound})
+    if "upper_bound" in gen and t != "relu":
+        raise wrong_value(5, f"upper_bound applies to 'relu' only, not to {t!r}")
     if "upper_bound" in gen and gen["upper_bound"] != 6.0:
         raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
                              f"upper_bound {gen['upper_bound']}: halcdl's engine has ReLU6 "
@@ -536,6 +540,68 @@ def create_dl_layer_zoom_factor(dllayer_input: Any, layer_name: Any, scale_width
     return _new(name, "zoom_factor", [inp], {"scale_width": sw, "scale_height": sh,
                                              "interpolation": interp, "align_corners": ac},
                 gen)
+
+
+_INTERP = ("nearest_neighbor", "bilinear", "bicubic")
+
+
+@operator
+def create_dl_layer_zoom_size(dllayer_input: Any, layer_name: Any, width: Any, height: Any,
+                              interpolation: Any, align_corners: Any, gen_param_name: Any,
+                              gen_param_value: Any) -> DLLayer:
+    """Resize to an absolute output size ``width`` x ``height``: 'bilinear' (PyTorch's
+    interpolate(mode='bilinear', align_corners=False)) or 'nearest_neighbor' (half-pixel
+    centres: source pixel floor((x + 0.5) * in / out), PyTorch's 'nearest-exact').
+    'bicubic' and align_corners 'true' -> 7914."""
+    inp = _layer(dllayer_input, 1)
+    name = _name(layer_name, 2)
+    w = _pos_ints(width, 3, "width", (1,))[0]
+    h = _pos_ints(height, 4, "height", (1,))[0]
+    for v, pos in ((w, 3), (h, 4)):
+        if v > 65536:
+            raise wrong_value(pos, f"the output size must be at most 65536, got {v}")
+    interp = _choice(interpolation, 5, "interpolation", _INTERP, ("nearest_neighbor", "bilinear"))
+    ac = _choice(align_corners, 6, "align_corners", ("true", "false"), ("false",))
+    gen = _gen(gen_param_name, gen_param_value, 7, {})
+    return _new(name, "zoom_size", [inp], {"width": w, "height": h, "interpolation": interp,
+                                           "align_corners": ac}, gen)
+
+
+@operator
+def create_dl_layer_zoom_to_layer_size(dllayer_input: Any, dllayer_reference: Any,
+                                       layer_name: Any, interpolation: Any, align_corners: Any,
+                                       gen_param_name: Any, gen_param_value: Any) -> DLLayer:
+    """Resize to the width and height of ``dllayer_reference``'s output (known when
+    create_dl_model checks the shapes); interpolation as create_dl_layer_zoom_size.  The
+    reference only gives the size (no gradient flows into it)."""
+    inp = _layer(dllayer_input, 1)
+    ref = _layer(dllayer_reference, 2, "dllayer_reference")
+    name = _name(layer_name, 3)
+    interp = _choice(interpolation, 4, "interpolation", _INTERP, ("nearest_neighbor", "bilinear"))
+    ac = _choice(align_corners, 5, "align_corners", ("true", "false"), ("false",))
+    gen = _gen(gen_param_name, gen_param_value, 6, {})
+    return _new(name, "zoom_to_layer_size", [inp, ref], {"interpolation": interp,
+                                                         "align_corners": ac}, gen)
+
+
+_D2S_MODES = {"column_row_depth": True, "depth_column_row": False}
+
+
+@operator
+def create_dl_layer_depth_to_space(dllayer_input: Any, layer_name: Any, block_size: Any,
+                                   mode: Any, gen_param_name: Any,
+                                   gen_param_value: Any) -> DLLayer:
+    """Depth to space: the depth D = d * block_size^2 is moved into block_size x block_size
+    spatial blocks (output d x H*b x W*b).  ``mode`` 'column_row_depth' (ONNX's CRD,
+    PyTorch's pixel_shuffle) or 'depth_column_row' (ONNX's DCR)."""
+    inp = _layer(dllayer_input, 1)
+    name = _name(layer_name, 2)
+    bs = _pos_ints(block_size, 3, "block_size", (1,))[0]
+    if bs > 4096:
+        raise wrong_value(3, f"block_size must be at most 4096, got {bs}")
+    m = _choice(mode, 4, "mode", tuple(_D2S_MODES))
+    gen = _gen(gen_param_name, gen_param_value, 5, {})
+    return _new(name, "depth_to_space", [inp], {"block_size": bs, "mode": m}, gen)
 
 
 def _layer_param(layer: DLLayer, name: str) -> list:
@@ -724,8 +790,30 @@ def _emit(b: _Builder, layer: DLLayer) -> None:  # noqa: C901  (one branch per l
         return
     if t == "activation":
         x, shp = b.src(layer, 0)
-        op = "relu6" if p.get("upper_bound") == 6.0 else "relu"
+        op = p["activation_type"]
+        if op == "relu" and p.get("upper_bound") == 6.0:
+            op = "relu6"
         b.out[id(layer)] = b.node(layer, layer.name, op, [x], shp)
+        return
+    if t in ("zoom_size", "zoom_to_layer_size"):
+        x, (c, h, w) = b.spatial_input(layer)
+        if t == "zoom_size":
+            oh, ow = p["height"], p["width"]
+        else:
+            _, rs = b.spatial_input(layer, 1)
+            oh, ow = rs[1], rs[2]
+        op = "resize_nearest" if p["interpolation"] == "nearest_neighbor" else "resize_bilinear"
+        b.out[id(layer)] = b.node(layer, layer.name, op, [x], (c, oh, ow), height=oh, width=ow)
+        return
+    if t == "depth_to_space":
+        x, (c, h, w) = b.spatial_input(layer)
+        bs = p["block_size"]
+        if c % (bs * bs):
+            raise _fail(H_ERR_DL_LAYER_INPUT, layer, f"the input depth {c} is not a multiple of "
+                                                     f"block_size^2 = {bs * bs}")
+        b.out[id(layer)] = b.node(layer, layer.name, "depth_to_space", [x],
+                                  (c // (bs * bs), h * bs, w * bs), block_size=bs,
+                                  crd=_D2S_MODES[p["mode"]])
         return
     if t == "pooling":
         x, (c, h, w) = b.spatial_input(layer)

@@ -52,7 +52,9 @@ _TYPES = {"input": "input", "conv": "convolution", "bn": "batchnorm", "relu": "a
           "relu6": "activation", "maxpool": "pooling", "avgpool": "pooling", "gap": "pooling",
           "fc": "dense", "dropout": "dropout", "softmax": "softmax", "concat": "concat",
           "add": "elementwise", "deconv": "transposed_convolution",
-          "upsample_nearest": "zoom_factor", "upsample_bilinear": "zoom_factor"}
+          "upsample_nearest": "zoom_factor", "upsample_bilinear": "zoom_factor",
+          "sigmoid": "activation", "tanh": "activation", "depth_to_space": "depth_to_space",
+          "resize_nearest": "zoom_size", "resize_bilinear": "zoom_size"}
 
 
 def _owner(node_name: str) -> str:
@@ -119,6 +121,15 @@ class _View:
             p["momentum"] = "auto"
             p["epsilon"] = float(n.get("eps", 1e-5))
             p["activation"] = "relu" if has_fused else "none"
+        elif op in ("sigmoid", "tanh"):
+            p["activation_type"] = op
+        elif op == "depth_to_space":
+            p["block_size"] = int(n.get("block_size", 2))
+            p["mode"] = "column_row_depth" if n.get("crd", True) else "depth_column_row"
+        elif op in ("resize_nearest", "resize_bilinear"):
+            p["width"], p["height"] = int(n["width"]), int(n["height"])
+            p["interpolation"] = "nearest_neighbor" if op == "resize_nearest" else "bilinear"
+            p["align_corners"] = "false"
         elif op in ("relu", "relu6"):
             p["activation_type"] = "relu"
             if op == "relu6":
