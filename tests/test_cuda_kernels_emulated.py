@@ -1275,3 +1275,28 @@ def test_depth_to_space(K, n, h, w, co, b, crd):
     assert_bits_equal(y, np.ascontiguousarray(ref.transpose(0, 2, 3, 1)), "depth_to_space_forward (a permutation)")
     _, back = K.call("depth_to_space_backward", y, poison(x.shape), n, h, w, co, b, crd)
     assert_bits_equal(back, x, "depth_to_space_backward inverts the forward")
+
+
+@pytest.mark.parametrize("n,h,w,c,oh,ow,oc", [(2, 3, 4, 5, 5, 2, 6), (1, 1, 1, 12, 2, 3, 2), (2, 2, 2, 2, 1, 1, 8),
+                                              (1, 4, 3, 33, 11, 1, 36)])
+def test_reshape_nhwc(K, n, h, w, c, oh, ow, oc):
+    rng = np.random.default_rng(n + h + w + c)
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    _, y = K.call("reshape_nhwc", x, poison((n, oh, ow, oc)), n, h, w, c, oh, ow, oc)
+    ref = x.transpose(0, 3, 1, 2).reshape(n, oc, oh, ow).transpose(0, 2, 3, 1)
+    assert_bits_equal(y, np.ascontiguousarray(ref), "reshape_nhwc: the NCHW-order values under new dims")
+    _, back = K.call("reshape_nhwc", y, poison(x.shape), n, oh, ow, oc, h, w, c)
+    assert_bits_equal(back, x, "reshape_nhwc with the shapes swapped inverts it")
+
+
+@pytest.mark.parametrize("perm", [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)])
+def test_permute_nhwc(K, perm):
+    n, c, h, w = 2, 3, 4, 5
+    rng = np.random.default_rng(sum(perm) + perm[0])
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    ref = x.transpose(0, 3, 1, 2).transpose(0, *[1 + p for p in perm])      # logical (n, A0, A1, A2)
+    _, y = K.call("permute_nhwc", x, poison(ref.transpose(0, 2, 3, 1).shape), n, c, h, w, *perm)
+    assert_bits_equal(y, np.ascontiguousarray(ref.transpose(0, 2, 3, 1)), f"permute_nhwc {perm}")
+    inv = [perm.index(k) for k in range(3)]
+    _, back = K.call("permute_nhwc", y, poison(x.shape), n, *ref.shape[1:], *inv)
+    assert_bits_equal(back, x, "permute_nhwc by the inverse permutation inverts it")

@@ -1,8 +1,10 @@
 """The engine ops added for the layer API (docs/layers.md): sigmoid, tanh, depth_to_space,
-resize_nearest / resize_bilinear (create_dl_layer_activation 'sigmoid'/'tanh',
-create_dl_layer_depth_to_space, create_dl_layer_zoom_size, create_dl_layer_zoom_to_layer_size).
+resize_nearest / resize_bilinear, reshape, permute (create_dl_layer_activation
+'sigmoid'/'tanh', create_dl_layer_depth_to_space, create_dl_layer_zoom_size,
+create_dl_layer_zoom_to_layer_size, create_dl_layer_reshape, create_dl_layer_permutation).
 
-- every op forward and backward against PyTorch (float64) through core.run_op;
+- every op (and reshape, permute) forward and backward against PyTorch (float64) through
+  core.run_op;
 - a segmentation network of these ops trained 5 SGD / Adam steps: losses and every parameter
   against a PyTorch twin trained by hand (tests/test_segmentation.py's golden run), which
   checks the backward path end to end (with oneDNN's blocked layouts between the ops);
@@ -91,7 +93,53 @@ def test_resize(mode, src, dst):
     check_op(make_node(f"resize_{mode}", height=dst[0], width=dst[1]), [x], {}, fn, rng=rng)
 
 
+@pytest.mark.parametrize("shape, to", [((2, 6, 2, 3), (4, 3, 3)), ((1, 2, 3, 4), (24, 1, 1)),
+                                       ((3, 5, 1, 1), (1, 1, 5)), ((2, 4, 2, 2), (4, 2, 2))])
+def test_reshape(shape, to):
+    rng = np.random.default_rng(sum(shape))
+    x = randn(rng, *shape)
+    check_op(make_node("reshape", channels=to[0], height=to[1], width=to[2]), [x], {},
+             lambda t, _: t[0].reshape(shape[0], *to), rng=rng, fwd=dict(atol=0, rtol=0),
+             bwd=dict(atol=0, rtol=0))
+
+
+def test_reshape_of_dense_features():
+    # a dense layer's flat (N, F) output reshaped to an image, then a convolution
+    img = _img(w=3, h=2, c=1)
+    d = ha.create_dl_layer_dense(img, "fc", 12, [], [])
+    r = ha.create_dl_layer_reshape(d, "rs", [2, 2, 3], [], [])
+    c = ha.create_dl_layer_convolution(r, "conv", 1, 1, 1, 2, 1, "none", "none", [], [])
+    g = ha.create_dl_layer_pooling(c, "gap", [], [], [], "global_average", [], [])
+    m = _model_from(g)
+    t = {k: torch.from_numpy(ha.get_dl_model_layer_weights(m, layer, wt)).double()
+         for k, layer, wt in (("fw", "fc", "weights"), ("fb", "fc", "bias"),
+                              ("cw", "conv", "weights"), ("cb", "conv", "bias"))}
+    im = np.random.default_rng(5).standard_normal((2, 3, 1)).astype(np.float32)
+    r = ha.apply_dl_model_s(m, {"image": im}, [])
+    x = torch.from_numpy(im).permute(2, 0, 1)[None].double()
+    y = F.linear(x.flatten(1), t["fw"], t["fb"]).reshape(1, 3, 2, 2)
+    p = torch.softmax(F.conv2d(y, t["cw"], t["cb"]).mean((2, 3)), 1)[0].numpy()
+    np.testing.assert_allclose(r["classification_confidences"], p[r["classification_class_ids"]],
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("perm", [[0, 2, 1], [1, 0, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1], [0, 1, 2]])
+def test_permute(perm):
+    rng = np.random.default_rng(sum(p * 3 ** i for i, p in enumerate(perm)))
+    x = randn(rng, 2, 3, 4, 5)
+    nd = make_node("permute", perm=perm)
+    if perm[0] != 0:
+        nd["channels"] = x.shape[1 + perm[0]]
+    check_op(nd, [x], {}, lambda t, _: t[0].permute(0, *[1 + p for p in perm]), rng=rng,
+             fwd=dict(atol=0, rtol=0), bwd=dict(atol=0, rtol=0))
+
+
 @pytest.mark.parametrize("node, why", [
+    (make_node("reshape", channels=5, height=1, width=1), "values per sample"),
+    (make_node("reshape", channels=6, height=0, width=1), "reshape needs"),
+    (make_node("permute", perm=[0, 1, 1]), "permutation of"),
+    (make_node("permute", perm=[1, 0, 2]), "needs 'channels'"),
+    (make_node("permute", perm=[1, 0, 2], channels=6), "original image size"),
     (make_node("depth_to_space", block_size=2), "not a multiple"),
     (make_node("depth_to_space", block_size=0), "block_size"),
     (make_node("resize_bilinear", height=0, width=3), "height and width"),
@@ -121,7 +169,13 @@ NEW_OPS_SPEC = [
     {"name": "d2s2", "op": "depth_to_space", "inputs": ["c4"], "block_size": 2,
      "crd": False},                                                                # 2 × 10×14
     {"name": "z2", "op": "resize_bilinear", "inputs": ["d2s2"], "height": SH, "width": SW},
-    {"name": "cat", "op": "concat", "inputs": ["z2", "s1"]},
+    {"name": "p1", "op": "permute", "inputs": ["s1"], "perm": [0, 2, 1]},           # 4 × 12×16
+    {"name": "c5", "op": "conv", "inputs": ["p1"], "out_channels": 8, "kernel": 1},
+    {"name": "r1", "op": "reshape", "inputs": ["c5"], "channels": 8, "height": SH, "width": SW},
+    {"name": "p2", "op": "permute", "inputs": ["r1"], "perm": [1, 0, 2], "channels": SH},
+    {"name": "c6", "op": "conv", "inputs": ["p2"], "out_channels": 4, "kernel": 1},  # 4 × 8×12
+    {"name": "z3", "op": "resize_bilinear", "inputs": ["c6"], "height": SH, "width": SW},
+    {"name": "cat", "op": "concat", "inputs": ["z2", "s1", "r1", "z3"]},
     {"name": "cls", "op": "conv", "inputs": ["cat"], "out_channels": len(S_IDS), "kernel": 1},
 ]
 
@@ -188,6 +242,29 @@ def test_layer_api_network_against_pytorch():
     np.testing.assert_array_equal(np.asarray(r["segmentation_image"]).reshape(4, 6), cls.numpy())
 
 
+def test_reshape_and_permutation_layers_against_pytorch():
+    img = _img(w=6, h=4, c=2)
+    p = ha.create_dl_layer_permutation(img, "perm", [2, 0, 1, 3], [], [])   # (w, h, d) <- (d, w, h)
+    r = ha.create_dl_layer_reshape(p, "reshape", [0, -1, 3, 0], [], [])
+    d = ha.create_dl_layer_dense(r, "fc", 3, [], [])
+    m = _model_from(d)
+    assert ha.get_dl_model_layer_param(m, "perm", "permutation") == [2, 0, 1, 3]
+    assert ha.get_dl_model_layer_param(m, "reshape", "shape") == [2, 8, 3, 0]
+    assert ha.get_dl_model_layer_param_s(m, "reshape", "type") == "reshape"
+    w = ha.get_dl_model_layer_weights(m, "fc", "weights")
+    bias = ha.get_dl_model_layer_weights(m, "fc", "bias")
+    im = np.random.default_rng(8).standard_normal((4, 6, 2)).astype(np.float32)
+    r = ha.apply_dl_model_s(m, {"image": im}, [])
+    # HALCON axes (w, h, d): output (w', h', d') = input (d, w, h); in NCHW (C, H, W) = (h, w, d)
+    x = torch.from_numpy(im).permute(2, 0, 1)[None].double()           # (1, d=2, h=4, w=6)
+    y = x.permute(0, 2, 3, 1)                                           # (1, h, w, d)
+    y = y.reshape(1, 3, 8, 2)                                           # depth 3, height -1, width 2
+    prob = torch.softmax(F.linear(y.flatten(1), torch.from_numpy(w).double(),
+                                  torch.from_numpy(bias).double()), 1)[0].numpy()
+    np.testing.assert_allclose(r["classification_confidences"], prob[r["classification_class_ids"]],
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_layer_params_of_new_layers():
     img = _img()
     d = ha.create_dl_layer_depth_to_space(img, "d2s", 1, "column_row_depth", [], [])
@@ -221,6 +298,15 @@ def test_layer_params_of_new_layers():
      errors.H_ERR_WIPV5),
     (lambda x: ha.create_dl_layer_zoom_to_layer_size(x, 3, "z", "bilinear", "false", [], []),
      errors.H_ERR_WIPT2),
+    (lambda x: ha.create_dl_layer_reshape(x, "r", [2, 2], [], []), errors.H_ERR_WIPN3),
+    (lambda x: ha.create_dl_layer_reshape(x, "r", [-1, -1, 2], [], []), errors.H_ERR_WIPV3),
+    (lambda x: ha.create_dl_layer_reshape(x, "r", [2, 2, 1.5], [], []), errors.H_ERR_WIPT3),
+    (lambda x: ha.create_dl_layer_reshape(x, "r", [2, 2, 2, 4], [], []),
+     errors.H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE),
+    (lambda x: ha.create_dl_layer_permutation(x, "p", [0, 1, 2], [], []), errors.H_ERR_WIPN3),
+    (lambda x: ha.create_dl_layer_permutation(x, "p", [0, 1, 1, 3], [], []), errors.H_ERR_WIPV3),
+    (lambda x: ha.create_dl_layer_permutation(x, "p", [0, 1, 3, 2], [], []),
+     errors.H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE),
 ])
 def test_new_layers_bad_input(call, code):
     with pytest.raises(ha.HOperatorError) as info:
@@ -234,6 +320,14 @@ def test_depth_not_multiple_of_block_fails_at_create_dl_model():
         _model_from(d)
     assert info.value.error_code == errors.H_ERR_DL_LAYER_INPUT
     assert "d2s" in info.value.message
+
+
+def test_reshape_count_mismatch_fails_at_create_dl_model():
+    r = ha.create_dl_layer_reshape(_img(), "rs", [5, 5, 1], [], [])
+    with pytest.raises(ha.HOperatorError) as info:
+        _model_from(ha.create_dl_layer_dense(r, "fc", 2, [], []))
+    assert info.value.error_code == errors.H_ERR_DL_LAYER_INPUT
+    assert "rs" in info.value.message
 
 
 def test_zoom_to_a_label_input_fails_at_create_dl_model():

@@ -28,7 +28,8 @@ Op semantics (from docs/internals.md):
            align_corners=False
   sigmoid, tanh; depth_to_space (crd: F.pixel_shuffle, else ONNX's DCR order);
   resize_nearest / resize_bilinear   F.interpolate(size=(height, width)), 'nearest-exact' /
-           'bilinear' with align_corners=False
+           'bilinear' with align_corners=False; reshape (per sample, NCHW order);
+  permute (torch.permute of the C, H, W axes by `perm`)
 The output is flattened to (N, K) when the last node gives (N, K, 1, 1).
 """
 from __future__ import annotations
@@ -50,7 +51,8 @@ SUFFIX_ROLE = {
 
 OPS = ("input", "conv", "bn", "relu", "relu6", "maxpool", "avgpool", "gap", "fc", "add",
        "concat", "dropout", "softmax", "deconv", "upsample_nearest", "upsample_bilinear",
-       "sigmoid", "tanh", "depth_to_space", "resize_nearest", "resize_bilinear")
+       "sigmoid", "tanh", "depth_to_space", "resize_nearest", "resize_bilinear", "reshape",
+       "permute")
 
 
 def _pair(v) -> tuple:
@@ -112,6 +114,10 @@ def param_shapes(spec: List[dict], in_channels: int | None = None) -> Dict[str, 
             chans[name] = sum(chans[i] for i in ins)
         elif op == "depth_to_space":
             chans[name] = chans[ins[0]] // int(node.get("block_size", 2)) ** 2
+        elif op == "reshape":
+            chans[name] = int(node["channels"])
+        elif op == "permute":
+            chans[name] = int(node.get("channels", chans[ins[0]]))
         elif op in OPS:
             chans[name] = chans[ins[0]]
         else:
@@ -234,6 +240,11 @@ class TorchTwin(nn.Module):
                     out = torch.tanh(a)
                 elif op == "depth_to_space":
                     out = depth_to_space(a, int(node.get("block_size", 2)), bool(node.get("crd", True)))
+                elif op == "reshape":
+                    out = a.reshape(a.shape[0], int(node["channels"]), int(node["height"]),
+                                    int(node["width"]))
+                elif op == "permute":
+                    out = a.permute(0, *[1 + int(p) for p in node["perm"]])
                 elif op in ("resize_nearest", "resize_bilinear"):
                     size = (int(node["height"]), int(node["width"]))
                     out = (F.interpolate(a, size=size, mode="nearest-exact") if op == "resize_nearest"

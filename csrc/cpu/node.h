@@ -145,6 +145,8 @@ std::unique_ptr<CpuNode> make_detout(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_act(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_resize(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_depth_to_space(const Node& n, int idx);
+std::unique_ptr<CpuNode> make_reshape(const Node& n, int idx);
+std::unique_ptr<CpuNode> make_permute(const Node& n, int idx);
 
 // Helpers
 memory::desc plain_desc(const Dims& d, dt type = dt::f32);

@@ -7,8 +7,12 @@
 //            align_corners=False); backward: the adjoint.
 //   depth_to_space: y[n, c, h·b + i, w·b + j] = x[n, k, h, w] with k = c·b² + i·b + j (CRD,
 //            PyTorch's pixel_shuffle) or k = (i·b + j)·C + c (DCR); backward: the inverse
-//            permutation of dy. Runs on plain NCHW fp32 (a blocked input is reordered first).
+//            permutation of dy.
+//   reshape: the NCHW values of a sample under new (C, H, W); permute: a transpose of (C, H, W).
+// The data-movement ops run on plain NCHW fp32 (a blocked input is reordered first).
 #include <omp.h>
+
+#include <cstring>
 
 #include "cpu/node.h"
 
@@ -93,17 +97,18 @@ class Resize : public CpuNode {
   Args fwd_args_, bwd_args_;
 };
 
-class DepthToSpace : public CpuNode {
+// The data-movement ops on plain NCHW fp32: a blocked input is reordered to plain first, the
+// input gradient is computed plain and reordered into the input's layout.
+class PlainMove : public CpuNode {
  public:
   using CpuNode::CpuNode;
 
   void create(Build& b) override {
-    HALCDL_CHECK(b.adt == dt::f32, kErrRuntimeUnsupported, "node '", node.name,
-                 "' (depth_to_space) runs in float32 only, not with precision 'bfloat16'");
+    HALCDL_CHECK(b.adt == dt::f32, kErrRuntimeUnsupported, "node '", node.name, "' (", op_name(node.op),
+                 ") runs in float32 only, not with precision 'bfloat16'");
     const Slot& x = in(b, 0);
-    const Dims& xd = x.dims;
     out(b).md = plain_desc(b.slots[idx].dims);
-    const memory::desc xp = plain_desc(xd);
+    const memory::desc xp = plain_desc(x.dims);
     xplain_ = x.md != xp;
     if (xplain_) xbuf_ = b.request(xp, b.tf(idx), b.tf(idx));
     if (b.training && x.need_grad && xplain_) gbuf_ = b.request(xp, b.tb(idx), b.tb(idx));
@@ -112,10 +117,8 @@ class DepthToSpace : public CpuNode {
   void bind(Build& b) override {
     const Slot& x = in(b, 0);
     const memory::desc xp = plain_desc(x.dims);
-    n_ = x.dims[0];
-    c_in_ = x.dims[1];
-    h_ = x.dims[2];
-    w_ = x.dims[3];
+    xd_ = x.dims;
+    yd_ = b.slots[idx].dims;
     if (xplain_) {
       xp_ = b.mem(xp, xbuf_);
       to_plain_ = Reorder(x.data, xp_);
@@ -137,18 +140,34 @@ class DepthToSpace : public CpuNode {
       to_plain_.run(e.s);
       e.s.wait();
     }
-    permute(static_cast<const float*>(xp_.get_data_handle()), static_cast<float*>(y.get_data_handle()), false);
+    move(static_cast<const float*>(xp_.get_data_handle()), static_cast<float*>(y.get_data_handle()), false);
   }
 
   void backward(Exec& e) override {
     if (!gp_) return;
-    permute(static_cast<const float*>(dy.get_data_handle()), static_cast<float*>(gp_.get_data_handle()), true);
+    move(static_cast<const float*>(dy.get_data_handle()), static_cast<float*>(gp_.get_data_handle()), true);
     if (from_plain_) from_plain_.run(e.s);
   }
 
- private:
+ protected:
   // forward: y ← x; inverse: x-shaped dst ← y-shaped src (the same index map read backwards)
-  void permute(const float* src, float* dst, bool inverse) const {
+  virtual void move(const float* src, float* dst, bool inverse) const = 0;
+  Dims xd_, yd_;
+
+ private:
+  bool xplain_ = false;
+  int xbuf_ = -1, gbuf_ = -1;
+  memory xp_, gp_;
+  Reorder to_plain_, from_plain_;
+};
+
+class DepthToSpace : public PlainMove {
+ public:
+  using PlainMove::PlainMove;
+
+ protected:
+  void move(const float* src, float* dst, bool inverse) const override {
+    const int64_t n_ = xd_[0], c_in_ = xd_[1], h_ = xd_[2], w_ = xd_[3];
     const int64_t bs = node.block, co = c_in_ / (bs * bs), H = h_ * bs, W = w_ * bs;
 #pragma omp parallel for collapse(2)
     for (int64_t n = 0; n < n_; ++n)
@@ -165,12 +184,43 @@ class DepthToSpace : public CpuNode {
           }
         }
   }
+};
 
-  bool xplain_ = false;
-  int xbuf_ = -1, gbuf_ = -1;
-  int64_t n_ = 0, c_in_ = 0, h_ = 0, w_ = 0;
-  memory xp_, gp_;
-  Reorder to_plain_, from_plain_;
+// reshape: the plain NCHW buffer unchanged under new dims (a copy both ways)
+class Reshape : public PlainMove {
+ public:
+  using PlainMove::PlainMove;
+
+ protected:
+  void move(const float* src, float* dst, bool) const override {
+    int64_t m = 1;
+    for (int64_t d : xd_) m *= d;  // (N, F) or (N, C, H, W)
+    std::memcpy(dst, src, static_cast<size_t>(m) * sizeof(float));
+  }
+};
+
+// permute: y[n, a0, a1, a2] = x[n, (C, H, W) with axis perm[k] = a_k]
+class Permute : public PlainMove {
+ public:
+  using PlainMove::PlainMove;
+
+ protected:
+  void move(const float* src, float* dst, bool inverse) const override {
+    const int64_t in_st[3] = {xd_[2] * xd_[3], xd_[3], 1};
+    int64_t st[3];  // input stride of each output axis
+    for (int k = 0; k < 3; ++k) st[k] = in_st[node.perm[k]];
+    const int64_t N = yd_[0], A0 = yd_[1], A1 = yd_[2], A2 = yd_[3], per = A0 * A1 * A2;
+#pragma omp parallel for collapse(2)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t a0 = 0; a0 < A0; ++a0)
+        for (int64_t a1 = 0; a1 < A1; ++a1)
+          for (int64_t a2 = 0; a2 < A2; ++a2) {
+            const int64_t yi = n * per + (a0 * A1 + a1) * A2 + a2;
+            const int64_t xi = n * per + a0 * st[0] + a1 * st[1] + a2 * st[2];
+            if (inverse) dst[xi] = src[yi];
+            else dst[yi] = src[xi];
+          }
+  }
 };
 
 }  // namespace
@@ -180,5 +230,7 @@ std::unique_ptr<CpuNode> make_resize(const Node& n, int idx) { return std::make_
 std::unique_ptr<CpuNode> make_depth_to_space(const Node& n, int idx) {
   return std::make_unique<DepthToSpace>(n, idx);
 }
+std::unique_ptr<CpuNode> make_reshape(const Node& n, int idx) { return std::make_unique<Reshape>(n, idx); }
+std::unique_ptr<CpuNode> make_permute(const Node& n, int idx) { return std::make_unique<Permute>(n, idx); }
 
 }  // namespace halcdl::cpu

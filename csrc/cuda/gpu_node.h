@@ -164,5 +164,7 @@ std::unique_ptr<GpuNode> make_upsample(const Node& n, int idx);  // nearest / bi
 std::unique_ptr<GpuNode> make_act(const Node& n, int idx);        // sigmoid / tanh
 std::unique_ptr<GpuNode> make_resize(const Node& n, int idx);     // resize_nearest / resize_bilinear
 std::unique_ptr<GpuNode> make_depth_to_space(const Node& n, int idx);
+std::unique_ptr<GpuNode> make_reshape(const Node& n, int idx);
+std::unique_ptr<GpuNode> make_permute(const Node& n, int idx);
 
 }  // namespace halcdl::gpu

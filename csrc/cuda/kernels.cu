@@ -1386,6 +1386,39 @@ __global__ void d2s_kernel(const float* __restrict__ src, float* __restrict__ ds
   }
 }
 
+// reshape NHWC: the sample's NCHW-order values under new dims. dst (n, oh, ow, oc) element
+// reads the src (n, h, w, c) element of the same flat C·H·W index. A bijection: the backward is
+// the same kernel with the roles of the two shapes swapped.
+__global__ void reshape_kernel(const float* __restrict__ src, float* __restrict__ dst, size_t total, int64_t h,
+                               int64_t w, int64_t c, int64_t oh, int64_t ow, int64_t oc) {
+  const int64_t per = oh * ow * oc;
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t ch = static_cast<int64_t>(t % oc);
+    int64_t p = static_cast<int64_t>(t / oc);
+    const int64_t ox = p % ow;
+    p /= ow;
+    const int64_t oy = p % oh, b = p / oh;
+    const int64_t f = (ch * oh + oy) * ow + ox;  // flat (C, H, W) index
+    const int64_t ic = f / (h * w), r = f % (h * w);
+    dst[t] = src[b * per + r * c + ic];  // r = iy·w + ix
+  }
+}
+
+// permute NHWC: dst logical (n, A0, A1, A2) stored (n, A1, A2, A0); logical axis k of dst is
+// axis perm[k] of src's (C, H, W); `st` are src's NHWC strides of its C, H, W axes.
+__global__ void permute_kernel(const float* __restrict__ src, float* __restrict__ dst, size_t total, int64_t a0,
+                               int64_t a1, int64_t a2, int64_t s0, int64_t s1, int64_t s2) {
+  const int64_t per = a0 * a1 * a2;
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t i0 = static_cast<int64_t>(t % a0);
+    int64_t p = static_cast<int64_t>(t / a0);
+    const int64_t i2 = p % a2;
+    p /= a2;
+    const int64_t i1 = p % a1, b = p / a1;
+    dst[t] = src[b * per + i0 * s0 + i1 * s1 + i2 * s2];
+  }
+}
+
 }  // namespace
 
 void sigmoid_forward(const float* x, float* y, size_t n, cudaStream_t s) {
@@ -1436,6 +1469,23 @@ void depth_to_space_backward(const float* dy, float* dx, int64_t n, int64_t h, i
   if (n <= 0 || h <= 0 || w <= 0 || co <= 0 || block <= 0) return;
   const size_t total = static_cast<size_t>(n * h * w * co) * static_cast<size_t>(block * block);
   d2s_kernel<<<grid_for(total), kBlock, 0, s>>>(dy, dx, total, h, w, co, block, crd, 1);
+  CUDA_CHECK_LAUNCH();
+}
+
+void reshape_nhwc(const float* src, float* dst, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh, int64_t ow,
+                  int64_t oc, cudaStream_t s) {
+  if (n <= 0 || oh <= 0 || ow <= 0 || oc <= 0) return;
+  const size_t total = static_cast<size_t>(n * oh * ow * oc);
+  reshape_kernel<<<grid_for(total), kBlock, 0, s>>>(src, dst, total, h, w, c, oh, ow, oc);
+  CUDA_CHECK_LAUNCH();
+}
+void permute_nhwc(const float* src, float* dst, int64_t n, int64_t c, int64_t h, int64_t w, int p0, int p1, int p2,
+                  cudaStream_t s) {
+  const int64_t dims[3] = {c, h, w}, st[3] = {1, w * c, c};  // NHWC strides of C, H, W
+  const int64_t a0 = dims[p0], a1 = dims[p1], a2 = dims[p2];
+  if (n <= 0 || a0 <= 0 || a1 <= 0 || a2 <= 0) return;
+  const size_t total = static_cast<size_t>(n * a0 * a1 * a2);
+  permute_kernel<<<grid_for(total), kBlock, 0, s>>>(src, dst, total, a0, a1, a2, st[p0], st[p1], st[p2]);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -165,5 +165,13 @@ void depth_to_space_forward(const float* x, float* y, int64_t n, int64_t h, int6
                             int crd, cudaStream_t s);
 void depth_to_space_backward(const float* dy, float* dx, int64_t n, int64_t h, int64_t w, int64_t co, int block,
                              int crd, cudaStream_t s);
+// reshape: dst (n, oh, ow, oc) holds src (n, h, w, c)'s values in the same per-sample NCHW
+// order (both NHWC); its backward is reshape_nhwc with the two shapes swapped.
+void reshape_nhwc(const float* src, float* dst, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh, int64_t ow,
+                  int64_t oc, cudaStream_t s);
+// permute: dst = numpy transpose of src's (C, H, W) axes by (p0, p1, p2), both NHWC; src has
+// logical dims (n, c, h, w). The backward is permute_nhwc of dy with the inverse permutation.
+void permute_nhwc(const float* src, float* dst, int64_t n, int64_t c, int64_t h, int64_t w, int p0, int p1, int p2,
+                  cudaStream_t s);
 
 }  // namespace halcdl::gpu::k

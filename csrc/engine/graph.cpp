@@ -32,6 +32,8 @@ const char* op_name(OpKind k) {
     case OpKind::DepthToSpace: return "depth_to_space";
     case OpKind::ResizeNearest: return "resize_nearest";
     case OpKind::ResizeBilinear: return "resize_bilinear";
+    case OpKind::Reshape: return "reshape";
+    case OpKind::Permute: return "permute";
   }
   return "?";
 }
@@ -48,7 +50,7 @@ const std::unordered_map<std::string, OpKind>& op_table() {
       {"upsample_nearest", OpKind::UpNearest}, {"upsample_bilinear", OpKind::UpBilinear},
       {"detection_output", OpKind::DetOut}, {"sigmoid", OpKind::Sigmoid}, {"tanh", OpKind::Tanh},
       {"depth_to_space", OpKind::DepthToSpace}, {"resize_nearest", OpKind::ResizeNearest},
-      {"resize_bilinear", OpKind::ResizeBilinear}};
+      {"resize_bilinear", OpKind::ResizeBilinear}, {"reshape", OpKind::Reshape}, {"permute", OpKind::Permute}};
   return t;
 }
 
@@ -305,6 +307,36 @@ Graph build_graph(const std::vector<NodeSpec>& spec) {
         HALCDL_CHECK(n.out_h >= 1 && n.out_w >= 1 && n.out_h <= 65536 && n.out_w <= 65536, kErrInvalidInputShape,
                      "node '", s.name, "': height and width must be in [1, 65536]");
         break;
+      case OpKind::Reshape:
+        // (N, C, H, W) → (N, channels, height, width), the same C·H·W values in NCHW order
+        need_inputs(1, 1);
+        n.channels = a.integer("channels", 0);
+        n.out_h = a.integer("height", 0);
+        n.out_w = a.integer("width", 0);
+        HALCDL_CHECK(n.channels >= 1 && n.out_h >= 1 && n.out_w >= 1, kErrInvalidInputShape, "node '", s.name,
+                     "': reshape needs channels, height and width >= 1");
+        break;
+      case OpKind::Permute: {
+        // numpy's transpose of the (C, H, W) axes of every sample
+        need_inputs(1, 1);
+        auto it = s.attrs.find("perm");
+        HALCDL_CHECK(it != s.attrs.end() && it->second.size() == 3, kErrInvalidInputShape, "node '", s.name,
+                     "': permute needs 'perm', a permutation of [0, 1, 2] (axes C, H, W)");
+        bool seen[3] = {false, false, false};
+        for (int k = 0; k < 3; ++k) {
+          const int v = Attrs::to_int(s, "perm", it->second[k]);
+          HALCDL_CHECK(v >= 0 && v <= 2 && !seen[v], kErrInvalidInputShape, "node '", s.name,
+                       "': 'perm' must be a permutation of [0, 1, 2]");
+          seen[v] = true;
+          n.perm[k] = v;
+        }
+        // the output's channels: the input's, or (an image axis moved to the channels) the spec's
+        // 'channels', which infer_shapes checks against the image size
+        n.channels = n.perm[0] == 0 ? in_ch(0) : a.integer("channels", 0);
+        HALCDL_CHECK(n.channels >= 1, kErrInvalidInputShape, "node '", s.name,
+                     "': a permute that moves an image axis to the channels needs 'channels' >= 1");
+        break;
+      }
       case OpKind::Add:
         need_inputs(2, 2);
         n.channels = in_ch(0);
@@ -412,6 +444,26 @@ std::vector<Dims> Graph::infer_shapes(const std::vector<Dims>& input_dims) const
         const Dims& x = in(0);
         HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
         out[i] = {x[0], n.channels, x[2] * n.block, x[3] * n.block};
+        break;
+      }
+      case OpKind::Reshape: {
+        Dims x = in(0);
+        if (x.size() == 2) x = {x[0], x[1], 1, 1};  // (N, F) features: F channels of 1×1
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 2-D or 4-D input");
+        HALCDL_CHECK(x[1] * x[2] * x[3] == static_cast<int64_t>(n.channels) * n.out_h * n.out_w, kErrInvalidInputShape,
+                     "node '", n.name, "' (reshape): the input has ", x[1] * x[2] * x[3], " values per sample (",
+                     x[1], "x", x[2], "x", x[3], "), the shape ", n.channels, "x", n.out_h, "x", n.out_w, " needs ",
+                     static_cast<int64_t>(n.channels) * n.out_h * n.out_w);
+        out[i] = {x[0], n.channels, n.out_h, n.out_w};
+        break;
+      }
+      case OpKind::Permute: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        HALCDL_CHECK(x[1 + n.perm[0]] == n.channels, kErrInvalidInputShape, "node '", n.name,
+                     "' (permute) gives ", x[1 + n.perm[0]], " channels, the network was built for ", n.channels,
+                     ": this network needs its original image size");
+        out[i] = {x[0], x[1 + n.perm[0]], x[1 + n.perm[1]], x[1 + n.perm[2]]};
         break;
       }
       case OpKind::ResizeNearest:

@@ -257,5 +257,13 @@ int emu_depth_to_space_backward(const float* dy, float* dx, int64_t n, int64_t h
                                 int crd) {
   EMU_CALL(k::depth_to_space_backward(dy, dx, n, h, w, co, block, crd, kStream))
 }
+int emu_reshape_nhwc(const float* src, float* dst, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh, int64_t ow,
+                     int64_t oc) {
+  EMU_CALL(k::reshape_nhwc(src, dst, n, h, w, c, oh, ow, oc, kStream))
+}
+int emu_permute_nhwc(const float* src, float* dst, int64_t n, int64_t c, int64_t h, int64_t w, int p0, int p1,
+                     int p2) {
+  EMU_CALL(k::permute_nhwc(src, dst, n, c, h, w, p0, p1, p2, kStream))
+}
 
 }  // extern "C"

@@ -54,7 +54,8 @@ _TYPES = {"input": "input", "conv": "convolution", "bn": "batchnorm", "relu": "a
           "add": "elementwise", "deconv": "transposed_convolution",
           "upsample_nearest": "zoom_factor", "upsample_bilinear": "zoom_factor",
           "sigmoid": "activation", "tanh": "activation", "depth_to_space": "depth_to_space",
-          "resize_nearest": "zoom_size", "resize_bilinear": "zoom_size"}
+          "resize_nearest": "zoom_size", "resize_bilinear": "zoom_size", "reshape": "reshape",
+          "permute": "permutation"}
 
 
 def _owner(node_name: str) -> str:
@@ -126,6 +127,14 @@ class _View:
         elif op == "depth_to_space":
             p["block_size"] = int(n.get("block_size", 2))
             p["mode"] = "column_row_depth" if n.get("crd", True) else "depth_column_row"
+        elif op == "reshape":
+            p["shape"] = [int(n["width"]), int(n["height"]), int(n["channels"]), 0]
+        elif op == "permute":
+            eng_to_hal = {0: 2, 1: 1, 2: 0}
+            hal = [0, 0, 0, 3]
+            for e, src in enumerate(n["perm"]):   # engine out axis e <- engine in axis src
+                hal[eng_to_hal[e]] = eng_to_hal[int(src)]
+            p["permutation"] = hal
         elif op in ("resize_nearest", "resize_bilinear"):
             p["width"], p["height"] = int(n["width"]), int(n["height"])
             p["interpolation"] = "nearest_neighbor" if op == "resize_nearest" else "bilinear"
