@@ -337,3 +337,25 @@ def test_zoom_to_a_label_input_fails_at_create_dl_model():
     with pytest.raises(ha.HOperatorError) as info:
         _model_from(z)
     assert info.value.error_code == errors.H_ERR_DL_LAYER_INPUT
+
+
+def test_serialize_round_trip_keeps_the_new_layers():
+    img = _img(c=3)  # the native format takes 1- or 3-channel inputs
+    a = ha.create_dl_layer_activation(img, "sig", "sigmoid", [], [])
+    p = ha.create_dl_layer_permutation(a, "perm", [1, 0, 2, 3], [], [])
+    z = ha.create_dl_layer_zoom_to_layer_size(p, img, "back", "bilinear", "false", [], [])
+    c = ha.create_dl_layer_convolution(z, "conv", 1, 1, 1, 12, 1, "none", "none", [], [])
+    d = ha.create_dl_layer_depth_to_space(c, "d2s", 2, "column_row_depth", [], [])
+    r = ha.create_dl_layer_reshape(d, "rs", [0, 0, 0], [], [])
+    zz = ha.create_dl_layer_zoom_size(r, "zs", 6, 4, "nearest_neighbor", "false", [], [])
+    m = _model_from(ha.create_dl_layer_activation(zz, "t", "tanh", [], []))
+    m2 = ha.deserialize_dl_model(ha.serialize_dl_model(m))
+    im = np.random.default_rng(6).standard_normal((4, 6, 3)).astype(np.float32)
+    a1 = ha.apply_dl_model_s(m, {"image": im}, [])
+    a2 = ha.apply_dl_model_s(m2, {"image": im}, [])
+    np.testing.assert_array_equal(np.asarray(a1["segmentation_confidence"]),
+                                  np.asarray(a2["segmentation_confidence"]))
+    for layer, key, want in (("perm", "permutation", [1, 0, 2, 3]), ("d2s", "block_size", [2]),
+                             ("zs", "interpolation", ["nearest_neighbor"]),
+                             ("t", "activation_type", ["tanh"]), ("rs", "shape", [12, 8, 3, 0])):
+        assert ha.get_dl_model_layer_param(m2, layer, key) == want, (layer, key)
