@@ -1217,3 +1217,86 @@ def test_mutants_are_caught():
     tie = emu.Kernels(libs["argmax_tie"])
     with pytest.raises(AssertionError, match="index"):
         check_argmax(tie)
+
+
+# ---- layer-API ops: sigmoid, tanh, resize, depth_to_space ---------------------------------------
+
+@pytest.mark.parametrize("op", ["sigmoid", "tanh"])
+def test_sigmoid_tanh_forward_backward(K, op):
+    torch = pytest.importorskip("torch")
+    x = _eltwise_inputs(n=700, seed=9)[10:]
+    x[:4] = [-100.0, 100.0, 0.0, -0.0]
+    n = x.size
+    dy = np.random.default_rng(3).standard_normal(n).astype(F32)
+    fwd, bwd = {"sigmoid": ("sigmoid_forward", "sigmoid_backward"), "tanh": ("tanh_forward", "tanh_backward")}[op]
+    _, y = K.call(fwd, x, poison(n), n)
+    fn = torch.sigmoid if op == "sigmoid" else torch.tanh
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+    yt = fn(xt)
+    yt.backward(torch.from_numpy(dy.astype(np.float64)))
+    assert_close(y, yt.detach().numpy(), atol=1e-7, rtol=1e-6, what=f"{op}_forward vs torch")
+    _, _, dx = K.call(bwd, y, dy, poison(n), n)
+    ref = dy * (y * (F32(1) - y)) if op == "sigmoid" else dy * (F32(1) - y * y)
+    assert_bits_equal(dx, ref.astype(F32), f"{op}_backward from the output")
+    assert_close(dx, xt.grad.numpy(), atol=1e-6, rtol=1e-5, what=f"{op}_backward vs torch autograd")
+
+
+RESIZE_EMU_CASES = [(2, 4, 5, 3, 7, 9), (1, 6, 6, 2, 4, 3), (1, 3, 4, 1, 3, 4), (1, 1, 1, 2, 3, 2),
+                    (1, 5, 7, 1, 10, 14), (2, 8, 3, 2, 3, 8), (1, 2, 9, 33, 5, 4)]
+
+
+@pytest.mark.parametrize("bilinear", [0, 1], ids=["nearest", "bilinear"])
+@pytest.mark.parametrize("n,h,w,c,oh,ow", RESIZE_EMU_CASES)
+def test_resize(K, n, h, w, c, oh, ow, bilinear):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(n + h * 10 + oh * 100 + bilinear)
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    dy = rng.standard_normal((n, oh, ow, c)).astype(F32)
+    _, y = K.call("resize_forward", x, poison((n, oh, ow, c)), n, h, w, c, oh, ow, bilinear)
+    _, dx = K.call("resize_backward", dy, poison((n, h, w, c)), n, h, w, c, oh, ow, bilinear)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).double().requires_grad_()
+    mode = dict(mode="bilinear", align_corners=False) if bilinear else dict(mode="nearest-exact")
+    yt = torch.nn.functional.interpolate(xt, size=(oh, ow), **mode)
+    yt.backward(torch.from_numpy(dy.transpose(0, 3, 1, 2).copy()).double())
+    assert_close(y, yt.detach().numpy().transpose(0, 2, 3, 1), atol=1e-6, rtol=1e-6, what="resize_forward vs torch")
+    assert_close(dx, xt.grad.numpy().transpose(0, 2, 3, 1), atol=1e-5, rtol=1e-5,
+                 what="resize_backward vs torch autograd")
+
+
+@pytest.mark.parametrize("crd", [1, 0], ids=["crd", "dcr"])
+@pytest.mark.parametrize("n,h,w,co,b", [(2, 3, 4, 2, 2), (1, 2, 3, 3, 3), (1, 1, 1, 5, 1), (2, 2, 2, 1, 4)])
+def test_depth_to_space(K, n, h, w, co, b, crd):
+    torch = pytest.importorskip("torch")
+    from torch_twin import depth_to_space  # noqa: PLC0415
+    rng = np.random.default_rng(n + h + w + co + b + crd)
+    x = rng.standard_normal((n, h, w, co * b * b)).astype(F32)
+    _, y = K.call("depth_to_space_forward", x, poison((n, h * b, w * b, co)), n, h, w, co, b, crd)
+    ref = depth_to_space(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), b, bool(crd)).numpy()
+    assert_bits_equal(y, np.ascontiguousarray(ref.transpose(0, 2, 3, 1)), "depth_to_space_forward (a permutation)")
+    _, back = K.call("depth_to_space_backward", y, poison(x.shape), n, h, w, co, b, crd)
+    assert_bits_equal(back, x, "depth_to_space_backward inverts the forward")
+
+
+@pytest.mark.parametrize("n,h,w,c,oh,ow,oc", [(2, 3, 4, 5, 5, 2, 6), (1, 1, 1, 12, 2, 3, 2), (2, 2, 2, 2, 1, 1, 8),
+                                              (1, 4, 3, 33, 11, 1, 36)])
+def test_reshape_nhwc(K, n, h, w, c, oh, ow, oc):
+    rng = np.random.default_rng(n + h + w + c)
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    _, y = K.call("reshape_nhwc", x, poison((n, oh, ow, oc)), n, h, w, c, oh, ow, oc)
+    ref = x.transpose(0, 3, 1, 2).reshape(n, oc, oh, ow).transpose(0, 2, 3, 1)
+    assert_bits_equal(y, np.ascontiguousarray(ref), "reshape_nhwc: the NCHW-order values under new dims")
+    _, back = K.call("reshape_nhwc", y, poison(x.shape), n, oh, ow, oc, h, w, c)
+    assert_bits_equal(back, x, "reshape_nhwc with the shapes swapped inverts it")
+
+
+@pytest.mark.parametrize("perm", [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)])
+def test_permute_nhwc(K, perm):
+    n, c, h, w = 2, 3, 4, 5
+    rng = np.random.default_rng(sum(perm) + perm[0])
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    ref = x.transpose(0, 3, 1, 2).transpose(0, *[1 + p for p in perm])      # logical (n, A0, A1, A2)
+    _, y = K.call("permute_nhwc", x, poison(ref.transpose(0, 2, 3, 1).shape), n, c, h, w, *perm)
+    assert_bits_equal(y, np.ascontiguousarray(ref.transpose(0, 2, 3, 1)), f"permute_nhwc {perm}")
+    inv = [perm.index(k) for k in range(3)]
+    _, back = K.call("permute_nhwc", y, poison(x.shape), n, *ref.shape[1:], *inv)
+    assert_bits_equal(back, x, "permute_nhwc by the inverse permutation inverts it")

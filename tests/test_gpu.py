@@ -97,6 +97,16 @@ def _op_cases():
     cases.append(("up_nearest", node("upsample_nearest", scale=2), [randn(r, 2, 3, 4, 5)], {}))
     cases.append(("up_bilinear", node("upsample_bilinear", scale=2), [randn(r, 2, 3, 4, 5)], {}))
     cases.append(("up_bilinear3", node("upsample_bilinear", scale=3), [randn(r, 1, 2, 3, 4)], {}))
+    # the layer API's ops (cpu/shape_ops.cpp, cuda/ops_extra.cpp)
+    for op in ("sigmoid", "tanh"):
+        cases.append((op, node(op), [x * 3], {}))
+    cases.append(("d2s_crd", node("depth_to_space", block_size=2), [randn(r, 2, 8, 3, 4)], {}))
+    cases.append(("d2s_dcr", node("depth_to_space", block_size=3, crd=False), [randn(r, 1, 18, 2, 3)], {}))
+    cases.append(("resize_nearest", node("resize_nearest", height=7, width=3), [randn(r, 2, 3, 4, 5)], {}))
+    cases.append(("resize_bilinear", node("resize_bilinear", height=3, width=9), [randn(r, 2, 3, 5, 4)], {}))
+    cases.append(("reshape", node("reshape", channels=4, height=5, width=3), [randn(r, 2, 3, 4, 5)], {}))
+    cases.append(("permute_hw", node("permute", perm=[0, 2, 1]), [randn(r, 2, 3, 4, 5)], {}))
+    cases.append(("permute_cwh", node("permute", perm=[2, 0, 1], channels=5), [randn(r, 2, 3, 4, 5)], {}))
     return cases
 
 

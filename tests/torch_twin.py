@@ -26,6 +26,10 @@ Op semantics (from docs/internals.md):
            optional bias
   upsample_nearest / upsample_bilinear   F.interpolate(scale_factor=scale), bilinear with
            align_corners=False
+  sigmoid, tanh; depth_to_space (crd: F.pixel_shuffle, else ONNX's DCR order);
+  resize_nearest / resize_bilinear   F.interpolate(size=(height, width)), 'nearest-exact' /
+           'bilinear' with align_corners=False; reshape (per sample, NCHW order);
+  permute (torch.permute of the C, H, W axes by `perm`)
 The output is flattened to (N, K) when the last node gives (N, K, 1, 1).
 """
 from __future__ import annotations
@@ -46,7 +50,9 @@ SUFFIX_ROLE = {
 }
 
 OPS = ("input", "conv", "bn", "relu", "relu6", "maxpool", "avgpool", "gap", "fc", "add",
-       "concat", "dropout", "softmax", "deconv", "upsample_nearest", "upsample_bilinear")
+       "concat", "dropout", "softmax", "deconv", "upsample_nearest", "upsample_bilinear",
+       "sigmoid", "tanh", "depth_to_space", "resize_nearest", "resize_bilinear", "reshape",
+       "permute")
 
 
 def _pair(v) -> tuple:
@@ -54,6 +60,15 @@ def _pair(v) -> tuple:
         assert len(v) == 2, v
         return int(v[0]), int(v[1])
     return int(v), int(v)
+
+
+def depth_to_space(x: torch.Tensor, b: int, crd: bool = True) -> torch.Tensor:
+    """ONNX's DepthToSpace: CRD (= F.pixel_shuffle) or DCR."""
+    if crd:
+        return F.pixel_shuffle(x, b)
+    n, c, h, w = x.shape
+    co = c // (b * b)
+    return x.reshape(n, b, b, co, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, co, h * b, w * b)
 
 
 def param_shapes(spec: List[dict], in_channels: int | None = None) -> Dict[str, tuple]:
@@ -97,6 +112,12 @@ def param_shapes(spec: List[dict], in_channels: int | None = None) -> Dict[str, 
             chans[name] = o
         elif op == "concat":
             chans[name] = sum(chans[i] for i in ins)
+        elif op == "depth_to_space":
+            chans[name] = chans[ins[0]] // int(node.get("block_size", 2)) ** 2
+        elif op == "reshape":
+            chans[name] = int(node["channels"])
+        elif op == "permute":
+            chans[name] = int(node.get("channels", chans[ins[0]]))
         elif op in OPS:
             chans[name] = chans[ins[0]]
         else:
@@ -215,6 +236,21 @@ class TorchTwin(nn.Module):
                 elif op == "upsample_bilinear":
                     out = F.interpolate(a, scale_factor=int(node.get("scale", 2)),
                                         mode="bilinear", align_corners=False)
+                elif op == "sigmoid":
+                    out = torch.sigmoid(a)
+                elif op == "tanh":
+                    out = torch.tanh(a)
+                elif op == "depth_to_space":
+                    out = depth_to_space(a, int(node.get("block_size", 2)), bool(node.get("crd", True)))
+                elif op == "reshape":
+                    out = a.reshape(a.shape[0], int(node["channels"]), int(node["height"]),
+                                    int(node["width"]))
+                elif op == "permute":
+                    out = a.permute(0, *[1 + int(p) for p in node["perm"]])
+                elif op in ("resize_nearest", "resize_bilinear"):
+                    size = (int(node["height"]), int(node["width"]))
+                    out = (F.interpolate(a, size=size, mode="nearest-exact") if op == "resize_nearest"
+                           else F.interpolate(a, size=size, mode="bilinear", align_corners=False))
                 elif op == "bn":
                     out = F.batch_norm(
                         a, self.tensor(f"{name}.running_mean"), self.tensor(f"{name}.running_var"),

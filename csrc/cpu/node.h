@@ -147,6 +147,12 @@ std::unique_ptr<CpuNode> make_softmax(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_deconv(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_upsample(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_detout(const Node& n, int idx);
+// shape_ops.cpp: sigmoid / tanh, resize_*, depth_to_space
+std::unique_ptr<CpuNode> make_act(const Node& n, int idx);
+std::unique_ptr<CpuNode> make_resize(const Node& n, int idx);
+std::unique_ptr<CpuNode> make_depth_to_space(const Node& n, int idx);
+std::unique_ptr<CpuNode> make_reshape(const Node& n, int idx);
+std::unique_ptr<CpuNode> make_permute(const Node& n, int idx);
 
 // Helpers
 memory::desc plain_desc(const Dims& d, dt type = dt::f32);

@@ -104,6 +104,13 @@ std::unique_ptr<CpuNode> make_node(const Node& n, int idx) {
     case OpKind::UpNearest:
     case OpKind::UpBilinear: return make_upsample(n, idx);
     case OpKind::DetOut: return make_detout(n, idx);
+    case OpKind::Sigmoid:
+    case OpKind::Tanh: return make_act(n, idx);
+    case OpKind::ResizeNearest:
+    case OpKind::ResizeBilinear: return make_resize(n, idx);
+    case OpKind::DepthToSpace: return make_depth_to_space(n, idx);
+    case OpKind::Reshape: return make_reshape(n, idx);
+    case OpKind::Permute: return make_permute(n, idx);
     case OpKind::Input: return nullptr;
   }
   return nullptr;

@@ -160,5 +160,11 @@ std::unique_ptr<GpuNode> make_dropout(const Node& n, int idx);
 std::unique_ptr<GpuNode> make_softmax(const Node& n, int idx);
 std::unique_ptr<GpuNode> make_gap(const Node& n, int idx);
 std::unique_ptr<GpuNode> make_upsample(const Node& n, int idx);  // nearest / bilinear
+// ops_extra.cpp (the layer API's ops)
+std::unique_ptr<GpuNode> make_act(const Node& n, int idx);        // sigmoid / tanh
+std::unique_ptr<GpuNode> make_resize(const Node& n, int idx);     // resize_nearest / resize_bilinear
+std::unique_ptr<GpuNode> make_depth_to_space(const Node& n, int idx);
+std::unique_ptr<GpuNode> make_reshape(const Node& n, int idx);
+std::unique_ptr<GpuNode> make_permute(const Node& n, int idx);
 
 }  // namespace halcdl::gpu

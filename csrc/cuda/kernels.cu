@@ -1271,3 +1271,222 @@ void nchw_f32_to_nhwc_bf16(const float* src, uint16_t* dst, int64_t n, int64_t c
 }
 
 }  // namespace halcdl::gpu::k
+
+// ---- layer-API ops (cuda/ops_extra.cpp): sigmoid, tanh, resize, depth_to_space ------------
+namespace halcdl::gpu::k {
+namespace {
+
+__global__ void sigmoid_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = 1.f / (1.f + expf(-x[i]));
+}
+__global__ void sigmoid_bwd_kernel(const float* __restrict__ y, const float* __restrict__ dy, float* __restrict__ dx,
+                                   size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const float v = y[i];
+    dx[i] = dy[i] * (v * (1.f - v));
+  }
+}
+__global__ void tanh_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = tanhf(x[i]);
+}
+__global__ void tanh_bwd_kernel(const float* __restrict__ y, const float* __restrict__ dy, float* __restrict__ dx,
+                                size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const float v = y[i];
+    dx[i] = dy[i] * (1.f - v * v);
+  }
+}
+
+// Nearest with half-pixel centres (PyTorch 'nearest-exact', oneDNN resampling_nearest):
+// src = min(⌊(o + ½)·in/out⌋, in − 1).
+__device__ __forceinline__ int64_t near_src(int64_t o, int64_t in, float scale) {
+  int64_t i = static_cast<int64_t>((static_cast<float>(o) + 0.5f) * scale);
+  return i < in - 1 ? i : in - 1;
+}
+
+// y (n, H, W, c) from x (n, h, w, c), NHWC.
+__global__ void resize_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t total, int64_t h,
+                                  int64_t w, int64_t c, int64_t H, int64_t W, float sy, float sx, int bilinear) {
+  for (size_t i = gtid(); i < total; i += gstride()) {
+    const int64_t ch = static_cast<int64_t>(i % c);
+    int64_t p = static_cast<int64_t>(i / c);
+    const int64_t ox = p % W;
+    p /= W;
+    const int64_t oy = p % H, b = p / H;
+    const float* xb = x + b * h * w * c + ch;
+    if (!bilinear) {
+      y[i] = xb[(near_src(oy, h, sy) * w + near_src(ox, w, sx)) * c];
+      continue;
+    }
+    const Lin ly = lin_src(oy, h, sy), lx = lin_src(ox, w, sx);
+    const float v00 = xb[(ly.i0 * w + lx.i0) * c], v01 = xb[(ly.i0 * w + lx.i1) * c];
+    const float v10 = xb[(ly.i1 * w + lx.i0) * c], v11 = xb[(ly.i1 * w + lx.i1) * c];
+    y[i] = ly.l0 * (lx.l0 * v00 + lx.l1 * v01) + ly.l1 * (lx.l0 * v10 + lx.l1 * v11);
+  }
+}
+// Gather form of the adjoint: input pixel (iy, ix) sums the weighted dy of the output pixels
+// whose forward read it. Those have source coordinates in (iy − 1, iy + 1], i.e. output rows
+// within [(iy − 1)/sy − 1, (iy + 2)/sy + 1] (every candidate is re-checked exactly).
+__global__ void resize_bwd_kernel(const float* __restrict__ dy, float* __restrict__ dx, size_t total, int64_t h,
+                                  int64_t w, int64_t c, int64_t H, int64_t W, float sy, float sx, int bilinear) {
+  for (size_t i = gtid(); i < total; i += gstride()) {
+    const int64_t ch = static_cast<int64_t>(i % c);
+    int64_t p = static_cast<int64_t>(i / c);
+    const int64_t ix = p % w;
+    p /= w;
+    const int64_t iy = p % h, b = p / h;
+    const int64_t oy0 = imax(0, static_cast<int64_t>((iy - 1) / sy) - 2);
+    const int64_t oy1 = imin(H, static_cast<int64_t>((iy + 2) / sy) + 2);
+    const int64_t ox0 = imax(0, static_cast<int64_t>((ix - 1) / sx) - 2);
+    const int64_t ox1 = imin(W, static_cast<int64_t>((ix + 2) / sx) + 2);
+    const float* db = dy + b * H * W * c + ch;
+    float acc = 0.f;
+    for (int64_t oy = oy0; oy < oy1; ++oy) {
+      if (!bilinear) {
+        if (near_src(oy, h, sy) != iy) continue;
+        for (int64_t ox = ox0; ox < ox1; ++ox)
+          if (near_src(ox, w, sx) == ix) acc += db[(oy * W + ox) * c];
+        continue;
+      }
+      const Lin ly = lin_src(oy, h, sy);
+      const bool y0 = ly.i0 == iy, y1 = ly.i1 == iy;
+      if (!y0 && !y1) continue;
+      for (int64_t ox = ox0; ox < ox1; ++ox) {
+        const Lin lx = lin_src(ox, w, sx);
+        const bool x0 = lx.i0 == ix, x1 = lx.i1 == ix;
+        if (!x0 && !x1) continue;
+        const float g = db[(oy * W + ox) * c];
+        if (y0 && x0) acc += (ly.l0 * lx.l0) * g;
+        if (y0 && x1) acc += (ly.l0 * lx.l1) * g;
+        if (y1 && x0) acc += (ly.l1 * lx.l0) * g;
+        if (y1 && x1) acc += (ly.l1 * lx.l1) * g;
+      }
+    }
+    dx[i] = acc;
+  }
+}
+
+// depth_to_space, NHWC: y (n, h·b, w·b, co) and x (n, h, w, co·b²); output channel c of
+// block offset (i, j) reads input channel k = c·b² + i·b + j (CRD) or (i·b + j)·co + c (DCR).
+// `inverse`: the gradient, dx ← dy through the same map (a permutation: no sums).
+__global__ void d2s_kernel(const float* __restrict__ src, float* __restrict__ dst, size_t total, int64_t h, int64_t w,
+                           int64_t co, int bs, int crd, int inverse) {
+  const int64_t H = h * bs, W = w * bs, ci = co * bs * bs;
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t c = static_cast<int64_t>(t % co);
+    int64_t p = static_cast<int64_t>(t / co);
+    const int64_t ox = p % W;
+    p /= W;
+    const int64_t oy = p % H, b = p / H;
+    const int64_t i = oy % bs, j = ox % bs;
+    const int64_t k = crd ? c * bs * bs + i * bs + j : (i * bs + j) * co + c;
+    const size_t xi = static_cast<size_t>(((b * h + oy / bs) * w + ox / bs) * ci + k);
+    if (inverse) dst[xi] = src[t];
+    else dst[t] = src[xi];
+  }
+}
+
+// reshape NHWC: the sample's NCHW-order values under new dims. dst (n, oh, ow, oc) element
+// reads the src (n, h, w, c) element of the same flat C·H·W index. A bijection: the backward is
+// the same kernel with the roles of the two shapes swapped.
+__global__ void reshape_kernel(const float* __restrict__ src, float* __restrict__ dst, size_t total, int64_t h,
+                               int64_t w, int64_t c, int64_t oh, int64_t ow, int64_t oc) {
+  const int64_t per = oh * ow * oc;
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t ch = static_cast<int64_t>(t % oc);
+    int64_t p = static_cast<int64_t>(t / oc);
+    const int64_t ox = p % ow;
+    p /= ow;
+    const int64_t oy = p % oh, b = p / oh;
+    const int64_t f = (ch * oh + oy) * ow + ox;  // flat (C, H, W) index
+    const int64_t ic = f / (h * w), r = f % (h * w);
+    dst[t] = src[b * per + r * c + ic];  // r = iy·w + ix
+  }
+}
+
+// permute NHWC: dst logical (n, A0, A1, A2) stored (n, A1, A2, A0); logical axis k of dst is
+// axis perm[k] of src's (C, H, W); `st` are src's NHWC strides of its C, H, W axes.
+__global__ void permute_kernel(const float* __restrict__ src, float* __restrict__ dst, size_t total, int64_t a0,
+                               int64_t a1, int64_t a2, int64_t s0, int64_t s1, int64_t s2) {
+  const int64_t per = a0 * a1 * a2;
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t i0 = static_cast<int64_t>(t % a0);
+    int64_t p = static_cast<int64_t>(t / a0);
+    const int64_t i2 = p % a2;
+    p /= a2;
+    const int64_t i1 = p % a1, b = p / a1;
+    dst[t] = src[b * per + i0 * s0 + i1 * s1 + i2 * s2];
+  }
+}
+
+}  // namespace
+
+void sigmoid_forward(const float* x, float* y, size_t n, cudaStream_t s) {
+  if (!n) return;
+  sigmoid_fwd_kernel<<<grid_for(n), kBlock, 0, s>>>(x, y, n);
+  CUDA_CHECK_LAUNCH();
+}
+void sigmoid_backward(const float* y, const float* dy, float* dx, size_t n, cudaStream_t s) {
+  if (!n) return;
+  sigmoid_bwd_kernel<<<grid_for(n), kBlock, 0, s>>>(y, dy, dx, n);
+  CUDA_CHECK_LAUNCH();
+}
+void tanh_forward(const float* x, float* y, size_t n, cudaStream_t s) {
+  if (!n) return;
+  tanh_fwd_kernel<<<grid_for(n), kBlock, 0, s>>>(x, y, n);
+  CUDA_CHECK_LAUNCH();
+}
+void tanh_backward(const float* y, const float* dy, float* dx, size_t n, cudaStream_t s) {
+  if (!n) return;
+  tanh_bwd_kernel<<<grid_for(n), kBlock, 0, s>>>(y, dy, dx, n);
+  CUDA_CHECK_LAUNCH();
+}
+void resize_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh, int64_t ow,
+                    int bilinear, cudaStream_t s) {
+  if (n <= 0 || h <= 0 || w <= 0 || c <= 0 || oh <= 0 || ow <= 0) return;
+  const size_t total = static_cast<size_t>(n * oh * ow * c);
+  const float sy = static_cast<float>(h) / static_cast<float>(oh), sx = static_cast<float>(w) / static_cast<float>(ow);
+  resize_fwd_kernel<<<grid_for(total), kBlock, 0, s>>>(x, y, total, h, w, c, oh, ow, sy, sx, bilinear);
+  CUDA_CHECK_LAUNCH();
+}
+void resize_backward(const float* dy, float* dx, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh, int64_t ow,
+                     int bilinear, cudaStream_t s) {
+  if (n <= 0 || h <= 0 || w <= 0 || c <= 0 || oh <= 0 || ow <= 0) return;
+  const size_t total = static_cast<size_t>(n * h * w * c);
+  const float sy = static_cast<float>(h) / static_cast<float>(oh), sx = static_cast<float>(w) / static_cast<float>(ow);
+  resize_bwd_kernel<<<grid_for(total), kBlock, 0, s>>>(dy, dx, total, h, w, c, oh, ow, sy, sx, bilinear);
+  CUDA_CHECK_LAUNCH();
+}
+void depth_to_space_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t co, int block,
+                            int crd, cudaStream_t s) {
+  if (n <= 0 || h <= 0 || w <= 0 || co <= 0 || block <= 0) return;
+  const size_t total = static_cast<size_t>(n * h * w * co) * static_cast<size_t>(block * block);
+  d2s_kernel<<<grid_for(total), kBlock, 0, s>>>(x, y, total, h, w, co, block, crd, 0);
+  CUDA_CHECK_LAUNCH();
+}
+void depth_to_space_backward(const float* dy, float* dx, int64_t n, int64_t h, int64_t w, int64_t co, int block,
+                             int crd, cudaStream_t s) {
+  if (n <= 0 || h <= 0 || w <= 0 || co <= 0 || block <= 0) return;
+  const size_t total = static_cast<size_t>(n * h * w * co) * static_cast<size_t>(block * block);
+  d2s_kernel<<<grid_for(total), kBlock, 0, s>>>(dy, dx, total, h, w, co, block, crd, 1);
+  CUDA_CHECK_LAUNCH();
+}
+
+void reshape_nhwc(const float* src, float* dst, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh, int64_t ow,
+                  int64_t oc, cudaStream_t s) {
+  if (n <= 0 || oh <= 0 || ow <= 0 || oc <= 0) return;
+  const size_t total = static_cast<size_t>(n * oh * ow * oc);
+  reshape_kernel<<<grid_for(total), kBlock, 0, s>>>(src, dst, total, h, w, c, oh, ow, oc);
+  CUDA_CHECK_LAUNCH();
+}
+void permute_nhwc(const float* src, float* dst, int64_t n, int64_t c, int64_t h, int64_t w, int p0, int p1, int p2,
+                  cudaStream_t s) {
+  const int64_t dims[3] = {c, h, w}, st[3] = {1, w * c, c};  // NHWC strides of C, H, W
+  const int64_t a0 = dims[p0], a1 = dims[p1], a2 = dims[p2];
+  if (n <= 0 || a0 <= 0 || a1 <= 0 || a2 <= 0) return;
+  const size_t total = static_cast<size_t>(n * a0 * a1 * a2);
+  permute_kernel<<<grid_for(total), kBlock, 0, s>>>(src, dst, total, a0, a1, a2, st[p0], st[p1], st[p2]);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace halcdl::gpu::k

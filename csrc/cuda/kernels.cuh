@@ -147,4 +147,31 @@ void concat_backward_bf16(const uint16_t* dy, uint16_t* dx, int64_t rows, int64_
                           cudaStream_t s);
 void nchw_f32_to_nhwc_bf16(const float* src, uint16_t* dst, int64_t n, int64_t c, int64_t hw, cudaStream_t s);
 
+// ---- layer-API ops (cuda/ops_extra.cpp) ------------------------------------------------
+// sigmoid: y = 1/(1 + e^−x), dx = dy·y·(1 − y);  tanh: y = tanh x, dx = dy·(1 − y²)  (y: the output)
+void sigmoid_forward(const float* x, float* y, size_t n, cudaStream_t s);
+void sigmoid_backward(const float* y, const float* dy, float* dx, size_t n, cudaStream_t s);
+void tanh_forward(const float* x, float* y, size_t n, cudaStream_t s);
+void tanh_backward(const float* y, const float* dy, float* dx, size_t n, cudaStream_t s);
+// Resize NHWC (n, h, w, c) → (n, oh, ow, c), half-pixel centres: nearest (src = ⌊(o+½)·in/out⌋,
+// PyTorch 'nearest-exact') or bilinear (align_corners=False); backward in gather form, no atomics.
+void resize_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh, int64_t ow,
+                    int bilinear, cudaStream_t s);
+void resize_backward(const float* dy, float* dx, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh, int64_t ow,
+                     int bilinear, cudaStream_t s);
+// depth_to_space NHWC: x (n, h, w, co·b²) → y (n, h·b, w·b, co); crd: PyTorch's pixel_shuffle
+// order (k = c·b² + i·b + j), else DCR (k = (i·b + j)·co + c). Backward: the inverse permutation.
+void depth_to_space_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t co, int block,
+                            int crd, cudaStream_t s);
+void depth_to_space_backward(const float* dy, float* dx, int64_t n, int64_t h, int64_t w, int64_t co, int block,
+                             int crd, cudaStream_t s);
+// reshape: dst (n, oh, ow, oc) holds src (n, h, w, c)'s values in the same per-sample NCHW
+// order (both NHWC); its backward is reshape_nhwc with the two shapes swapped.
+void reshape_nhwc(const float* src, float* dst, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh, int64_t ow,
+                  int64_t oc, cudaStream_t s);
+// permute: dst = numpy transpose of src's (C, H, W) axes by (p0, p1, p2), both NHWC; src has
+// logical dims (n, c, h, w). The backward is permute_nhwc of dy with the inverse permutation.
+void permute_nhwc(const float* src, float* dst, int64_t n, int64_t c, int64_t h, int64_t w, int p0, int p1, int p2,
+                  cudaStream_t s);
+
 }  // namespace halcdl::gpu::k

@@ -47,6 +47,13 @@ std::unique_ptr<GpuNode> make_node(const Node& n, int idx) {
     case OpKind::GAP: return make_gap(n, idx);
     case OpKind::UpNearest:
     case OpKind::UpBilinear: return make_upsample(n, idx);
+    case OpKind::Sigmoid:
+    case OpKind::Tanh: return make_act(n, idx);
+    case OpKind::ResizeNearest:
+    case OpKind::ResizeBilinear: return make_resize(n, idx);
+    case OpKind::DepthToSpace: return make_depth_to_space(n, idx);
+    case OpKind::Reshape: return make_reshape(n, idx);
+    case OpKind::Permute: return make_permute(n, idx);
     case OpKind::DetOut:
       HALCDL_THROW(kErrRuntimeUnsupported, "node '", n.name,
                    "': object detection does not run on the GPU yet (halcdl's detection_output, its loss and its "

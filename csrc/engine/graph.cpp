@@ -27,6 +27,13 @@ const char* op_name(OpKind k) {
     case OpKind::UpNearest: return "upsample_nearest";
     case OpKind::UpBilinear: return "upsample_bilinear";
     case OpKind::DetOut: return "detection_output";
+    case OpKind::Sigmoid: return "sigmoid";
+    case OpKind::Tanh: return "tanh";
+    case OpKind::DepthToSpace: return "depth_to_space";
+    case OpKind::ResizeNearest: return "resize_nearest";
+    case OpKind::ResizeBilinear: return "resize_bilinear";
+    case OpKind::Reshape: return "reshape";
+    case OpKind::Permute: return "permute";
   }
   return "?";
 }
@@ -41,7 +48,9 @@ const std::unordered_map<std::string, OpKind>& op_table() {
       {"add", OpKind::Add},     {"concat", OpKind::Concat},   {"dropout", OpKind::Dropout},
       {"softmax", OpKind::Softmax}, {"deconv", OpKind::Deconv},
       {"upsample_nearest", OpKind::UpNearest}, {"upsample_bilinear", OpKind::UpBilinear},
-      {"detection_output", OpKind::DetOut}};
+      {"detection_output", OpKind::DetOut}, {"sigmoid", OpKind::Sigmoid}, {"tanh", OpKind::Tanh},
+      {"depth_to_space", OpKind::DepthToSpace}, {"resize_nearest", OpKind::ResizeNearest},
+      {"resize_bilinear", OpKind::ResizeBilinear}, {"reshape", OpKind::Reshape}, {"permute", OpKind::Permute}};
   return t;
 }
 
@@ -269,6 +278,65 @@ Graph build_graph(const std::vector<NodeSpec>& spec) {
         if (n.bias) add_param(n, idx, "bias", {n.channels}, ParamKind::Bias);
         break;
       }
+      case OpKind::Sigmoid:
+      case OpKind::Tanh:
+        need_inputs(1, 1);
+        n.channels = in_ch(0);
+        break;
+      case OpKind::DepthToSpace: {
+        // y[n, c, h·b + i, w·b + j] = x[n, k, h, w]; CRD: k = c·b² + i·b + j, DCR: k = (i·b + j)·C + c
+        need_inputs(1, 1);
+        n.block = a.integer("block_size", 2);
+        n.crd = a.num("crd", 1) != 0;
+        HALCDL_CHECK(n.block >= 1 && n.block <= 4096, kErrInvalidInputShape, "node '", s.name,
+                     "': block_size must be in [1, 4096]");
+        const int64_t bb = static_cast<int64_t>(n.block) * n.block;
+        HALCDL_CHECK(in_ch(0) % bb == 0, kErrInvalidInputShape, "node '", s.name, "': the input's ", in_ch(0),
+                     " channels are not a multiple of block_size² = ", bb);
+        n.channels = static_cast<int>(in_ch(0) / bb);
+        break;
+      }
+      case OpKind::ResizeNearest:
+      case OpKind::ResizeBilinear:
+        // to a fixed output size (half-pixel centres, PyTorch's interpolate(size=...),
+        // 'nearest-exact' / 'bilinear' with align_corners=False)
+        need_inputs(1, 1);
+        n.channels = in_ch(0);
+        n.out_h = a.integer("height", 0);
+        n.out_w = a.integer("width", 0);
+        HALCDL_CHECK(n.out_h >= 1 && n.out_w >= 1 && n.out_h <= 65536 && n.out_w <= 65536, kErrInvalidInputShape,
+                     "node '", s.name, "': height and width must be in [1, 65536]");
+        break;
+      case OpKind::Reshape:
+        // (N, C, H, W) → (N, channels, height, width), the same C·H·W values in NCHW order
+        need_inputs(1, 1);
+        n.channels = a.integer("channels", 0);
+        n.out_h = a.integer("height", 0);
+        n.out_w = a.integer("width", 0);
+        HALCDL_CHECK(n.channels >= 1 && n.out_h >= 1 && n.out_w >= 1, kErrInvalidInputShape, "node '", s.name,
+                     "': reshape needs channels, height and width >= 1");
+        break;
+      case OpKind::Permute: {
+        // numpy's transpose of the (C, H, W) axes of every sample
+        need_inputs(1, 1);
+        auto it = s.attrs.find("perm");
+        HALCDL_CHECK(it != s.attrs.end() && it->second.size() == 3, kErrInvalidInputShape, "node '", s.name,
+                     "': permute needs 'perm', a permutation of [0, 1, 2] (axes C, H, W)");
+        bool seen[3] = {false, false, false};
+        for (int k = 0; k < 3; ++k) {
+          const int v = Attrs::to_int(s, "perm", it->second[k]);
+          HALCDL_CHECK(v >= 0 && v <= 2 && !seen[v], kErrInvalidInputShape, "node '", s.name,
+                       "': 'perm' must be a permutation of [0, 1, 2]");
+          seen[v] = true;
+          n.perm[k] = v;
+        }
+        // the output's channels: the input's, or (an image axis moved to the channels) the spec's
+        // 'channels', which infer_shapes checks against the image size
+        n.channels = n.perm[0] == 0 ? in_ch(0) : a.integer("channels", 0);
+        HALCDL_CHECK(n.channels >= 1, kErrInvalidInputShape, "node '", s.name,
+                     "': a permute that moves an image axis to the channels needs 'channels' >= 1");
+        break;
+      }
       case OpKind::Add:
         need_inputs(2, 2);
         n.channels = in_ch(0);
@@ -370,6 +438,39 @@ std::vector<Dims> Graph::infer_shapes(const std::vector<Dims>& input_dims) const
         const Dims& x = in(0);
         HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
         out[i] = {x[0], x[1], x[2] * n.scale, x[3] * n.scale};
+        break;
+      }
+      case OpKind::DepthToSpace: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        out[i] = {x[0], n.channels, x[2] * n.block, x[3] * n.block};
+        break;
+      }
+      case OpKind::Reshape: {
+        Dims x = in(0);
+        if (x.size() == 2) x = {x[0], x[1], 1, 1};  // (N, F) features: F channels of 1×1
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 2-D or 4-D input");
+        HALCDL_CHECK(x[1] * x[2] * x[3] == static_cast<int64_t>(n.channels) * n.out_h * n.out_w, kErrInvalidInputShape,
+                     "node '", n.name, "' (reshape): the input has ", x[1] * x[2] * x[3], " values per sample (",
+                     x[1], "x", x[2], "x", x[3], "), the shape ", n.channels, "x", n.out_h, "x", n.out_w, " needs ",
+                     static_cast<int64_t>(n.channels) * n.out_h * n.out_w);
+        out[i] = {x[0], n.channels, n.out_h, n.out_w};
+        break;
+      }
+      case OpKind::Permute: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        HALCDL_CHECK(x[1 + n.perm[0]] == n.channels, kErrInvalidInputShape, "node '", n.name,
+                     "' (permute) gives ", x[1 + n.perm[0]], " channels, the network was built for ", n.channels,
+                     ": this network needs its original image size");
+        out[i] = {x[0], x[1 + n.perm[0]], x[1 + n.perm[1]], x[1 + n.perm[2]]};
+        break;
+      }
+      case OpKind::ResizeNearest:
+      case OpKind::ResizeBilinear: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        out[i] = {x[0], x[1], n.out_h, n.out_w};
         break;
       }
       case OpKind::GAP: {

@@ -15,7 +15,9 @@ using Dims = std::vector<int64_t>;
 
 enum class OpKind {
   Input, Conv, BN, Relu, Relu6, MaxPool, AvgPool, GAP, FC, Add, Concat, Dropout, Softmax,
-  Deconv, UpNearest, UpBilinear, DetOut
+  Deconv, UpNearest, UpBilinear, DetOut,
+  // layer-API ops (cpu/shape_ops.cpp, cuda/ops_extra.cpp)
+  Sigmoid, Tanh, DepthToSpace, ResizeNearest, ResizeBilinear, Reshape, Permute
 };
 
 const char* op_name(OpKind k);
@@ -56,6 +58,10 @@ struct Node {
   int share_of = -1;        // conv: the node whose parameters it shares (tied params)
   int det_anchors = 0;      // detection_output: anchors per position (A), box values (B)
   int det_box = 4;
+  int block = 1;             // depth_to_space: block size; mode CRD (PyTorch's pixel_shuffle) or DCR
+  bool crd = true;
+  int out_h = 0, out_w = 0;  // resize_*, reshape: output size
+  int perm[3] = {0, 1, 2};   // permute: output axis k of (C, H, W) is input axis perm[k]
   // parameter indices into Graph::params (-1 when absent)
   int p_weight = -1, p_bias = -1, p_mean = -1, p_var = -1;
 };

@@ -232,4 +232,38 @@ int emu_nchw_f32_to_nhwc_bf16(const float* src, uint16_t* dst, int64_t n, int64_
   EMU_CALL(k::nchw_f32_to_nhwc_bf16(src, dst, n, c, hw, kStream))
 }
 
+// ---- layer-API ops -----------------------------------------------------------------------
+int emu_sigmoid_forward(const float* x, float* y, size_t n) { EMU_CALL(k::sigmoid_forward(x, y, n, kStream)) }
+int emu_sigmoid_backward(const float* y, const float* dy, float* dx, size_t n) {
+  EMU_CALL(k::sigmoid_backward(y, dy, dx, n, kStream))
+}
+int emu_tanh_forward(const float* x, float* y, size_t n) { EMU_CALL(k::tanh_forward(x, y, n, kStream)) }
+int emu_tanh_backward(const float* y, const float* dy, float* dx, size_t n) {
+  EMU_CALL(k::tanh_backward(y, dy, dx, n, kStream))
+}
+int emu_resize_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh, int64_t ow,
+                       int bilinear) {
+  EMU_CALL(k::resize_forward(x, y, n, h, w, c, oh, ow, bilinear, kStream))
+}
+int emu_resize_backward(const float* dy, float* dx, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh,
+                        int64_t ow, int bilinear) {
+  EMU_CALL(k::resize_backward(dy, dx, n, h, w, c, oh, ow, bilinear, kStream))
+}
+int emu_depth_to_space_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t co, int block,
+                               int crd) {
+  EMU_CALL(k::depth_to_space_forward(x, y, n, h, w, co, block, crd, kStream))
+}
+int emu_depth_to_space_backward(const float* dy, float* dx, int64_t n, int64_t h, int64_t w, int64_t co, int block,
+                                int crd) {
+  EMU_CALL(k::depth_to_space_backward(dy, dx, n, h, w, co, block, crd, kStream))
+}
+int emu_reshape_nhwc(const float* src, float* dst, int64_t n, int64_t h, int64_t w, int64_t c, int64_t oh, int64_t ow,
+                     int64_t oc) {
+  EMU_CALL(k::reshape_nhwc(src, dst, n, h, w, c, oh, ow, oc, kStream))
+}
+int emu_permute_nhwc(const float* src, float* dst, int64_t n, int64_t c, int64_t h, int64_t w, int p0, int p1,
+                     int p2) {
+  EMU_CALL(k::permute_nhwc(src, dst, n, c, h, w, p0, p1, p2, kStream))
+}
+
 }  // extern "C"

@@ -201,6 +201,16 @@ SIGNATURES = {
     "concat_forward_bf16": [_P, _P, _I64, _I64, _I64, _I64],
     "concat_backward_bf16": [_P, _P, _I64, _I64, _I64, _I64],
     "nchw_f32_to_nhwc_bf16": [_P, _P, _I64, _I64, _I64],
+    "sigmoid_forward": [_P, _P, _SZ],
+    "sigmoid_backward": [_P, _P, _P, _SZ],
+    "tanh_forward": [_P, _P, _SZ],
+    "tanh_backward": [_P, _P, _P, _SZ],
+    "resize_forward": [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I],
+    "resize_backward": [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I],
+    "depth_to_space_forward": [_P, _P, _I64, _I64, _I64, _I64, _I, _I],
+    "depth_to_space_backward": [_P, _P, _I64, _I64, _I64, _I64, _I, _I],
+    "reshape_nhwc": [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64],
+    "permute_nhwc": [_P, _P, _I64, _I64, _I64, _I64, _I, _I, _I],
 }
 SCHEDULES = {"in_order": 0, "reverse": 1, "random": 2}
 

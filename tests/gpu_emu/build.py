@@ -54,7 +54,7 @@ CSRC = os.path.join(ROOT, "csrc")
 EMU_DIR = os.path.join(TESTS, "cuda_emu")
 
 HOST_SOURCES = [os.path.join(CSRC, "cuda", f + ".cpp") for f in
-                ("common", "engine", "plan", "ops_cudnn", "ops_misc", "layout")] + \
+                ("common", "engine", "plan", "ops_cudnn", "ops_misc", "ops_extra", "layout")] + \
                [os.path.join(CSRC, "engine", "graph.cpp")]
 KERNELS_CU = os.path.join(CSRC, "cuda", "kernels.cu")
 # CMakeLists.txt's halcdl_cuda target (plus -O2: a test build)

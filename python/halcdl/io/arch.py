@@ -23,7 +23,8 @@ __all__ = ["SpecBuild", "SavedBuild", "arch_record", "arch_from_record", "spec_a
            "find_head"]
 
 # single-input ops that do not change the channel count: the head is found behind them
-_PASS_THROUGH = {"gap", "dropout", "softmax", "relu", "relu6", "maxpool", "avgpool", "bn"}
+_PASS_THROUGH = {"gap", "dropout", "softmax", "relu", "relu6", "maxpool", "avgpool", "bn", "sigmoid",
+                 "tanh", "resize_nearest", "resize_bilinear"}
 
 
 def find_head(spec: list) -> dict | None:

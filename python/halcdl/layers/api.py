@@ -68,6 +68,11 @@ __all__ = [
     "create_dl_layer_loss_cross_entropy",
     "create_dl_layer_transposed_convolution",
     "create_dl_layer_zoom_factor",
+    "create_dl_layer_zoom_size",
+    "create_dl_layer_zoom_to_layer_size",
+    "create_dl_layer_depth_to_space",
+    "create_dl_layer_reshape",
+    "create_dl_layer_permutation",
     "create_dl_model",
     "get_dl_layer_param",
     "get_dl_layer_param_s",
@@ -345,12 +350,13 @@ def _upper_bound(v: Any, pos: int) -> float:
 def create_dl_layer_activation(dllayer_input: Any, layer_name: Any, activation_type: Any,
                                gen_param_name: Any, gen_param_value: Any) -> DLLayer:
     """An activation layer: 'relu' (generic parameter 'upper_bound': 6 gives ReLU6, the only
-    bound the engine has).  HALCON's 'sigmoid' and 'tanh' are not in halcdl's engine yet
-    (7914)."""
+    bound the engine has), 'sigmoid' (1 / (1 + e^-x)) or 'tanh'."""
     inp = _layer(dllayer_input, 1)
     name = _name(layer_name, 2)
-    t = _choice(activation_type, 3, "activation_type", ("relu", "sigmoid", "tanh"), ("relu",))
+    t = _choice(activation_type, 3, "activation_type", ("relu", "sigmoid", "tanh"))
     gen = _gen(gen_param_name, gen_param_value, 4, {"upper_bound": _upper_bound})
+    if "upper_bound" in gen and t != "relu":
+        raise wrong_value(5, f"upper_bound applies to 'relu' only, not to {t!r}")
     if "upper_bound" in gen and gen["upper_bound"] != 6.0:
         raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
                              f"upper_bound {gen['upper_bound']}: halcdl's engine has ReLU6 "
@@ -536,6 +542,123 @@ def create_dl_layer_zoom_factor(dllayer_input: Any, layer_name: Any, scale_width
     return _new(name, "zoom_factor", [inp], {"scale_width": sw, "scale_height": sh,
                                              "interpolation": interp, "align_corners": ac},
                 gen)
+
+
+_INTERP = ("nearest_neighbor", "bilinear", "bicubic")
+
+
+@operator
+def create_dl_layer_zoom_size(dllayer_input: Any, layer_name: Any, width: Any, height: Any,
+                              interpolation: Any, align_corners: Any, gen_param_name: Any,
+                              gen_param_value: Any) -> DLLayer:
+    """Resize to an absolute output size ``width`` x ``height``: 'bilinear' (PyTorch's
+    interpolate(mode='bilinear', align_corners=False)) or 'nearest_neighbor' (half-pixel
+    centres: source pixel floor((x + 0.5) * in / out), PyTorch's 'nearest-exact').
+    'bicubic' and align_corners 'true' -> 7914."""
+    inp = _layer(dllayer_input, 1)
+    name = _name(layer_name, 2)
+    w = _pos_ints(width, 3, "width", (1,))[0]
+    h = _pos_ints(height, 4, "height", (1,))[0]
+    for v, pos in ((w, 3), (h, 4)):
+        if v > 65536:
+            raise wrong_value(pos, f"the output size must be at most 65536, got {v}")
+    interp = _choice(interpolation, 5, "interpolation", _INTERP, ("nearest_neighbor", "bilinear"))
+    ac = _choice(align_corners, 6, "align_corners", ("true", "false"), ("false",))
+    gen = _gen(gen_param_name, gen_param_value, 7, {})
+    return _new(name, "zoom_size", [inp], {"width": w, "height": h, "interpolation": interp,
+                                           "align_corners": ac}, gen)
+
+
+@operator
+def create_dl_layer_zoom_to_layer_size(dllayer_input: Any, dllayer_reference: Any,
+                                       layer_name: Any, interpolation: Any, align_corners: Any,
+                                       gen_param_name: Any, gen_param_value: Any) -> DLLayer:
+    """Resize to the width and height of ``dllayer_reference``'s output (known when
+    create_dl_model checks the shapes); interpolation as create_dl_layer_zoom_size.  The
+    reference only gives the size (no gradient flows into it)."""
+    inp = _layer(dllayer_input, 1)
+    ref = _layer(dllayer_reference, 2, "dllayer_reference")
+    name = _name(layer_name, 3)
+    interp = _choice(interpolation, 4, "interpolation", _INTERP, ("nearest_neighbor", "bilinear"))
+    ac = _choice(align_corners, 5, "align_corners", ("true", "false"), ("false",))
+    gen = _gen(gen_param_name, gen_param_value, 6, {})
+    return _new(name, "zoom_to_layer_size", [inp, ref], {"interpolation": interp,
+                                                         "align_corners": ac}, gen)
+
+
+_D2S_MODES = {"column_row_depth": True, "depth_column_row": False}
+
+
+@operator
+def create_dl_layer_depth_to_space(dllayer_input: Any, layer_name: Any, block_size: Any,
+                                   mode: Any, gen_param_name: Any,
+                                   gen_param_value: Any) -> DLLayer:
+    """Depth to space: the depth D = d * block_size^2 is moved into block_size x block_size
+    spatial blocks (output d x H*b x W*b).  ``mode`` 'column_row_depth' (ONNX's CRD,
+    PyTorch's pixel_shuffle) or 'depth_column_row' (ONNX's DCR)."""
+    inp = _layer(dllayer_input, 1)
+    name = _name(layer_name, 2)
+    bs = _pos_ints(block_size, 3, "block_size", (1,))[0]
+    if bs > 4096:
+        raise wrong_value(3, f"block_size must be at most 4096, got {bs}")
+    m = _choice(mode, 4, "mode", tuple(_D2S_MODES))
+    gen = _gen(gen_param_name, gen_param_value, 5, {})
+    return _new(name, "depth_to_space", [inp], {"block_size": bs, "mode": m}, gen)
+
+
+@operator
+def create_dl_layer_reshape(dllayer_input: Any, layer_name: Any, shape: Any,
+                            gen_param_name: Any, gen_param_value: Any) -> DLLayer:
+    """A reshape layer: the values of every sample in (depth, height, width) order (width
+    fastest) under the new ``shape`` [width, height, depth] or [width, height, depth,
+    batch_size].  A 0 keeps the input's size of that axis, one -1 is inferred; batch_size must
+    be 0 or -1 (the engine keeps the batch: other values 7914).  Checked at create_dl_model
+    (7732 when the counts differ); the model's image size is then fixed."""
+    inp = _layer(dllayer_input, 1)
+    name = _name(layer_name, 2)
+    vals = to_tuple(shape)
+    if len(vals) not in (3, 4):
+        raise wrong_num(3, f"shape takes 3 or 4 values [width, height, depth(, batch_size)], "
+                           f"got {len(vals)}")
+    out = []
+    for x in vals:
+        if not is_int(x):
+            raise wrong_type(3, f"shape must be integers, got {x!r}")
+        if int(x) < -1:
+            raise wrong_value(3, f"shape values must be >= -1, got {x}")
+        out.append(int(x))
+    if sum(1 for x in out[:3] if x == -1) > 1:
+        raise wrong_value(3, "at most one shape value can be -1")
+    if len(out) == 4 and out[3] not in (0, -1):
+        raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
+                             f"batch_size {out[3]}: halcdl's engine keeps the batch axis "
+                             f"(0 or -1 only)")
+    gen = _gen(gen_param_name, gen_param_value, 4, {})
+    return _new(name, "reshape", [inp], {"shape": out}, gen)
+
+
+@operator
+def create_dl_layer_permutation(dllayer_input: Any, layer_name: Any, permutation: Any,
+                                gen_param_name: Any, gen_param_value: Any) -> DLLayer:
+    """A permutation layer: ``permutation`` of the axes [0 width, 1 height, 2 depth, 3 batch];
+    output axis k is input axis permutation[k].  The batch stays (permutation[3] = 3, else
+    7914).  Moving width or height to the depth fixes the model's image size."""
+    inp = _layer(dllayer_input, 1)
+    name = _name(layer_name, 2)
+    vals = to_tuple(permutation)
+    if len(vals) != 4:
+        raise wrong_num(3, f"permutation takes 4 values (width, height, depth, batch axes), "
+                           f"got {len(vals)}")
+    if not all(is_int(x) for x in vals):
+        raise wrong_type(3, f"permutation must be integers, got {list(vals)}")
+    perm = [int(x) for x in vals]
+    if sorted(perm) != [0, 1, 2, 3]:
+        raise wrong_value(3, f"permutation must be a permutation of [0, 1, 2, 3], got {perm}")
+    if perm[3] != 3:
+        raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
+                             f"permutation {perm}: halcdl's engine keeps the batch axis (3) last")
+    gen = _gen(gen_param_name, gen_param_value, 4, {})
+    return _new(name, "permutation", [inp], {"permutation": perm}, gen)
 
 
 def _layer_param(layer: DLLayer, name: str) -> list:
@@ -724,8 +847,62 @@ def _emit(b: _Builder, layer: DLLayer) -> None:  # noqa: C901  (one branch per l
         return
     if t == "activation":
         x, shp = b.src(layer, 0)
-        op = "relu6" if p.get("upper_bound") == 6.0 else "relu"
+        op = p["activation_type"]
+        if op == "relu" and p.get("upper_bound") == 6.0:
+            op = "relu6"
         b.out[id(layer)] = b.node(layer, layer.name, op, [x], shp)
+        return
+    if t == "reshape":
+        x, shp = b.src(layer, 0)
+        c, h, w = shp if len(shp) == 3 else (shp[0], 1, 1)
+        ws, hs, ds = layer.params["shape"][:3]
+        dims = [w if ws == 0 else ws, h if hs == 0 else hs, c if ds == 0 else ds]
+        total = c * h * w
+        if -1 in dims:
+            known = int(np.prod([d for d in dims if d != -1]))
+            if known == 0 or total % known:
+                raise _fail(H_ERR_DL_LAYER_INPUT, layer, f"cannot infer -1 in {dims}: the input "
+                                                         f"has {total} values per sample")
+            dims[dims.index(-1)] = total // known
+        if int(np.prod(dims)) != total:
+            raise _fail(H_ERR_DL_LAYER_INPUT, layer,
+                        f"the shape {dims} (width, height, depth) holds {int(np.prod(dims))} "
+                        f"values, its input {w}x{h}x{c} has {total}")
+        ow, oh, oc = dims
+        b.out[id(layer)] = b.node(layer, layer.name, "reshape", [x], (oc, oh, ow), channels=oc,
+                                  height=oh, width=ow)
+        return
+    if t == "permutation":
+        x, shp = b.spatial_input(layer)
+        hal = layer.params["permutation"]           # over (width, height, depth, batch)
+        to_eng = {0: 2, 1: 1, 2: 0}                 # HALCON axis -> engine (C, H, W) axis
+        eng_axis_hal = {0: 2, 1: 1, 2: 0}           # engine output axis -> HALCON axis
+        perm = [to_eng[hal[eng_axis_hal[e]]] for e in range(3)]
+        oshape = tuple(shp[p] for p in perm)
+        attrs = {"perm": perm}
+        if perm[0] != 0:
+            attrs["channels"] = oshape[0]
+        b.out[id(layer)] = b.node(layer, layer.name, "permute", [x], oshape, **attrs)
+        return
+    if t in ("zoom_size", "zoom_to_layer_size"):
+        x, (c, h, w) = b.spatial_input(layer)
+        if t == "zoom_size":
+            oh, ow = p["height"], p["width"]
+        else:
+            _, rs = b.spatial_input(layer, 1)
+            oh, ow = rs[1], rs[2]
+        op = "resize_nearest" if p["interpolation"] == "nearest_neighbor" else "resize_bilinear"
+        b.out[id(layer)] = b.node(layer, layer.name, op, [x], (c, oh, ow), height=oh, width=ow)
+        return
+    if t == "depth_to_space":
+        x, (c, h, w) = b.spatial_input(layer)
+        bs = p["block_size"]
+        if c % (bs * bs):
+            raise _fail(H_ERR_DL_LAYER_INPUT, layer, f"the input depth {c} is not a multiple of "
+                                                     f"block_size^2 = {bs * bs}")
+        b.out[id(layer)] = b.node(layer, layer.name, "depth_to_space", [x],
+                                  (c // (bs * bs), h * bs, w * bs), block_size=bs,
+                                  crd=_D2S_MODES[p["mode"]])
         return
     if t == "pooling":
         x, (c, h, w) = b.spatial_input(layer)
@@ -909,7 +1086,9 @@ def build_spec(output_layers: list[DLLayer]) -> dict:
     spec[0]["comment"] = {"halcon_layers": extra}
     return {"spec": spec, "type": kind, "num_classes": int(k), "image": (w, h, c),
             "extra": extra, "momentum": next(iter(momenta)) if momenta else None,
-            "fixed_size": any("in_features" in n for n in spec), "weights": weights,
+            "fixed_size": any("in_features" in n or n["op"] == "reshape"
+                              or (n["op"] == "permute" and n["perm"][0] != 0) for n in spec),
+            "weights": weights,
             "trainable": bool(loss)}
 
 

@@ -52,7 +52,10 @@ _TYPES = {"input": "input", "conv": "convolution", "bn": "batchnorm", "relu": "a
           "relu6": "activation", "maxpool": "pooling", "avgpool": "pooling", "gap": "pooling",
           "fc": "dense", "dropout": "dropout", "softmax": "softmax", "concat": "concat",
           "add": "elementwise", "deconv": "transposed_convolution",
-          "upsample_nearest": "zoom_factor", "upsample_bilinear": "zoom_factor"}
+          "upsample_nearest": "zoom_factor", "upsample_bilinear": "zoom_factor",
+          "sigmoid": "activation", "tanh": "activation", "depth_to_space": "depth_to_space",
+          "resize_nearest": "zoom_size", "resize_bilinear": "zoom_size", "reshape": "reshape",
+          "permute": "permutation"}
 
 
 def _owner(node_name: str) -> str:
@@ -119,6 +122,23 @@ class _View:
             p["momentum"] = "auto"
             p["epsilon"] = float(n.get("eps", 1e-5))
             p["activation"] = "relu" if has_fused else "none"
+        elif op in ("sigmoid", "tanh"):
+            p["activation_type"] = op
+        elif op == "depth_to_space":
+            p["block_size"] = int(n.get("block_size", 2))
+            p["mode"] = "column_row_depth" if n.get("crd", True) else "depth_column_row"
+        elif op == "reshape":
+            p["shape"] = [int(n["width"]), int(n["height"]), int(n["channels"]), 0]
+        elif op == "permute":
+            eng_to_hal = {0: 2, 1: 1, 2: 0}
+            hal = [0, 0, 0, 3]
+            for e, src in enumerate(n["perm"]):   # engine out axis e <- engine in axis src
+                hal[eng_to_hal[e]] = eng_to_hal[int(src)]
+            p["permutation"] = hal
+        elif op in ("resize_nearest", "resize_bilinear"):
+            p["width"], p["height"] = int(n["width"]), int(n["height"])
+            p["interpolation"] = "nearest_neighbor" if op == "resize_nearest" else "bilinear"
+            p["align_corners"] = "false"
         elif op in ("relu", "relu6"):
             p["activation_type"] = "relu"
             if op == "relu6":

@@ -1,0 +1,236 @@
+// The layer API's ops beyond the zoo's (docs/layers.md): sigmoid / tanh on oneDNN eltwise,
+// resizing to a fixed output size on oneDNN resampling, depth_to_space as a plain loop.
+//   sigmoid: y = 1 / (1 + e^−x),  dx = dy · y · (1 − y)   (oneDNN eltwise_logistic_use_dst_for_bwd)
+//   tanh:    y = tanh(x),         dx = dy · (1 − y²)      (eltwise_tanh_use_dst_for_bwd)
+//   resize:  oneDNN resampling (nearest / linear) with half-pixel centres to (out_h, out_w):
+//            PyTorch's interpolate(size=..., mode='nearest-exact' / 'bilinear',
+//            align_corners=False); backward: the adjoint.
+//   depth_to_space: y[n, c, h·b + i, w·b + j] = x[n, k, h, w] with k = c·b² + i·b + j (CRD,
+//            PyTorch's pixel_shuffle) or k = (i·b + j)·C + c (DCR); backward: the inverse
+//            permutation of dy.
+//   reshape: the NCHW values of a sample under new (C, H, W); permute: a transpose of (C, H, W).
+// The data-movement ops run on plain NCHW fp32 (a blocked input is reordered first).
+#include <omp.h>
+
+#include <cstring>
+
+#include "cpu/node.h"
+
+namespace halcdl::cpu {
+namespace {
+
+class Act : public CpuNode {
+ public:
+  using CpuNode::CpuNode;
+
+  void create(Build& b) override {
+    const Slot& x = in(b, 0);
+    out(b).md = x.md;
+    alg_ = node.op == OpKind::Sigmoid ? dnnl::algorithm::eltwise_logistic_use_dst_for_bwd
+                                      : dnnl::algorithm::eltwise_tanh_use_dst_for_bwd;
+    auto prop = b.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+    fwd_pd_ = dnnl::eltwise_forward::primitive_desc(b.eng, prop, alg_, x.md, x.md, 0.f, 0.f);
+    if (b.training && x.need_grad)
+      bwd_pd_ = dnnl::eltwise_backward::primitive_desc(b.eng, alg_, x.md, x.md, x.md, 0.f, 0.f, fwd_pd_);
+  }
+
+  void bind(Build& b) override {
+    fwd_ = dnnl::eltwise_forward(fwd_pd_);
+    fwd_args_ = {{DNNL_ARG_SRC, in(b, 0).data}, {DNNL_ARG_DST, y}};
+    if (gin.size() && gin[0]) {
+      bwd_ = dnnl::eltwise_backward(bwd_pd_);
+      bwd_args_ = {{DNNL_ARG_DST, y}, {DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_SRC, gin[0]}};
+    }
+  }
+
+  void forward(Exec& e) override { fwd_.execute(e.s, fwd_args_); }
+  void backward(Exec& e) override {
+    if (bwd_) bwd_.execute(e.s, bwd_args_);
+  }
+
+ private:
+  dnnl::algorithm alg_;
+  dnnl::eltwise_forward::primitive_desc fwd_pd_;
+  dnnl::eltwise_backward::primitive_desc bwd_pd_;
+  dnnl::eltwise_forward fwd_;
+  dnnl::eltwise_backward bwd_;
+  Args fwd_args_, bwd_args_;
+};
+
+class Resize : public CpuNode {
+ public:
+  using CpuNode::CpuNode;
+
+  void create(Build& b) override {
+    const Slot& x = in(b, 0);
+    const Dims& yd = b.slots[idx].dims;
+    auto alg = node.op == OpKind::ResizeNearest ? dnnl::algorithm::resampling_nearest
+                                                : dnnl::algorithm::resampling_linear;
+    memory::desc dst_any(to_dims(yd), x.md.get_data_type(), tag::any);
+    auto prop = b.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+    // no factors: oneDNN takes them from the sizes (out / in per axis)
+    fwd_pd_ = dnnl::resampling_forward::primitive_desc(b.eng, prop, alg, x.md, dst_any);
+    out(b).md = fwd_pd_.dst_desc();
+    if (b.training && x.need_grad)
+      bwd_pd_ = dnnl::resampling_backward::primitive_desc(b.eng, alg, x.md, out(b).md, fwd_pd_);
+  }
+
+  void bind(Build& b) override {
+    fwd_ = dnnl::resampling_forward(fwd_pd_);
+    fwd_args_ = {{DNNL_ARG_SRC, in(b, 0).data}, {DNNL_ARG_DST, y}};
+    if (gin.size() && gin[0]) {
+      bwd_ = dnnl::resampling_backward(bwd_pd_);
+      bwd_args_ = {{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_SRC, gin[0]}};
+    }
+  }
+
+  void forward(Exec& e) override { fwd_.execute(e.s, fwd_args_); }
+  void backward(Exec& e) override {
+    if (bwd_) bwd_.execute(e.s, bwd_args_);
+  }
+
+ private:
+  dnnl::resampling_forward::primitive_desc fwd_pd_;
+  dnnl::resampling_backward::primitive_desc bwd_pd_;
+  dnnl::resampling_forward fwd_;
+  dnnl::resampling_backward bwd_;
+  Args fwd_args_, bwd_args_;
+};
+
+// The data-movement ops on plain NCHW fp32: a blocked input is reordered to plain first, the
+// input gradient is computed plain and reordered into the input's layout.
+class PlainMove : public CpuNode {
+ public:
+  using CpuNode::CpuNode;
+
+  void create(Build& b) override {
+    HALCDL_CHECK(b.adt == dt::f32, kErrRuntimeUnsupported, "node '", node.name, "' (", op_name(node.op),
+                 ") runs in float32 only, not with precision 'bfloat16'");
+    const Slot& x = in(b, 0);
+    out(b).md = plain_desc(b.slots[idx].dims);
+    const memory::desc xp = plain_desc(x.dims);
+    xplain_ = x.md != xp;
+    if (xplain_) xbuf_ = b.request(xp, b.tf(idx), b.tf(idx));
+    if (b.training && x.need_grad && xplain_) gbuf_ = b.request(xp, b.tb(idx), b.tb(idx));
+  }
+
+  void bind(Build& b) override {
+    const Slot& x = in(b, 0);
+    const memory::desc xp = plain_desc(x.dims);
+    xd_ = x.dims;
+    yd_ = b.slots[idx].dims;
+    if (xplain_) {
+      xp_ = b.mem(xp, xbuf_);
+      to_plain_ = Reorder(x.data, xp_);
+    } else {
+      xp_ = x.data;
+    }
+    if (gin.size() && gin[0]) {
+      if (xplain_) {
+        gp_ = b.mem(xp, gbuf_);
+        from_plain_ = Reorder(gp_, gin[0]);
+      } else {
+        gp_ = gin[0];
+      }
+    }
+  }
+
+  void forward(Exec& e) override {
+    if (to_plain_) {
+      to_plain_.run(e.s);
+      e.s.wait();
+    }
+    move(static_cast<const float*>(xp_.get_data_handle()), static_cast<float*>(y.get_data_handle()), false);
+  }
+
+  void backward(Exec& e) override {
+    if (!gp_) return;
+    move(static_cast<const float*>(dy.get_data_handle()), static_cast<float*>(gp_.get_data_handle()), true);
+    if (from_plain_) from_plain_.run(e.s);
+  }
+
+ protected:
+  // forward: y ← x; inverse: x-shaped dst ← y-shaped src (the same index map read backwards)
+  virtual void move(const float* src, float* dst, bool inverse) const = 0;
+  Dims xd_, yd_;
+
+ private:
+  bool xplain_ = false;
+  int xbuf_ = -1, gbuf_ = -1;
+  memory xp_, gp_;
+  Reorder to_plain_, from_plain_;
+};
+
+class DepthToSpace : public PlainMove {
+ public:
+  using PlainMove::PlainMove;
+
+ protected:
+  void move(const float* src, float* dst, bool inverse) const override {
+    const int64_t n_ = xd_[0], c_in_ = xd_[1], h_ = xd_[2], w_ = xd_[3];
+    const int64_t bs = node.block, co = c_in_ / (bs * bs), H = h_ * bs, W = w_ * bs;
+#pragma omp parallel for collapse(2)
+    for (int64_t n = 0; n < n_; ++n)
+      for (int64_t c = 0; c < co; ++c)
+        for (int64_t oy = 0; oy < H; ++oy) {
+          const int64_t iy = oy / bs, i = oy % bs;
+          for (int64_t ox = 0; ox < W; ++ox) {
+            const int64_t ix = ox / bs, j = ox % bs;
+            const int64_t k = node.crd ? c * bs * bs + i * bs + j : (i * bs + j) * co + c;
+            const int64_t yi = ((n * co + c) * H + oy) * W + ox;
+            const int64_t xi = ((n * c_in_ + k) * h_ + iy) * w_ + ix;
+            if (inverse) dst[xi] = src[yi];
+            else dst[yi] = src[xi];
+          }
+        }
+  }
+};
+
+// reshape: the plain NCHW buffer unchanged under new dims (a copy both ways)
+class Reshape : public PlainMove {
+ public:
+  using PlainMove::PlainMove;
+
+ protected:
+  void move(const float* src, float* dst, bool) const override {
+    int64_t m = 1;
+    for (int64_t d : xd_) m *= d;  // (N, F) or (N, C, H, W)
+    std::memcpy(dst, src, static_cast<size_t>(m) * sizeof(float));
+  }
+};
+
+// permute: y[n, a0, a1, a2] = x[n, (C, H, W) with axis perm[k] = a_k]
+class Permute : public PlainMove {
+ public:
+  using PlainMove::PlainMove;
+
+ protected:
+  void move(const float* src, float* dst, bool inverse) const override {
+    const int64_t in_st[3] = {xd_[2] * xd_[3], xd_[3], 1};
+    int64_t st[3];  // input stride of each output axis
+    for (int k = 0; k < 3; ++k) st[k] = in_st[node.perm[k]];
+    const int64_t N = yd_[0], A0 = yd_[1], A1 = yd_[2], A2 = yd_[3], per = A0 * A1 * A2;
+#pragma omp parallel for collapse(2)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t a0 = 0; a0 < A0; ++a0)
+        for (int64_t a1 = 0; a1 < A1; ++a1)
+          for (int64_t a2 = 0; a2 < A2; ++a2) {
+            const int64_t yi = n * per + (a0 * A1 + a1) * A2 + a2;
+            const int64_t xi = n * per + a0 * st[0] + a1 * st[1] + a2 * st[2];
+            if (inverse) dst[xi] = src[yi];
+            else dst[yi] = src[xi];
+          }
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<CpuNode> make_act(const Node& n, int idx) { return std::make_unique<Act>(n, idx); }
+std::unique_ptr<CpuNode> make_resize(const Node& n, int idx) { return std::make_unique<Resize>(n, idx); }
+std::unique_ptr<CpuNode> make_depth_to_space(const Node& n, int idx) {
+  return std::make_unique<DepthToSpace>(n, idx);
+}
+std::unique_ptr<CpuNode> make_reshape(const Node& n, int idx) { return std::make_unique<Reshape>(n, idx); }
+std::unique_ptr<CpuNode> make_permute(const Node& n, int idx) { return std::make_unique<Permute>(n, idx); }
+
+}  // namespace halcdl::cpu

@@ -1,0 +1,134 @@
+// GPU twins of cpu/shape_ops.cpp (the layer API's ops): sigmoid, tanh, resize_nearest /
+// resize_bilinear to a fixed size, depth_to_space, reshape, permute — all on our kernels (kernels.cuh), NHWC.
+#include "cuda/gpu_node.h"
+#include "cuda/kernels.cuh"
+
+namespace halcdl::gpu {
+namespace {
+
+// sigmoid / tanh: backward from the output y (as the CPU twin's *_use_dst_for_bwd).
+class Act : public GpuNode {
+ public:
+  using GpuNode::GpuNode;
+  void create(GBuild& b) override { n_ = out(b).count; }
+  void bind(GBuild& b) override { x_ = in(b, 0).data; }
+  void forward(GExec& e) override {
+    if (node.op == OpKind::Sigmoid) k::sigmoid_forward(x_, y, n_, e.ctx.stream);
+    else k::tanh_forward(x_, y, n_, e.ctx.stream);
+  }
+  void backward(GExec& e) override {
+    if (!gin[0]) return;
+    if (node.op == OpKind::Sigmoid) k::sigmoid_backward(y, dy, gin[0], n_, e.ctx.stream);
+    else k::tanh_backward(y, dy, gin[0], n_, e.ctx.stream);
+  }
+
+ private:
+  size_t n_ = 0;
+  const float* x_ = nullptr;
+};
+
+class Resize : public GpuNode {
+ public:
+  using GpuNode::GpuNode;
+  void create(GBuild& b) override {
+    const GSlot& x = in(b, 0);
+    HALCDL_CHECK(x.dims.size() == 4, kErrInvalidInputShape, "node '", node.name, "' needs a 4-D input");
+    n_ = x.n;
+    h_ = x.h;
+    w_ = x.w;
+    c_ = x.c;
+  }
+  void bind(GBuild& b) override { x_ = in(b, 0).data; }
+  void forward(GExec& e) override {
+    k::resize_forward(x_, y, n_, h_, w_, c_, node.out_h, node.out_w, bilinear(), e.ctx.stream);
+  }
+  void backward(GExec& e) override {
+    if (gin[0]) k::resize_backward(dy, gin[0], n_, h_, w_, c_, node.out_h, node.out_w, bilinear(), e.ctx.stream);
+  }
+
+ private:
+  int bilinear() const { return node.op == OpKind::ResizeBilinear ? 1 : 0; }
+  int64_t n_ = 0, h_ = 0, w_ = 0, c_ = 0;
+  const float* x_ = nullptr;
+};
+
+class DepthToSpace : public GpuNode {
+ public:
+  using GpuNode::GpuNode;
+  void create(GBuild& b) override {
+    const GSlot& x = in(b, 0);
+    HALCDL_CHECK(x.dims.size() == 4, kErrInvalidInputShape, "node '", node.name, "' needs a 4-D input");
+    n_ = x.n;
+    h_ = x.h;
+    w_ = x.w;
+    co_ = out(b).c;
+  }
+  void bind(GBuild& b) override { x_ = in(b, 0).data; }
+  void forward(GExec& e) override {
+    k::depth_to_space_forward(x_, y, n_, h_, w_, co_, node.block, node.crd ? 1 : 0, e.ctx.stream);
+  }
+  void backward(GExec& e) override {
+    if (gin[0]) k::depth_to_space_backward(dy, gin[0], n_, h_, w_, co_, node.block, node.crd ? 1 : 0, e.ctx.stream);
+  }
+
+ private:
+  int64_t n_ = 0, h_ = 0, w_ = 0, co_ = 0;
+  const float* x_ = nullptr;
+};
+
+class Reshape : public GpuNode {
+ public:
+  using GpuNode::GpuNode;
+  void create(GBuild& b) override {
+    const GSlot& x = in(b, 0);
+    const GSlot& o = out(b);
+    HALCDL_CHECK(x.dims.size() == 4 && o.dims.size() == 4, kErrInvalidInputShape, "node '", node.name,
+                 "' needs a 4-D input");
+    n_ = x.n; h_ = x.h; w_ = x.w; c_ = x.c;
+    oh_ = o.h; ow_ = o.w; oc_ = o.c;
+  }
+  void bind(GBuild& b) override { x_ = in(b, 0).data; }
+  void forward(GExec& e) override { k::reshape_nhwc(x_, y, n_, h_, w_, c_, oh_, ow_, oc_, e.ctx.stream); }
+  void backward(GExec& e) override {
+    if (gin[0]) k::reshape_nhwc(dy, gin[0], n_, oh_, ow_, oc_, h_, w_, c_, e.ctx.stream);
+  }
+
+ private:
+  int64_t n_ = 0, h_ = 0, w_ = 0, c_ = 0, oh_ = 0, ow_ = 0, oc_ = 0;
+  const float* x_ = nullptr;
+};
+
+class Permute : public GpuNode {
+ public:
+  using GpuNode::GpuNode;
+  void create(GBuild& b) override {
+    const GSlot& x = in(b, 0);
+    HALCDL_CHECK(x.dims.size() == 4, kErrInvalidInputShape, "node '", node.name, "' needs a 4-D input");
+    n_ = x.n; c_ = x.c; h_ = x.h; w_ = x.w;
+    const GSlot& o = out(b);
+    oc_ = o.c; oh_ = o.h; ow_ = o.w;
+    for (int k = 0; k < 3; ++k) inv_[node.perm[k]] = k;
+  }
+  void bind(GBuild& b) override { x_ = in(b, 0).data; }
+  void forward(GExec& e) override {
+    k::permute_nhwc(x_, y, n_, c_, h_, w_, node.perm[0], node.perm[1], node.perm[2], e.ctx.stream);
+  }
+  void backward(GExec& e) override {
+    if (gin[0]) k::permute_nhwc(dy, gin[0], n_, oc_, oh_, ow_, inv_[0], inv_[1], inv_[2], e.ctx.stream);
+  }
+
+ private:
+  int64_t n_ = 0, c_ = 0, h_ = 0, w_ = 0, oc_ = 0, oh_ = 0, ow_ = 0;
+  int inv_[3] = {0, 1, 2};
+  const float* x_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<GpuNode> make_reshape(const Node& n, int idx) { return std::make_unique<Reshape>(n, idx); }
+std::unique_ptr<GpuNode> make_permute(const Node& n, int idx) { return std::make_unique<Permute>(n, idx); }
+std::unique_ptr<GpuNode> make_act(const Node& n, int idx) { return std::make_unique<Act>(n, idx); }
+std::unique_ptr<GpuNode> make_resize(const Node& n, int idx) { return std::make_unique<Resize>(n, idx); }
+std::unique_ptr<GpuNode> make_depth_to_space(const Node& n, int idx) { return std::make_unique<DepthToSpace>(n, idx); }
+
+}  // namespace halcdl::gpu
