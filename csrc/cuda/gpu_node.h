@@ -160,5 +160,7 @@ std::unique_ptr<GpuNode> make_dropout(const Node& n, int idx);
 std::unique_ptr<GpuNode> make_softmax(const Node& n, int idx);
 std::unique_ptr<GpuNode> make_gap(const Node& n, int idx);
 std::unique_ptr<GpuNode> make_upsample(const Node& n, int idx);  // nearest / bilinear
+// detection.cpp
+std::unique_ptr<GpuNode> make_detout(const Node& n, int idx);
 
 }  // namespace halcdl::gpu
