@@ -391,7 +391,10 @@ def test_images_without_objects_and_divergence():
         assert np.array_equal(v, m.core.get_param(n)), n
 
 
-def test_gpu_is_refused_clearly():
+def test_gpu_request_without_a_gpu_fails_cleanly():
+    """Where there is no usable GPU (CI) a detector's move fails like any model's (7742 no
+    backend, 7708 no GPU, 7709 no driver) and stays on the CPU; detection on a GPU itself is
+    tested in tests/test_gpu.py (emulated: tests/test_gpu_emulated.py)."""
     m = small_model()
     with pytest.raises(HOperatorError) as e:
         m.core.set_device(0)
