@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "engine/graph.h"
 #include "engine/hparams.h"
 #include "engine/plan.h"
@@ -86,12 +87,20 @@ class DeviceEngine {
     int64_t na = 0;
     float gamma = 2.f, beta = 0.11f, class_heads_weight = 1.f, bbox_heads_weight = 1.f;
   };
+  // The defaults (an engine without detection, e.g. a test double) refuse with 7742.
   virtual TrainResult train_step_detection(const float* images, const DetTargets& t, int bs, int m, int c, int h,
                                            int w, const HParams& hp, int64_t adam_t, uint64_t rng_base,
-                                           std::vector<double>& cls_level, std::vector<double>& box_level) = 0;
+                                           std::vector<double>& cls_level, std::vector<double>& box_level) {
+    (void)images, (void)t, (void)bs, (void)m, (void)c, (void)h, (void)w, (void)hp, (void)adam_t, (void)rng_base;
+    (void)cls_level, (void)box_level;
+    HALCDL_THROW(kErrRuntimeUnsupported, "this GPU backend does not train detection models");
+  }
   // The detection_output rows (n, A_total, K + 4) of an inference forward, host images and
   // host `out` (decoding and NMS then run on the host: det::detect).
-  virtual void infer_detection_raw(const float* images, int n, int bs, int c, int h, int w, float* out) = 0;
+  virtual void infer_detection_raw(const float* images, int n, int bs, int c, int h, int w, float* out) {
+    (void)images, (void)n, (void)bs, (void)c, (void)h, (void)w, (void)out;
+    HALCDL_THROW(kErrRuntimeUnsupported, "this GPU backend does not run detection models");
+  }
 };
 
 // One forward (and backward) of a graph on the GPU with host inputs, for tests: the GPU twin
