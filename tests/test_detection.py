@@ -5,6 +5,7 @@ re-implementation of the same detector."""
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -390,7 +391,10 @@ def test_images_without_objects_and_divergence():
         assert np.array_equal(v, m.core.get_param(n)), n
 
 
-def test_gpu_is_refused_clearly():
+def test_gpu_request_without_a_gpu_fails_cleanly():
+    """Where there is no usable GPU (CI) a detector's move fails like any model's (7742 no
+    backend, 7708 no GPU, 7709 no driver) and stays on the CPU; detection on a GPU itself is
+    tested in tests/test_gpu.py (emulated: tests/test_gpu_emulated.py)."""
     m = small_model()
     with pytest.raises(HOperatorError) as e:
         m.core.set_device(0)
@@ -514,7 +518,7 @@ def test_five_steps_against_torch():
                           c.get_param("cls_head2.logits.weight"))
 
 
-def test_freeze_backbone_level_and_onnx_refusal(tmp_path):
+def test_freeze_backbone_level(tmp_path):
     m = small_model(freeze_backbone_level=2)
     c = m.core
     frozen0 = c.get_param("conv1.weight").copy()      # feeds the level-2 map: frozen
@@ -522,9 +526,61 @@ def test_freeze_backbone_level_and_onnx_refusal(tmp_path):
     ha.train_dl_model_batch(m, [sample(np.random.default_rng(0))])
     assert np.array_equal(frozen0, c.get_param("conv1.weight"))
     assert not np.array_equal(deep0, c.get_param("conv5.weight"))
+
+
+@pytest.mark.parametrize("over", [{}, {"max_level": 6, "anchor_num_subscales": 2}])
+def test_onnx_export_raw_heads_match_onnxruntime(tmp_path, over):
+    """write_dl_model(m, '*.onnx') of a detector: the graph up to the raw head outputs
+    (class_logits, box_deltas, anchors); onnxruntime's outputs equal halcdl's raw
+    detection_output rows, and decoding them as docs/onnx.md says gives apply_dl_model's
+    boxes."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    m = small_model(**over)
+    rng = np.random.default_rng(3)
+    ha.set_dl_model_param(m, "batch_size", 2)
+    ha.train_dl_model_batch(m, [sample(rng), sample(rng)])  # trained bn statistics, moved weights
+    path = tmp_path / "det.onnx"
+    ha.write_dl_model(m, str(path))
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["halcdl.type"] == "detection"
+    # shared heads: one initializer per master parameter, none for the tied copies
+    inits = {i.name for i in model.graph.initializer}
+    assert "cls_head2.logits.weight" in inits and "cls_head3.logits.weight" not in inits
+    imgs = [sample(rng)["image"] for _ in range(3)]
+    raw = m.core.infer_detection_raw([{"image": x} for x in imgs], 2, 64, 64, 3)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.stack(imgs).transpose(0, 3, 1, 2).astype(np.float32)
+    cls, box, anc = sess.run(["class_logits", "box_deltas", "anchors"], {"image": x})
+    k = 2
+    assert cls.shape == raw.shape[:2] + (k,) and box.shape == raw.shape[:2] + (4,)
+    assert_close(cls, raw[..., :k], atol=2e-4, rtol=1e-4, what="class logits")
+    assert_close(box, raw[..., k:], atol=2e-4, rtol=1e-4, what="box deltas")
+    a_ref, ls = m.core.det_anchors(64, 64)
+    assert np.array_equal(anc, a_ref)
+    assert json.loads(props["halcdl.detection.level_start"]) == list(ls)
+    # the documented decoding (docs/onnx.md) on the ONNX outputs reproduces apply_dl_model
+    ha.set_dl_model_param(m, "min_confidence", 0.0)
+    ha.set_dl_model_param(m, "max_num_detections", 5)
+    res = ha.apply_dl_model(m, [{"image": imgs[0]}], [])[0]
+    scores = 1 / (1 + np.exp(-cls[0].astype(np.float64)))
+    best = np.argsort(-scores, axis=None, kind="stable")[:1]
+    ai, ci = np.unravel_index(best, scores.shape)
+    dec = np_decode(anc[ai].astype(np.float64), box[0, ai].astype(np.float64))
+    dec = np.clip(dec, 0, 64)
+    got = np.array([res["bbox_row1"][0], res["bbox_col1"][0], res["bbox_row2"][0],
+                    res["bbox_col2"][0]])
+    assert_close(got, dec[0], atol=1e-3, rtol=1e-5, what="top detection decoded from the ONNX outputs")
+    assert res["bbox_class_id"][0] == int(ci[0])
+    assert abs(res["bbox_confidence"][0] - scores[ai[0], ci[0]]) < 1e-5
+
+
+def test_onnx_export_of_a_detector_leaves_no_file_on_failure(tmp_path):
+    m = small_model()
     with pytest.raises(HOperatorError) as e:
-        ha.write_dl_model(m, str(tmp_path / "det.onnx"))
-    assert e.value.error_code == 7803
+        ha.write_dl_model(m, str(tmp_path / "missing_dir" / "det.onnx"))
+    assert e.value.error_code == 7781
     assert not list(tmp_path.iterdir())
 
 

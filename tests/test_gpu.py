@@ -7,7 +7,9 @@ reports a GPU; run them on a GPU machine with benchmarks/gpu_check.sh).
 - determinism: two runs with cudnn_deterministic give bit-identical weights;
 - CuPy images used in place (same weights as numpy images), CuPy outputs;
 - moving a model CPU → GPU → CPU mid-training continues the same run;
-- out of GPU memory → 6021, and the model still trains on a smaller batch.
+- out of GPU memory → 6021, and the model still trains on a smaller batch;
+- object detection (rectangle1): train steps (focal + Huber loss kernels, tied heads, SGD and
+  Adam, a multiplier) and apply_dl_model (raw head outputs and decoded detections) vs the CPU.
 
 TF32 is switched off (set_system('tf32', 'false')) so the GPU computes full float32 products
 and the CPU tolerances apply.
@@ -107,6 +109,11 @@ def _op_cases():
     cases.append(("reshape", node("reshape", channels=4, height=5, width=3), [randn(r, 2, 3, 4, 5)], {}))
     cases.append(("permute_hw", node("permute", perm=[0, 2, 1]), [randn(r, 2, 3, 4, 5)], {}))
     cases.append(("permute_cwh", node("permute", perm=[2, 0, 1], channels=5), [randn(r, 2, 3, 4, 5)], {}))
+    # detection_output: two levels of (class head, box head), K = 3, A = 2
+    cases.append(("detection_output", node("detection_output", 4, num_classes=3, num_anchors=2,
+                                           box_values=4),
+                  [randn(r, 2, 6, 4, 5), randn(r, 2, 8, 4, 5), randn(r, 2, 6, 2, 3),
+                   randn(r, 2, 8, 2, 3)], {}))
     return cases
 
 
@@ -449,3 +456,81 @@ def test_device_params():
     assert ha.get_dl_device_param(d, "type") == ["gpu"]
     assert ha.get_dl_device_param(d, "name")[0]
     assert "float32" in ha.get_dl_device_param(d, "precisions")
+
+
+# ---------------------------------------------------------------------------------------
+# object detection (docs/detection.md, docs/gpu.md): tiny, the emulation runs these too
+DET_SIZE = 32
+DET_PARAM = {"image_width": DET_SIZE, "image_height": DET_SIZE, "capacity": "low", "min_level": 2,
+             "max_level": 3, "anchor_num_subscales": 1, "anchor_aspect_ratios": [1.0, 2.0]}
+
+
+def _detector(runtime, solver="sgd", **over):
+    ha.set_system("seed_rand", 11)
+    m = ha.create_dl_model_detection("pretrained_dl_classifier_compact.hdl", 2,
+                                     {**DET_PARAM, **over})
+    for k, v in [("batch_size", 2), ("batch_size_multiplier", 2), ("solver_type", solver),
+                 ("learning_rate", 1e-3 if solver == "sgd" else 1e-4), ("momentum", 0.9),
+                 ("weight_prior", 1e-3), ("class_weights", [1.0, 1.5]), ("runtime", runtime)]:
+        ha.set_dl_model_param(m, k, v)
+    return m
+
+
+def _det_samples(rng, n):
+    out = []
+    for i in range(n):
+        boxes = [] if i % 4 == 3 else [(2, 3, 18, 14), (1, 2, 31, 30), (10, 12, 30, 31)][: 1 + i % 3]
+        b = np.asarray(boxes, np.float64).reshape(-1, 4)
+        out.append({"image": rng.normal(0, 1, (DET_SIZE, DET_SIZE, 3)).astype(np.float32),
+                    "bbox_row1": b[:, 0].tolist(), "bbox_col1": b[:, 1].tolist(),
+                    "bbox_row2": b[:, 2].tolist(), "bbox_col2": b[:, 3].tolist(),
+                    "bbox_label_id": [j % 2 for j in range(len(boxes))]})
+    return out
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_detection_train_and_apply_match_cpu(solver):
+    cpu, gpu = _detector("cpu", solver), _detector("gpu", solver)
+    assert gpu.core.device() == 0
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        b = _det_samples(rng, 4)
+        rc, rg = ha.train_dl_model_batch(cpu, b), ha.train_dl_model_batch(gpu, b)
+        assert set(rc) == set(rg)
+        for k in rc:  # total_loss and classhead<l>_loss / bboxhead<l>_loss per level
+            assert_close(np.ravel(rg[k]), np.ravel(rc[k]), atol=1e-5, rtol=1e-4, what=k)
+    pc, pg = _params(cpu), _params(gpu)
+    for n in pc:
+        assert_close(pg[n], pc[n], atol=3e-4, rtol=1e-3, what=f"detection {solver} {n}")
+    # the tied copies follow their master exactly on the GPU too
+    assert np.array_equal(pg["cls_head3.logits.weight"], pg["cls_head2.logits.weight"])
+    assert np.array_equal(pg["box_head3.conv0.bias"], pg["box_head2.conv0.bias"])
+    sc, sg = cpu.core.get_state(), gpu.core.get_state()
+    assert_close(sg["m1"], sc["m1"], atol=1e-2 if solver == "adam" else 1e-4, rtol=1e-3,
+                 what="optimizer state m1")
+    test = _det_samples(np.random.default_rng(8), 3)
+    imgs = [{"image": s["image"]} for s in test]
+    raw_c = cpu.core.infer_detection_raw(imgs, 2, DET_SIZE, DET_SIZE, 3)
+    raw_g = gpu.core.infer_detection_raw(imgs, 2, DET_SIZE, DET_SIZE, 3)
+    assert_close(raw_g, raw_c, atol=1e-4, rtol=1e-3, what="raw detection_output")
+    for m in (cpu, gpu):
+        ha.set_dl_model_param(m, "min_confidence", 0.0)
+        ha.set_dl_model_param(m, "max_num_detections", 3)
+    for dc, dg in zip(ha.apply_dl_model(cpu, test, []), ha.apply_dl_model(gpu, test, [])):
+        assert len(dg["bbox_confidence"]) == len(dc["bbox_confidence"]) == 3
+        # the best detection: the same class and box (ties below it may order differently)
+        assert dg["bbox_class_id"][0] == dc["bbox_class_id"][0]
+        for k in ("bbox_row1", "bbox_col1", "bbox_row2", "bbox_col2", "bbox_confidence"):
+            assert_close(dg[k][0], dc[k][0], atol=1e-3, rtol=1e-3, what=k)
+
+
+def test_detection_gpu_refusals_leave_the_model_unchanged():
+    # freeze_backbone_level: frozen parameters have no GPU path yet (7742, still on the CPU)
+    m = _detector("cpu", freeze_backbone_level=2)
+    before = _params(m)
+    with pytest.raises(ha.HOperatorError) as e:
+        ha.set_dl_model_param(m, "runtime", "gpu")
+    assert e.value.error_code == 7742
+    assert m.core.device() == -1
+    after = _params(m)
+    assert all(np.array_equal(before[n], after[n]) for n in before)

@@ -16,7 +16,9 @@ What runs of test_gpu.py (``EMULATED_SUBSET``) and what does not, and why:
         SGD and Adam train sequences; segmentation; determinism on mobilenet_v2; the CuPy tests
         (device images and device outputs) on a fake CuPy whose arrays live in the emulated
         GPU's memory (tests/gpu_emu/fake_cupy, first on the subprocess's PYTHONPATH); the legacy
-        classifier; device switching; write/read; out of GPU memory then a smaller batch (with a
+        classifier; object detection (the detection_output op, 3 train steps of a tiny
+        rectangle1 detector with SGD and Adam and apply_dl_model vs the CPU, the refusals);
+        device switching; write/read; out of GPU memory then a smaller batch (with a
         2 GiB emulated GPU); the GPU index out of range; the device parameters.
   left out:
     - test_train_sequence_matches_cpu[resnet18-*]: ~45 s emulated; compact covers the path.
@@ -81,6 +83,8 @@ MUST_RUN = [
     "test_out_of_memory_then_smaller_batch", "test_gpu_index_out_of_range", "test_device_params",
     "test_cupy_images_used_in_place", "test_cupy_on_a_non_blocking_stream", "test_cupy_images_with_nan_rejected",
     "test_mixed_host_and_device_images_rejected", "test_segmentation_gpu_outputs_from_host_images",
+    "test_op_matches_cpu[detection_output-train]", "test_detection_train_and_apply_match_cpu[sgd]",
+    "test_detection_train_and_apply_match_cpu[adam]", "test_detection_gpu_refusals_leave_the_model_unchanged",
 ]
 TIMEOUT = 900  # seconds per subprocess; the whole subset takes ~1 min on 2 cores
 

@@ -919,7 +919,8 @@ PYBIND11_MODULE(_core, m) {
                           " = ", need);
              auto lk = lock_model(md);
              if (md.is_detection()) {
-               HALCDL_CHECK(images_ptr == 0, kErrRuntimeUnsupported, "object detection does not run on the GPU yet");
+               HALCDL_CHECK(images_ptr == 0, kErrRuntimeUnsupported,
+                            "object detection takes host images (numpy), not GPU (CuPy) images, yet");
                Batch b = gather(md, samples, channels, height, width, Labels::None);
                BoxBatch bb = gather_boxes(md, samples);
                TrainResult r;
@@ -1035,6 +1036,26 @@ PYBIND11_MODULE(_core, m) {
                  sc.mutable_data()[i] = dets[i].score;
                }
                out.append(py::make_tuple(bx, cl, sc));
+             }
+             return out;
+           },
+           py::arg("samples"), py::arg("batch_size"), py::arg("height"), py::arg("width"), py::arg("channels"))
+      .def("infer_detection_raw",
+           [](Model& md, const py::list& samples, int batch_size, int height, int width, int channels) {
+             HALCDL_CHECK(batch_size > 0, kErrInvalidValue, "batch_size must be > 0");
+             HALCDL_CHECK(samples.size() > 0, kErrInvalidValue, "no samples given");
+             auto lk = lock_model(md);
+             std::vector<int64_t> ls;
+             md.anchors(height, width, &ls);
+             Batch b = gather(md, samples, channels, height, width, Labels::None);
+             const int n = static_cast<int>(samples.size());
+             py::array_t<float> out({int64_t(n), ls.back(), int64_t(md.num_classes() + 4)});
+             float* o = out.mutable_data();
+             {
+               py::gil_scoped_release nogil;
+               float* st = md.staging(static_cast<size_t>(n) * channels * height * width);
+               assemble(b, st, channels, height, width);
+               md.infer_detection_raw(st, n, batch_size, channels, height, width, o);
              }
              return out;
            },

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cuda/common.h"
+#include "cuda/det_kernels.cuh"
 #include "cuda/kernels.cuh"
 #include "cuda/plan.h"
 #include "engine/device.h"
@@ -152,7 +153,7 @@ class CudaEngine final : public DeviceEngine {
     if (ctx_.stream) cudaStreamSynchronize(ctx_.stream);
     plans_.clear();
     for (DeviceBuffer* b : {&P_, &G_, &T_, &M1_, &M2_, &S_, &S2_, &scalars_, &scratch_, &dlogits_, &labels_d_, &pixw_d_,
-                            &classw_d_, &stage_, &out_f_, &out_i_})
+                            &classw_d_, &stage_, &out_f_, &out_i_, &det_tgt_, &det_tbox_, &det_rows_})
       b->reset();
     for (PinnedBuffer* b : {&readback_, &pin_img_, &pin_lab_, &pin_w_}) b->reset();
     (void)cudaGetLastError();
@@ -434,6 +435,175 @@ class CudaEngine final : public DeviceEngine {
     ctx_.sync();
   }
 
+  // Model::train_step_detection on the device (see DeviceEngine::train_step_detection): the
+  // per-row losses of all sub-batches are read back with one synchronisation together with
+  // Σw² and the finiteness flag, and summed per level on the host in the CPU's order.
+  TrainResult train_step_detection(const float* images, const DetTargets& t, int bs, int m, int c, int h, int w,
+                                   const HParams& hp, int64_t adam_t, uint64_t rng_base,
+                                   std::vector<double>& cls_level, std::vector<double>& box_level) override {
+    HALCDL_CHECK(bs > 0 && m > 0 && t.na > 0, kErrInvalidValue, "invalid batch size ", bs, " x ", m);
+    const Node& o = g_.nodes[g_.output];
+    HALCDL_CHECK(o.op == OpKind::DetOut && o.det_box == 4, kErrRuntimeUnsupported,
+                 "this detection model does not run on the GPU (only instance_type 'rectangle1')");
+    const int kc = num_classes();
+    HALCDL_CHECK(hp.class_weights.empty() || static_cast<int>(hp.class_weights.size()) == kc, kErrInvalidValue,
+                 "class_weights needs ", kc, " values, got ", hp.class_weights.size());
+    DeviceGuard guard(dev_);
+    GpuPlan& p = plan(bs, c, h, w, true);
+    const cudaStream_t st = ctx_.stream;
+    const size_t img = static_cast<size_t>(c) * h * w;
+    const size_t rows = static_cast<size_t>(bs) * t.na;  // rows per sub-batch
+    const size_t nt = g_.n_trainable, nw = g_.n_weight;
+    const bool adam = hp.solver == "adam";
+    // the tied shadows' weights: their Σw² is taken off (each tied weight counts once)
+    std::vector<const ParamInfo*> tied_w;
+    for (auto [sh, ma] : g_.ties)
+      if (g_.params[sh].kind == ParamKind::Weight) tied_w.push_back(&g_.params[sh]);
+    const size_t ntw = tied_w.size();
+
+    if (m > 1 && !T_.bytes()) T_.resize(nt * sizeof(float));
+    if (adam && !M2_.bytes()) M2_.resize(nt * sizeof(float));
+    ensure(dlogits_, rows * (kc + 4) * sizeof(float));
+    ensure(det_tgt_, m * rows * sizeof(int));
+    ensure(det_tbox_, m * rows * 4 * sizeof(float));
+    ensure(det_rows_, 2 * m * rows * sizeof(double));
+    if (!hp.class_weights.empty()) ensure(classw_d_, kc * sizeof(float));
+    ensure(stage_, static_cast<size_t>(m) * bs * img * sizeof(float));
+    ensure(scratch_, std::max(k::loss_scratch_doubles(static_cast<int64_t>(nw)), size_t(1)) * sizeof(double));
+    // scalars: Σw², Σw² of each tied shadow weight, then the finiteness flag
+    const size_t sc_bytes = (ntw + 2) * sizeof(double);
+    ensure(scalars_, sc_bytes);
+    const size_t rb_bytes = sc_bytes + 2 * m * rows * sizeof(double);
+    readback_.ensure(rb_bytes);
+    double* sumsq = reinterpret_cast<double*>(scalars_.v());
+    int* flag = reinterpret_cast<int*>(sumsq + ntw + 1);
+    double* scratch = reinterpret_cast<double*>(scratch_.v());
+    double* row_cls = reinterpret_cast<double*>(det_rows_.v());
+    double* row_box = row_cls + m * rows;
+
+    h2d(ctx_, stage_.v(), images, static_cast<size_t>(m) * bs * img * sizeof(float));
+    h2d(ctx_, det_tgt_.v(), t.target, m * rows * sizeof(int));
+    h2d(ctx_, det_tbox_.v(), t.tbox, m * rows * 4 * sizeof(float));
+    const float* cw = nullptr;
+    if (!hp.class_weights.empty()) {
+      h2d(ctx_, classw_d_.v(), hp.class_weights.data(), kc * sizeof(float));
+      cw = classw_d_.f();
+    }
+    d2d(ctx_, S2_.v(), S_.v(), S_.bytes());
+    const DeviceParams dp{P_.f(), S_.f(), S2_.f(), hp.batchnorm_momentum};
+    for (int s = 0; s < m; ++s) {
+      k::nchw_to_nhwc(stage_.f() + static_cast<size_t>(s) * bs * img, p.input(0), bs, c, static_cast<int64_t>(h) * w,
+                      st);
+      p.forward(dp, rng_base + s);
+      // det::loss's gradient factors: scale / norm (float), times the head weight
+      const float gs = static_cast<float>((1.f / m) / t.norm[s]);  // det::loss: scale / norm
+      k::det_focal_huber(p.output(), det_tgt_.i() + s * rows, det_tbox_.f() + s * rows * 4, cw,
+                         static_cast<int64_t>(rows), kc, t.gamma, t.beta, gs * t.class_heads_weight,
+                         gs * t.bbox_heads_weight, dlogits_.f(), row_cls + s * rows, row_box + s * rows, st);
+      p.backward(dp, dlogits_.f(), s == 0 ? G_.f() : T_.f());
+      if (s > 0 && nt) k::accumulate(G_.f(), T_.f(), nt, st);
+    }
+    // tied parameters: the shadows' gradients belong to their master (Model::commit_step)
+    for (auto [sh, ma] : g_.ties) {
+      const ParamInfo &a = g_.params[sh], &b = g_.params[ma];
+      k::accumulate(G_.f() + b.offset, G_.f() + a.offset, a.size, st);
+      CUDA_CHECK(cudaMemsetAsync(G_.f() + a.offset, 0, a.size * sizeof(float), st));
+    }
+    if (nw) k::sum_squares(P_.f(), nw, sumsq, scratch, st);
+    else CUDA_CHECK(cudaMemsetAsync(sumsq, 0, sizeof(double), st));
+    for (size_t j = 0; j < ntw; ++j) k::sum_squares(P_.f() + tied_w[j]->offset, tied_w[j]->size, sumsq + 1 + j, scratch, st);
+    CUDA_CHECK(cudaMemsetAsync(flag, 1, sizeof(int), st));
+    if (nt) {
+      if (adam)
+        k::adam_update_finite(P_.f(), G_.f(), M1_.f(), M2_.f(), nw, nt, hp.learning_rate, hp.adam_beta1,
+                              hp.adam_beta2, hp.adam_epsilon, hp.weight_prior, adam_t, flag, st);
+      else
+        k::sgd_update_finite(P_.f(), G_.f(), M1_.f(), nw, nt, hp.learning_rate, hp.momentum, hp.weight_prior, flag,
+                             st);
+    }
+    if (g_.n_state) k::check_finite(S2_.f(), g_.n_state, flag, st);
+    d2h(ctx_, readback_.f(), scalars_.v(), sc_bytes);
+    d2h(ctx_, reinterpret_cast<char*>(readback_.f()) + sc_bytes, det_rows_.v(), 2 * m * rows * sizeof(double));
+    ctx_.sync();
+
+    const double* hs = reinterpret_cast<const double*>(readback_.f());
+    const double* hc = hs + ntw + 2;
+    const double* hb = hc + m * rows;
+    // per level and sub-batch as det::loss sums them (image, then anchor), then / norm, / m
+    cls_level.assign(t.nlevels, 0.0);
+    box_level.assign(t.nlevels, 0.0);
+    double data = 0;
+    for (int s = 0; s < m; ++s) {
+      double l = 0;
+      std::vector<double> cl(t.nlevels), bl(t.nlevels);
+      for (int lv = 0; lv < t.nlevels; ++lv) {
+        double sc = 0, sb = 0;
+        for (int i = 0; i < bs; ++i)
+          for (int64_t a = t.level_start[lv]; a < t.level_start[lv + 1]; ++a) {
+            const size_t r = s * rows + static_cast<size_t>(i) * t.na + a;
+            sc += hc[r];
+            sb += hb[r];
+          }
+        cl[lv] = t.class_heads_weight * sc / t.norm[s];
+        bl[lv] = t.bbox_heads_weight * sb / t.norm[s];
+      }
+      double lc = 0, lb = 0;
+      for (int lv = 0; lv < t.nlevels; ++lv) {
+        lc += cl[lv];
+        lb += bl[lv];
+      }
+      l = lc + lb;
+      HALCDL_CHECK(std::isfinite(l), kErrTrainingFailed, "training step failed: the loss became ", l,
+                   " (lower the learning rate); the weights were not changed");
+      data += l / m;
+      for (int lv = 0; lv < t.nlevels; ++lv) {
+        cls_level[lv] += cl[lv] / m;
+        box_level[lv] += bl[lv] / m;
+      }
+    }
+    int finite = 0;
+    std::memcpy(&finite, hs + ntw + 1, sizeof(int));
+    double sq = hs[0];
+    for (size_t j = 0; j < ntw; ++j) sq -= hs[1 + j];
+    const double total = data + 0.5 * hp.weight_prior * sq;
+    HALCDL_CHECK(std::isfinite(total) && finite != 0, kErrTrainingFailed,
+                 "training step failed: the loss, its gradient, the updated weights / optimizer state or the "
+                 "running statistics would not be finite (the training diverged: lower the learning rate); the "
+                 "model was not changed");
+    if (nt) {
+      if (adam)
+        k::adam_update(P_.f(), G_.f(), M1_.f(), M2_.f(), nw, nt, hp.learning_rate, hp.adam_beta1, hp.adam_beta2,
+                       hp.adam_epsilon, hp.weight_prior, adam_t, st);
+      else
+        k::sgd_update(P_.f(), G_.f(), M1_.f(), nw, nt, hp.learning_rate, hp.momentum, hp.weight_prior, st);
+    }
+    for (auto [sh, ma] : g_.ties) {  // Model::apply_ties: the masters' values into the shadows
+      const ParamInfo &a = g_.params[sh], &b = g_.params[ma];
+      d2d(ctx_, P_.f() + a.offset, P_.f() + b.offset, a.size * sizeof(float));
+    }
+    d2d(ctx_, S_.v(), S2_.v(), S_.bytes());
+    double lcls = 0;
+    for (double v : cls_level) lcls += v;
+    return {total, lcls, {}};
+  }
+
+  void infer_detection_raw(const float* images, int n, int bs, int c, int h, int w, float* out) override {
+    HALCDL_CHECK(bs > 0, kErrInvalidValue, "invalid batch size ", bs);
+    DeviceGuard guard(dev_);
+    const Node& o = g_.nodes[g_.output];
+    HALCDL_CHECK(o.op == OpKind::DetOut, kErrInvalidValue, "this model is not a detection model");
+    const size_t img = static_cast<size_t>(c) * h * w;
+    for (int start = 0; start < n; start += bs) {
+      const int cnt = std::min(bs, n - start);
+      GpuPlan& p = plan(cnt, c, h, w, false);
+      run_inference(p, images, false, start, cnt, c, h, w, img);
+      const Dims& od = p.output_dims();
+      const size_t row = static_cast<size_t>(od[1]) * od[2];
+      d2h(ctx_, out + static_cast<size_t>(start) * row, p.output(), cnt * row * sizeof(float));
+    }
+    ctx_.sync();
+  }
+
   size_t plan_bytes() const override {
     size_t b = 0;
     for (const auto& kv : plans_) b += kv.second->bytes();
@@ -482,7 +652,9 @@ class CudaEngine final : public DeviceEngine {
 
   // Per-call buffers, regrown on the next use.
   void release_scratch() {
-    for (DeviceBuffer* b : {&scratch_, &dlogits_, &labels_d_, &pixw_d_, &stage_, &out_f_, &out_i_}) b->reset();
+    for (DeviceBuffer* b : {&scratch_, &dlogits_, &labels_d_, &pixw_d_, &stage_, &out_f_, &out_i_, &det_tgt_, &det_tbox_,
+                            &det_rows_})
+      b->reset();
   }
 
   // Images [start, start + cnt) into the plan's NHWC input, then the inference forward.
@@ -523,6 +695,7 @@ class CudaEngine final : public DeviceEngine {
   // S2 its working copy during a step.
   DeviceBuffer P_, G_, T_, M1_, M2_, S_, S2_;
   DeviceBuffer scalars_, scratch_, dlogits_, labels_d_, pixw_d_, classw_d_, stage_, out_f_, out_i_;
+  DeviceBuffer det_tgt_, det_tbox_, det_rows_;  // detection: targets, encoded boxes, per-row losses
   PinnedBuffer readback_, pin_img_, pin_lab_, pin_w_;
   Precision precision_ = Precision::F32;
   std::map<Key, std::unique_ptr<GpuPlan>> plans_;

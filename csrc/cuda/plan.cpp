@@ -54,10 +54,7 @@ std::unique_ptr<GpuNode> make_node(const Node& n, int idx) {
     case OpKind::DepthToSpace: return make_depth_to_space(n, idx);
     case OpKind::Reshape: return make_reshape(n, idx);
     case OpKind::Permute: return make_permute(n, idx);
-    case OpKind::DetOut:
-      HALCDL_THROW(kErrRuntimeUnsupported, "node '", n.name,
-                   "': object detection does not run on the GPU yet (halcdl's detection_output, its loss and its "
-                   "decoding have no CUDA twin); use runtime 'cpu'");
+    case OpKind::DetOut: return make_detout(n, idx);  // cuda/detection.cpp
     case OpKind::Input: return nullptr;  // its slot is the plan's input buffer
   }
   return nullptr;
@@ -69,6 +66,8 @@ void fill_shape(GSlot& s, const Dims& d, const Node& n) {
     s.n = d[0]; s.c = d[1]; s.h = d[2]; s.w = d[3];
   } else if (d.size() == 2) {
     s.n = d[0]; s.c = d[1]; s.h = 1; s.w = 1;
+  } else if (d.size() == 3 && n.op == OpKind::DetOut) {  // (N, A_total, K + B) rows: NHWC (N, A, 1, R)
+    s.n = d[0]; s.c = d[2]; s.h = d[1]; s.w = 1;
   } else {
     HALCDL_THROW(kErrInvalidInputShape, "node '", n.name, "': a ", d.size(), "-D tensor is not supported on the GPU");
   }

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "engine/graph.h"
 #include "engine/hparams.h"
 #include "engine/plan.h"
@@ -67,6 +68,39 @@ class DeviceEngine {
   virtual void infer_segmentation(const float* images, bool images_on_device, int n, int bs, int c, int h, int w,
                                   int* index, float* confidence, bool out_on_device) = 0;
   virtual size_t plan_bytes() const = 0;  // device memory held by cached plans
+
+  // Object detection (docs/detection.md, docs/gpu.md). The anchor assignment runs on the host
+  // (Model::train_step_detection, det::match / det::encode); the device runs the network, the
+  // focal and Huber losses with their gradients (det_kernels.cu), the backward, the tied
+  // parameters (graph ties: shadow gradients into their master, master values into the
+  // shadows after the update) and the update, as Model::train_step_detection does on the CPU.
+  // Per sub-batch s and image-anchor row: target (class index, -1 background, -2 ignored),
+  // tbox (encoded box of a foreground row), norm[s] = max(1, #foreground). Returns the total
+  // and, per level (level_start: anchor offsets), the weighted normalised losses summed over
+  // the sub-batches (each / m) in cls_level / box_level.
+  struct DetTargets {
+    const int* target = nullptr;    // host, m·bs·na
+    const float* tbox = nullptr;    // host, m·bs·na·4
+    const double* norm = nullptr;   // host, m
+    const int64_t* level_start = nullptr;
+    int nlevels = 0;
+    int64_t na = 0;
+    float gamma = 2.f, beta = 0.11f, class_heads_weight = 1.f, bbox_heads_weight = 1.f;
+  };
+  // The defaults (an engine without detection, e.g. a test double) refuse with 7742.
+  virtual TrainResult train_step_detection(const float* images, const DetTargets& t, int bs, int m, int c, int h,
+                                           int w, const HParams& hp, int64_t adam_t, uint64_t rng_base,
+                                           std::vector<double>& cls_level, std::vector<double>& box_level) {
+    (void)images, (void)t, (void)bs, (void)m, (void)c, (void)h, (void)w, (void)hp, (void)adam_t, (void)rng_base;
+    (void)cls_level, (void)box_level;
+    HALCDL_THROW(kErrRuntimeUnsupported, "this GPU backend does not train detection models");
+  }
+  // The detection_output rows (n, A_total, K + 4) of an inference forward, host images and
+  // host `out` (decoding and NMS then run on the host: det::detect).
+  virtual void infer_detection_raw(const float* images, int n, int bs, int c, int h, int w, float* out) {
+    (void)images, (void)n, (void)bs, (void)c, (void)h, (void)w, (void)out;
+    HALCDL_THROW(kErrRuntimeUnsupported, "this GPU backend does not run detection models");
+  }
 };
 
 // One forward (and backward) of a graph on the GPU with host inputs, for tests: the GPU twin
@@ -94,7 +128,7 @@ struct RunResult {
   std::vector<float> bn_mean, bn_var;  // when the last node is a training bn (biased variance)
 };
 
-constexpr int kCudaAbiVersion = 2;  // 2: train_step takes a StepHook
+constexpr int kCudaAbiVersion = 3;  // 2: train_step takes a StepHook; 3: detection
 
 // The table libhalcdl_cuda.so exports through `extern "C" const CudaApi* halcdl_cuda_api()`.
 // Every function may throw halcdl::Error.

@@ -283,9 +283,12 @@ void Model::set_device(int gpu) {
     gpu_ = -1;
     return;
   }
-  HALCDL_CHECK(!g_.is_detection() && g_.ties.empty(), kErrRuntimeUnsupported,
-               "object detection does not run on the GPU yet: halcdl's detection_output, its loss, its decoding and "
-               "shared (tied) head parameters have no CUDA twin; use runtime 'cpu'");
+  HALCDL_CHECK(g_.ties.empty() || g_.is_detection(), kErrRuntimeUnsupported,
+               "shared (tied) parameters run on the GPU only in detection models; use runtime 'cpu'");
+  HALCDL_CHECK(!g_.is_detection() || g_.nodes[g_.output].det_box == 4, kErrRuntimeUnsupported,
+               "object detection with instance_type 'rectangle2' does not run on the GPU yet; use runtime 'cpu'");
+  HALCDL_CHECK(frozen_.empty(), kErrRuntimeUnsupported,
+               "frozen parameters (freeze_backbone_level) are not supported on the GPU yet; use runtime 'cpu'");
   const CudaApi& api = cuda_api();  // 7742 / 7709 / 7717 / 7718
   std::unique_ptr<DeviceEngine> eng(api.create_engine(&g_, gpu, &gpu_opts_));  // 7708 / 7709 / 6021
   if (precision_ != Precision::F32) eng->set_precision(precision_);
@@ -573,10 +576,10 @@ const std::vector<float>& Model::anchors(int h, int w, std::vector<int64_t>* lev
 TrainResult Model::train_step_detection(const float* images, const float* boxes, const int* labels,
                                         const int64_t* box_off, int bs, int m, int c, int h, int w) {
   HALCDL_CHECK(g_.is_detection(), kErrInvalidValue, "this model is not a detection model");
-  HALCDL_CHECK(!dev_, kErrRuntimeUnsupported, "object detection does not run on the GPU yet");
   apply_threads();
   std::vector<int64_t> ls;
   const std::vector<float>& anc = anchors(h, w, &ls);
+  if (dev_) return train_step_detection_gpu(images, boxes, labels, box_off, bs, m, c, h, w, anc, ls);
   Plan& p = plan(bs, c, h, w, true);
   const int k = num_classes();
   const int64_t na = ls.back();
@@ -630,10 +633,64 @@ TrainResult Model::train_step_detection(const float* images, const float* boxes,
   return res;
 }
 
+// The GPU step: the anchor assignment here (det::match, det::encode: the CPU's code), the
+// network, losses, backward, ties and update on the device (DeviceEngine::train_step_detection).
+TrainResult Model::train_step_detection_gpu(const float* images, const float* boxes, const int* labels,
+                                            const int64_t* box_off, int bs, int m, int c, int h, int w,
+                                            const std::vector<float>& anc, const std::vector<int64_t>& ls) {
+  const int64_t na = ls.back();
+  const int nl = static_cast<int>(ls.size()) - 1;
+  const size_t rows = static_cast<size_t>(bs) * na;
+  std::vector<int> tgt(m * rows);
+  std::vector<float> tbox(m * rows * 4, 0.f);
+  std::vector<double> norm(m);
+  for (int s = 0; s < m; ++s) {
+    int64_t fg = 0;
+    for (int i = 0; i < bs; ++i) {
+      const int64_t b0 = box_off[s * bs + i];
+      const int nb = static_cast<int>(box_off[s * bs + i + 1] - b0);
+      int* mt = tgt.data() + s * rows + static_cast<size_t>(i) * na;
+      det::match(anc.data(), na, boxes + 4 * b0, nb, det_, mt);
+      for (int64_t a = 0; a < na; ++a) {
+        if (mt[a] < 0) continue;
+        det::encode(anc.data() + 4 * a, boxes + 4 * (b0 + mt[a]), tbox.data() + 4 * (s * rows + i * na + a));
+        mt[a] = labels[b0 + mt[a]];
+        ++fg;
+      }
+    }
+    norm[s] = static_cast<double>(std::max<int64_t>(fg, 1));
+  }
+  DeviceEngine::DetTargets t;
+  t.target = tgt.data();
+  t.tbox = tbox.data();
+  t.norm = norm.data();
+  t.level_start = ls.data();
+  t.nlevels = nl;
+  t.na = na;
+  t.gamma = det_.gamma;
+  t.beta = det_.beta;
+  t.class_heads_weight = det_.class_heads_weight;
+  t.bbox_heads_weight = det_.bbox_heads_weight;
+  if (hp_.solver == "adam" && !M2_.bytes()) M2_.resize(g_.n_trainable * sizeof(float));
+  const int64_t at = hp_.solver == "adam" ? adam_t_ + 1 : adam_t_;
+  const uint64_t rng = seed_ * 0x9e3779b97f4a7c15ull + steps_ * 1315423911ull;
+  std::vector<double> cls_l, box_l;
+  TrainResult r = dev_->train_step_detection(images, t, bs, m, c, h, w, hp_, at, rng, cls_l, box_l);
+  adam_t_ = at;  // committed: the device step succeeded
+  host_stale_ = true;
+  ++version_;
+  ++steps_;
+  for (int j = 0; j < nl; ++j) {
+    const std::string lv = std::to_string(det_.min_level + j);
+    r.terms.push_back({"classhead" + lv + "_loss", cls_l[j]});
+    r.terms.push_back({"bboxhead" + lv + "_loss", box_l[j]});
+  }
+  return r;
+}
+
 std::vector<std::vector<det::Detection>> Model::infer_detection(const float* images, int n, int bs, int c, int h,
                                                                 int w) {
   HALCDL_CHECK(g_.is_detection(), kErrInvalidValue, "this model is not a detection model");
-  HALCDL_CHECK(!dev_, kErrRuntimeUnsupported, "object detection does not run on the GPU yet");
   apply_threads();
   std::vector<int64_t> ls;
   const std::vector<float>& anc = anchors(h, w, &ls);
@@ -641,6 +698,18 @@ std::vector<std::vector<det::Detection>> Model::infer_detection(const float* ima
   const int64_t na = ls.back();
   const size_t img = static_cast<size_t>(c) * h * w;
   std::vector<std::vector<det::Detection>> out(n);
+  if (dev_) {  // the network on the GPU, decoding and NMS here (docs/gpu.md)
+    const size_t row = static_cast<size_t>(na) * (k + 4);
+    std::vector<float> raw(static_cast<size_t>(std::min(n, bs)) * row);
+    for (int start = 0; start < n; start += bs) {
+      const int cnt = std::min(bs, n - start);
+      dev_->infer_detection_raw(images + start * img, cnt, cnt, c, h, w, raw.data());
+      for (int i = 0; i < cnt; ++i)
+        out[start + i] = det::detect(raw.data() + i * row, na, k, anc.data(), ls.data(),
+                                     static_cast<int>(ls.size()) - 1, det_, h, w);
+    }
+    return out;
+  }
   for (int start = 0; start < n; start += bs) {
     const int cnt = std::min(bs, n - start);
     Plan& p = plan(cnt, c, h, w, false);
@@ -652,6 +721,24 @@ std::vector<std::vector<det::Detection>> Model::infer_detection(const float* ima
                                    static_cast<int>(ls.size()) - 1, det_, h, w);
   }
   return out;
+}
+
+void Model::infer_detection_raw(const float* images, int n, int bs, int c, int h, int w, float* out) {
+  HALCDL_CHECK(g_.is_detection(), kErrInvalidValue, "this model is not a detection model");
+  HALCDL_CHECK(bs > 0, kErrInvalidValue, "invalid batch size ", bs);
+  std::vector<int64_t> ls;
+  anchors(h, w, &ls);  // checks the image size (7730)
+  const size_t row = static_cast<size_t>(ls.back()) * (num_classes() + 4);
+  const size_t img = static_cast<size_t>(c) * h * w;
+  apply_threads();
+  if (dev_) return dev_->infer_detection_raw(images, n, bs, c, h, w, out);
+  for (int start = 0; start < n; start += bs) {
+    const int cnt = std::min(bs, n - start);
+    Plan& p = plan(cnt, c, h, w, false);
+    std::memcpy(p.input_buffer(0), images + start * img, cnt * img * sizeof(float));
+    p.forward(0);
+    std::memcpy(out + start * row, p.output(), cnt * row * sizeof(float));
+  }
 }
 
 void Model::infer(const float* images, int n, int bs, int c, int h, int w, float* probs, bool on_device) {

@@ -110,6 +110,15 @@ class Model {
   TrainResult train_step_detection(const float* images, const float* boxes, const int* labels,
                                    const int64_t* box_off, int bs, int m, int c, int h, int w);
   std::vector<std::vector<det::Detection>> infer_detection(const float* images, int n, int bs, int c, int h, int w);
+  // The raw detection_output rows (n, A_total, K + 4) of an inference forward, into `out`
+  // (host): the ONNX export's reference and the GPU-vs-CPU tests (docs/detection.md).
+  void infer_detection_raw(const float* images, int n, int bs, int c, int h, int w, float* out);
+ private:
+  TrainResult train_step_detection_gpu(const float* images, const float* boxes, const int* labels,
+                                       const int64_t* box_off, int bs, int m, int c, int h, int w,
+                                       const std::vector<float>& anc, const std::vector<int64_t>& ls);
+
+ public:
   // Parameters the optimizer leaves alone (detection's freeze_backbone_level); 7911 for an
   // unknown name. Their gradients are computed but not applied, their moments stay 0.
   void set_frozen(const std::vector<std::string>& names);

@@ -2,13 +2,13 @@
 runs on the CPU.
 
 The real host code of the backend — csrc/cuda/{common,engine,plan,ops_cudnn,ops_misc,
-layout}.cpp and csrc/engine/graph.cpp — is compiled UNCHANGED against the real CUDA runtime,
+layout,detection}.cpp and csrc/engine/graph.cpp — is compiled UNCHANGED against the real CUDA runtime,
 cuDNN and cuBLAS headers, and linked with
 
   fake_cudart.cpp   the CUDA runtime on host memory (one device, a memory limit, checks)
   fake_cublas.cpp   cuBLAS handles and cublasGemmEx
   fake_cudnn.cpp    the cuDNN legacy API csrc/cuda uses (reference math)
-  kernels.cu        translated and compiled by the kernel emulator (tests/cuda_emu: blocks and
+  kernels.cu, det_kernels.cu  translated and compiled by the kernel emulator (tests/cuda_emu: blocks and
                     threads as fibers), with bridge_emu.cpp / bridge_real.cpp joining its
                     error path to the real host code's
 
@@ -54,9 +54,12 @@ CSRC = os.path.join(ROOT, "csrc")
 EMU_DIR = os.path.join(TESTS, "cuda_emu")
 
 HOST_SOURCES = [os.path.join(CSRC, "cuda", f + ".cpp") for f in
-                ("common", "engine", "plan", "ops_cudnn", "ops_misc", "ops_extra", "layout")] + \
+                ("common", "engine", "plan", "ops_cudnn", "ops_misc", "ops_extra", "layout",
+                 "detection")] + \
                [os.path.join(CSRC, "engine", "graph.cpp")]
 KERNELS_CU = os.path.join(CSRC, "cuda", "kernels.cu")
+# every .cu of the backend, each translated into its own unit (kernels.cu first)
+KERNEL_SOURCES = [KERNELS_CU, os.path.join(CSRC, "cuda", "det_kernels.cu")]
 # CMakeLists.txt's halcdl_cuda target (plus -O2: a test build)
 HOST_FLAGS = ["-std=c++17", "-O2", "-fPIC", "-Wno-deprecated-declarations", "-fvisibility=hidden",
               "-fvisibility-inlines-hidden", "-pthread"]
@@ -149,7 +152,7 @@ def available() -> tuple[bool, str]:
         return False, "the kernel emulation is Linux only"
     if compiler() is None:
         return False, "no C++ compiler (g++) on PATH"
-    for f in HOST_SOURCES + [KERNELS_CU]:
+    for f in HOST_SOURCES + KERNEL_SOURCES:
         if not os.path.isfile(f):
             return False, f"{f} not found (an installed package without sources)"
     if not os.path.isfile(fake_cudnn_source()):
@@ -161,7 +164,7 @@ def available() -> tuple[bool, str]:
 
 
 def _inputs() -> list[str]:
-    files = list(HOST_SOURCES) + [KERNELS_CU, fake_cudnn_source()]
+    files = list(HOST_SOURCES) + KERNEL_SOURCES + [fake_cudnn_source()]
     for sub in ("core", "engine", "cuda"):
         d = os.path.join(CSRC, sub)
         files += sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith((".h", ".cuh")))
@@ -215,16 +218,20 @@ def build(jobs: int | None = None, verbose: bool = False) -> str:
 
     work = tempfile.mkdtemp(prefix="build_", dir=out_dir)
     try:
-        kernels_cpp = os.path.join(work, "kernels_emu.cpp")
-        with open(KERNELS_CU, encoding="utf-8") as f:
-            text = f.read()
-        with open(kernels_cpp, "w", encoding="utf-8") as f:
-            f.write(emu.translate.translate(text, KERNELS_CU))
+        translated = []
+        for cu in KERNEL_SOURCES:
+            out_cpp = os.path.join(work, os.path.splitext(os.path.basename(cu))[0] + "_emu.cpp")
+            with open(cu, encoding="utf-8") as f:
+                text = f.read()
+            with open(out_cpp, "w", encoding="utf-8") as f:
+                f.write(emu.translate.translate(text, cu))
+            translated.append(out_cpp)
+        kernels_cpp = translated[0]
         units = []  # (source, flags, includes)
         for src in HOST_SOURCES + [os.path.join(HERE, "fake_cudart.cpp"), os.path.join(HERE, "fake_cublas.cpp"),
                                    fake_cudnn_source(), os.path.join(HERE, "bridge_real.cpp")]:
             units.append((src, HOST_FLAGS, real_inc))
-        for src in (kernels_cpp, os.path.join(HERE, "bridge_emu.cpp"), os.path.join(EMU_DIR, "emu_runtime.cpp")):
+        for src in (*translated, os.path.join(HERE, "bridge_emu.cpp"), os.path.join(EMU_DIR, "emu_runtime.cpp")):
             units.append((src, emu_flags, emu_inc))
         # the slowest first (the translated kernels), so that two jobs finish together
         units.sort(key=lambda u: u[0] != kernels_cpp)

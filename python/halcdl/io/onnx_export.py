@@ -58,6 +58,14 @@ def build_onnx(m: DLModel):
                                              name))
         return name
 
+    done_params: set[str] = set()
+
+    def shared_param(name: str) -> str:  # one initializer per parameter, however many users
+        if name not in done_params:
+            done_params.add(name)
+            param(name)
+        return name
+
     clip_bounds: list[str] = []
 
     def relu6_bounds() -> list[str]:
@@ -75,6 +83,7 @@ def build_onnx(m: DLModel):
     c, h, w = int(inp["channels"]), int(p["image_height"]), int(p["image_width"])
     bn_momentum = 1.0 - float(p["batchnorm_momentum"])
 
+    det_heads: list[str] = []
     for n in spec[1:]:
         op, name = n["op"], n["name"]
         xs = [tensor[i] for i in n["inputs"]]
@@ -83,9 +92,10 @@ def build_onnx(m: DLModel):
         if op == "conv":
             k = _pair(n.get("kernel"), 1)
             ph, pw = _pair(n.get("pad"), 0)
-            ins = xs + [param(f"{name}.weight")]
+            src = n.get("share", name)  # tied (detection heads): the master's initializers
+            ins = xs + [shared_param(f"{src}.weight")]
             if n.get("bias", True):
-                ins.append(param(f"{name}.bias"))
+                ins.append(shared_param(f"{src}.bias"))
             nodes.append(helper.make_node(
                 "Conv", ins, [out], name=name, kernel_shape=k, strides=_pair(n.get("stride"), 1),
                 pads=[ph, pw, ph, pw], dilations=_pair(n.get("dilation"), 1),
@@ -150,12 +160,22 @@ def build_onnx(m: DLModel):
             out = xs[0]
         elif op == "softmax":
             nodes.append(helper.make_node("Softmax", xs, [out], name=name, axis=1))
+        elif op == "detection_output":
+            det_heads = _detection_heads(n, xs, fresh, nodes, inits, numpy_helper, helper,
+                                         core, h, w)
+            out = xs[0]
         else:
             raise HOperatorError(H_ERR_DL_WRITE_ONNX,
                                  f"node {name!r}: op {op!r} has no ONNX export yet")
         tensor[name] = out
         rank[name] = r
 
+    if p.get("type") == "detection":
+        if p.get("instance_type", "rectangle1") != "rectangle1":
+            raise HOperatorError(H_ERR_DL_WRITE_ONNX, "the ONNX export of a detector supports "
+                                 "instance_type 'rectangle1' only")
+        return _finish_detection(onnx, helper, TensorProto, nodes, inits, det_heads, p, c, h, w,
+                                 core)
     last = spec[-1]["name"]
     x = tensor[last]
     segmentation = p.get("type") == "segmentation"
@@ -200,6 +220,100 @@ def build_onnx(m: DLModel):
         raise HOperatorError(H_ERR_DL_WRITE_ONNX, f"the exported graph is not valid ONNX: "
                                                   f"{err}") from None
     return model
+
+
+def _detection_heads(n, xs, fresh, nodes, inits, numpy_helper, helper, core, h, w):
+    """detection_output as ONNX: per level, the class head (N, A·K, H, W) and the box head
+    (N, A·4, H, W) reshaped to anchor rows (N, H·W·A, K) / (N, H·W·A, 4) in the engine's
+    anchor order (row, column, anchor), then the levels concatenated.  Returns the two
+    concatenated tensor names."""
+    k, a, bv = int(n["num_classes"]), int(n["num_anchors"]), int(n.get("box_values", 4))
+    shapes = core.node_shapes(h, w)
+    parts: dict[int, list[str]] = {0: [], 1: []}
+    for li in range(len(n["inputs"]) // 2):
+        hl, wl = (int(v) for v in shapes[n["inputs"][2 * li]][2:4])
+        for part, cnum in ((0, k), (1, bv)):
+            x = xs[2 * li + part]
+            base = f"{n['name']}.l{li}.{'cls' if part == 0 else 'box'}"
+            s5 = fresh(f"{base}.shape5")
+            inits.append(numpy_helper.from_array(np.array([0, a, cnum, hl, wl], np.int64), s5))
+            r5 = fresh(f"{base}.r5")
+            nodes.append(helper.make_node("Reshape", [x, s5], [r5], name=r5))
+            t = fresh(f"{base}.t")  # (N, H, W, A, C)
+            nodes.append(helper.make_node("Transpose", [r5], [t], name=t, perm=[0, 3, 4, 1, 2]))
+            s3 = fresh(f"{base}.shape3")
+            inits.append(numpy_helper.from_array(np.array([0, hl * wl * a, cnum], np.int64),
+                                                 s3))
+            r3 = fresh(f"{base}.rows")
+            nodes.append(helper.make_node("Reshape", [t, s3], [r3], name=r3))
+            parts[part].append(r3)
+    outs = []
+    for part, oname in ((0, "class_logits"), (1, "box_deltas")):
+        nodes.append(helper.make_node("Concat", parts[part], [oname], name=fresh(oname), axis=1))
+        outs.append(oname)
+    return outs
+
+
+def _finish_detection(onnx, helper, TensorProto, nodes, inits, det_heads, p, c, h, w, core):
+    """The graph of a detector: outputs ``class_logits`` (N, A_total, K), ``box_deltas``
+    (N, A_total, 4) (raw head outputs, before sigmoid / decoding) and the constant
+    ``anchors`` (A_total, 4) (row1, col1, row2, col2); decoding and NMS are documented in
+    docs/onnx.md, not part of the graph."""
+    from onnx import numpy_helper
+
+    anchors, level_start = core.det_anchors(h, w)
+    anchors = np.asarray(anchors, np.float32)
+    na, k = anchors.shape[0], len(p["class_ids"])
+    nodes.append(helper.make_node(
+        "Constant", [], ["anchors"], name="anchors",
+        value=numpy_helper.from_array(anchors, "anchors.value")))
+    graph = helper.make_graph(
+        nodes, "halcdl",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info("class_logits", TensorProto.FLOAT, ["N", na, k]),
+         helper.make_tensor_value_info("box_deltas", TensorProto.FLOAT, ["N", na, 4]),
+         helper.make_tensor_value_info("anchors", TensorProto.FLOAT, [na, 4])],
+        initializer=inits)
+    model = helper.make_model(graph, producer_name="halcdl", producer_version=_version(),
+                              opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    model.doc_string = (
+        "halcdl detector up to the raw head outputs: input 'image' float32 (N, C, H, W), "
+        "already preprocessed; outputs 'class_logits' (N, A, K) (sigmoid gives the class "
+        "scores), 'box_deltas' (N, A, 4) encoded (dy, dx, dh, dw) against 'anchors' (A, 4) "
+        "(row1, col1, row2, col2); anchors level by level (halcdl.detection.level_start), then "
+        "row, column, anchor. Decoding and NMS: docs/onnx.md (not in the graph)")
+    det_keys = ("min_level", "max_level", "anchor_num_subscales", "anchor_aspect_ratios",
+                "min_confidence", "max_overlap", "max_overlap_class_agnostic",
+                "max_num_detections", "instance_type")
+    det = {key: p[key] for key in det_keys if key in p}
+    helper.set_model_props(model, {
+        "halcdl.type": "detection",
+        "halcdl.class_ids": json.dumps(list(p["class_ids"])),
+        "halcdl.class_names": json.dumps(list(p["class_names"])),
+        "halcdl.image_range_min": json.dumps(float(p["image_range_min"])),
+        "halcdl.image_range_max": json.dumps(float(p["image_range_max"])),
+        "halcdl.meta_data": json.dumps(dict(p["meta_data"])),
+        "halcdl.detection.level_start": json.dumps([int(v) for v in level_start]),
+        "halcdl.detection.box_coding": json.dumps(
+            {"weights": [1.0, 1.0, 1.0, 1.0], "clamp_log": float(np.log(1000.0 / 16.0))}),
+        "halcdl.detection.param": json.dumps(det),
+    })
+    try:
+        onnx.checker.check_model(model)
+    except Exception as err:
+        raise HOperatorError(H_ERR_DL_WRITE_ONNX, f"the exported graph is not valid ONNX: "
+                                                  f"{err}") from None
+    return model
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("halcdl")
+    except Exception:
+        return ""
 
 
 def export_onnx(m: DLModel, path: str) -> None:
