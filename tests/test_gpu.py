@@ -532,7 +532,7 @@ def test_bf16_train_sequence_close_to_fp32(solver):
     dg = np.concatenate([(pg[n] - p0[n]).ravel() for n in pc])
     cos = float(dc @ dg / (np.linalg.norm(dc) * np.linalg.norm(dg)))
     size = float(np.linalg.norm(dg) / np.linalg.norm(dc))
-    assert cos > 0.97 and 0.9 < size < 1.1, (cos, size)
+    assert cos > 0.999 and 0.98 < size < 1.02, (cos, size)  # emulated: 1 - 4e-7 and 1 ± 2e-5
     # fp32 master weights: most weights are not bf16 values any more after the updates
     w = np.concatenate([pg[n].ravel() for n in pg])
     assert np.mean(_bf16_round(w) != w) > 0.5
