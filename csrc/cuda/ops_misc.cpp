@@ -6,7 +6,8 @@
 // bfloat16 plans (GBuild::bf16): fc with cublasGemmEx on bf16 operands (x, the bf16 weight
 // mirror, dy) with CUBLAS_COMPUTE_32F; y and dx bf16, dW straight into the fp32 gradient arena
 // (C CUDA_R_32F); relu, relu6, add, concat, dropout (fp32 mask) and gap on the _bf16 kernels.
-// softmax and upsampling have no bf16 twin yet (has_bf16 false: the plan refuses them, 7742).
+// softmax and upsampling run their fp32 kernels between casts in bf16 plans (as autocast runs
+// softmax in fp32): bf16 → fp32 into the shared scratch, the fp32 kernel, one rounding back.
 #include <cstring>
 
 #include "cuda/gpu_node.h"
@@ -254,15 +255,35 @@ class Softmax : public GpuNode {
   void create(GBuild& b) override {
     rows_ = out(b).rows();
     c_ = out(b).c;
+    n_ = out(b).count;
+    bf16_ = b.bf16;
+    if (bf16_) b.need_scratch(3 * n_ * sizeof(float));  // bf16: x or y, dy, dx widened
   }
   void bind(GBuild& b) override { x_ = in(b, 0).data; }
-  void forward(GExec& e) override { k::softmax_rows(x_, y, rows_, c_, e.ctx.stream); }
+  bool has_bf16() const override { return true; }
+  void forward(GExec& e) override {
+    if (!bf16_) return k::softmax_rows(x_, y, rows_, c_, e.ctx.stream);
+    float* s0 = static_cast<float*>(e.scratch);
+    float* s1 = s0 + n_;
+    k::bf16_to_f32(bf(x_), s0, n_, e.ctx.stream);
+    k::softmax_rows(s0, s1, rows_, c_, e.ctx.stream);
+    k::f32_to_bf16(s1, bf(y), n_, e.ctx.stream);
+  }
   void backward(GExec& e) override {
-    if (gin[0]) k::softmax_rows_backward(y, dy, gin[0], rows_, c_, e.ctx.stream);
+    if (!gin[0]) return;
+    if (!bf16_) return k::softmax_rows_backward(y, dy, gin[0], rows_, c_, e.ctx.stream);
+    float* s0 = static_cast<float*>(e.scratch);
+    float *s1 = s0 + n_, *s2 = s1 + n_;
+    k::bf16_to_f32(bf(y), s0, n_, e.ctx.stream);
+    k::bf16_to_f32(bf(dy), s1, n_, e.ctx.stream);
+    k::softmax_rows_backward(s0, s1, s2, rows_, c_, e.ctx.stream);
+    k::f32_to_bf16(s2, bf(gin[0]), n_, e.ctx.stream);
   }
 
  private:
   int64_t rows_ = 0, c_ = 0;
+  size_t n_ = 0;
+  bool bf16_ = false;
   const float* x_ = nullptr;
 };
 
@@ -310,22 +331,47 @@ class Upsample : public GpuNode {
     h_ = x.h;
     w_ = x.w;
     c_ = x.c;
+    nin_ = x.count;
+    nout_ = out(b).count;
+    bf16_ = b.bf16;
+    if (bf16_) b.need_scratch((nin_ + nout_) * sizeof(float));  // bf16: input and output widened
   }
   void bind(GBuild& b) override { x_ = in(b, 0).data; }
+  bool has_bf16() const override { return true; }
   void forward(GExec& e) override {
-    if (node.op == OpKind::UpNearest) k::upsample_nearest_forward(x_, y, n_, h_, w_, c_, node.scale, e.ctx.stream);
-    else k::upsample_bilinear_forward(x_, y, n_, h_, w_, c_, node.scale, e.ctx.stream);
+    const float* src = x_;
+    float* dst = y;
+    if (bf16_) {
+      float* s0 = static_cast<float*>(e.scratch);
+      k::bf16_to_f32(bf(x_), s0, nin_, e.ctx.stream);
+      src = s0;
+      dst = s0 + nin_;
+    }
+    if (node.op == OpKind::UpNearest) k::upsample_nearest_forward(src, dst, n_, h_, w_, c_, node.scale, e.ctx.stream);
+    else k::upsample_bilinear_forward(src, dst, n_, h_, w_, c_, node.scale, e.ctx.stream);
+    if (bf16_) k::f32_to_bf16(dst, bf(y), nout_, e.ctx.stream);
   }
   void backward(GExec& e) override {
     if (!gin[0]) return;
+    const float* src = dy;
+    float* dst = gin[0];
+    if (bf16_) {
+      float* s0 = static_cast<float*>(e.scratch);
+      k::bf16_to_f32(bf(dy), s0 + nin_, nout_, e.ctx.stream);
+      src = s0 + nin_;
+      dst = s0;
+    }
     if (node.op == OpKind::UpNearest)
-      k::upsample_nearest_backward(dy, gin[0], n_, h_, w_, c_, node.scale, e.ctx.stream);
+      k::upsample_nearest_backward(src, dst, n_, h_, w_, c_, node.scale, e.ctx.stream);
     else
-      k::upsample_bilinear_backward(dy, gin[0], n_, h_, w_, c_, node.scale, e.ctx.stream);
+      k::upsample_bilinear_backward(src, dst, n_, h_, w_, c_, node.scale, e.ctx.stream);
+    if (bf16_) k::f32_to_bf16(dst, bf(gin[0]), nin_, e.ctx.stream);
   }
 
  private:
   int64_t n_ = 0, h_ = 0, w_ = 0, c_ = 0;
+  size_t nin_ = 0, nout_ = 0;
+  bool bf16_ = false;
   const float* x_ = nullptr;
 };
 
