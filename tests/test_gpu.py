@@ -555,6 +555,34 @@ def test_bf16_train_sequence_close_to_fp32(solver):
                      what="bf16 confidences")
 
 
+def test_bf16_segmentation_close_to_fp32():
+    """The segmentation path (upsampling and the per-pixel loss) in bf16 on the GPU against the
+    CPU in fp32: losses within 2%, the segmentation images agree on nearly every pixel."""
+    from test_segmentation import seg_batches  # noqa: PLC0415
+
+    def make(runtime):
+        ha.set_system("seed_rand", 3)
+        m = ha.read_dl_model("pretrained_dl_segmentation_compact.hdl")
+        for k, v in [("image_dimensions", [32, 32, 3]), ("class_ids", [2, 5, 7]),
+                     ("ignore_class_ids", [255]), ("batch_size", 2), ("batch_size_multiplier", 2),
+                     ("learning_rate", 0.01), ("weight_prior", 1e-4), ("runtime", runtime)]:
+            ha.set_dl_model_param(m, k, v)
+        return m
+    cpu, gpu = make("cpu"), make("gpu")
+    ha.set_dl_model_param(gpu, "precision", "bfloat16")
+    for b in seg_batches(4, 2, 4, 32, 32, 3, [2, 5, 7], ignore=(255,)):
+        lc = ha.train_dl_model_batch(cpu, b)["total_loss"]
+        lg = ha.train_dl_model_batch(gpu, b)["total_loss"]
+        assert abs(lg - lc) <= 2e-2 * abs(lc), (lg, lc)
+    test = seg_batches(8, 1, 3, 32, 32, 3, [2, 5, 7], ignore=())[0]
+    for a, b in zip(ha.apply_dl_model(cpu, test, []), ha.apply_dl_model(gpu, test, [])):
+        agree = (np.asarray(a["segmentation_image"]) == np.asarray(b["segmentation_image"])).mean()
+        assert agree > 0.97, agree  # emulated: 0.990-0.993, mean |Δconfidence| 0.005
+        d = np.abs(np.asarray(b["segmentation_confidence"], np.float64) -
+                   np.asarray(a["segmentation_confidence"], np.float64))
+        assert d.mean() < 1.5e-2 and d.max() < 0.15, (d.mean(), d.max())
+
+
 def test_bf16_write_read_and_precision_switch(tmp_path):
     """A bf16 GPU model's file holds its fp32 master weights bit for bit; read back, moved to
     the GPU and set to bfloat16 it gives the same results. float32 ↔ bfloat16 on the GPU mid-
