@@ -25,9 +25,12 @@ order train, infer, det, bf16):
           results to the host; plus halcdl with CuPy input, halcdl with CuPy input and
           set_dl_model_param(model, 'gpu_outputs', 'true') (CuPy results), and torch with a
           resident input and results left on the GPU.
-  bf16    halcdl precision 'bfloat16' vs torch.autocast('cuda', bfloat16); measured only
-          when get_dl_device_param(gpu, 'precisions') lists 'bfloat16', else reported as
-          'not implemented'.
+  bf16    halcdl precision 'bfloat16' vs torch.autocast('cuda', bfloat16), one training step
+          (halcdl_bf16 vs torch_autocast, same SGD as train; target >= 1.2) and inference
+          (halcdl_bf16_apply: apply_dl_model, host results, vs torch_autocast_apply: eval() +
+          no_grad + autocast forward, softmax + sort, results to the host; target >= 1.2);
+          measured only when get_dl_device_param(gpu, 'precisions') lists 'bfloat16' (compute
+          capability >= 8.0), else reported as 'not implemented'.
 The CuPy-vs-numpy input table is derived from the train and infer rows.
 
 halcdl runs on GPU 0 (set_dl_model_param(model, 'device', handle) with the handle from
@@ -476,19 +479,37 @@ def section_bf16(cfg, rows, precisions):
             if torch is not None:
                 net, params = torch_net(model, name, cfg, train=True)
                 t_host, _ = train_fns(net, params, samples, autocast_bf16=True)
+
+                def t_apply():
+                    # the train candidate's module in eval mode for this call only
+                    was = net.training
+                    net.eval()
+                    try:
+                        with torch.no_grad(), torch.autocast(torch.device(TDEV).type, dtype=torch.bfloat16):
+                            probs = torch.softmax(net(host_to_gpu(samples)).float(), dim=1)
+                        conf, ids = probs.sort(dim=1, descending=True)
+                        return ids.cpu().numpy(), conf.cpu().numpy()
+                    finally:
+                        net.train(was)
             place(model)
             ha.set_dl_model_param(model, "precision", "bfloat16")
             cands["halcdl_bf16"] = lambda: ha.train_dl_model_batch(model, samples)
+            cands["halcdl_bf16_apply"] = lambda: ha.apply_dl_model(model, samples, [])
             if torch is not None:
                 cands["torch_autocast"] = t_host
+                cands["torch_autocast_apply"] = t_apply
             ts, errs = interleaved(cands, cfg)
             r = {"model": name, "batch": bs, "times": ts, "errors": errs, "status": "measured",
                  "img_s": {k: img_s(ts, k, bs) for k in ts},
                  "ratio": speed_ratio(ts, "halcdl_bf16", "torch_autocast"),
+                 "ratio_infer": speed_ratio(ts, "halcdl_bf16_apply", "torch_autocast_apply"),
                  "spread": spread(ts)}
-            LOG(f"  bf16  {name:9s} bs{bs:<4d} halcdl {fmt(r['img_s'].get('halcdl_bf16')):>7s} "
-                f"img/s  torch autocast {fmt(r['img_s'].get('torch_autocast')):>7s}  ratio "
-                f"{fmt(r['ratio'], 2)}  (spread {pct(r['spread'])})")
+            i = r["img_s"]
+            LOG(f"  bf16  {name:9s} bs{bs:<4d} train halcdl {fmt(i.get('halcdl_bf16')):>7s} "
+                f"img/s  torch autocast {fmt(i.get('torch_autocast')):>7s}  ratio "
+                f"{fmt(r['ratio'], 2)}  | infer halcdl {fmt(i.get('halcdl_bf16_apply')):>7s}  torch "
+                f"{fmt(i.get('torch_autocast_apply')):>7s}  ratio {fmt(r['ratio_infer'], 2)}"
+                f"  (spread {pct(r['spread'])})")
             return r
         run_row("bf16", name, bs, row, rows)
 
@@ -610,19 +631,21 @@ def report(res) -> str:
             L.append(f"| {ph} | {r['model']} | {r['batch']} | {fmt(i.get('halcdl'))} | "
                      f"{fmt(i.get('halcdl_cupy'))} | {fmt(r['cupy_vs_numpy'], 2)} |")
     if "bf16" in s:
-        L += ["", "**bfloat16 training** (halcdl precision 'bfloat16' vs "
+        L += ["", "**bfloat16 training and inference** (halcdl precision 'bfloat16' vs "
               "torch.autocast('cuda', bfloat16))", ""]
         if all(r.get("status") == "not implemented" for r in s["bf16"]):
             L.append("not implemented: halcdl's GPU reports precisions "
                      f"{e['gpu'].get('precisions')}")
         else:
-            L += ["| model | batch | halcdl bf16 img/s | torch autocast img/s | halcdl/torch "
-                  "| spread |", "|---|---|---|---|---|---|"]
+            L += ["| model | batch | train: halcdl bf16 img/s | torch autocast img/s | halcdl/torch "
+                  "| infer: halcdl bf16 img/s | torch autocast img/s | halcdl/torch | spread |",
+                  "|---|---|---|---|---|---|---|---|---|"]
             for r in s["bf16"]:
                 i = r.get("img_s", {})
                 L.append(f"| {r['model']} | {r['batch']} | {fmt(i.get('halcdl_bf16'))} | "
                          f"{fmt(i.get('torch_autocast'))} | {fmt(r.get('ratio'), 2)} | "
-                         f"{pct(r.get('spread'))} |")
+                         f"{fmt(i.get('halcdl_bf16_apply'))} | {fmt(i.get('torch_autocast_apply'))} | "
+                         f"{fmt(r.get('ratio_infer'), 2)} | {pct(r.get('spread'))} |")
             L += errors_md(s["bf16"])
     return "\n".join(L)
 

@@ -5,7 +5,7 @@
 # after `bash benchmarks/gpu_wheels.sh` here (the machine has no network; .whl/ holds oneDNN,
 # pybind11 and scikit-build-core).
 #
-#   bash benchmarks/gpu_check.sh [all|build|test|bench|debug] [--quick] [-- BENCH_ARGS...]
+#   bash benchmarks/gpu_check.sh [all|build|test|bench|debug|bf16] [--quick] [-- BENCH_ARGS...]
 #     build  install the carried wheels, build and install halcdl with HALCDL_CUDA=ON
 #     test   build, then tests/test_gpu.py (GPU vs CPU twin) and tests/test_ops.py -x (CPU)
 #     bench  build, then benchmarks/bench_gpu.py
@@ -13,6 +13,10 @@
 #     debug  build, then tests/test_gpu.py -x with HALCDL_CUDA_DEBUG=2 (a sync and a finiteness
 #            check after every op: the failing op is named), then compute-sanitizer memcheck on
 #            the op tests (their logs replace gpu_tests.txt / cpu_tests.txt)
+#     bf16   build, then tests/test_gpu.py -k bf16 (precision 'bfloat16' vs the CPU in fp32) and
+#            bench_gpu.py --sections bf16 (training and inference vs torch autocast bf16; with
+#            -- BENCH_ARGS, those replace --sections bf16). `all` runs both too: the bf16
+#            tests are part of test_gpu.py and bf16 is the bench's last section.
 # Every stage except `build` builds first: incremental while the machine is warm (the build
 # folder build/gpu is ignored by git, so it stays on a warm machine between calls), a full
 # build (ninja -j$(nproc); under a minute on 2 cores here) on a cold one.
@@ -33,11 +37,11 @@ QUICK=0
 BENCH_ARGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        all|build|test|bench|debug) STAGE=$1 ;;
+        all|build|test|bench|debug|bf16) STAGE=$1 ;;
         --quick) QUICK=1 ;;
         --) shift; BENCH_ARGS=("$@"); break ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
-        *) echo "gpu_check.sh: unknown argument '$1' (all|build|test|bench|debug, --quick, -- ARGS)" >&2
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        *) echo "gpu_check.sh: unknown argument '$1' (all|build|test|bench|debug|bf16, --quick, -- ARGS)" >&2
            exit 64 ;;
     esac
     shift
@@ -280,6 +284,15 @@ stage_test() {
     record cpu_tests "$RC" "$DT" "$(pytest_tail "$OUT/cpu_tests.txt")"
 }
 
+stage_bf16() {
+    note "tests/test_gpu.py -k bf16 (log: $OUT/gpu_tests.txt)"
+    boxed 150 "$OUT/gpu_tests.txt" "$PY" -m pytest tests/test_gpu.py -q -rs -k bf16 -p no:cacheprovider \
+        -o faulthandler_timeout=120
+    record gpu_tests_bf16 "$RC" "$DT" "$(pytest_tail "$OUT/gpu_tests.txt")"
+    [ ${#BENCH_ARGS[@]} -gt 0 ] || BENCH_ARGS=(--sections bf16)
+    stage_bench
+}
+
 stage_debug() {
     note "tests/test_gpu.py -x with HALCDL_CUDA_DEBUG=2 (log: $OUT/gpu_tests.txt)"
     export HALCDL_CUDA_DEBUG=2
@@ -325,6 +338,7 @@ if stage_build; then
         bench) stage_bench ;;
         all) stage_test; stage_bench ;;
         debug) stage_debug ;;
+        bf16) stage_bf16 ;;
     esac
 else
     [ "$STAGE" = build ] || record "$STAGE" skip 0 "not run: the build failed (see build.log)"

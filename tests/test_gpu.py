@@ -534,3 +534,187 @@ def test_detection_gpu_refusals_leave_the_model_unchanged():
     assert m.core.device() == -1
     after = _params(m)
     assert all(np.array_equal(before[n], after[n]) for n in before)
+
+
+# 7. precision 'bfloat16' on the GPU (bf16 activations and weight copies, fp32 master weights,
+# optimizer, loss and statistics; docs/gpu.md#bfloat16-on-the-gpu). The reference is the CPU's
+# fp32 twin (a CPU without AVX512-BF16 cannot run the CPU bf16 twin), at bf16 tolerances.
+def _bf16_round(a):
+    """Round to nearest even bfloat16, kept in float32 (torch's and halcdl's rule)."""
+    a = np.ascontiguousarray(a, np.float32)
+    u = a.view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32).reshape(a.shape)
+
+
+def _rel_max(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape and np.all(np.isfinite(a))
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+BF16_OPS = OP_CASES  # every op of section 1 has a bf16 path (softmax, upsampling: fp32 between casts)
+BF16_REL = 1.5e-2  # of the reference's largest magnitude: a few bf16 roundings (2^-9 each)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("case", BF16_OPS, ids=[c[0] for c in BF16_OPS])
+def test_bf16_op_matches_cpu(case, training):
+    """The GPU's bf16 op (inputs and grad_output rounded on upload, weights through the bf16
+    mirror, fp32 accumulation) against the CPU fp32 op on the bf16-rounded inputs."""
+    name, nd, inputs, params = case
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    rounded = [_bf16_round(x) for x in inputs]
+    out_c, _, _ = core.run_op(nd, rounded, params, None, training)
+    go = rng.standard_normal(np.asarray(out_c).shape).astype(np.float32)
+    out_c, gin_c, gpar_c = core.run_op(nd, rounded, params, _bf16_round(go) if training else None, training)
+    out_g, gin_g, gpar_g = core.run_op(nd, inputs, params, go if training else None, training,
+                                       precision="bfloat16", device=0, deterministic=True, tf32=False)
+    assert _rel_max(out_g, out_c) <= BF16_REL, f"{name} forward"
+    if name in ("relu", "relu6", "maxpool", "concat"):  # exact on bf16 values
+        assert np.array_equal(np.asarray(out_g), _bf16_round(out_c)), f"{name} forward not exact"
+    if not training:
+        return
+    for i, (a, b) in enumerate(zip(gin_g, gin_c)):
+        assert _rel_max(a, b) <= BF16_REL, f"{name} d/d input{i}"
+    for k, v in gpar_c.items():
+        if k == "mask":
+            continue
+        assert k in gpar_g, f"{name}: the GPU gave no {k!r}"
+        assert _rel_max(gpar_g[k], v) <= BF16_REL, f"{name} {k}"
+
+
+def test_bf16_ops_of_other_layers_refused_or_right():
+    """Ops outside section 1 (the layer API's sigmoid / tanh, where this build has them): a bf16
+    plan either refuses them with 7742 naming the op (GpuNode::has_bf16 false), or, once they
+    have a bf16 path, matches the CPU fp32 op at bf16 tolerance. Never a silent fp32 run on
+    bf16 buffers."""
+    x = randn(np.random.default_rng(1), 1, 3, 4, 4)
+    for op in ("sigmoid", "tanh"):
+        try:
+            ref, _, _ = core.run_op(node(op), [_bf16_round(x)], {}, None, False)
+        except ha.HOperatorError:
+            continue  # not an op of this build
+        try:
+            out, _, _ = core.run_op(node(op), [x], {}, None, False, precision="bfloat16", device=0)
+        except ha.HOperatorError as e:
+            assert e.error_code == 7742 and op in str(e), e
+            continue
+        assert _rel_max(out, ref) <= BF16_REL, op
+
+
+def test_bf16_dropout_uses_the_fp32_mask():
+    rng = np.random.default_rng(3)
+    x, go = randn(rng, 4, 6, 5, 7), randn(rng, 4, 6, 5, 7)
+    _, _, e32 = core.run_op(node("dropout", p=0.3), [x], {}, go, True, device=0)
+    out, gin, e16 = core.run_op(node("dropout", p=0.3), [x], {}, go, True, device=0, precision="bfloat16")
+    mask = np.asarray(e16["mask"])
+    assert np.array_equal(mask, np.asarray(e32["mask"]))  # the same splitmix64 mask
+    assert np.array_equal(np.asarray(out), _bf16_round(_bf16_round(x) * mask))
+    assert np.array_equal(np.asarray(gin[0]), _bf16_round(_bf16_round(go) * mask))
+
+
+def _bf16_gpu_model(solver="sgd", runtime="gpu"):
+    m = _model(runtime, solver)
+    ha.set_dl_model_param(m, "precision", "bfloat16")
+    return m
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_bf16_train_sequence_close_to_fp32(solver):
+    """3 steps (momentum, weight_prior, class weights, multiplier) in bf16 on the GPU against
+    the CPU in fp32: losses within bf16 rounding, the weights' updates in the same direction
+    and size, fp32 master weights (the updates are not rounded to bf16)."""
+    cpu, gpu = _model("cpu", solver), _bf16_gpu_model(solver)
+    assert ha.get_dl_model_param(gpu, "precision") == ["bfloat16"]
+    p0 = _params(cpu)
+    for b in _batches(3):
+        lc = ha.train_dl_model_batch(cpu, b)["total_loss"]
+        lg = ha.train_dl_model_batch(gpu, b)["total_loss"]
+        assert abs(lg - lc) <= 2e-2 * abs(lc), (lg, lc)
+    pc, pg = _params(cpu), _params(gpu)
+    dc = np.concatenate([(pc[n] - p0[n]).ravel() for n in pc])
+    dg = np.concatenate([(pg[n] - p0[n]).ravel() for n in pc])
+    cos = float(dc @ dg / (np.linalg.norm(dc) * np.linalg.norm(dg)))
+    size = float(np.linalg.norm(dg) / np.linalg.norm(dc))
+    assert cos > 0.999 and 0.98 < size < 1.02, (cos, size)  # emulated: 1 - 4e-7 and 1 ± 2e-5
+    # fp32 master weights: most weights are not bf16 values any more after the updates
+    w = np.concatenate([pg[n].ravel() for n in pg])
+    assert np.mean(_bf16_round(w) != w) > 0.5
+    test = make_samples(5, SIZE, SIZE, 3, CLASS_IDS, np.random.default_rng(9))
+    for rc, rg in zip(ha.apply_dl_model(cpu, test, []), ha.apply_dl_model(gpu, test, [])):
+        cc = dict(zip(rc["classification_class_ids"], rc["classification_confidences"]))
+        cg = dict(zip(rg["classification_class_ids"], rg["classification_confidences"]))
+        assert_close([cg[c] for c in CLASS_IDS], [cc[c] for c in CLASS_IDS], atol=5e-2, rtol=0,
+                     what="bf16 confidences")
+
+
+def test_bf16_segmentation_close_to_fp32():
+    """The segmentation path (upsampling and the per-pixel loss) in bf16 on the GPU against the
+    CPU in fp32: losses within 2%, the segmentation images agree on nearly every pixel."""
+    from test_segmentation import seg_batches  # noqa: PLC0415
+
+    def make(runtime):
+        ha.set_system("seed_rand", 3)
+        m = ha.read_dl_model("pretrained_dl_segmentation_compact.hdl")
+        for k, v in [("image_dimensions", [32, 32, 3]), ("class_ids", [2, 5, 7]),
+                     ("ignore_class_ids", [255]), ("batch_size", 2), ("batch_size_multiplier", 2),
+                     ("learning_rate", 0.01), ("weight_prior", 1e-4), ("runtime", runtime)]:
+            ha.set_dl_model_param(m, k, v)
+        return m
+    cpu, gpu = make("cpu"), make("gpu")
+    ha.set_dl_model_param(gpu, "precision", "bfloat16")
+    for b in seg_batches(4, 2, 4, 32, 32, 3, [2, 5, 7], ignore=(255,)):
+        lc = ha.train_dl_model_batch(cpu, b)["total_loss"]
+        lg = ha.train_dl_model_batch(gpu, b)["total_loss"]
+        assert abs(lg - lc) <= 2e-2 * abs(lc), (lg, lc)
+    test = seg_batches(8, 1, 3, 32, 32, 3, [2, 5, 7], ignore=())[0]
+    for a, b in zip(ha.apply_dl_model(cpu, test, []), ha.apply_dl_model(gpu, test, [])):
+        agree = (np.asarray(a["segmentation_image"]) == np.asarray(b["segmentation_image"])).mean()
+        assert agree > 0.97, agree  # emulated: 0.990-0.993, mean |Δconfidence| 0.005
+        d = np.abs(np.asarray(b["segmentation_confidence"], np.float64) -
+                   np.asarray(a["segmentation_confidence"], np.float64))
+        assert d.mean() < 1.5e-2 and d.max() < 0.15, (d.mean(), d.max())
+
+
+def test_bf16_write_read_and_precision_switch(tmp_path):
+    """A bf16 GPU model's file holds its fp32 master weights bit for bit; read back, moved to
+    the GPU and set to bfloat16 it gives the same results. float32 ↔ bfloat16 on the GPU mid-
+    training keeps the weights."""
+    # the same algorithms in both models' plans (cudnnFind's timing may pick others), so the
+    # two bf16 inferences compare bit for bit
+    ha.set_system("cudnn_deterministic", "true")
+    m = _bf16_gpu_model()
+    for b in _batches(2):
+        ha.train_dl_model_batch(m, b)
+    path = str(tmp_path / "b.hdl")
+    ha.write_dl_model(m, path)
+    r = ha.read_dl_model(path)
+    pm, pr = _params(m), _params(r)
+    for n in pm:
+        assert np.array_equal(pm[n], pr[n]), n
+    assert np.array_equal(m.core.get_state()["m1"], r.core.get_state()["m1"])
+    # a CPU without bfloat16 instructions reads the model as float32 (docs/gpu.md)
+    want = "bfloat16" if core.bf16_supported() else "float32"
+    assert ha.get_dl_model_param(r, "precision") == [want]
+    ha.set_dl_model_param(r, "runtime", "gpu")
+    ha.set_dl_model_param(r, "precision", "bfloat16")
+    test = make_samples(3, SIZE, SIZE, 3, CLASS_IDS, np.random.default_rng(4))
+    for a, b in zip(ha.apply_dl_model(m, test, []), ha.apply_dl_model(r, test, [])):
+        assert a["classification_confidences"] == b["classification_confidences"]
+    # back to float32 on the GPU: the master weights are unchanged, inference is fp32 again
+    ha.set_dl_model_param(r, "precision", "float32")
+    assert all(np.array_equal(pm[n], v) for n, v in _params(r).items())
+    ha.set_dl_model_param(m, "precision", "float32")
+    cpu = _model("cpu")
+    for n, v in pm.items():
+        cpu.core.set_param(n, v)
+    for a, b in zip(ha.apply_dl_model(m, test, []), ha.apply_dl_model(cpu, test, [])):
+        assert_close(a["classification_confidences"], b["classification_confidences"], atol=1e-4, rtol=1e-3,
+                     what="fp32 again after bf16")
+
+
+def test_bf16_listed_in_device_precisions():
+    d = ha.query_available_dl_devices(["runtime"], ["gpu"])[0]
+    cc = core.gpu_device_info(0)["compute_capability"]
+    assert ("bfloat16" in ha.get_dl_device_param(d, "precisions")) == (cc[0] >= 8)

@@ -2,6 +2,13 @@
 // CudaEngine::train_step mirrors Model::train_step (engine/model.cpp) step for step; the
 // only structural difference is that the per-sub-batch losses, Σw² and the finiteness flag
 // are read back with a single stream synchronisation before the commit.
+//
+// precision 'bfloat16' (GPUs with compute capability >= 8.0): the plans are bf16 (plan.h);
+// the engine keeps PB_, the trainable arena rounded to bf16, refreshed from the fp32 master
+// arena P_ before a forward whenever P_ changed (one cast per step, like autocast's per-op
+// weight casts). Images are rounded once on upload; the loss, dlogits, gradients, the
+// optimizer and its state, and the running statistics stay fp32. No loss scaling (bf16 has
+// fp32's exponent range).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -101,6 +108,12 @@ void arena_to_torch(const Graph& g, const float* src, float* dst) {
 // A 4-D tensor whose NHWC and NCHW orders differ.
 bool needs_transpose(const Dims& d) { return d.size() == 4 && d[1] > 1 && d[2] * d[3] > 1; }
 
+// Device NCHW fp32 images → a plan's NHWC input (rounded to bf16 in a bf16 plan).
+void to_plan_input(GpuPlan& p, int i, const float* src, int64_t n, int64_t c, int64_t hw, cudaStream_t st) {
+  if (p.bf16()) k::nchw_f32_to_nhwc_bf16(src, reinterpret_cast<uint16_t*>(p.input(i)), n, c, hw, st);
+  else k::nchw_to_nhwc(src, p.input(i), n, c, hw, st);
+}
+
 // Host NCHW (or (N, K)) → device NHWC, through `tmp`. Synchronous.
 void upload_nchw(Context& ctx, const float* host, const Dims& d, float* dst, DeviceBuffer& tmp) {
   const size_t n = numel(d);
@@ -152,8 +165,8 @@ class CudaEngine final : public DeviceEngine {
     const bool switched = cudaGetDevice(&prev) == cudaSuccess && prev != dev_ && cudaSetDevice(dev_) == cudaSuccess;
     if (ctx_.stream) cudaStreamSynchronize(ctx_.stream);
     plans_.clear();
-    for (DeviceBuffer* b : {&P_, &G_, &T_, &M1_, &M2_, &S_, &S2_, &scalars_, &scratch_, &dlogits_, &labels_d_, &pixw_d_,
-                            &classw_d_, &stage_, &out_f_, &out_i_, &det_tgt_, &det_tbox_, &det_rows_})
+    for (DeviceBuffer* b : {&P_, &PB_, &G_, &T_, &M1_, &M2_, &S_, &S2_, &scalars_, &scratch_, &dlogits_, &labels_d_,
+                            &pixw_d_, &classw_d_, &stage_, &out_f_, &out_i_, &det_tgt_, &det_tbox_, &det_rows_})
       b->reset();
     for (PinnedBuffer* b : {&readback_, &pin_img_, &pin_lab_, &pin_w_}) b->reset();
     (void)cudaGetLastError();
@@ -172,6 +185,7 @@ class CudaEngine final : public DeviceEngine {
       arena_to_device(g_, params, tmp.data());
       h2d(ctx_, P_.v(), tmp.data(), nt * sizeof(float));
       ctx_.sync();
+      mirror_stale_ = true;
     }
     if (state) {
       h2d(ctx_, S_.v(), state, g_.n_state * sizeof(float));
@@ -214,12 +228,18 @@ class CudaEngine final : public DeviceEngine {
   }
 
   void set_precision(Precision p) override {
-    HALCDL_CHECK(p == Precision::F32, kErrRuntimeUnsupported, "bfloat16 on the GPU is not implemented yet");
-    if (p != precision_) {
-      DeviceGuard guard(dev_);
-      drop_plans();
-      precision_ = p;
+    if (p == precision_) return;
+    DeviceGuard guard(dev_);
+    if (p == Precision::BF16) {
+      const GpuInfo gi = device_info_impl(dev_);
+      HALCDL_CHECK(gi.bf16, kErrRuntimeUnsupported, "precision 'bfloat16' needs a GPU of compute capability 8.0 or "
+                   "newer; GPU ", dev_, " (", gi.name, ") is ", gi.cc_major, ".", gi.cc_minor);
+      if (!PB_.bytes() && g_.n_trainable) PB_.resize(g_.n_trainable * sizeof(uint16_t));  // first: 6021 changes nothing
+      mirror_stale_ = true;
     }
+    drop_plans();
+    precision_ = p;
+    if (p == Precision::F32) PB_.reset();
   }
 
   void release_training_plans() override {
@@ -299,12 +319,13 @@ class CudaEngine final : public DeviceEngine {
     d2d(ctx_, S2_.v(), S_.v(), S_.bytes());
 
     // Running statistics go to the working copy S2 (committed at the end).
-    const DeviceParams dp{P_.f(), S_.f(), S2_.f(), hp.batchnorm_momentum};
+    refresh_mirror();
+    const DeviceParams dp{P_.f(), S_.f(), S2_.f(), hp.batchnorm_momentum, mirror()};
     // data parallel: every sub-batch's share of the global step (StepReduce, hparams.h)
     const int mw = hook && hook->reduce ? m * hook->world_size : m;
     const float scale = 1.f / mw;
     for (int s = 0; s < m; ++s) {
-      k::nchw_to_nhwc(src + static_cast<size_t>(s) * bs * img, p.input(0), bs, c, static_cast<int64_t>(h) * w, st);
+      to_plan_input(p, 0, src + static_cast<size_t>(s) * bs * img, bs, c, static_cast<int64_t>(h) * w, st);
       p.forward(dp, rng_base + s);
       const int* lab = labels_d_.i() + s * nlab;
       if (per == 1)
@@ -375,6 +396,7 @@ class CudaEngine final : public DeviceEngine {
                        hp.adam_epsilon, hp.weight_prior, adam_t, st);
       else
         k::sgd_update(P_.f(), G_.f(), M1_.f(), nw, nt, hp.learning_rate, hp.momentum, hp.weight_prior, st);
+      mirror_stale_ = true;
     }
     d2d(ctx_, S_.v(), S2_.v(), S_.bytes());
     return {total, ce};
@@ -666,8 +688,19 @@ class CudaEngine final : public DeviceEngine {
       h2d(ctx_, stage_.v(), src, static_cast<size_t>(cnt) * img * sizeof(float));
       src = stage_.f();
     }
-    k::nchw_to_nhwc(src, p.input(0), cnt, c, static_cast<int64_t>(h) * w, ctx_.stream);
-    p.forward(DeviceParams{P_.f(), S_.f(), nullptr, 0.1f}, 0);
+    to_plan_input(p, 0, src, cnt, c, static_cast<int64_t>(h) * w, ctx_.stream);
+    refresh_mirror();
+    p.forward(DeviceParams{P_.f(), S_.f(), nullptr, 0.1f, mirror()}, 0);
+  }
+
+  // bf16: PB_ = bf16(P_) when P_ changed since the last cast (queued on the stream).
+  void refresh_mirror() {
+    if (precision_ != Precision::BF16 || !mirror_stale_ || !g_.n_trainable) return;
+    k::f32_to_bf16(P_.f(), reinterpret_cast<uint16_t*>(PB_.v()), g_.n_trainable, ctx_.stream);
+    mirror_stale_ = false;
+  }
+  const uint16_t* mirror() const {
+    return precision_ == Precision::BF16 ? reinterpret_cast<const uint16_t*>(PB_.v()) : nullptr;
   }
 
   void upload_optimizer(DeviceBuffer& dst, const float* src, std::vector<float>& tmp) {
@@ -692,8 +725,9 @@ class CudaEngine final : public DeviceEngine {
   Context ctx_;
   // Arenas (device layouts, the graph's offsets): P weights+biases, G gradients, T sub-batch
   // gradient scratch (m > 1), M1/M2 optimizer state (M2 for Adam), S running statistics and
-  // S2 its working copy during a step.
-  DeviceBuffer P_, G_, T_, M1_, M2_, S_, S2_;
+  // S2 its working copy during a step; PB the bf16 mirror of P (precision 'bfloat16').
+  DeviceBuffer P_, PB_, G_, T_, M1_, M2_, S_, S2_;
+  bool mirror_stale_ = true;
   DeviceBuffer scalars_, scratch_, dlogits_, labels_d_, pixw_d_, classw_d_, stage_, out_f_, out_i_;
   DeviceBuffer det_tgt_, det_tbox_, det_rows_;  // detection: targets, encoded boxes, per-row losses
   PinnedBuffer readback_, pin_img_, pin_lab_, pin_w_;
@@ -714,7 +748,6 @@ DeviceEngine* create_engine_impl(const Graph* g, int device, const GpuOptions* o
 void run_graph_impl(const RunRequest* req, RunResult* out) {
   HALCDL_CHECK(req && req->graph && out, kErrInvalidValue, "run_graph: missing request or result");
   const Graph& g = *req->graph;
-  HALCDL_CHECK(req->precision == Precision::F32, kErrRuntimeUnsupported, "bfloat16 on the GPU is not implemented yet");
   const size_t n_in = g.input_nodes.size();
   HALCDL_CHECK(req->input_dims.size() == n_in && req->inputs.size() == n_in, kErrInputsMissing, "run_graph: the graph has ",
                n_in, " inputs, got ", req->inputs.size(), " arrays and ", req->input_dims.size(), " shapes");
@@ -726,16 +759,23 @@ void run_graph_impl(const RunRequest* req, RunResult* out) {
   HALCDL_CHECK(nt == 0 || req->params, kErrInputsMissing, "run_graph: missing parameters");
   HALCDL_CHECK(ns == 0 || req->state, kErrInputsMissing, "run_graph: missing running statistics");
   check_device(req->device);
+  const bool bf16 = req->precision == Precision::BF16;
+  if (bf16) {
+    const GpuInfo gi = device_info_impl(req->device);
+    HALCDL_CHECK(gi.bf16, kErrRuntimeUnsupported, "precision 'bfloat16' needs a GPU of compute capability 8.0 or newer");
+  }
 
   // Declaration order = reverse destruction order: the plan goes before the arenas, the
   // arenas before the context, and all of it while the guard holds the device.
   DeviceGuard guard(req->device);
   Context ctx(req->device, req->options);
-  DeviceBuffer P(nt * sizeof(float)), G(nt * sizeof(float)), S(ns * sizeof(float)), S2(ns * sizeof(float)), tmp, go;
+  DeviceBuffer P(nt * sizeof(float)), G(nt * sizeof(float)), S(ns * sizeof(float)), S2(ns * sizeof(float)), tmp, go,
+      PB(bf16 ? nt * sizeof(uint16_t) : 0);
   std::vector<float> host(nt);
   if (nt) {
     arena_to_device(g, req->params, host.data());
     h2d(ctx, P.v(), host.data(), nt * sizeof(float));
+    if (bf16) k::f32_to_bf16(P.f(), reinterpret_cast<uint16_t*>(PB.v()), nt, ctx.stream);
   }
   h2d(ctx, S.v(), req->state, ns * sizeof(float));
   d2d(ctx, S2.v(), S.v(), ns * sizeof(float));
@@ -743,9 +783,18 @@ void run_graph_impl(const RunRequest* req, RunResult* out) {
 
   const bool backward = req->grad_output != nullptr;
   std::unique_ptr<GpuPlan> plan = make_gpu_plan(ctx, g, req->input_dims, req->training, backward, req->precision);
-  for (size_t i = 0; i < n_in; ++i)
-    upload_nchw(ctx, req->inputs[i], req->input_dims[i], plan->input(static_cast<int>(i)), tmp);
-  const DeviceParams dp{P.f(), S.f(), S2.f(), 0.1f};
+  for (size_t i = 0; i < n_in; ++i) {
+    const Dims& d = req->input_dims[i];
+    if (plan->bf16()) {  // host NCHW → device NCHW fp32 → bf16 NHWC
+      ensure(tmp, numel(d) * sizeof(float));
+      h2d(ctx, tmp.v(), req->inputs[i], numel(d) * sizeof(float));
+      to_plan_input(*plan, static_cast<int>(i), tmp.f(), d[0], d[1], d[2] * d[3], ctx.stream);
+      ctx.sync();
+    } else {
+      upload_nchw(ctx, req->inputs[i], d, plan->input(static_cast<int>(i)), tmp);
+    }
+  }
+  const DeviceParams dp{P.f(), S.f(), S2.f(), 0.1f, bf16 ? reinterpret_cast<const uint16_t*>(PB.v()) : nullptr};
   plan->forward(dp, req->rng);
   const Dims od = plan->output_dims();
   out->output_dims = od;

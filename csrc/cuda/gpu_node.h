@@ -39,15 +39,19 @@ class Arena {
 };
 
 // The output tensor of one node: logical dims (N, C, H, W) or (N, K); buffer NHWC / row-major.
+// Element type: fp32 (esize 4), or bf16 bits (esize 2) in a bfloat16 plan. `data` / `grad`
+// keep the type float* either way (the op interface is shared); a bf16 op reads them through
+// bf() below.
 struct GSlot {
   Dims dims;
   int64_t n = 0, c = 0, h = 1, w = 1;
   size_t count = 0;  // elements
+  size_t esize = sizeof(float);
   int data_id = -1, grad_id = -1;
   float* data = nullptr;
   float* grad = nullptr;
   bool need_grad = false;
-  size_t bytes() const { return count * sizeof(float); }
+  size_t bytes() const { return count * esize; }
   int64_t rows() const { return n * h * w; }  // NHWC pixels (channels contiguous)
 };
 
@@ -59,6 +63,7 @@ struct GBuild {
   int n;                     // number of nodes
   bool training;
   size_t scratch_bytes = 0;  // shared scratch (cuDNN workspace, bias_grad scratch): max over ops
+  bool bf16 = false;         // a bfloat16 plan: activations and their gradients are bf16
   int tf(int i) const { return i; }
   int tb(int i) const { return 2 * n - 1 - i; }
   int t_end() const { return 2 * n; }
@@ -109,12 +114,19 @@ struct PoolDesc {
   operator cudnnPoolingDescriptor_t() const { return d; }
 };
 
+// bf16 views of a slot's (or op's) buffer in a bfloat16 plan.
+inline uint16_t* bf(float* p) { return reinterpret_cast<uint16_t*>(p); }
+inline const uint16_t* bf(const float* p) { return reinterpret_cast<const uint16_t*>(p); }
+
 // A dimension as the int cuDNN / cuBLAS take; 7742 when it does not fit.
 int to_int(int64_t v, const Node& n, const char* what);
-// NHWC fp32 tensor descriptor of (n, c, h, w); 7742 when cuDNN's 2^31-element limit is exceeded.
-void set_nhwc(cudnnTensorDescriptor_t d, int64_t n, int64_t c, int64_t h, int64_t w, const Node& node);
+// NHWC tensor descriptor of (n, c, h, w) (fp32 unless `dt` says otherwise); 7742 when cuDNN's
+// 2^31-element limit is exceeded. The slot form takes the slot's element type.
+void set_nhwc(cudnnTensorDescriptor_t d, int64_t n, int64_t c, int64_t h, int64_t w, const Node& node,
+              cudnnDataType_t dt = CUDNN_DATA_FLOAT);
+inline cudnnDataType_t cudnn_type(const GSlot& s) { return s.esize == 2 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT; }
 inline void set_nhwc(cudnnTensorDescriptor_t d, const GSlot& s, const Node& node) {
-  set_nhwc(d, s.n, s.c, s.h, s.w, node);
+  set_nhwc(d, s.n, s.c, s.h, s.w, node, cudnn_type(s));
 }
 
 class GpuNode {
@@ -128,6 +140,11 @@ class GpuNode {
   virtual void forward(GExec& e) = 0;
   virtual void backward(GExec& e) = 0;
   virtual const float* dropout_mask() const { return nullptr; }
+  // Whether the op has a bfloat16 path (a bf16 plan refuses the others with 7742). An op
+  // that says true reads and writes bf16 activations when GBuild::bf16 is set, the bf16
+  // weight mirror (DeviceParams::weights_bf16) where it uses weights as GEMM / conv operands,
+  // and fp32 everywhere else (biases, bn parameters and statistics, parameter gradients).
+  virtual bool has_bf16() const { return false; }
   // Training bn: the saved batch mean and 1/sqrt(var + eps) (device, channels floats each).
   virtual bool bn_saved(const float** mean, const float** inv_std, double* eps) const {
     (void)mean, (void)inv_std, (void)eps;

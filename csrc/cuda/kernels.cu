@@ -125,33 +125,6 @@ __global__ void bf16_to_f32_kernel(const uint16_t* __restrict__ src, float* __re
 __device__ __forceinline__ float relu1(float x) { return (x > 0.f || x != x) ? x : 0.f; }
 __device__ __forceinline__ float relu6_1(float x) { return x != x ? x : (x > 0.f ? (x < 6.f ? x : 6.f) : 0.f); }
 
-__global__ void relu_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t n) {
-  for (size_t i = gtid(); i < n; i += gstride()) y[i] = relu1(x[i]);
-}
-__global__ void relu_bwd_kernel(const float* __restrict__ y, const float* __restrict__ dy, float* __restrict__ dx,
-                                size_t n) {
-  for (size_t i = gtid(); i < n; i += gstride()) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
-}
-__global__ void relu6_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t n) {
-  for (size_t i = gtid(); i < n; i += gstride()) y[i] = relu6_1(x[i]);
-}
-__global__ void relu6_bwd_kernel(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx,
-                                 size_t n) {
-  for (size_t i = gtid(); i < n; i += gstride()) {
-    const float v = x[i];
-    dx[i] = (v > 0.f && v < 6.f) ? dy[i] : 0.f;
-  }
-}
-// No __restrict__: y may alias a or b.
-__global__ void add_kernel(const float* a, const float* b, float* y, size_t n) {
-  for (size_t i = gtid(); i < n; i += gstride()) y[i] = a[i] + b[i];
-}
-__global__ void accumulate_kernel(float* dst, const float* src, size_t n) {
-  for (size_t i = gtid(); i < n; i += gstride()) dst[i] += src[i];
-}
-__global__ void mul_kernel(const float* a, const float* b, float* y, size_t n) {
-  for (size_t i = gtid(); i < n; i += gstride()) y[i] = __fmul_rn(a[i], b[i]);
-}
 __global__ void scale_kernel(float* x, float a, size_t n) {
   for (size_t i = gtid(); i < n; i += gstride()) x[i] = __fmul_rn(x[i], a);
 }
@@ -162,21 +135,83 @@ __device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
 }
-__global__ void dropout_kernel(const float* x, float* y, float* __restrict__ mask, size_t n, uint64_t seed,
-                               uint64_t threshold, float keep) {
+
+// Elementwise kernels shared by fp32 and bf16 (precision 'bfloat16'): the element type T is
+// float or bf16 bits (uint16_t, the upper half of an fp32); values are computed in float and a
+// bf16 store rounds once to nearest even (NaN stays a quiet NaN), the CPU twin's rule. For
+// T = float the loads and stores are plain copies, so the fp32 results are those of the
+// former fp32-only kernels bit for bit. No __restrict__ where an output may alias an input
+// (add / accumulate, mul).
+__device__ __forceinline__ float ldb(uint16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
+__device__ __forceinline__ uint16_t stb(float f) {
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+// Loads / stores of an element type T (float or bf16 bits), computing in float.
+__device__ __forceinline__ float ldt(float v) { return v; }
+__device__ __forceinline__ float ldt(uint16_t v) { return ldb(v); }
+template <typename T> __device__ __forceinline__ T stt(float f);
+template <> __device__ __forceinline__ float stt<float>(float f) { return f; }
+template <> __device__ __forceinline__ uint16_t stt<uint16_t>(float f) { return stb(f); }
+template <typename T>
+__global__ void relu_fwd_t(const T* __restrict__ x, T* __restrict__ y, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(relu1(ldt(x[i])));
+}
+template <typename T>
+__global__ void relu_bwd_t(const T* __restrict__ y, const T* __restrict__ dy, T* __restrict__ dx, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) dx[i] = ldt(y[i]) > 0.f ? dy[i] : stt<T>(0.f);
+}
+template <typename T>
+__global__ void relu6_fwd_t(const T* __restrict__ x, T* __restrict__ y, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(relu6_1(ldt(x[i])));
+}
+template <typename T>
+__global__ void relu6_bwd_t(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) {
+    const float v = ldt(x[i]);
+    dx[i] = (v > 0.f && v < 6.f) ? dy[i] : stt<T>(0.f);
+  }
+}
+template <typename T>
+__global__ void add_t(const T* a, const T* b, T* y, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(__fadd_rn(ldt(a[i]), ldt(b[i])));
+}
+// y = dy · m with an fp32 factor per element (the dropout mask)
+template <typename T>
+__global__ void mul_f32_t(const T* a, const float* m, T* y, size_t n) {
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(__fmul_rn(ldt(a[i]), m[i]));
+}
+template <typename T>
+__global__ void bias_add_t(T* __restrict__ y, const float* __restrict__ b, size_t n, int64_t c) {
+  const size_t cc = static_cast<size_t>(c);
+  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(__fadd_rn(ldt(y[i]), b[i % cc]));
+}
+template <typename T>
+__global__ void dropout_t(const T* x, T* y, float* __restrict__ mask, size_t n, uint64_t seed, uint64_t threshold,
+                          float keep) {
   for (size_t i = gtid(); i < n; i += gstride()) {
     const float m = splitmix64(seed + static_cast<uint64_t>(i)) >= threshold ? keep : 0.f;
     mask[i] = m;
-    y[i] = __fmul_rn(x[i], m);
+    y[i] = stt<T>(__fmul_rn(ldt(x[i]), m));
   }
+}
+template <typename T>
+__global__ void concat_fwd_t(const T* __restrict__ x, T* __restrict__ y, size_t total, int64_t ci, int64_t off,
+                             int64_t ctot) {
+  const size_t cc = static_cast<size_t>(ci);
+  for (size_t i = gtid(); i < total; i += gstride()) y[(i / cc) * ctot + off + i % cc] = x[i];
+}
+template <typename T>
+__global__ void concat_bwd_t(const T* __restrict__ dy, T* __restrict__ dx, size_t total, int64_t ci, int64_t off,
+                             int64_t ctot) {
+  const size_t cc = static_cast<size_t>(ci);
+  for (size_t i = gtid(); i < total; i += gstride()) dx[i] = dy[(i / cc) * ctot + off + i % cc];
 }
 
 // ---- channel-wise ----------------------------------------------------------------------
 
-__global__ void bias_add_kernel(float* __restrict__ y, const float* __restrict__ b, size_t n, int64_t c) {
-  const size_t cc = static_cast<size_t>(c);
-  for (size_t i = gtid(); i < n; i += gstride()) y[i] += b[i % cc];
-}
 
 // Column sums of rows [r0, r1) of a (·, c) matrix over a 32-column tile, block (32, 8):
 // lane ty sums rows r0+ty, r0+ty+8, ... in double; the 8 lanes are added in order.
@@ -235,22 +270,6 @@ __global__ void gap_bwd_kernel(const float* __restrict__ dy, float* __restrict__
   }
 }
 
-__global__ void concat_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t total, int64_t ci,
-                                  int64_t off, int64_t ctot) {
-  const size_t cc = static_cast<size_t>(ci);
-  for (size_t i = gtid(); i < total; i += gstride()) {
-    const size_t r = i / cc, j = i % cc;
-    y[r * ctot + off + j] = x[i];
-  }
-}
-__global__ void concat_bwd_kernel(const float* __restrict__ dy, float* __restrict__ dx, size_t total, int64_t ci,
-                                  int64_t off, int64_t ctot) {
-  const size_t cc = static_cast<size_t>(ci);
-  for (size_t i = gtid(); i < total; i += gstride()) {
-    const size_t r = i / cc, j = i % cc;
-    dx[i] = dy[r * ctot + off + j];
-  }
-}
 
 // ---- upsampling (NHWC) -----------------------------------------------------------------
 
@@ -663,37 +682,37 @@ void bf16_to_f32(const uint16_t* src, float* dst, size_t n, cudaStream_t s) {
 
 void relu_forward(const float* x, float* y, size_t n, cudaStream_t s) {
   if (n == 0) return;
-  relu_fwd_kernel<<<grid_for(n), kBlock, 0, s>>>(x, y, n);
+  relu_fwd_t<float><<<grid_for(n), kBlock, 0, s>>>(x, y, n);
   CUDA_CHECK_LAUNCH();
 }
 void relu_backward(const float* y, const float* dy, float* dx, size_t n, cudaStream_t s) {
   if (n == 0) return;
-  relu_bwd_kernel<<<grid_for(n), kBlock, 0, s>>>(y, dy, dx, n);
+  relu_bwd_t<float><<<grid_for(n), kBlock, 0, s>>>(y, dy, dx, n);
   CUDA_CHECK_LAUNCH();
 }
 void relu6_forward(const float* x, float* y, size_t n, cudaStream_t s) {
   if (n == 0) return;
-  relu6_fwd_kernel<<<grid_for(n), kBlock, 0, s>>>(x, y, n);
+  relu6_fwd_t<float><<<grid_for(n), kBlock, 0, s>>>(x, y, n);
   CUDA_CHECK_LAUNCH();
 }
 void relu6_backward(const float* x, const float* dy, float* dx, size_t n, cudaStream_t s) {
   if (n == 0) return;
-  relu6_bwd_kernel<<<grid_for(n), kBlock, 0, s>>>(x, dy, dx, n);
+  relu6_bwd_t<float><<<grid_for(n), kBlock, 0, s>>>(x, dy, dx, n);
   CUDA_CHECK_LAUNCH();
 }
 void add(const float* a, const float* b, float* y, size_t n, cudaStream_t s) {
   if (n == 0) return;
-  add_kernel<<<grid_for(n), kBlock, 0, s>>>(a, b, y, n);
+  add_t<float><<<grid_for(n), kBlock, 0, s>>>(a, b, y, n);
   CUDA_CHECK_LAUNCH();
 }
 void accumulate(float* dst, const float* src, size_t n, cudaStream_t s) {
   if (n == 0) return;
-  accumulate_kernel<<<grid_for(n), kBlock, 0, s>>>(dst, src, n);
+  add_t<float><<<grid_for(n), kBlock, 0, s>>>(dst, src, dst, n);
   CUDA_CHECK_LAUNCH();
 }
 void mul(const float* a, const float* b, float* y, size_t n, cudaStream_t s) {
   if (n == 0) return;
-  mul_kernel<<<grid_for(n), kBlock, 0, s>>>(a, b, y, n);
+  mul_f32_t<float><<<grid_for(n), kBlock, 0, s>>>(a, b, y, n);
   CUDA_CHECK_LAUNCH();
 }
 void scale(float* x, float a, size_t n, cudaStream_t s) {
@@ -704,14 +723,14 @@ void scale(float* x, float a, size_t n, cudaStream_t s) {
 void dropout_forward(const float* x, float* y, float* mask, size_t n, uint64_t seed, uint64_t threshold, float keep,
                      cudaStream_t s) {
   if (n == 0) return;
-  dropout_kernel<<<grid_for(n), kBlock, 0, s>>>(x, y, mask, n, seed, threshold, keep);
+  dropout_t<float><<<grid_for(n), kBlock, 0, s>>>(x, y, mask, n, seed, threshold, keep);
   CUDA_CHECK_LAUNCH();
 }
 
 void bias_add(float* y, const float* bias, int64_t rows, int64_t c, cudaStream_t s) {
   if (rows <= 0 || c <= 0) return;
   const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(c);
-  bias_add_kernel<<<grid_for(n), kBlock, 0, s>>>(y, bias, n, c);
+  bias_add_t<float><<<grid_for(n), kBlock, 0, s>>>(y, bias, n, c);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -756,14 +775,14 @@ void gap_backward(const float* dy, float* dx, int64_t n, int64_t hw, int64_t c, 
 void concat_forward(const float* x, float* y, int64_t rows, int64_t ci, int64_t off, int64_t ctot, cudaStream_t s) {
   if (rows <= 0 || ci <= 0) return;
   const size_t total = static_cast<size_t>(rows) * static_cast<size_t>(ci);
-  concat_fwd_kernel<<<grid_for(total), kBlock, 0, s>>>(x, y, total, ci, off, ctot);
+  concat_fwd_t<float><<<grid_for(total), kBlock, 0, s>>>(x, y, total, ci, off, ctot);
   CUDA_CHECK_LAUNCH();
 }
 void concat_backward(const float* dy, float* dx, int64_t rows, int64_t ci, int64_t off, int64_t ctot,
                      cudaStream_t s) {
   if (rows <= 0 || ci <= 0) return;
   const size_t total = static_cast<size_t>(rows) * static_cast<size_t>(ci);
-  concat_bwd_kernel<<<grid_for(total), kBlock, 0, s>>>(dy, dx, total, ci, off, ctot);
+  concat_bwd_t<float><<<grid_for(total), kBlock, 0, s>>>(dy, dx, total, ci, off, ctot);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -885,66 +904,11 @@ void adam_update_finite(const float* w, const float* grad, const float* m, const
 // (uint16_t), every kernel computes in fp32 and rounds once on the store (the CPU twin's
 // round-to-nearest-even, NaN kept quiet); parameters, statistics and parameter gradients stay
 // fp32. Reductions follow the determinism rule above: fixed chunks of rows per column tile
-// (bias_chunks), double accumulation, chunks added in order.
+// (bias_chunks), double accumulation, chunks added in order. The elementwise kernels (relu,
+// relu6, add, mul by a mask, bias add, dropout, concat) are templates shared with fp32, in the
+// elementwise section above; what follows is bf16 only.
 namespace halcdl::gpu::k {
 namespace {
-
-__device__ __forceinline__ float ldb(uint16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
-__device__ __forceinline__ uint16_t stb(float f) {
-  uint32_t u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN stays NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-// Loads / stores of an element type T (float or bf16 bits), computing in float.
-__device__ __forceinline__ float ldt(float v) { return v; }
-__device__ __forceinline__ float ldt(uint16_t v) { return ldb(v); }
-template <typename T> __device__ __forceinline__ T stt(float f);
-template <> __device__ __forceinline__ float stt<float>(float f) { return f; }
-template <> __device__ __forceinline__ uint16_t stt<uint16_t>(float f) { return stb(f); }
-
-template <typename T>
-__global__ void relu_fwd_t(const T* __restrict__ x, T* __restrict__ y, size_t n) {
-  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(relu1(ldt(x[i])));
-}
-template <typename T>
-__global__ void relu_bwd_t(const T* __restrict__ y, const T* __restrict__ dy, T* __restrict__ dx, size_t n) {
-  for (size_t i = gtid(); i < n; i += gstride()) dx[i] = ldt(y[i]) > 0.f ? dy[i] : stt<T>(0.f);
-}
-template <typename T>
-__global__ void relu6_fwd_t(const T* __restrict__ x, T* __restrict__ y, size_t n) {
-  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(relu6_1(ldt(x[i])));
-}
-template <typename T>
-__global__ void relu6_bwd_t(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, size_t n) {
-  for (size_t i = gtid(); i < n; i += gstride()) {
-    const float v = ldt(x[i]);
-    dx[i] = (v > 0.f && v < 6.f) ? dy[i] : stt<T>(0.f);
-  }
-}
-template <typename T>
-__global__ void add_t(const T* a, const T* b, T* y, size_t n) {
-  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(__fadd_rn(ldt(a[i]), ldt(b[i])));
-}
-// y = dy · m with an fp32 factor per element (the dropout mask)
-template <typename T>
-__global__ void mul_f32_t(const T* a, const float* __restrict__ m, T* y, size_t n) {
-  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(__fmul_rn(ldt(a[i]), m[i]));
-}
-template <typename T>
-__global__ void bias_add_t(T* __restrict__ y, const float* __restrict__ b, size_t n, int64_t c) {
-  const size_t cc = static_cast<size_t>(c);
-  for (size_t i = gtid(); i < n; i += gstride()) y[i] = stt<T>(__fadd_rn(ldt(y[i]), b[i % cc]));
-}
-template <typename T>
-__global__ void dropout_t(const T* x, T* y, float* __restrict__ mask, size_t n, uint64_t seed, uint64_t threshold,
-                          float keep) {
-  for (size_t i = gtid(); i < n; i += gstride()) {
-    const float m = splitmix64(seed + static_cast<uint64_t>(i)) >= threshold ? keep : 0.f;
-    mask[i] = m;
-    y[i] = stt<T>(__fmul_rn(ldt(x[i]), m));
-  }
-}
 
 // Column sums per chunk of rows over a 32-column tile, block (32, 8), of a per-element value:
 //   Mode 0: a[r, j];   Mode 1: (a[r, j] − mean[j])²;   Mode 2: b[r, j] · (a[r, j] − mean[j]) · inv[j]
@@ -1075,18 +1039,6 @@ __global__ void gap_bwd_bf16_kernel(const uint16_t* __restrict__ dy, uint16_t* _
                                     int64_t hw, int64_t c, float div) {
   const size_t cc = static_cast<size_t>(c), img_sz = static_cast<size_t>(hw) * cc;
   for (size_t i = gtid(); i < total; i += gstride()) dx[i] = stb(ldb(dy[(i / img_sz) * cc + i % cc]) / div);
-}
-template <typename T>
-__global__ void concat_fwd_t(const T* __restrict__ x, T* __restrict__ y, size_t total, int64_t ci, int64_t off,
-                             int64_t ctot) {
-  const size_t cc = static_cast<size_t>(ci);
-  for (size_t i = gtid(); i < total; i += gstride()) y[(i / cc) * ctot + off + i % cc] = x[i];
-}
-template <typename T>
-__global__ void concat_bwd_t(const T* __restrict__ dy, T* __restrict__ dx, size_t total, int64_t ci, int64_t off,
-                             int64_t ctot) {
-  const size_t cc = static_cast<size_t>(ci);
-  for (size_t i = gtid(); i < total; i += gstride()) dx[i] = dy[(i / cc) * ctot + off + i % cc];
 }
 // fp32 NCHW → bf16 NHWC in one pass (the input upload of a bf16 plan): one thread per output
 // element, writes coalesced.

@@ -21,9 +21,10 @@ int to_int(int64_t v, const Node& n, const char* what) {
   return static_cast<int>(v);
 }
 
-void set_nhwc(cudnnTensorDescriptor_t d, int64_t n, int64_t c, int64_t h, int64_t w, const Node& node) {
+void set_nhwc(cudnnTensorDescriptor_t d, int64_t n, int64_t c, int64_t h, int64_t w, const Node& node,
+              cudnnDataType_t dt) {
   to_int(n * c * h * w, node, "tensor size");  // cuDNN's limit: 2^31 elements per tensor
-  CUDNN_CHECK(cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, to_int(n, node, "batch size"),
+  CUDNN_CHECK(cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NHWC, dt, to_int(n, node, "batch size"),
                                          to_int(c, node, "channel count"), to_int(h, node, "height"),
                                          to_int(w, node, "width")));
 }
@@ -76,19 +77,22 @@ void fill_shape(GSlot& s, const Dims& d, const Node& n) {
 
 class CudaPlan : public GpuPlan {
  public:
-  CudaPlan(Context& ctx, const Graph& g, const std::vector<Dims>& input_dims, bool training, bool input_grads)
-      : ctx_(ctx), g_(g), training_(training) {
+  CudaPlan(Context& ctx, const Graph& g, const std::vector<Dims>& input_dims, bool training, bool input_grads,
+           bool bf16)
+      : ctx_(ctx), g_(g), training_(training), bf16_(bf16) {
     const int n = static_cast<int>(g.nodes.size());
     std::vector<Dims> dims = g.infer_shapes(input_dims);
     slots_.resize(n);
     nodes_.resize(n);
     GBuild b{ctx, g, slots_, ws_, n, training};
+    b.bf16 = bf16;
 
     // Which tensors need a gradient.
     const Graph::GradInfo gi = g.grad_info(training, input_grads);
     const auto& consumers = gi.consumers;
     for (int i = 0; i < n; ++i) {
       fill_shape(slots_[i], dims[i], g.nodes[i]);
+      if (bf16) slots_[i].esize = 2;
       slots_[i].need_grad = gi.need_grad[i];
     }
 
@@ -102,6 +106,9 @@ class CudaPlan : public GpuPlan {
         input_dims_.push_back(dims[i]);
       } else {
         nodes_[i] = make_node(nd, i);
+        HALCDL_CHECK(!bf16 || nodes_[i]->has_bf16(), kErrRuntimeUnsupported, "node '", nd.name, "' (",
+                     op_name(nd.op), "): precision 'bfloat16' on the GPU does not support this op yet; use "
+                     "'float32' on the GPU or runtime 'cpu'");
         nodes_[i]->create(b);
       }
       int last = i;
@@ -138,11 +145,24 @@ class CudaPlan : public GpuPlan {
       }
     }
 
+    // bf16 plans: the fp32 boundary (output and input gradients, see GpuPlan).
+    int out32_id = -1;
+    std::vector<int> in32_ids;
+    if (bf16) {
+      out32_id = b.request(slots_[g.output].count * sizeof(float), 0, b.t_end());
+      for (int i : input_slots_)
+        in32_ids.push_back(slots_[i].grad_id >= 0 ? b.request(slots_[i].count * sizeof(float), 0, b.t_end()) : -1);
+    }
+
     // One shared scratch for every op (cuDNN workspace, bias_grad): ops run one at a time.
     int scratch_id = b.scratch_bytes ? b.request(b.scratch_bytes, 0, b.t_end()) : -1;
     ws_.assign();
     scratch_bytes_ = b.scratch_bytes;
     scratch_ = scratch_id >= 0 ? ws_.ptr(scratch_id) : nullptr;
+    if (bf16) {
+      out32_ = ws_.f(out32_id);
+      for (int id : in32_ids) in32_.push_back(id >= 0 ? ws_.f(id) : nullptr);
+    }
 
     for (int i = 0; i < n; ++i) {
       GSlot& s = slots_[i];
@@ -191,23 +211,32 @@ class CudaPlan : public GpuPlan {
     input_dims(i);
     return slots_[input_slots_[i]].data;
   }
+  bool bf16() const override { return bf16_; }
 
   void forward(const DeviceParams& p, uint64_t rng) override {
+    HALCDL_CHECK(!bf16_ || p.weights_bf16 || !g_.n_trainable, kErrRuntimeUnsupported,
+                 "a bfloat16 GPU plan needs the bf16 weight mirror");
     GExec e{ctx_, p, rng, nullptr, scratch_, scratch_bytes_};
     for (size_t i = 0; i < nodes_.size(); ++i)
       if (nodes_[i]) {
         nodes_[i]->forward(e);
         if (debug_) debug_check(static_cast<int>(i), "forward", slots_[i].data, slots_[i].count);
       }
+    if (bf16_) {
+      const GSlot& o = slots_[g_.output];
+      k::bf16_to_f32(bf(o.data), out32_, o.count, ctx_.stream);
+    }
   }
 
-  const float* output() const override { return slots_[g_.output].data; }
+  const float* output() const override { return bf16_ ? out32_ : slots_[g_.output].data; }
 
   void backward(const DeviceParams& p, const float* grad_output, float* param_grad) override {
     const GSlot& o = slots_[g_.output];
     HALCDL_CHECK(training_ && o.grad, kErrTrainingUnsupported, "backward on a GPU plan without gradients");
     GExec e{ctx_, p, 0, param_grad, scratch_, scratch_bytes_};
-    if (grad_output != o.grad)
+    if (bf16_)
+      k::f32_to_bf16(grad_output, bf(o.grad), o.count, ctx_.stream);
+    else if (grad_output != o.grad)
       CUDA_CHECK(cudaMemcpyAsync(o.grad, grad_output, o.bytes(), cudaMemcpyDeviceToDevice, ctx_.stream));
     for (int i : zero_grads_) CUDA_CHECK(cudaMemsetAsync(slots_[i].grad, 0, slots_[i].bytes(), ctx_.stream));
     for (auto& z : zero_params_)
@@ -215,11 +244,20 @@ class CudaPlan : public GpuPlan {
     for (int i = static_cast<int>(nodes_.size()) - 1; i >= 0; --i) {
       if (!nodes_[i] || !slots_[i].need_grad) continue;
       nodes_[i]->backward(e);
-      for (auto& a : accum_[i]) k::accumulate(a.dst, a.src, a.count, ctx_.stream);
+      for (auto& a : accum_[i]) {
+        if (bf16_) k::accumulate_bf16(bf(a.dst), bf(a.src), a.count, ctx_.stream);
+        else k::accumulate(a.dst, a.src, a.count, ctx_.stream);
+      }
       if (debug_)
         for (int in : g_.nodes[i].inputs)
           if (slots_[in].grad) debug_check(i, "backward", slots_[in].grad, slots_[in].count);
     }
+    if (bf16_)
+      for (size_t k = 0; k < input_slots_.size(); ++k)
+        if (in32_[k]) {
+          const GSlot& s = slots_[input_slots_[k]];
+          k::bf16_to_f32(bf(s.grad), in32_[k], s.count, ctx_.stream);
+        }
   }
 
   const float* input_grad(int i) const override {
@@ -227,7 +265,7 @@ class CudaPlan : public GpuPlan {
                  input_slots_.size(), " inputs, asked for input ", i);
     const GSlot& s = slots_[input_slots_[i]];
     HALCDL_CHECK(s.grad, kErrTrainingUnsupported, "this GPU plan keeps no input gradient");
-    return s.grad;
+    return bf16_ ? in32_[i] : s.grad;
   }
 
   const float* dropout_mask(int node) const override {
@@ -262,7 +300,13 @@ class CudaPlan : public GpuPlan {
   // =2: also stop at the first op whose output (or input gradient) is not finite.
   void set_debug(int level) {
     debug_ = level;
-    if (debug_ >= 2) flag_.resize(sizeof(int));
+    if (debug_ < 2) return;
+    flag_.resize(sizeof(int));
+    if (bf16_) {  // check_finite reads fp32: bf16 tensors are widened into this buffer first
+      size_t most = 0;
+      for (const GSlot& s : slots_) most = std::max(most, s.count);
+      dbg32_.resize(most * sizeof(float));
+    }
   }
 
  private:
@@ -271,6 +315,10 @@ class CudaPlan : public GpuPlan {
     try {
       if (debug_ >= 2 && count) {
         CUDA_CHECK(cudaMemsetAsync(flag_.v(), 1, sizeof(int), ctx_.stream));
+        if (bf16_) {
+          k::bf16_to_f32(bf(t), dbg32_.f(), count, ctx_.stream);
+          t = dbg32_.f();
+        }
         k::check_finite(t, count, flag_.i(), ctx_.stream);
       }
       ctx_.sync();
@@ -285,11 +333,12 @@ class CudaPlan : public GpuPlan {
   }
 
   int debug_ = 0;
-  DeviceBuffer flag_;
+  DeviceBuffer flag_, dbg32_;
   struct Accum { float* dst; const float* src; size_t count; };
   Context& ctx_;
   const Graph& g_;
   bool training_;
+  bool bf16_;
   Arena ws_;
   std::vector<GSlot> slots_;
   std::vector<std::unique_ptr<GpuNode>> nodes_;
@@ -299,15 +348,16 @@ class CudaPlan : public GpuPlan {
   std::vector<Dims> input_dims_;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  float* out32_ = nullptr;      // bf16 plans: the output widened to fp32
+  std::vector<float*> in32_;    // bf16 plans: input gradients widened to fp32 (null: none kept)
 };
 
 }  // namespace
 
 std::unique_ptr<GpuPlan> make_gpu_plan(Context& ctx, const Graph& g, const std::vector<Dims>& input_dims,
                                        bool training, bool input_grads, Precision precision) {
-  HALCDL_CHECK(precision != Precision::BF16, kErrRuntimeUnsupported, "bfloat16 on the GPU is not implemented yet");
   DeviceGuard guard(ctx.device);
-  auto p = std::make_unique<CudaPlan>(ctx, g, input_dims, training, input_grads);
+  auto p = std::make_unique<CudaPlan>(ctx, g, input_dims, training, input_grads, precision == Precision::BF16);
   if (const char* d = std::getenv("HALCDL_CUDA_DEBUG")) p->set_debug(std::atoi(d));
   return p;
 }

@@ -38,6 +38,9 @@ struct DeviceParams {
   float* state_out = nullptr;      // training bn: running statistics updated here
                                    // (cuDNN's exponential average, unbiased variance)
   float bn_momentum = 0.1f;        // PyTorch's momentum (cuDNN's exponentialAverageFactor)
+  // bfloat16 plans: the trainable arena rounded to bf16 (same offsets), the conv / deconv /
+  // fc operands. The fp32 arena above stays the master copy (biases, bn and the update).
+  const uint16_t* weights_bf16 = nullptr;
 };
 
 class GpuPlan {
@@ -45,7 +48,12 @@ class GpuPlan {
   virtual ~GpuPlan() = default;
   virtual const Dims& input_dims(int i) const = 0;   // logical (N, C, H, W)
   virtual const Dims& output_dims() const = 0;       // logical, (N, K) or (N, C, H, W)
-  virtual float* input(int i) = 0;                   // device NHWC buffer; fill before forward
+  // Device NHWC buffer; fill before forward. Its elements are bf16 bits when bf16() (fill it
+  // with k::nchw_f32_to_nhwc_bf16), fp32 otherwise.
+  virtual float* input(int i) = 0;
+  virtual bool bf16() const { return false; }        // a bfloat16 plan
+  // output(), the gradient backward() takes and input_grad() are fp32 in every plan (a bf16
+  // plan casts at its boundary), so the loss and the caller stay fp32.
   virtual void forward(const DeviceParams& p, uint64_t rng) = 0;
   virtual const float* output() const = 0;           // device NHWC / (N, K)
   // From a device gradient of the output (same layout). Parameter gradients are written (not

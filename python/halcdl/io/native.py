@@ -361,5 +361,10 @@ def _build(meta: dict, table: dict, body: memoryview) -> DLModel:
                       else np.zeros(n, dtype=np.float32))
     core.set_state(state)
     if "precision" in model and hasattr(core, "set_precision"):
-        core.set_precision(str(model["precision"]))
+        precision = str(model["precision"])
+        # A model trained in bfloat16 on a GPU is read on the CPU (runtime 'cpu'); a CPU
+        # without bfloat16 instructions keeps float32 then (the weights are fp32 masters in
+        # either precision): set 'precision' again after moving the model to the GPU.
+        if precision != "bfloat16" or core_module().bf16_supported():
+            core.set_precision(precision)
     return m

@@ -59,7 +59,8 @@ class DLDevice:
                 "name": [self.name],
                 "ai_accelerator_interface": ["none"],
                 "inference_only": ["false"],
-                "precisions": ["float32"],  # bfloat16 on the GPU is not implemented yet
+                # bfloat16: compute capability >= 8.0 (the backend's GpuInfo::bf16)
+                "precisions": ["float32", "bfloat16"] if self.info.get("bf16") else ["float32"],
                 "conversion_supported": ["false"],  # optimize_dl_model_for_inference: float32 only
                 "settable_device_params": [{}],
                 "compute_capability": [f"{cc[0]}.{cc[1]}"],
