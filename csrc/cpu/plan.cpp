@@ -198,7 +198,9 @@ class CpuPlan : public Plan {
         if (t == o || g.nodes[c].op != OpKind::Conv || fuse_act[c] != OpKind::Input || fuse_sum[c] >= 0) continue;
         if (t == g.output || consumers[t].size() != 1 || dims[t] != dims[o]) continue;
         if (kept_[t] || kept_[j] || kept_[c]) continue;  // a kept output is read after the batch
-        if (fuse_sum[r] >= 0 || share[r] >= 0) continue;  // no chains of in-place sums
+        // a conv reading the network input (plain layout) fails to create its primitive with
+        // the sum post-op into another conv's buffer (the layer API's elementwise sum of convs)
+        if (!g.nodes[c].inputs.empty() && g.nodes[g.nodes[c].inputs[0]].op == OpKind::Input) continue;
         if (g.nodes[r].op == OpKind::Input || r >= c || o == g.output) continue;  // o computed before c
         // every other reader of r's group runs (at its root's turn) before the conv, and
         // none is itself an in-place sum (it would overwrite o first)
