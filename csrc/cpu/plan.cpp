@@ -189,7 +189,10 @@ class CpuPlan : public Plan {
     std::vector<OpKind> post_act(n, OpKind::Input);
     const bool fuse_sum_on = !no_fuse("sum"), fuse_add_relu = !no_fuse("add_relu");
     auto root = [&](int i) { return alias[i] >= 0 ? alias[i] : i; };
-    for (int j = 0; j < n && !training && !bf16 && fuse_ && fuse_sum_on; ++j) {
+    // Kept layers (introspection) switch the sum fusion off for the whole plan: a chain of
+    // residual blocks fused only in part (a kept member stops it) gives a broken plan.
+    const bool any_kept = std::find(kept_.begin(), kept_.end(), true) != kept_.end();
+    for (int j = 0; j < n && !training && !bf16 && fuse_ && fuse_sum_on && !any_kept; ++j) {
       const Node& add = g.nodes[j];
       if (add.op != OpKind::Add || add.inputs.size() != 2) continue;
       for (int k = 0; k < 2; ++k) {
