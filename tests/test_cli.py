@@ -387,8 +387,8 @@ def test_live_window_needs_a_display(reader, tmp_path, monkeypatch):  # noqa: F8
     m = make_model()
     before = {n: np.array(m.core.get_param(n)) for n in m.core.param_names()}
     with pytest.raises(ha.HOperatorError) as e:
-        tp = ha.create_dl_train_param(m, 1, 1, "true", 1, ["display"],
-                                      [{"output_dir": str(tmp_path / "d"), "live": "true"}])
+        tp = ha.create_dl_train_param(m, 1, 1, "true", 1, ["serialize", "display"],
+                                      [[], {"output_dir": str(tmp_path / "d"), "live": "true"}])
         tr.run_training(ds, m, tp, 0)
     assert e.value.error_code == 7914 and "display" in str(e.value)
     assert all(np.array_equal(before[n], np.array(m.core.get_param(n))) for n in before)
@@ -396,7 +396,8 @@ def test_live_window_needs_a_display(reader, tmp_path, monkeypatch):  # noqa: F8
 
 
 @pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display (e.g. xvfb-run)")
-def test_live_window_draws_the_plot(reader, tmp_path):  # noqa: F811
+def test_live_window_draws_the_plot(reader, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)  # nothing may land anywhere else
     plt = pytest.importorskip("matplotlib.pyplot")
     try:
         disp.live_backend()
@@ -404,8 +405,8 @@ def test_live_window_draws_the_plot(reader, tmp_path):  # noqa: F811
         pytest.skip(str(err))
     ds = make_dataset()
     m = make_model()
-    tp = ha.create_dl_train_param(m, 2, 1, "true", 1, ["display"],
-                                  [{"progress": "none", "live": "true"}])
+    tp = ha.create_dl_train_param(m, 2, 1, "true", 1, ["serialize", "display"],
+                                  [[], {"progress": "none", "live": "true"}])
     tr.run_training(ds, m, tp, 0)
     fig = plt.figure("halcdl training")  # the window the training drew into, still open
     assert len(fig.axes) == 3 and fig.axes[0].lines and len(fig.axes[0].lines[0].get_xdata()) == 8
