@@ -614,6 +614,13 @@ PYBIND11_MODULE(_core, m) {
     return d;
   });
   m.def("reset_op_times", &reset_op_times);
+  // Benchmark switch (docs/performance.md): the CPU training step's divergence check on/off.
+  // Returns the previous setting. Not a user option: off, a diverging step corrupts the model.
+  m.def("_set_divergence_check", [](bool on) {
+    const bool was = divergence_check();
+    set_divergence_check(on);
+    return was;
+  }, py::arg("on"));
   m.def("get_num_threads", &get_num_threads);
   m.def("dnnl_version", [] {
     auto v = dnnl_version();

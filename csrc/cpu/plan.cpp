@@ -539,6 +539,7 @@ void reset_op_times() {
   std::lock_guard<std::mutex> l(cpu::timer_mu);
   cpu::timer_table().clear();
 }
+void add_op_time(const std::string& key, double seconds) { cpu::timer_add(key, seconds); }
 
 bool bf16_supported() {
   auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());

@@ -3,7 +3,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -13,6 +16,19 @@
 #include "engine/kernels.h"
 
 namespace halcdl {
+
+namespace {
+std::atomic<bool>& divergence_flag() {
+  static std::atomic<bool> on{[] {
+    const char* v = std::getenv("HALCDL_DIVERGENCE_CHECK");
+    return !(v && std::strcmp(v, "0") == 0);
+  }()};
+  return on;
+}
+}  // namespace
+
+void set_divergence_check(bool on) { divergence_flag().store(on); }
+bool divergence_check() { return divergence_flag().load(); }
 
 namespace {
 constexpr int kMaxThreads = 1024;
@@ -456,33 +472,47 @@ double Model::commit_step(double ce) {
   // update left (computed inside it), which bound every value this update computes; only
   // when that bound is not far below FLT_MAX does the exact per-element pass run.
   const bool adam = hp_.solver == "adam";
-  bool grad_finite = true;
-  const double gmax = kern::max_abs(G_.f(), nt, &grad_finite);
-  if (!update_max_valid_) {
-    update_max_.w = kern::max_abs(P_.f(), nt, nullptr);
-    update_max_.m1 = kern::max_abs(M1_.f(), nt, nullptr);
-    update_max_.m2 = adam ? kern::max_abs(M2_.f(), nt, nullptr) : 0.0;
-    update_max_valid_ = true;
+  // HALCDL_DIVERGENCE_CHECK=0 (benchmark switch, model.h): the update alone, no maxima kept.
+  const bool check = divergence_check();
+  const bool timed = op_timer();  // HALCDL_OP_TIMER: the check and the update are timed too
+  auto t0 = std::chrono::steady_clock::now();
+  auto lap = [&](const char* key) {
+    const auto t1 = std::chrono::steady_clock::now();
+    add_op_time(key, std::chrono::duration<double>(t1 - t0).count());
+    t0 = t1;
+  };
+  if (check) {
+    bool grad_finite = true;
+    const double gmax = kern::max_abs(G_.f(), nt, &grad_finite);
+    if (!update_max_valid_) {
+      update_max_.w = kern::max_abs(P_.f(), nt, nullptr);
+      update_max_.m1 = kern::max_abs(M1_.f(), nt, nullptr);
+      update_max_.m2 = adam ? kern::max_abs(M2_.f(), nt, nullptr) : 0.0;
+      update_max_valid_ = true;
+    }
+    const double bound =
+        !grad_finite ? std::numeric_limits<double>::infinity()
+        : adam ? kern::adam_update_bound(update_max_, gmax, hp_.learning_rate, hp_.adam_beta1, hp_.adam_beta2,
+                                         hp_.adam_epsilon, hp_.weight_prior, adam_t_ + 1)
+               : kern::sgd_update_bound(update_max_, gmax, hp_.learning_rate, hp_.momentum, hp_.weight_prior);
+    const bool finite_update =
+        grad_finite &&
+        (bound < 0.5 * std::numeric_limits<float>::max() ||
+         (adam ? kern::adam_update_finite(P_.f(), G_.f(), M1_.f(), M2_.f(), g_.n_weight, nt, hp_.learning_rate,
+                                          hp_.adam_beta1, hp_.adam_beta2, hp_.adam_epsilon, hp_.weight_prior,
+                                          adam_t_ + 1)
+               : kern::sgd_update_finite(P_.f(), G_.f(), M1_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.momentum,
+                                         hp_.weight_prior)));
+    HALCDL_CHECK(finite_update, kErrTrainingFailed,
+                 "training step failed: the gradient or the updated weights / optimizer state would not be finite "
+                 "(the training diverged: lower the learning rate); the model was not changed");
+    HALCDL_CHECK(kern::all_finite(S2_.f(), g_.n_state), kErrTrainingFailed,
+                 "training step failed: the batch-norm running statistics would not be finite (the training "
+                 "diverged: lower the learning rate); the model was not changed");
+    if (timed) lap("train_step:check");
+  } else {
+    update_max_valid_ = false;
   }
-  const double bound =
-      !grad_finite ? std::numeric_limits<double>::infinity()
-      : adam ? kern::adam_update_bound(update_max_, gmax, hp_.learning_rate, hp_.adam_beta1, hp_.adam_beta2,
-                                       hp_.adam_epsilon, hp_.weight_prior, adam_t_ + 1)
-             : kern::sgd_update_bound(update_max_, gmax, hp_.learning_rate, hp_.momentum, hp_.weight_prior);
-  const bool finite_update =
-      grad_finite &&
-      (bound < 0.5 * std::numeric_limits<float>::max() ||
-       (adam ? kern::adam_update_finite(P_.f(), G_.f(), M1_.f(), M2_.f(), g_.n_weight, nt, hp_.learning_rate,
-                                        hp_.adam_beta1, hp_.adam_beta2, hp_.adam_epsilon, hp_.weight_prior,
-                                        adam_t_ + 1)
-             : kern::sgd_update_finite(P_.f(), G_.f(), M1_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.momentum,
-                                       hp_.weight_prior)));
-  HALCDL_CHECK(finite_update, kErrTrainingFailed,
-               "training step failed: the gradient or the updated weights / optimizer state would not be finite "
-               "(the training diverged: lower the learning rate); the model was not changed");
-  HALCDL_CHECK(kern::all_finite(S2_.f(), g_.n_state), kErrTrainingFailed,
-               "training step failed: the batch-norm running statistics would not be finite (the training "
-               "diverged: lower the learning rate); the model was not changed");
   // Commit: update, optimizer state, running statistics.
   std::vector<std::vector<float>> keep;
   for (int i : frozen_) {
@@ -492,10 +522,10 @@ double Model::commit_step(double ce) {
   if (adam) {
     ++adam_t_;
     kern::adam_update(P_.f(), G_.f(), M1_.f(), M2_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.adam_beta1,
-                      hp_.adam_beta2, hp_.adam_epsilon, hp_.weight_prior, adam_t_, &update_max_);
+                      hp_.adam_beta2, hp_.adam_epsilon, hp_.weight_prior, adam_t_, check ? &update_max_ : nullptr);
   } else {
     kern::sgd_update(P_.f(), G_.f(), M1_.f(), g_.n_weight, nt, hp_.learning_rate, hp_.momentum, hp_.weight_prior,
-                     &update_max_);
+                     check ? &update_max_ : nullptr);
   }
   for (size_t j = 0; j < frozen_.size(); ++j) {
     const ParamInfo& a = g_.params[frozen_[j]];
@@ -503,6 +533,7 @@ double Model::commit_step(double ce) {
     std::fill(M1_.f() + a.offset, M1_.f() + a.offset + a.size, 0.f);
     if (M2_.bytes()) std::fill(M2_.f() + a.offset, M2_.f() + a.offset + a.size, 0.f);
   }
+  if (timed) lap(check ? "train_step:update" : "train_step:update_unchecked");
   apply_ties();
   // frozen parameters got their old values back: the maxima must cover those too
   if (!frozen_.empty()) update_max_valid_ = false;

@@ -29,6 +29,13 @@ namespace halcdl {
 
 void set_num_threads(int n);   // 0: OpenMP's default
 int get_num_threads();
+// Benchmark switch, CPU only (docs/performance.md "Cost of the divergence check"): off, a
+// training step skips the update's divergence check (gradient pass, bounds, exact pass,
+// running-statistics pass, the maxima fused into the update). On by default; off with
+// HALCDL_DIVERGENCE_CHECK=0 in the environment (read once) or core._set_divergence_check.
+// Never switch it off outside a measurement: a diverging step then corrupts the model.
+void set_divergence_check(bool on);
+bool divergence_check();
 
 class Model {
  public:

@@ -83,5 +83,8 @@ void set_op_timer(bool on);
 bool op_timer();
 std::vector<OpTime> op_times();
 void reset_op_times();
+// Adds one timed call under `key` (used by the train step's update: "train_step:check",
+// "train_step:update"); callers test op_timer() first.
+void add_op_time(const std::string& key, double seconds);
 
 }  // namespace halcdl
