@@ -300,6 +300,9 @@ def read_file_bytes(path: str) -> bytes:
     except OSError as err:
         raise HOperatorError(H_ERR_DL_FILE_READ,
                              f"cannot read dict file {name!r}: {err.strerror or err}") from None
+    except (ValueError, UnicodeError) as err:  # a NUL character, a lone surrogate in the name
+        raise HOperatorError(H_ERR_DL_FILE_READ,
+                             f"cannot read dict file {name!r}: invalid file name ({err})") from None
 
 
 def read_hdict(path: str) -> dict:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import HOperatorError
 from ..operators import system as _system
-from ..operators._tuple import is_int, is_number, is_str, py_value, to_tuple
+from ..operators._tuple import is_int, is_number, is_str, operator, py_value, to_float, to_tuple
 
 __all__ = ["augment_dl_samples"]
 
@@ -83,7 +83,7 @@ def _one(key: str, value: Any) -> Any:
 
 def _number(key: str, value: Any, lo: float, hi: float) -> float:
     v = _one(key, value)
-    if not is_number(v) or not math.isfinite(float(v)) or not lo <= float(v) <= hi:
+    if not is_number(v) or not math.isfinite(to_float(v)) or not lo <= to_float(v) <= hi:
         raise _bad_value(key, value, f"a number in [{lo:g}, {hi:g}]")
     return float(v)
 
@@ -586,6 +586,7 @@ def _augment_one(sample: dict, info: dict, p: dict, methods: list[str],
 # --------------------------------------------------------------------------------------------
 # the procedure
 # --------------------------------------------------------------------------------------------
+@operator
 def augment_dl_samples(dlsample_batch: Any, gen_param: Any) -> None:
     """HALCON's augment_dl_samples(DLSampleBatch, GenParam : ): augment the samples in place.
 

@@ -97,7 +97,7 @@ def _bool_param(value: Any, pos: int, name: str) -> bool:
     v = v[0]
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
-    if v in ("true", "false"):
+    if is_str(v) and v in ("true", "false"):
         return v == "true"
     if is_int(v) and int(v) in (0, 1):
         return bool(v)
@@ -534,9 +534,9 @@ def split_dl_dataset(dldataset: Any, training_percent: Any, validation_percent: 
         for i, s in enumerate(samples):
             v = s.get("image_label_id")
             v = to_tuple(v)
-            if len(v) != 1 or not is_int(v[0]):
+            if len(v) != 1 or not is_int(v[0]) or not -2**63 <= int(v[0]) < 2**63:
                 raise HOperatorError(H_ERR_DL_INVALID_DATASET,
-                                     f"sample {i} has no integer 'image_label_id' (a "
+                                     f"sample {i} has no (64-bit) integer 'image_label_id' (a "
                                      f"classification split needs one per sample)")
             labels.append(int(v[0]))
         group = np.asarray(labels, np.int64)

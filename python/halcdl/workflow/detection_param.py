@@ -51,22 +51,30 @@ def determine_dl_model_detection_param(dldataset: Any, image_width_target: Any,
     unreadable image files or invalid boxes."""
     if not isinstance(dldataset, dict) or not isinstance(dldataset.get("samples"), list):
         raise wrong_type(1, "dldataset must be a DLDataset dict with 'samples'")
+    from ..operators.dl_model import MAX_IMAGE_SIDE  # noqa: PLC0415  (the model's bound)
+
     tw = to_scalar(image_width_target, 2, "one width")
     th = to_scalar(image_height_target, 3, "one height")
     for pos, v in ((2, tw), (3, th)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < 1:
-            raise wrong_value(pos, f"the target image size must be a positive integer, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or \
+                not 1 <= int(v) <= MAX_IMAGE_SIDE:
+            raise wrong_value(pos, f"the target image size must be an integer in "
+                                   f"1..{MAX_IMAGE_SIDE}, got {v!r}")
     tw, th = int(tw), int(th)
     gp = gen_param if isinstance(gen_param, dict) else {}
-    if not isinstance(gen_param, dict) and gen_param not in ([], (), None):
+    if not isinstance(gen_param, dict) and not (
+            gen_param is None or isinstance(gen_param, (list, tuple)) and len(gen_param) == 0):
         raise wrong_type(4, "gen_param must be a dict or []")
     split = gp.get("split", "all")
+    if not isinstance(split, str):
+        raise wrong_value(4, f"gen_param 'split' must be a split name, got {split!r}")
     image_dir = str(dldataset.get("image_dir", ""))
     sizes, ratios, angles = [], [], []
     rect2 = None
     r2keys = ("bbox_row", "bbox_col", "bbox_phi", "bbox_length1", "bbox_length2")
     for i, s in enumerate(dldataset["samples"]):
-        if not isinstance(s, dict) or (split != "all" and s.get("split") != split):
+        if not isinstance(s, dict) or (split != "all" and not (
+                isinstance(s.get("split"), str) and s["split"] == split)):
             continue
         if rect2 is None:
             rect2 = "bbox_row1" not in s and all(k in s for k in r2keys)
@@ -76,7 +84,7 @@ def determine_dl_model_detection_param(dldataset: Any, image_width_target: Any,
                                      f"sample {i} has no rectangle2 bbox keys {r2keys}")
             try:
                 b = np.stack([np.asarray(s[k], np.float64).reshape(-1) for k in r2keys], 1)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
                                      f"sample {i}: invalid bbox lists") from None
             if len(b) == 0:
@@ -100,7 +108,7 @@ def determine_dl_model_detection_param(dldataset: Any, image_width_target: Any,
                                  f"sample {i} has no rectangle1 bbox keys {keys}")
         try:
             b = np.stack([np.asarray(s[k], np.float64).reshape(-1) for k in keys], 1)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise HOperatorError(H_ERR_CNN_INVALID_INPUT_DATA,
                                  f"sample {i}: invalid bbox lists") from None
         if len(b) == 0:

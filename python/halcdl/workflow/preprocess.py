@@ -36,11 +36,16 @@ from ..operators._tuple import (
     is_str,
     operator,
     py_value,
+    to_float,
     to_tuple,
     wrong_num,
     wrong_type,
     wrong_value,
 )
+
+# segmentation class ids index lookup tables (label images are at most 16-bit in practice)
+MAX_SEG_CLASS_ID = 65535
+MAX_IMAGE_SIDE = 32768  # the model's bound (operators.dl_model.MAX_IMAGE_SIDE, docs/robustness.md)
 
 __all__ = [
     "create_dl_preprocess_param",
@@ -109,13 +114,22 @@ def _unsupported_value(name: str, value: Any, expected: str) -> HOperatorError:
                           f"expected {expected}")
 
 
+_NOT_SCALAR = object()  # what _scalar gives for a container: compares unequal to everything
+
+
 def _scalar(v: Any) -> Any:
-    """A one-element tuple → its value (HALCON stores scalars as 1-tuples)."""
+    """A one-element tuple → its value (HALCON stores scalars as 1-tuples); anything that is
+    not one value (an array, a longer list, a dict) → _NOT_SCALAR, so that `x in choices`
+    and `x == "true"` never compare elementwise (ValueError)."""
     if isinstance(v, (list, tuple)) and len(v) == 1:
-        return py_value(v[0])
-    if isinstance(v, np.ndarray) and v.size == 1 and v.ndim <= 1:
-        return v.reshape(-1)[0].item()
-    return py_value(v)
+        v = py_value(v[0])
+    elif isinstance(v, np.ndarray) and v.size == 1 and v.ndim <= 1:
+        v = v.reshape(-1)[0].item()
+    else:
+        v = py_value(v)
+    if isinstance(v, (list, tuple, dict, set, np.ndarray)):
+        return _NOT_SCALAR
+    return v
 
 
 def _int_list(v: Any) -> list | None:
@@ -199,15 +213,15 @@ def _check_preprocess_param(param: Any, pos: int = 2) -> dict:
     out: dict = {"model_type": mt}
     for k in ("image_width", "image_height", "image_num_channels"):
         v = _scalar(param[k])
-        if not is_int(v) or int(v) < 1:
-            raise _key_error(k, param[k], "an integer >= 1")
+        if not is_int(v) or not 1 <= int(v) <= MAX_IMAGE_SIDE:
+            raise _key_error(k, param[k], f"an integer in 1..{MAX_IMAGE_SIDE}")
         out[k] = int(v)
     if out["image_num_channels"] not in (1, 3):
         raise _key_error("image_num_channels", param["image_num_channels"], "1 or 3")
     for k in ("image_range_min", "image_range_max"):
         v = _scalar(param[k])
-        if not is_number(v) or not math.isfinite(float(v)):
-            raise _key_error(k, param[k], "a finite number")
+        if not is_number(v) or not math.isfinite(to_float(v)) or abs(float(v)) > 1e30:
+            raise _key_error(k, param[k], "a finite number (|v| <= 1e30)")
         out[k] = float(v)
     if out["image_range_min"] >= out["image_range_max"]:
         raise _key_error("image_range_max", param["image_range_max"],
@@ -294,9 +308,10 @@ def create_dl_preprocess_param(dl_model_type: Any, image_width: Any, image_heigh
         x = one(v, pos, what)
         if not is_int(x):
             raise wrong_type(pos, f"{what} must be an integer, got {x!r}")
-        if int(x) < 1 or (what == "image_num_channels" and int(x) not in (1, 3)):
-            raise wrong_value(pos, f"{what} must be {'1 or 3' if pos == 4 else '>= 1'}, "
-                                   f"got {x!r}")
+        if int(x) < 1 or (what == "image_num_channels" and int(x) not in (1, 3)) or \
+                int(x) > MAX_IMAGE_SIDE:
+            raise wrong_value(pos, f"{what} must be {'1 or 3' if pos == 4 else '>= 1'} "
+                                   f"(at most {MAX_IMAGE_SIDE}), got {x!r}")
         dims.append(int(x))
     rng = []
     for pos, v, default, what in ((5, image_range_min, -127.0, "image_range_min"),
@@ -308,8 +323,8 @@ def create_dl_preprocess_param(dl_model_type: Any, image_width: Any, image_heigh
         x = one(v, pos, what)
         if not is_number(x):
             raise wrong_type(pos, f"{what} must be a number, got {x!r}")
-        if not math.isfinite(float(x)):
-            raise wrong_value(pos, f"{what} must be finite, got {x!r}")
+        if not math.isfinite(to_float(x)) or abs(float(x)) > 1e30:
+            raise wrong_value(pos, f"{what} must be finite (|v| <= 1e30), got {x!r}")
         rng.append(x)
     if float(rng[0]) >= float(rng[1]):
         raise wrong_value(6, f"image_range_max ({rng[1]}) must be > image_range_min ({rng[0]})")
@@ -480,13 +495,23 @@ def _bad(s: dict, i: int, text: str, code: int = H_ERR_CNN_INVALID_INPUT_DATA):
     return HOperatorError(code, f"{_sample_id(s, i)}: {text}")
 
 
+def _array(v: Any, s: dict, i: int, key: str) -> np.ndarray:
+    """np.asarray(v), or the sample's error (7736) for a value numpy cannot make an array of
+    (ragged or more than 64 levels deep nested lists, foreign objects)."""
+    try:
+        return np.asarray(v)
+    except (ValueError, TypeError, OverflowError, RecursionError) as err:
+        raise _bad(s, i, f"'{key}' is not an array ({type(err).__name__}: {str(err)[:120]})") \
+            from None
+
+
 def _as_image(s: dict, i: int) -> np.ndarray:
     if "image" not in s:
         raise _bad(s, i, "has no key 'image'", H_ERR_DL_INPUTS_MISSING)
     img = s["image"]
     if isinstance(img, (str, bytes)) or img is None:
         raise _bad(s, i, "'image' is not an image array")
-    a = np.asarray(img)
+    a = _array(img, s, i, "image")
     if a.dtype.kind not in "uif" or a.size == 0:
         raise _bad(s, i, f"'image' must be a numeric image array, got dtype {a.dtype}")
     if a.ndim == 2:
@@ -503,7 +528,7 @@ def _domain_rect(s: dict, i: int, h: int, w: int) -> tuple | None:
     if "domain" not in s or s["domain"] is None:
         return None
     d = s["domain"]
-    arr = np.asarray(d)
+    arr = _array(d, s, i, "domain")
     if arr.ndim == 2:
         if arr.shape != (h, w):
             raise _bad(s, i, f"'domain' mask must have the image's size ({h}, {w}), got "
@@ -769,9 +794,10 @@ def _read_sample_files(dldataset: dict, indices: list) -> list:
 
 def _class_ids(dldataset: dict) -> list:
     ids = _int_list(dldataset.get("class_ids", []))
-    if not ids:
+    if not ids or not all(0 <= c <= MAX_SEG_CLASS_ID for c in ids):
         raise HOperatorError(H_ERR_DL_INVALID_DATASET,
-                             "the dataset needs 'class_ids' (a list of integers)")
+                             f"the dataset needs 'class_ids' (a list of integers in "
+                             f"0..{MAX_SEG_CLASS_ID})")
     return ids
 
 
@@ -805,15 +831,17 @@ def calculate_dl_segmentation_class_weights(dldataset: Any, max_weight: Any,
         raise wrong_num(2, f"max_weight takes one value, got {len(vals)}")
     if not is_number(vals[0]):
         raise wrong_type(2, f"max_weight must be a number, got {vals[0]!r}")
-    mw = float(vals[0])
+    mw = to_float(vals[0])
     if not math.isfinite(mw) or mw <= 0:
         raise wrong_value(2, f"max_weight must be a finite number > 0, got {vals[0]!r}")
     ign = _int_list(ignore_class_ids)
     if ign is None:
         raise wrong_type(3, "ignore_class_ids must be integers")
+    if not all(0 <= c <= MAX_SEG_CLASS_ID for c in ign):
+        raise wrong_value(3, f"ignore_class_ids must be in 0..{MAX_SEG_CLASS_ID}")
     ids = _class_ids(ds)
     samples = ds["samples"]
-    idx = [j for j, s in enumerate(samples) if isinstance(s, dict) and s.get("split") == "train"]
+    idx = [j for j, s in enumerate(samples) if isinstance(s, dict) and _scalar(s.get("split")) == "train"]
     if not idx:
         raise HOperatorError(H_ERR_DL_INVALID_DATASET,
                              "the dataset has no samples with split 'train' (split it first: "
@@ -880,7 +908,7 @@ def gen_dl_segmentation_weight_images(dldataset: Any, dlpreprocess_param: Any,
     if len(w) != len(ids):
         raise wrong_num(3, f"class_weights needs {len(ids)} values (one per class id), got "
                            f"{len(w)}")
-    if not all(is_number(x) and math.isfinite(float(x)) and float(x) >= 0 for x in w):
+    if not all(is_number(x) and math.isfinite(to_float(x)) and float(x) >= 0 for x in w):
         raise wrong_value(3, "class_weights must be finite numbers >= 0")
     gp = _gen_param_dict(gen_param, 4)
     for k in gp:

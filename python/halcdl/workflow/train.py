@@ -48,6 +48,7 @@ from ..operators._tuple import (
     is_str,
     operator,
     py_value,
+    to_float,
     to_tuple,
     wrong_num,
     wrong_type,
@@ -94,6 +95,8 @@ def _bad(detail: str, code: int = H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE) -> HOpera
 def _true_false(v: Any, what: str, pos: int | None = None) -> str:
     vals = to_tuple(v)
     x = vals[0] if len(vals) == 1 else None
+    if not (isinstance(x, (bool, np.bool_)) or is_int(x) or is_str(x)):
+        x = None  # an array, a dict, ...: compared with == it would be ambiguous
     if x is True or x == 1 or x == "true":
         return "true"
     if x is False or (is_int(x) and x == 0) or x == "false":
@@ -316,14 +319,14 @@ def create_dl_train_param(dlmodel_handle: Any, num_epochs: Any, evaluation_inter
         raise wrong_num(2, f"num_epochs takes one value, got {len(ne)}")
     if not is_number(ne[0]):
         raise wrong_type(2, f"num_epochs must be a number, got {ne[0]!r}")
-    if not math.isfinite(float(ne[0])) or float(ne[0]) <= 0:
+    if not math.isfinite(to_float(ne[0])) or float(ne[0]) <= 0:
         raise wrong_value(2, f"num_epochs must be > 0, got {ne[0]!r}")
     ev = to_tuple(evaluation_interval_epochs)
     if len(ev) != 1:
         raise wrong_num(3, f"evaluation_interval_epochs takes one value, got {len(ev)}")
     if not is_number(ev[0]):
         raise wrong_type(3, f"evaluation_interval_epochs must be a number, got {ev[0]!r}")
-    if not math.isfinite(float(ev[0])) or float(ev[0]) < 0:
+    if not math.isfinite(to_float(ev[0])) or float(ev[0]) < 0:
         raise wrong_value(3, f"evaluation_interval_epochs must be >= 0, got {ev[0]!r}")
     display = _true_false(enable_display, "enable_display", 4)
     rs = to_tuple(random_seed)
