@@ -60,7 +60,7 @@ def test_timer_off_by_default_and_on_records_per_op():
     t = _timed(lambda: (ha.apply_dl_model(m, samples, []), ha.train_dl_model_batch(m, samples)))
     assert core.op_timer() is False
     phases = {k.split(":", 1)[0] for k in t}
-    assert phases == {"infer", "train_fwd", "train_bwd"}
+    assert phases == {"infer", "train_fwd", "train_bwd", "train_step"}  # + check, update
     # resnet18: 20 convolutions; apply runs each once, folded with its bn (and relu / add)
     convs = sum(c for k, (s, c) in t.items() if k.startswith("infer:conv"))
     assert convs == 20

@@ -122,6 +122,41 @@ def test_divergence_raises_7720_and_keeps_model(solver, tmp_path):
     assert info.value.error_code == 7720
 
 
+def test_divergence_check_benchmark_switch():
+    """The benchmark switch (docs/performance.md) is on by default; off, the update is the same
+    (bit-identical weights after normal steps) and the check really is skipped (learning rate
+    1e6 then commits non-finite values); the op timer times the check and both updates."""
+    from halcdl._native import core
+    assert core._set_divergence_check(True) is True  # the default
+    a, b = fresh_model("sgd"), fresh_model("sgd")
+    batches = [samples(1, 2), samples(2, 2)]
+    core.reset_op_times()
+    core.set_op_timer(True)
+    try:
+        for step in range(3):
+            ha.train_dl_model_batch(a, batches[step % 2])
+            assert core._set_divergence_check(False) is True
+            ha.train_dl_model_batch(b, batches[step % 2])
+            assert core._set_divergence_check(True) is False
+        times = core.op_times()
+        # lr * (g + weight_prior * w) overflows float32 in the first update; the loss is fine
+        d = fresh_model("sgd", lr=3e38)
+        ha.set_dl_model_param(d, "weight_prior", 10.0)
+        with pytest.raises(ha.HOperatorError) as info:
+            ha.train_dl_model_batch(d, batches[0])
+        assert info.value.error_code == 7720 and "would not be finite" in info.value.message
+        core._set_divergence_check(False)
+        ha.train_dl_model_batch(d, batches[0])  # unchecked: commits it
+    finally:
+        core._set_divergence_check(True)
+        core.set_op_timer(False)
+        core.reset_op_times()
+    assert_same(state_of(b), state_of(a), "check off vs on")
+    for k in ("train_step:check", "train_step:update", "train_step:update_unchecked"):
+        assert times[k][1] == 3, (k, times.get(k))
+    assert not all(np.all(np.isfinite(v)) for v in state_of(d).values())
+
+
 @pytest.mark.parametrize("name,value", [
     ("learning_rate", 1e300), ("learning_rate", 1e39), ("learning_rate", 10**400),
     ("momentum", float("nan")), ("weight_prior", 1e39), ("adam_epsilon", 1e-300),
