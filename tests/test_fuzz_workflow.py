@@ -440,7 +440,7 @@ def test_fuzz_training_procedure(proc, world, tmp_path, monkeypatch):
 SWEEP_VALUES = [_nested(800), [[1, 2], [3]], np.array([object(), None], dtype=object),
                 np.zeros((2, 2)), float("nan"), 2**70, 10**60, "\ud800", object(), {"a": 1},
                 np.array(5), None, True, ""]
-SWEEP_SLOTS = int(os.environ.get("HALCDL_FUZZ_SWEEP_SLOTS", "40"))
+SWEEP_SLOTS = int(os.environ.get("HALCDL_FUZZ_SWEEP_SLOTS", "25"))
 
 
 def _sweep(proc: str, world: dict, tmp_path) -> int:
