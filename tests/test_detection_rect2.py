@@ -308,6 +308,26 @@ def sample2(rng, boxes=((20, 20, 12, 6, 0.4), (40, 44, 10, 8, -1.0)), labels=(0,
             "bbox_phi": b[:, 4].tolist(), "bbox_label_id": list(labels)}
 
 
+def test_rectangle2_raw_rows_hold_five_box_values():
+    """infer_detection_raw of a rectangle2 model: (n, anchors, K + 5) rows (the array once had
+    K + 4 columns and the engine wrote past its end), the same for any batch size, and its
+    best row decodes (docs/detection.md) to apply_dl_model's top detection."""
+    m = small2()
+    rng = np.random.default_rng(4)
+    ha.train_dl_model_batch(m, [sample2(rng)])
+    imgs = [{"image": sample2(rng)["image"]} for _ in range(3)]
+    raw = m.core.infer_detection_raw(imgs, 2, 64, 64, 3)
+    a, _ = m.core.det_anchors(64, 64)
+    assert raw.shape == (3, a.shape[0], 2 + 5)
+    assert np.array_equal(raw, m.core.infer_detection_raw(imgs, 1, 64, 64, 3))
+    assert np.array_equal(raw, m.core.infer_detection_raw(imgs, 3, 64, 64, 3))
+    ha.set_dl_model_param(m, "min_confidence", 0.0)
+    r = ha.apply_dl_model(m, imgs[:1], [])[0]
+    best = int(np.argmax(raw[0, :, :2].max(1)))
+    conf = 1 / (1 + np.exp(-raw[0, best, :2].astype(np.float64)))
+    assert abs(r["bbox_confidence"][0] - conf.max()) < 1e-5
+
+
 def test_create_rectangle2_params_and_results():
     m = small2(ignore_direction="true", class_ids_no_orientation=[1])
     g = lambda k: ha.get_dl_model_param(m, k)  # noqa: E731

@@ -17,7 +17,8 @@ What runs of test_gpu.py (``EMULATED_SUBSET``) and what does not, and why:
         (device images and device outputs) on a fake CuPy whose arrays live in the emulated
         GPU's memory (tests/gpu_emu/fake_cupy, first on the subprocess's PYTHONPATH); the legacy
         classifier; object detection (the detection_output op, 3 train steps of a tiny
-        rectangle1 detector with SGD and Adam and apply_dl_model vs the CPU, the refusals);
+        rectangle1 detector with SGD and Adam and apply_dl_model vs the CPU, the same for rectangle2
+        with and without orientation classes and ignore_direction, the refusals);
         device switching; write/read; out of GPU memory then a smaller batch (with a
         2 GiB emulated GPU); the GPU index out of range; the device parameters.
   left out:
@@ -88,6 +89,8 @@ MUST_RUN = [
     "test_mixed_host_and_device_images_rejected", "test_segmentation_gpu_outputs_from_host_images",
     "test_op_matches_cpu[detection_output-train]", "test_detection_train_and_apply_match_cpu[sgd]",
     "test_detection_train_and_apply_match_cpu[adam]", "test_detection_gpu_refusals_leave_the_model_unchanged",
+    "test_detection_rectangle2_matches_cpu[oriented]", "test_detection_rectangle2_matches_cpu[no_orientation]",
+    "test_detection_rectangle2_matches_cpu[ignore_direction]",
     # precision 'bfloat16'
     "test_bf16_op_matches_cpu[conv0-train]", "test_bf16_op_matches_cpu[deconv1-train]",
     "test_bf16_op_matches_cpu[bn(4, 5, 6, 7)-train]", "test_bf16_op_matches_cpu[fc4d-train]",

@@ -1058,7 +1058,7 @@ PYBIND11_MODULE(_core, m) {
              md.anchors(height, width, &ls);
              Batch b = gather(md, samples, channels, height, width, Labels::None);
              const int n = static_cast<int>(samples.size());
-             py::array_t<float> out({int64_t(n), ls.back(), int64_t(md.num_classes() + 4)});
+             py::array_t<float> out({int64_t(n), ls.back(), int64_t(md.num_classes() + md.detection().box_dim())});
              float* o = out.mutable_data();
              {
                py::gil_scoped_release nogil;
