@@ -171,9 +171,6 @@ def build_onnx(m: DLModel):
         rank[name] = r
 
     if p.get("type") == "detection":
-        if p.get("instance_type", "rectangle1") != "rectangle1":
-            raise HOperatorError(H_ERR_DL_WRITE_ONNX, "the ONNX export of a detector supports "
-                                 "instance_type 'rectangle1' only")
         return _finish_detection(onnx, helper, TensorProto, nodes, inits, det_heads, p, c, h, w,
                                  core)
     last = spec[-1]["name"]
@@ -224,7 +221,7 @@ def build_onnx(m: DLModel):
 
 def _detection_heads(n, xs, fresh, nodes, inits, numpy_helper, helper, core, h, w):
     """detection_output as ONNX: per level, the class head (N, A·K, H, W) and the box head
-    (N, A·4, H, W) reshaped to anchor rows (N, H·W·A, K) / (N, H·W·A, 4) in the engine's
+    (N, A·D, H, W) reshaped to anchor rows (N, H·W·A, K) / (N, H·W·A, D) in the engine's
     anchor order (row, column, anchor), then the levels concatenated.  Returns the two
     concatenated tensor names."""
     k, a, bv = int(n["num_classes"]), int(n["num_anchors"]), int(n.get("box_values", 4))
@@ -256,14 +253,16 @@ def _detection_heads(n, xs, fresh, nodes, inits, numpy_helper, helper, core, h, 
 
 def _finish_detection(onnx, helper, TensorProto, nodes, inits, det_heads, p, c, h, w, core):
     """The graph of a detector: outputs ``class_logits`` (N, A_total, K), ``box_deltas``
-    (N, A_total, 4) (raw head outputs, before sigmoid / decoding) and the constant
-    ``anchors`` (A_total, 4) (row1, col1, row2, col2); decoding and NMS are documented in
+    (N, A_total, D) (raw head outputs, before sigmoid / decoding) and the constant
+    ``anchors`` (A_total, D): D = 4, (row1, col1, row2, col2), for rectangle1; D = 5,
+    (row, col, length1, length2, phi), for rectangle2.  Decoding and NMS are documented in
     docs/onnx.md, not part of the graph."""
     from onnx import numpy_helper
 
     anchors, level_start = core.det_anchors(h, w)
     anchors = np.asarray(anchors, np.float32)
-    na, k = anchors.shape[0], len(p["class_ids"])
+    na, k, bv = anchors.shape[0], len(p["class_ids"]), anchors.shape[1]
+    rect2 = bv == 5
     nodes.append(helper.make_node(
         "Constant", [], ["anchors"], name="anchors",
         value=numpy_helper.from_array(anchors, "anchors.value")))
@@ -271,21 +270,25 @@ def _finish_detection(onnx, helper, TensorProto, nodes, inits, det_heads, p, c, 
         nodes, "halcdl",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", c, h, w])],
         [helper.make_tensor_value_info("class_logits", TensorProto.FLOAT, ["N", na, k]),
-         helper.make_tensor_value_info("box_deltas", TensorProto.FLOAT, ["N", na, 4]),
-         helper.make_tensor_value_info("anchors", TensorProto.FLOAT, [na, 4])],
+         helper.make_tensor_value_info("box_deltas", TensorProto.FLOAT, ["N", na, bv]),
+         helper.make_tensor_value_info("anchors", TensorProto.FLOAT, [na, bv])],
         initializer=inits)
     model = helper.make_model(graph, producer_name="halcdl", producer_version=_version(),
                               opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
+    coding = ("'box_deltas' (N, A, 5) encoded (d2, d1, dlength1, dlength2, dphi) against "
+              "'anchors' (A, 5) (row, col, length1, length2, phi)" if rect2 else
+              "'box_deltas' (N, A, 4) encoded (dy, dx, dh, dw) against 'anchors' (A, 4) "
+              "(row1, col1, row2, col2)")
     model.doc_string = (
         "halcdl detector up to the raw head outputs: input 'image' float32 (N, C, H, W), "
         "already preprocessed; outputs 'class_logits' (N, A, K) (sigmoid gives the class "
-        "scores), 'box_deltas' (N, A, 4) encoded (dy, dx, dh, dw) against 'anchors' (A, 4) "
-        "(row1, col1, row2, col2); anchors level by level (halcdl.detection.level_start), then "
+        f"scores), {coding}; anchors level by level (halcdl.detection.level_start), then "
         "row, column, anchor. Decoding and NMS: docs/onnx.md (not in the graph)")
     det_keys = ("min_level", "max_level", "anchor_num_subscales", "anchor_aspect_ratios",
                 "min_confidence", "max_overlap", "max_overlap_class_agnostic",
-                "max_num_detections", "instance_type")
+                "max_num_detections", "instance_type", "anchor_angles", "ignore_direction",
+                "class_ids_no_orientation")
     det = {key: p[key] for key in det_keys if key in p}
     helper.set_model_props(model, {
         "halcdl.type": "detection",
@@ -296,7 +299,7 @@ def _finish_detection(onnx, helper, TensorProto, nodes, inits, det_heads, p, c, 
         "halcdl.meta_data": json.dumps(dict(p["meta_data"])),
         "halcdl.detection.level_start": json.dumps([int(v) for v in level_start]),
         "halcdl.detection.box_coding": json.dumps(
-            {"weights": [1.0, 1.0, 1.0, 1.0], "clamp_log": float(np.log(1000.0 / 16.0))}),
+            {"weights": [1.0] * bv, "clamp_log": float(np.log(1000.0 / 16.0))}),
         "halcdl.detection.param": json.dumps(det),
     })
     try:
