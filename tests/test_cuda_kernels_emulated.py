@@ -1300,3 +1300,20 @@ def test_permute_nhwc(K, perm):
     inv = [perm.index(k) for k in range(3)]
     _, back = K.call("permute_nhwc", y, poison(x.shape), n, *ref.shape[1:], *inv)
     assert_bits_equal(back, x, "permute_nhwc by the inverse permutation inverts it")
+
+
+@pytest.mark.parametrize("argmax", [0, 1])
+@pytest.mark.parametrize("n,h,w,c", [(2, 3, 4, 5), (1, 1, 1, 1), (3, 2, 5, 17)])
+def test_depth_max(K, n, h, w, c, argmax):
+    rng = np.random.default_rng(n * 100 + c + argmax)
+    x = rng.integers(-3, 4, (n, h, w, c)).astype(F32)   # small integers: ties, the first one wins
+    best = np.argmax(x, axis=3)                          # numpy: the first maximum
+    _, y = K.call("depth_max_forward", x, poison((n, h, w)), n * h * w, c, argmax)
+    ref = best.astype(F32) if argmax else np.take_along_axis(x, best[..., None], 3)[..., 0]
+    assert_bits_equal(y, ref, f"depth_max_forward argmax={argmax}")
+    dy = rng.standard_normal((n, h, w)).astype(F32)
+    _, _, dx = K.call("depth_max_backward", x, dy, poison(x.shape), n * h * w, c, argmax)
+    want = np.zeros_like(x)
+    if not argmax:
+        np.put_along_axis(want, best[..., None], dy[..., None], 3)
+    assert_bits_equal(dx, want, f"depth_max_backward argmax={argmax}: dy at the first maximum, 0 elsewhere")

@@ -1,7 +1,8 @@
 """The engine ops added for the layer API (docs/layers.md): sigmoid, tanh, depth_to_space,
-resize_nearest / resize_bilinear, reshape, permute (create_dl_layer_activation
+resize_nearest / resize_bilinear, reshape, permute, depth_max (create_dl_layer_activation
 'sigmoid'/'tanh', create_dl_layer_depth_to_space, create_dl_layer_zoom_size,
-create_dl_layer_zoom_to_layer_size, create_dl_layer_reshape, create_dl_layer_permutation).
+create_dl_layer_zoom_to_layer_size, create_dl_layer_reshape, create_dl_layer_permutation,
+create_dl_layer_depth_max).
 
 - every op (and reshape, permute) forward and backward against PyTorch (float64) through
   core.run_op;
@@ -132,6 +133,32 @@ def test_permute(perm):
         nd["channels"] = x.shape[1 + perm[0]]
     check_op(nd, [x], {}, lambda t, _: t[0].permute(0, *[1 + p for p in perm]), rng=rng,
              fwd=dict(atol=0, rtol=0), bwd=dict(atol=0, rtol=0))
+
+
+@pytest.mark.parametrize("argmax", [False, True])
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 1, 2, 3), (3, 17, 1, 1)])
+def test_depth_max(shape, argmax):
+    rng = np.random.default_rng(sum(shape) + argmax)
+    x = randn(rng, *shape)
+
+    def fn(t, _):
+        if argmax:  # an index: no gradient (0 · x keeps torch's graph for the zero gradient)
+            return torch.argmax(t[0], 1, keepdim=True).double() + 0 * t[0].sum()
+        return torch.max(t[0], 1, keepdim=True).values   # the gradient to the maximum
+    check_op(make_node("depth_max", argmax=argmax), [x], {}, fn, rng=rng,
+             fwd=dict(atol=0, rtol=0), bwd=dict(atol=0, rtol=0))
+
+
+def test_depth_max_ties_take_the_first_index():
+    x = np.array([[[[1.0, 2.0]], [[3.0, 2.0]], [[3.0, 0.5]]]], np.float32)   # (1, 3, 1, 2)
+    out, _, _ = core.run_op(make_node("depth_max", argmax=True), [x], {}, None, False)
+    np.testing.assert_array_equal(np.asarray(out).ravel(), [1.0, 0.0])
+    go = np.array([[[[5.0, 7.0]]]], np.float32)
+    out, gin, _ = core.run_op(make_node("depth_max"), [x], {}, go, True)
+    np.testing.assert_array_equal(np.asarray(out).ravel(), [3.0, 2.0])
+    want = np.zeros_like(x)
+    want[0, 1, 0, 0], want[0, 0, 0, 1] = 5.0, 7.0
+    np.testing.assert_array_equal(np.asarray(gin[0]), want)
 
 
 @pytest.mark.parametrize("node, why", [
@@ -265,6 +292,62 @@ def test_reshape_and_permutation_layers_against_pytorch():
                                rtol=1e-5, atol=1e-6)
 
 
+def _depth_max_model(c=3):
+    img = _img(c=c)
+    conv = ha.create_dl_layer_convolution(img, "conv", 1, 1, 1, 5, 1, "none", "none", [], [])
+    arg, val = ha.create_dl_layer_depth_max(conv, "dm", "argmax_and_value", [], [])
+    cat = ha.create_dl_layer_concat([val, arg], "cat", "depth", [], [])
+    head = ha.create_dl_layer_convolution(cat, "head", 1, 1, 1, 3, 1, "none", "none", [], [])
+    return _model_from(ha.create_dl_layer_pooling(head, "gap", [], [], [], "global_average",
+                                                  [], []))
+
+
+def test_depth_max_layer_against_pytorch():
+    img = _img()
+    conv = ha.create_dl_layer_convolution(img, "c0", 1, 1, 1, 4, 1, "none", "none", [], [])
+    arg, val = ha.create_dl_layer_depth_max(conv, "v", "value", [], [])
+    assert arg is None and ha.get_dl_layer_param_s(val, "depth_max_mode") == "value"
+    arg, none = ha.create_dl_layer_depth_max(conv, "a", "argmax", [], [])
+    assert none is None and ha.get_dl_layer_param_s(arg, "type") == "depth_max"
+    m = _depth_max_model()
+    assert ha.get_dl_model_layer_param_s(m, "dm", "depth_max_mode") == "value"
+    assert ha.get_dl_model_layer_param_s(m, "dm_argmax", "depth_max_mode") == "argmax"
+    assert ha.get_dl_model_layer_param(m, "cat", "input_layer") == ["dm", "dm_argmax"]
+    t = {k: torch.from_numpy(ha.get_dl_model_layer_weights(m, layer, wt)).double()
+         for k, layer, wt in (("cw", "conv", "weights"), ("cb", "conv", "bias"),
+                              ("hw", "head", "weights"), ("hb", "head", "bias"))}
+    im = np.random.default_rng(3).standard_normal((4, 6, 3)).astype(np.float32)
+    r = ha.apply_dl_model_s(m, {"image": im}, [])
+    y = F.conv2d(torch.from_numpy(im).permute(2, 0, 1)[None].double(), t["cw"], t["cb"])
+    v, i = torch.max(y, 1, keepdim=True)
+    z = F.conv2d(torch.cat([v, i.double()], 1), t["hw"], t["hb"]).mean((2, 3))
+    p = torch.softmax(z, 1)[0].numpy()
+    np.testing.assert_allclose(r["classification_confidences"], p[r["classification_class_ids"]],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_depth_max_model_file_round_trip(tmp_path):
+    m = _depth_max_model()
+    path = str(tmp_path / "dm.hdl")
+    ha.write_dl_model(m, path)
+    m2 = ha.read_dl_model(path)
+    assert ha.get_dl_model_layer_param_s(m2, "dm_argmax", "depth_max_mode") == "argmax"
+    im = np.random.default_rng(4).standard_normal((4, 6, 3)).astype(np.float32)
+    a1 = ha.apply_dl_model_s(m, {"image": im}, [])
+    a2 = ha.apply_dl_model_s(m2, {"image": im}, [])
+    np.testing.assert_array_equal(np.asarray(a1["classification_confidences"]),
+                                  np.asarray(a2["classification_confidences"]))
+
+
+def test_depth_max_has_no_onnx_export(tmp_path):
+    pytest.importorskip("onnx")
+    m = _depth_max_model()
+    with pytest.raises(ha.HOperatorError) as info:
+        ha.write_dl_model(m, str(tmp_path / "dm.onnx"))
+    assert info.value.error_code == 7803 and "depth_max" in info.value.message
+    assert not (tmp_path / "dm.onnx").exists()
+
+
 def test_layer_params_of_new_layers():
     img = _img()
     d = ha.create_dl_layer_depth_to_space(img, "d2s", 1, "column_row_depth", [], [])
@@ -298,6 +381,11 @@ def test_layer_params_of_new_layers():
      errors.H_ERR_WIPV5),
     (lambda x: ha.create_dl_layer_zoom_to_layer_size(x, 3, "z", "bilinear", "false", [], []),
      errors.H_ERR_WIPT2),
+    (lambda x: ha.create_dl_layer_depth_max(x, "d", "max", [], []), errors.H_ERR_WIPV3),
+    (lambda x: ha.create_dl_layer_depth_max(x, "d", 1, [], []), errors.H_ERR_WIPT3),
+    (lambda x: ha.create_dl_layer_depth_max(x, "", "value", [], []), errors.H_ERR_WIPV2),
+    (lambda x: ha.create_dl_layer_depth_max(x, "d", "value", ["k"], [1]), errors.H_ERR_WIPV4),
+    (lambda x: ha.create_dl_layer_depth_max(3, "d", "value", [], []), errors.H_ERR_WIPT1),
     (lambda x: ha.create_dl_layer_reshape(x, "r", [2, 2], [], []), errors.H_ERR_WIPN3),
     (lambda x: ha.create_dl_layer_reshape(x, "r", [-1, -1, 2], [], []), errors.H_ERR_WIPV3),
     (lambda x: ha.create_dl_layer_reshape(x, "r", [2, 2, 1.5], [], []), errors.H_ERR_WIPT3),
@@ -328,6 +416,15 @@ def test_reshape_count_mismatch_fails_at_create_dl_model():
         _model_from(ha.create_dl_layer_dense(r, "fc", 2, [], []))
     assert info.value.error_code == errors.H_ERR_DL_LAYER_INPUT
     assert "rs" in info.value.message
+
+
+def test_depth_max_of_flat_features_fails_at_create_dl_model():
+    d = ha.create_dl_layer_dense(_img(), "fc", 4, [], [])
+    _, v = ha.create_dl_layer_depth_max(d, "dm", "value", [], [])
+    with pytest.raises(ha.HOperatorError) as info:
+        _model_from(v)
+    assert info.value.error_code == errors.H_ERR_DL_LAYER_INPUT
+    assert "dm" in info.value.message
 
 
 def test_zoom_to_a_label_input_fails_at_create_dl_model():

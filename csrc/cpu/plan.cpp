@@ -111,6 +111,7 @@ std::unique_ptr<CpuNode> make_node(const Node& n, int idx) {
     case OpKind::DepthToSpace: return make_depth_to_space(n, idx);
     case OpKind::Reshape: return make_reshape(n, idx);
     case OpKind::Permute: return make_permute(n, idx);
+    case OpKind::DepthMax: return make_depth_max(n, idx);
     case OpKind::Input: return nullptr;
   }
   return nullptr;

@@ -9,6 +9,7 @@
 //            PyTorch's pixel_shuffle) or k = (i·b + j)·C + c (DCR); backward: the inverse
 //            permutation of dy.
 //   reshape: the NCHW values of a sample under new (C, H, W); permute: a transpose of (C, H, W).
+//   depth_max: the maximum over the channels (or its first index); backward to that index.
 // The data-movement ops run on plain NCHW fp32 (a blocked input is reordered first).
 #include <omp.h>
 
@@ -110,7 +111,8 @@ class PlainMove : public CpuNode {
     out(b).md = plain_desc(b.slots[idx].dims);
     const memory::desc xp = plain_desc(x.dims);
     xplain_ = x.md != xp;
-    if (xplain_) xbuf_ = b.request(xp, b.tf(idx), b.tf(idx));
+    // an op whose backward reads x keeps the plain copy until its backward
+    if (xplain_) xbuf_ = b.request(xp, b.tf(idx), b.training && backward_reads_x() ? b.tb(idx) : b.tf(idx));
     if (b.training && x.need_grad && xplain_) gbuf_ = b.request(xp, b.tb(idx), b.tb(idx));
   }
 
@@ -145,11 +147,15 @@ class PlainMove : public CpuNode {
 
   void backward(Exec& e) override {
     if (!gp_) return;
-    move(static_cast<const float*>(dy.get_data_handle()), static_cast<float*>(gp_.get_data_handle()), true);
+    move_back(static_cast<const float*>(xp_.get_data_handle()), static_cast<const float*>(dy.get_data_handle()),
+              static_cast<float*>(gp_.get_data_handle()));
     if (from_plain_) from_plain_.run(e.s);
   }
 
  protected:
+  // the input gradient from dy (and the plain input x where backward_reads_x())
+  virtual bool backward_reads_x() const { return false; }
+  virtual void move_back(const float* /*x*/, const float* dy, float* dx) const { move(dy, dx, true); }
   // forward: y ← x; inverse: x-shaped dst ← y-shaped src (the same index map read backwards)
   virtual void move(const float* src, float* dst, bool inverse) const = 0;
   Dims xd_, yd_;
@@ -223,8 +229,47 @@ class Permute : public PlainMove {
   }
 };
 
+// depth_max: y[n, 0, p] = max_c x[n, c, p] or (argmax) the first c reaching it, as a float;
+// backward: dy to that first maximum (torch.max(x, 1)'s gradient), zero for argmax.
+class DepthMax : public PlainMove {
+ public:
+  using PlainMove::PlainMove;
+
+ protected:
+  bool backward_reads_x() const override { return !node.argmax; }
+
+  void move(const float* src, float* dst, bool) const override {
+    const int64_t N = xd_[0], C = xd_[1], P = xd_[2] * xd_[3];
+#pragma omp parallel for collapse(2)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t p = 0; p < P; ++p) {
+        const float* x = src + n * C * P + p;
+        int64_t best = 0;
+        for (int64_t c = 1; c < C; ++c)
+          if (x[c * P] > x[best * P]) best = c;
+        dst[n * P + p] = node.argmax ? static_cast<float>(best) : x[best * P];
+      }
+  }
+
+  void move_back(const float* x, const float* dy, float* dx) const override {
+    const int64_t N = xd_[0], C = xd_[1], P = xd_[2] * xd_[3];
+    std::memset(dx, 0, static_cast<size_t>(N * C * P) * sizeof(float));
+    if (node.argmax) return;
+#pragma omp parallel for collapse(2)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t p = 0; p < P; ++p) {
+        const float* xs = x + n * C * P + p;
+        int64_t best = 0;
+        for (int64_t c = 1; c < C; ++c)
+          if (xs[c * P] > xs[best * P]) best = c;
+        dx[(n * C + best) * P + p] = dy[n * P + p];
+      }
+  }
+};
+
 }  // namespace
 
+std::unique_ptr<CpuNode> make_depth_max(const Node& n, int idx) { return std::make_unique<DepthMax>(n, idx); }
 std::unique_ptr<CpuNode> make_act(const Node& n, int idx) { return std::make_unique<Act>(n, idx); }
 std::unique_ptr<CpuNode> make_resize(const Node& n, int idx) { return std::make_unique<Resize>(n, idx); }
 std::unique_ptr<CpuNode> make_depth_to_space(const Node& n, int idx) {

@@ -1371,6 +1371,30 @@ __global__ void permute_kernel(const float* __restrict__ src, float* __restrict_
   }
 }
 
+// depth_max NHWC: one thread per pixel t of the n·h·w, over its c contiguous channels; the
+// first maximum wins (as the CPU twin). Backward writes every channel of the pixel: dy at the
+// maximum (value mode), zero elsewhere (and everywhere in argmax mode).
+__global__ void depth_max_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t total, int64_t c,
+                                     int argmax) {
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const float* xs = x + t * c;
+    int64_t best = 0;
+    for (int64_t k = 1; k < c; ++k)
+      if (xs[k] > xs[best]) best = k;
+    y[t] = argmax ? static_cast<float>(best) : xs[best];
+  }
+}
+__global__ void depth_max_bwd_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+                                     float* __restrict__ dx, size_t total, int64_t c, int argmax) {
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const float* xs = x + t * c;
+    int64_t best = 0;
+    for (int64_t k = 1; k < c; ++k)
+      if (xs[k] > xs[best]) best = k;
+    for (int64_t k = 0; k < c; ++k) dx[t * c + k] = (!argmax && k == best) ? dy[t] : 0.f;
+  }
+}
+
 }  // namespace
 
 void sigmoid_forward(const float* x, float* y, size_t n, cudaStream_t s) {
@@ -1438,6 +1462,20 @@ void permute_nhwc(const float* src, float* dst, int64_t n, int64_t c, int64_t h,
   if (n <= 0 || a0 <= 0 || a1 <= 0 || a2 <= 0) return;
   const size_t total = static_cast<size_t>(n * a0 * a1 * a2);
   permute_kernel<<<grid_for(total), kBlock, 0, s>>>(src, dst, total, a0, a1, a2, st[p0], st[p1], st[p2]);
+  CUDA_CHECK_LAUNCH();
+}
+
+void depth_max_forward(const float* x, float* y, int64_t pixels, int64_t c, int argmax, cudaStream_t s) {
+  if (pixels <= 0 || c <= 0) return;
+  depth_max_fwd_kernel<<<grid_for(static_cast<size_t>(pixels)), kBlock, 0, s>>>(x, y, static_cast<size_t>(pixels),
+                                                                                  c, argmax);
+  CUDA_CHECK_LAUNCH();
+}
+void depth_max_backward(const float* x, const float* dy, float* dx, int64_t pixels, int64_t c, int argmax,
+                        cudaStream_t s) {
+  if (pixels <= 0 || c <= 0) return;
+  depth_max_bwd_kernel<<<grid_for(static_cast<size_t>(pixels)), kBlock, 0, s>>>(x, dy, dx,
+                                                                                  static_cast<size_t>(pixels), c, argmax);
   CUDA_CHECK_LAUNCH();
 }
 

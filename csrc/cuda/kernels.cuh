@@ -174,4 +174,10 @@ void reshape_nhwc(const float* src, float* dst, int64_t n, int64_t h, int64_t w,
 void permute_nhwc(const float* src, float* dst, int64_t n, int64_t c, int64_t h, int64_t w, int p0, int p1, int p2,
                   cudaStream_t s);
 
+// depth_max over the channels of NHWC (pixels = n·h·w): y (pixels) the maximum or (argmax) the
+// first index reaching it; backward writes all of dx (dy at that index for the value, else 0).
+void depth_max_forward(const float* x, float* y, int64_t pixels, int64_t c, int argmax, cudaStream_t s);
+void depth_max_backward(const float* x, const float* dy, float* dx, int64_t pixels, int64_t c, int argmax,
+                        cudaStream_t s);
+
 }  // namespace halcdl::gpu::k

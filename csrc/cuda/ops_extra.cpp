@@ -1,5 +1,5 @@
 // GPU twins of cpu/shape_ops.cpp (the layer API's ops): sigmoid, tanh, resize_nearest /
-// resize_bilinear to a fixed size, depth_to_space, reshape, permute — all on our kernels (kernels.cuh), NHWC.
+// resize_bilinear to a fixed size, depth_to_space, reshape, permute, depth_max — all on our kernels (kernels.cuh), NHWC.
 #include "cuda/gpu_node.h"
 #include "cuda/kernels.cuh"
 
@@ -123,8 +123,30 @@ class Permute : public GpuNode {
   const float* x_ = nullptr;
 };
 
+// depth_max: the maximum over the channels (or its first index); backward to that index.
+class DepthMax : public GpuNode {
+ public:
+  using GpuNode::GpuNode;
+  void create(GBuild& b) override {
+    const GSlot& x = in(b, 0);
+    HALCDL_CHECK(x.dims.size() == 4, kErrInvalidInputShape, "node '", node.name, "' needs a 4-D input");
+    pixels_ = x.n * x.h * x.w;
+    c_ = x.c;
+  }
+  void bind(GBuild& b) override { x_ = in(b, 0).data; }
+  void forward(GExec& e) override { k::depth_max_forward(x_, y, pixels_, c_, node.argmax ? 1 : 0, e.ctx.stream); }
+  void backward(GExec& e) override {
+    if (gin[0]) k::depth_max_backward(x_, dy, gin[0], pixels_, c_, node.argmax ? 1 : 0, e.ctx.stream);
+  }
+
+ private:
+  int64_t pixels_ = 0, c_ = 0;
+  const float* x_ = nullptr;
+};
+
 }  // namespace
 
+std::unique_ptr<GpuNode> make_depth_max(const Node& n, int idx) { return std::make_unique<DepthMax>(n, idx); }
 std::unique_ptr<GpuNode> make_reshape(const Node& n, int idx) { return std::make_unique<Reshape>(n, idx); }
 std::unique_ptr<GpuNode> make_permute(const Node& n, int idx) { return std::make_unique<Permute>(n, idx); }
 std::unique_ptr<GpuNode> make_act(const Node& n, int idx) { return std::make_unique<Act>(n, idx); }

@@ -34,6 +34,7 @@ const char* op_name(OpKind k) {
     case OpKind::ResizeBilinear: return "resize_bilinear";
     case OpKind::Reshape: return "reshape";
     case OpKind::Permute: return "permute";
+    case OpKind::DepthMax: return "depth_max";
   }
   return "?";
 }
@@ -50,7 +51,8 @@ const std::unordered_map<std::string, OpKind>& op_table() {
       {"upsample_nearest", OpKind::UpNearest}, {"upsample_bilinear", OpKind::UpBilinear},
       {"detection_output", OpKind::DetOut}, {"sigmoid", OpKind::Sigmoid}, {"tanh", OpKind::Tanh},
       {"depth_to_space", OpKind::DepthToSpace}, {"resize_nearest", OpKind::ResizeNearest},
-      {"resize_bilinear", OpKind::ResizeBilinear}, {"reshape", OpKind::Reshape}, {"permute", OpKind::Permute}};
+      {"resize_bilinear", OpKind::ResizeBilinear}, {"reshape", OpKind::Reshape}, {"permute", OpKind::Permute},
+      {"depth_max", OpKind::DepthMax}};
   return t;
 }
 
@@ -337,6 +339,12 @@ Graph build_graph(const std::vector<NodeSpec>& spec) {
                      "': a permute that moves an image axis to the channels needs 'channels' >= 1");
         break;
       }
+      case OpKind::DepthMax:
+        // y[n, 0, h, w] = max_c x[n, c, h, w] (argmax: the first c where it is reached)
+        need_inputs(1, 1);
+        n.argmax = a.num("argmax", 0) != 0;
+        n.channels = 1;
+        break;
       case OpKind::Add:
         need_inputs(2, 2);
         n.channels = in_ch(0);
@@ -455,6 +463,12 @@ std::vector<Dims> Graph::infer_shapes(const std::vector<Dims>& input_dims) const
                      x[1], "x", x[2], "x", x[3], "), the shape ", n.channels, "x", n.out_h, "x", n.out_w, " needs ",
                      static_cast<int64_t>(n.channels) * n.out_h * n.out_w);
         out[i] = {x[0], n.channels, n.out_h, n.out_w};
+        break;
+      }
+      case OpKind::DepthMax: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        out[i] = {x[0], 1, x[2], x[3]};
         break;
       }
       case OpKind::Permute: {

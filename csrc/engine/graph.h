@@ -17,7 +17,7 @@ enum class OpKind {
   Input, Conv, BN, Relu, Relu6, MaxPool, AvgPool, GAP, FC, Add, Concat, Dropout, Softmax,
   Deconv, UpNearest, UpBilinear, DetOut,
   // layer-API ops (cpu/shape_ops.cpp, cuda/ops_extra.cpp)
-  Sigmoid, Tanh, DepthToSpace, ResizeNearest, ResizeBilinear, Reshape, Permute
+  Sigmoid, Tanh, DepthToSpace, ResizeNearest, ResizeBilinear, Reshape, Permute, DepthMax
 };
 
 const char* op_name(OpKind k);
@@ -62,6 +62,7 @@ struct Node {
   bool crd = true;
   int out_h = 0, out_w = 0;  // resize_*, reshape: output size
   int perm[3] = {0, 1, 2};   // permute: output axis k of (C, H, W) is input axis perm[k]
+  bool argmax = false;       // depth_max: the index of the maximum (else its value)
   // parameter indices into Graph::params (-1 when absent)
   int p_weight = -1, p_bias = -1, p_mean = -1, p_var = -1;
 };

@@ -265,5 +265,11 @@ int emu_permute_nhwc(const float* src, float* dst, int64_t n, int64_t c, int64_t
                      int p2) {
   EMU_CALL(k::permute_nhwc(src, dst, n, c, h, w, p0, p1, p2, kStream))
 }
+int emu_depth_max_forward(const float* x, float* y, int64_t pixels, int64_t c, int argmax) {
+  EMU_CALL(k::depth_max_forward(x, y, pixels, c, argmax, kStream))
+}
+int emu_depth_max_backward(const float* x, const float* dy, float* dx, int64_t pixels, int64_t c, int argmax) {
+  EMU_CALL(k::depth_max_backward(x, dy, dx, pixels, c, argmax, kStream))
+}
 
 }  // extern "C"

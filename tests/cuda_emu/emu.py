@@ -211,6 +211,8 @@ SIGNATURES = {
     "depth_to_space_backward": [_P, _P, _I64, _I64, _I64, _I64, _I, _I],
     "reshape_nhwc": [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64],
     "permute_nhwc": [_P, _P, _I64, _I64, _I64, _I64, _I, _I, _I],
+    "depth_max_forward": [_P, _P, _I64, _I64, _I],
+    "depth_max_backward": [_P, _P, _P, _I64, _I64, _I],
 }
 SCHEDULES = {"in_order": 0, "reverse": 1, "random": 2}
 

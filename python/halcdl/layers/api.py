@@ -73,6 +73,7 @@ __all__ = [
     "create_dl_layer_depth_to_space",
     "create_dl_layer_reshape",
     "create_dl_layer_permutation",
+    "create_dl_layer_depth_max",
     "create_dl_model",
     "get_dl_layer_param",
     "get_dl_layer_param_s",
@@ -661,6 +662,33 @@ def create_dl_layer_permutation(dllayer_input: Any, layer_name: Any, permutation
     return _new(name, "permutation", [inp], {"permutation": perm}, gen)
 
 
+_DEPTH_MAX_MODES = ("argmax", "value", "argmax_and_value")
+
+
+@operator
+def create_dl_layer_depth_max(dllayer_input: Any, layer_name: Any, depth_max_mode: Any,
+                              gen_param_name: Any, gen_param_value: Any) -> tuple:
+    """A depth max layer: per pixel the maximum over the depth (``depth_max_mode`` 'value')
+    and/or the depth index of the first maximum, as a float ('argmax'), each of depth 1.
+    Returns (dllayer_depth_max_arg, dllayer_depth_max_value); the output not asked for is
+    None.  With 'argmax_and_value' the two are separate layers: the value under
+    ``layer_name``, the index under ``layer_name`` + '_argmax' (halcdl's convention).  The
+    value's gradient goes to the first maximum; the index has none."""
+    inp = _layer(dllayer_input, 1)
+    name = _name(layer_name, 2)
+    mode = _choice(depth_max_mode, 3, "depth_max_mode", _DEPTH_MAX_MODES)
+    gen = _gen(gen_param_name, gen_param_value, 4, {})
+    arg = val = None
+    if mode == "argmax":
+        arg = _new(name, "depth_max", [inp], {"depth_max_mode": "argmax"}, gen)
+    elif mode == "value":
+        val = _new(name, "depth_max", [inp], {"depth_max_mode": "value"}, gen)
+    else:
+        val = _new(name, "depth_max", [inp], {"depth_max_mode": "value"}, gen)
+        arg = _new(f"{name}_argmax", "depth_max", [inp], {"depth_max_mode": "argmax"}, gen)
+    return arg, val
+
+
 def _layer_param(layer: DLLayer, name: str) -> list:
     if name == "name":
         return [layer.name]
@@ -883,6 +911,11 @@ def _emit(b: _Builder, layer: DLLayer) -> None:  # noqa: C901  (one branch per l
         if perm[0] != 0:
             attrs["channels"] = oshape[0]
         b.out[id(layer)] = b.node(layer, layer.name, "permute", [x], oshape, **attrs)
+        return
+    if t == "depth_max":
+        x, (c, h, w) = b.spatial_input(layer)
+        b.out[id(layer)] = b.node(layer, layer.name, "depth_max", [x], (1, h, w),
+                                  argmax=p["depth_max_mode"] == "argmax")
         return
     if t in ("zoom_size", "zoom_to_layer_size"):
         x, (c, h, w) = b.spatial_input(layer)

@@ -55,7 +55,7 @@ _TYPES = {"input": "input", "conv": "convolution", "bn": "batchnorm", "relu": "a
           "upsample_nearest": "zoom_factor", "upsample_bilinear": "zoom_factor",
           "sigmoid": "activation", "tanh": "activation", "depth_to_space": "depth_to_space",
           "resize_nearest": "zoom_size", "resize_bilinear": "zoom_size", "reshape": "reshape",
-          "permute": "permutation"}
+          "permute": "permutation", "depth_max": "depth_max"}
 
 
 def _owner(node_name: str) -> str:
@@ -127,6 +127,8 @@ class _View:
         elif op == "depth_to_space":
             p["block_size"] = int(n.get("block_size", 2))
             p["mode"] = "column_row_depth" if n.get("crd", True) else "depth_column_row"
+        elif op == "depth_max":
+            p["depth_max_mode"] = "argmax" if n.get("argmax", False) else "value"
         elif op == "reshape":
             p["shape"] = [int(n["width"]), int(n["height"]), int(n["channels"]), 0]
         elif op == "permute":
