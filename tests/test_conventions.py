@@ -168,6 +168,8 @@ HALCON_SIGNATURES = {
                                     "gen_param_name", "gen_param_value"],
     "create_dl_layer_depth_max": ["dllayer_input", "layer_name", "depth_max_mode",
                                   "gen_param_name", "gen_param_value"],
+    "create_dl_layer_lrn": ["dllayer_input", "layer_name", "local_size", "alpha", "beta", "k",
+                            "norm_region", "gen_param_name", "gen_param_value"],
     "create_dl_model": ["output_layers"],
     "get_dl_layer_param": ["dllayer", "gen_param_name"],
     "get_dl_layer_param_s": ["dllayer", "gen_param_name"],

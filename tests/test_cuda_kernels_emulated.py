@@ -1317,3 +1317,20 @@ def test_depth_max(K, n, h, w, c, argmax):
     if not argmax:
         np.put_along_axis(want, best[..., None], dy[..., None], 3)
     assert_bits_equal(dx, want, f"depth_max_backward argmax={argmax}: dy at the first maximum, 0 elsewhere")
+
+
+@pytest.mark.parametrize("c,size,alpha,beta,k", [(7, 5, 1e-2, 0.75, 2.0), (3, 1, 0.5, 0.5, 1.0),
+                                                 (4, 9, 1.0, 1.5, 0.5)])
+def test_lrn(K, c, size, alpha, beta, k):
+    torch = pytest.importorskip("torch")
+    n, h, w = 2, 3, 4
+    rng = np.random.default_rng(c + size)
+    x = (rng.standard_normal((n, h, w, c)) * 2).astype(F32)
+    dy = rng.standard_normal((n, h, w, c)).astype(F32)
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64, requires_grad=True)
+    yt = torch.nn.functional.local_response_norm(xt, size, alpha, beta, k)
+    yt.backward(torch.tensor(dy.transpose(0, 3, 1, 2), dtype=torch.float64))
+    _, y = K.call("lrn_forward", x, poison(x.shape), x.size, c, size, alpha, beta, k)
+    np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=2e-6, atol=1e-6)
+    _, _, dx = K.call("lrn_backward", x, dy, poison(x.shape), x.size, c, size, alpha, beta, k)
+    np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)

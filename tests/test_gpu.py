@@ -111,6 +111,7 @@ def _op_cases():
     cases.append(("permute_cwh", node("permute", perm=[2, 0, 1], channels=5), [randn(r, 2, 3, 4, 5)], {}))
     cases.append(("depth_max", node("depth_max"), [randn(r, 2, 7, 4, 5)], {}))
     cases.append(("depth_argmax", node("depth_max", argmax=True), [randn(r, 2, 7, 4, 5)], {}))
+    cases.append(("lrn", node("lrn", size=5, alpha=1e-2, beta=0.75, k=2.0), [randn(r, 2, 7, 4, 5) * 2], {}))
     # detection_output: two levels of (class head, box head), K = 3, A = 2
     cases.append(("detection_output", node("detection_output", 4, num_classes=3, num_anchors=2,
                                            box_values=4),
@@ -559,7 +560,8 @@ def _rel_max(a, b):
 # them (test_bf16_refuses_ops_without_a_bf16_path); every other op of section 1 has one
 # (softmax, upsampling: fp32 between casts)
 NO_BF16 = ("sigmoid", "tanh", "d2s_crd", "d2s_dcr", "resize_nearest", "resize_bilinear", "reshape",
-           "permute_hw", "permute_cwh", "depth_max", "depth_argmax", "detection_output")
+           "permute_hw", "permute_cwh", "depth_max", "depth_argmax", "lrn",
+           "detection_output")
 BF16_OPS = [c for c in OP_CASES if c[0] not in NO_BF16]
 BF16_REFUSED = [c for c in OP_CASES if c[0] in NO_BF16]
 BF16_REL = 1.5e-2  # of the reference's largest magnitude: a few bf16 roundings (2^-9 each)

@@ -75,7 +75,7 @@ MUST_RUN = [
     "test_op_matches_cpu[sigmoid-train]", "test_op_matches_cpu[d2s_dcr-train]",
     "test_op_matches_cpu[resize_bilinear-train]", "test_op_matches_cpu[permute_cwh-train]",
     "test_op_matches_cpu[reshape-train]", "test_op_matches_cpu[depth_max-train]",
-    "test_op_matches_cpu[depth_argmax-train]",
+    "test_op_matches_cpu[depth_argmax-train]", "test_op_matches_cpu[lrn-train]",
     "test_train_sequence_matches_cpu[pretrained_dl_classifier_compact.hdl-adam]",
     "test_train_sequence_matches_cpu[pretrained_dl_classifier_compact.hdl-sgd]",
     "test_segmentation_matches_cpu",

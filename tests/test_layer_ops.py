@@ -1,8 +1,8 @@
 """The engine ops added for the layer API (docs/layers.md): sigmoid, tanh, depth_to_space,
-resize_nearest / resize_bilinear, reshape, permute, depth_max (create_dl_layer_activation
-'sigmoid'/'tanh', create_dl_layer_depth_to_space, create_dl_layer_zoom_size,
-create_dl_layer_zoom_to_layer_size, create_dl_layer_reshape, create_dl_layer_permutation,
-create_dl_layer_depth_max).
+resize_nearest / resize_bilinear, reshape, permute, depth_max, lrn
+(create_dl_layer_activation 'sigmoid'/'tanh', create_dl_layer_depth_to_space,
+create_dl_layer_zoom_size, create_dl_layer_zoom_to_layer_size, create_dl_layer_reshape,
+create_dl_layer_permutation, create_dl_layer_depth_max, create_dl_layer_lrn).
 
 - every op (and reshape, permute) forward and backward against PyTorch (float64) through
   core.run_op;
@@ -149,6 +149,19 @@ def test_depth_max(shape, argmax):
              fwd=dict(atol=0, rtol=0), bwd=dict(atol=0, rtol=0))
 
 
+@pytest.mark.parametrize("shape, size, alpha, beta, k", [
+    ((2, 7, 3, 4), 5, 1e-2, 0.75, 2.0),     # AlexNet-like window
+    ((1, 3, 2, 2), 1, 0.5, 0.5, 1.0),       # a window of one channel
+    ((2, 4, 3, 3), 9, 1.0, 1.5, 0.5),       # wider than the depth
+    ((2, 32, 2, 3), 3, 1e-1, 0.75, 1.0),    # a deeper input
+])
+def test_lrn(shape, size, alpha, beta, k):
+    rng = np.random.default_rng(sum(shape) + size)
+    x = randn(rng, *shape, scale=2.0)
+    check_op(make_node("lrn", size=size, alpha=alpha, beta=beta, k=k), [x], {},
+             lambda t, _: F.local_response_norm(t[0], size, alpha, beta, k), rng=rng)
+
+
 def test_depth_max_ties_take_the_first_index():
     x = np.array([[[[1.0, 2.0]], [[3.0, 2.0]], [[3.0, 0.5]]]], np.float32)   # (1, 3, 1, 2)
     out, _, _ = core.run_op(make_node("depth_max", argmax=True), [x], {}, None, False)
@@ -162,6 +175,8 @@ def test_depth_max_ties_take_the_first_index():
 
 
 @pytest.mark.parametrize("node, why", [
+    (make_node("lrn", size=4), "lrn size must be odd"),
+    (make_node("lrn", size=3, k=0), "k > 0"),
     (make_node("reshape", channels=5, height=1, width=1), "values per sample"),
     (make_node("reshape", channels=6, height=0, width=1), "reshape needs"),
     (make_node("permute", perm=[0, 1, 1]), "permutation of"),
@@ -348,6 +363,44 @@ def test_depth_max_has_no_onnx_export(tmp_path):
     assert not (tmp_path / "dm.onnx").exists()
 
 
+def test_lrn_layer_against_pytorch(tmp_path):
+    img = _img(c=3)
+    # 32 channels: the conv's output (and so the lrn) may take oneDNN's blocked layout
+    conv = ha.create_dl_layer_convolution(img, "conv", 3, 1, 1, 32, 1, "half_kernel_size", "relu",
+                                          [], [])
+    lrn = ha.create_dl_layer_lrn(conv, "lrn", 3, 0.2, 0.75, 1.5, "across_channels", [], [])
+    head = ha.create_dl_layer_convolution(lrn, "head", 1, 1, 1, 3, 1, "none", "none", [], [])
+    m = _model_from(ha.create_dl_layer_pooling(head, "gap", [], [], [], "global_average", [], []))
+    for key, want in (("local_size", 3), ("alpha", 0.2), ("beta", 0.75), ("k", 1.5),
+                      ("norm_region", "across_channels"), ("type", "lrn")):
+        got = ha.get_dl_model_layer_param_s(m, "lrn", key)
+        assert got == (pytest.approx(want) if isinstance(want, float) else want), key
+        assert ha.get_dl_layer_param_s(lrn, key) == want, key
+    t = {k: torch.from_numpy(ha.get_dl_model_layer_weights(m, layer, wt)).double()
+         for k, layer, wt in (("cw", "conv", "weights"), ("cb", "conv", "bias"),
+                              ("hw", "head", "weights"), ("hb", "head", "bias"))}
+    im = np.random.default_rng(9).standard_normal((4, 6, 3)).astype(np.float32)
+    r = ha.apply_dl_model_s(m, {"image": im}, [])
+    y = F.relu(F.conv2d(torch.from_numpy(im).permute(2, 0, 1)[None].double(), t["cw"], t["cb"],
+                        padding=1))
+    y = F.local_response_norm(y, 3, 0.2, 0.75, 1.5)
+    p = torch.softmax(F.conv2d(y, t["hw"], t["hb"]).mean((2, 3)), 1)[0].numpy()
+    np.testing.assert_allclose(r["classification_confidences"], p[r["classification_class_ids"]],
+                               rtol=1e-5, atol=1e-6)
+    # the model file keeps the layer and its outputs
+    path = str(tmp_path / "lrn.hdl")
+    ha.write_dl_model(m, path)
+    m2 = ha.read_dl_model(path)
+    assert ha.get_dl_model_layer_param_s(m2, "lrn", "local_size") == 3
+    r2 = ha.apply_dl_model_s(m2, {"image": im}, [])
+    np.testing.assert_array_equal(np.asarray(r2["classification_confidences"]),
+                                  np.asarray(r["classification_confidences"]))
+    pytest.importorskip("onnx")
+    with pytest.raises(ha.HOperatorError) as info:
+        ha.write_dl_model(m, str(tmp_path / "lrn.onnx"))
+    assert info.value.error_code == 7803 and "lrn" in info.value.message
+
+
 def test_layer_params_of_new_layers():
     img = _img()
     d = ha.create_dl_layer_depth_to_space(img, "d2s", 1, "column_row_depth", [], [])
@@ -386,6 +439,22 @@ def test_layer_params_of_new_layers():
     (lambda x: ha.create_dl_layer_depth_max(x, "", "value", [], []), errors.H_ERR_WIPV2),
     (lambda x: ha.create_dl_layer_depth_max(x, "d", "value", ["k"], [1]), errors.H_ERR_WIPV4),
     (lambda x: ha.create_dl_layer_depth_max(3, "d", "value", [], []), errors.H_ERR_WIPT1),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", 2, 1e-4, 0.75, 1.0, "across_channels", [], []),
+     errors.H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", 0, 1e-4, 0.75, 1.0, "across_channels", [], []),
+     errors.H_ERR_WIPV3),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", 2.5, 1e-4, 0.75, 1.0, "across_channels", [], []),
+     errors.H_ERR_WIPT3),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", 5, "a", 0.75, 1.0, "across_channels", [], []),
+     errors.H_ERR_WIPT4),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", 5, 1e-4, float("nan"), 1.0, "across_channels", [],
+                                      []), errors.H_ERR_WIPV5),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", 5, 1e-4, 0.75, 0.0, "across_channels", [], []),
+     errors.H_ERR_WIPV6),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", 5, 1e-4, 0.75, 1.0, "within_channel", [], []),
+     errors.H_ERR_WIPV7),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", [5, 3], 1e-4, 0.75, 1.0, "across_channels", [], []),
+     errors.H_ERR_WIPN3),
     (lambda x: ha.create_dl_layer_reshape(x, "r", [2, 2], [], []), errors.H_ERR_WIPN3),
     (lambda x: ha.create_dl_layer_reshape(x, "r", [-1, -1, 2], [], []), errors.H_ERR_WIPV3),
     (lambda x: ha.create_dl_layer_reshape(x, "r", [2, 2, 1.5], [], []), errors.H_ERR_WIPT3),

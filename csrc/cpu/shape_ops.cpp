@@ -10,6 +10,7 @@
 //            permutation of dy.
 //   reshape: the NCHW values of a sample under new (C, H, W); permute: a transpose of (C, H, W).
 //   depth_max: the maximum over the channels (or its first index); backward to that index.
+//   lrn: oneDNN's lrn_across_channels (PyTorch's LocalResponseNorm for an odd size).
 // The data-movement ops run on plain NCHW fp32 (a blocked input is reordered first).
 #include <omp.h>
 
@@ -95,6 +96,57 @@ class Resize : public CpuNode {
   dnnl::resampling_backward::primitive_desc bwd_pd_;
   dnnl::resampling_forward fwd_;
   dnnl::resampling_backward bwd_;
+  Args fwd_args_, bwd_args_;
+};
+
+// lrn across channels on oneDNN's lrn primitive (its workspace kept from forward to backward),
+// in the input's layout: y_c = x_c / (k + alpha/size · Σ_window x²)^beta.
+class Lrn : public CpuNode {
+ public:
+  using CpuNode::CpuNode;
+
+  void create(Build& b) override {
+    const Slot& x = in(b, 0);
+    out(b).md = x.md;
+    const auto alg = dnnl::algorithm::lrn_across_channels;
+    auto prop = b.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+    fwd_pd_ = dnnl::lrn_forward::primitive_desc(b.eng, prop, alg, x.md, x.md, node.lrn_size, node.lrn_alpha,
+                                                node.lrn_beta, node.lrn_k);
+    if (!b.training) return;
+    if (fwd_pd_.workspace_desc().get_size())
+      ws_buf_ = b.request(fwd_pd_.workspace_desc(), b.tf(idx), b.tb(idx));
+    if (x.need_grad)
+      bwd_pd_ = dnnl::lrn_backward::primitive_desc(b.eng, alg, x.md, x.md, x.md, node.lrn_size, node.lrn_alpha,
+                                                   node.lrn_beta, node.lrn_k, fwd_pd_);
+  }
+
+  void bind(Build& b) override {
+    const memory& x = in(b, 0).data;
+    fwd_ = dnnl::lrn_forward(fwd_pd_);
+    fwd_args_ = {{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, y}};
+    memory ws;
+    if (ws_buf_ >= 0) {
+      ws = b.mem(fwd_pd_.workspace_desc(), ws_buf_);
+      fwd_args_[DNNL_ARG_WORKSPACE] = ws;
+    }
+    if (gin.size() && gin[0]) {
+      bwd_ = dnnl::lrn_backward(bwd_pd_);
+      bwd_args_ = {{DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_SRC, gin[0]}};
+      if (ws) bwd_args_[DNNL_ARG_WORKSPACE] = ws;
+    }
+  }
+
+  void forward(Exec& e) override { fwd_.execute(e.s, fwd_args_); }
+  void backward(Exec& e) override {
+    if (bwd_) bwd_.execute(e.s, bwd_args_);
+  }
+
+ private:
+  dnnl::lrn_forward::primitive_desc fwd_pd_;
+  dnnl::lrn_backward::primitive_desc bwd_pd_;
+  dnnl::lrn_forward fwd_;
+  dnnl::lrn_backward bwd_;
+  int ws_buf_ = -1;
   Args fwd_args_, bwd_args_;
 };
 
@@ -270,6 +322,7 @@ class DepthMax : public PlainMove {
 }  // namespace
 
 std::unique_ptr<CpuNode> make_depth_max(const Node& n, int idx) { return std::make_unique<DepthMax>(n, idx); }
+std::unique_ptr<CpuNode> make_lrn(const Node& n, int idx) { return std::make_unique<Lrn>(n, idx); }
 std::unique_ptr<CpuNode> make_act(const Node& n, int idx) { return std::make_unique<Act>(n, idx); }
 std::unique_ptr<CpuNode> make_resize(const Node& n, int idx) { return std::make_unique<Resize>(n, idx); }
 std::unique_ptr<CpuNode> make_depth_to_space(const Node& n, int idx) {

@@ -1395,6 +1395,36 @@ __global__ void depth_max_bwd_kernel(const float* __restrict__ x, const float* _
   }
 }
 
+// lrn across the c contiguous channels of NHWC, a centred window of `size` (odd), zero outside:
+// s_c = k + alpha/size · Σ_{|j − c| <= size/2} x_j², y_c = x_c · s_c^−beta. One thread per element.
+__device__ __forceinline__ float lrn_scale(const float* xs, int64_t c, int64_t ch, int half, float k, float an) {
+  const int64_t lo = ch - half < 0 ? 0 : ch - half, hi = ch + half >= c ? c - 1 : ch + half;
+  float acc = 0.f;
+  for (int64_t j = lo; j <= hi; ++j) acc += xs[j] * xs[j];
+  return k + an * acc;
+}
+__global__ void lrn_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t total, int64_t c, int half,
+                               float k, float an, float beta) {
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t ch = static_cast<int64_t>(t % c);
+    const float* xs = x + (t - ch);
+    y[t] = x[t] * powf(lrn_scale(xs, c, ch, half, k, an), -beta);
+  }
+}
+// dx_i = dy_i · s_i^−beta − 2·alpha/size·beta · x_i · Σ_{|c − i| <= size/2} dy_c · x_c · s_c^(−beta−1)
+__global__ void lrn_bwd_kernel(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx,
+                               size_t total, int64_t c, int half, float k, float an, float beta) {
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t ch = static_cast<int64_t>(t % c);
+    const float* xs = x + (t - ch);
+    const float* ds = dy + (t - ch);
+    const int64_t lo = ch - half < 0 ? 0 : ch - half, hi = ch + half >= c ? c - 1 : ch + half;
+    float acc = 0.f;
+    for (int64_t j = lo; j <= hi; ++j) acc += ds[j] * xs[j] * powf(lrn_scale(xs, c, j, half, k, an), -beta - 1.f);
+    dx[t] = dy[t] * powf(lrn_scale(xs, c, ch, half, k, an), -beta) - 2.f * an * beta * x[t] * acc;
+  }
+}
+
 }  // namespace
 
 void sigmoid_forward(const float* x, float* y, size_t n, cudaStream_t s) {
@@ -1476,6 +1506,19 @@ void depth_max_backward(const float* x, const float* dy, float* dx, int64_t pixe
   if (pixels <= 0 || c <= 0) return;
   depth_max_bwd_kernel<<<grid_for(static_cast<size_t>(pixels)), kBlock, 0, s>>>(x, dy, dx,
                                                                                   static_cast<size_t>(pixels), c, argmax);
+  CUDA_CHECK_LAUNCH();
+}
+
+void lrn_forward(const float* x, float* y, size_t n, int64_t c, int size, float alpha, float beta, float k,
+                 cudaStream_t s) {
+  if (n == 0 || c <= 0) return;
+  lrn_fwd_kernel<<<grid_for(n), kBlock, 0, s>>>(x, y, n, c, size / 2, k, alpha / static_cast<float>(size), beta);
+  CUDA_CHECK_LAUNCH();
+}
+void lrn_backward(const float* x, const float* dy, float* dx, size_t n, int64_t c, int size, float alpha, float beta,
+                  float k, cudaStream_t s) {
+  if (n == 0 || c <= 0) return;
+  lrn_bwd_kernel<<<grid_for(n), kBlock, 0, s>>>(x, dy, dx, n, c, size / 2, k, alpha / static_cast<float>(size), beta);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -180,4 +180,11 @@ void depth_max_forward(const float* x, float* y, int64_t pixels, int64_t c, int 
 void depth_max_backward(const float* x, const float* dy, float* dx, int64_t pixels, int64_t c, int argmax,
                         cudaStream_t s);
 
+// lrn across the channels of NHWC (n elements, c channels, odd size): y = x / (k + alpha/size ·
+// Σ_window x²)^beta; backward recomputes the scales from x.
+void lrn_forward(const float* x, float* y, size_t n, int64_t c, int size, float alpha, float beta, float k,
+                 cudaStream_t s);
+void lrn_backward(const float* x, const float* dy, float* dx, size_t n, int64_t c, int size, float alpha, float beta,
+                  float k, cudaStream_t s);
+
 }  // namespace halcdl::gpu::k

@@ -1,5 +1,5 @@
 // GPU twins of cpu/shape_ops.cpp (the layer API's ops): sigmoid, tanh, resize_nearest /
-// resize_bilinear to a fixed size, depth_to_space, reshape, permute, depth_max — all on our kernels (kernels.cuh), NHWC.
+// resize_bilinear to a fixed size, depth_to_space, reshape, permute, depth_max, lrn — all on our kernels (kernels.cuh), NHWC.
 #include "cuda/gpu_node.h"
 #include "cuda/kernels.cuh"
 
@@ -144,8 +144,34 @@ class DepthMax : public GpuNode {
   const float* x_ = nullptr;
 };
 
+// lrn across channels: our kernels (cuDNN's LRN would need NCHW; the activations are NHWC).
+class Lrn : public GpuNode {
+ public:
+  using GpuNode::GpuNode;
+  void create(GBuild& b) override {
+    const GSlot& x = in(b, 0);
+    HALCDL_CHECK(x.dims.size() == 4, kErrInvalidInputShape, "node '", node.name, "' needs a 4-D input");
+    n_ = x.count;
+    c_ = x.c;
+  }
+  void bind(GBuild& b) override { x_ = in(b, 0).data; }
+  void forward(GExec& e) override {
+    k::lrn_forward(x_, y, n_, c_, node.lrn_size, node.lrn_alpha, node.lrn_beta, node.lrn_k, e.ctx.stream);
+  }
+  void backward(GExec& e) override {
+    if (gin[0])
+      k::lrn_backward(x_, dy, gin[0], n_, c_, node.lrn_size, node.lrn_alpha, node.lrn_beta, node.lrn_k, e.ctx.stream);
+  }
+
+ private:
+  size_t n_ = 0;
+  int64_t c_ = 0;
+  const float* x_ = nullptr;
+};
+
 }  // namespace
 
+std::unique_ptr<GpuNode> make_lrn(const Node& n, int idx) { return std::make_unique<Lrn>(n, idx); }
 std::unique_ptr<GpuNode> make_depth_max(const Node& n, int idx) { return std::make_unique<DepthMax>(n, idx); }
 std::unique_ptr<GpuNode> make_reshape(const Node& n, int idx) { return std::make_unique<Reshape>(n, idx); }
 std::unique_ptr<GpuNode> make_permute(const Node& n, int idx) { return std::make_unique<Permute>(n, idx); }

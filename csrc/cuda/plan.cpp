@@ -56,6 +56,7 @@ std::unique_ptr<GpuNode> make_node(const Node& n, int idx) {
     case OpKind::Reshape: return make_reshape(n, idx);
     case OpKind::Permute: return make_permute(n, idx);
     case OpKind::DepthMax: return make_depth_max(n, idx);
+    case OpKind::Lrn: return make_lrn(n, idx);
     case OpKind::DetOut: return make_detout(n, idx);  // cuda/detection.cpp
     case OpKind::Input: return nullptr;  // its slot is the plan's input buffer
   }

@@ -35,6 +35,7 @@ const char* op_name(OpKind k) {
     case OpKind::Reshape: return "reshape";
     case OpKind::Permute: return "permute";
     case OpKind::DepthMax: return "depth_max";
+    case OpKind::Lrn: return "lrn";
   }
   return "?";
 }
@@ -52,7 +53,7 @@ const std::unordered_map<std::string, OpKind>& op_table() {
       {"detection_output", OpKind::DetOut}, {"sigmoid", OpKind::Sigmoid}, {"tanh", OpKind::Tanh},
       {"depth_to_space", OpKind::DepthToSpace}, {"resize_nearest", OpKind::ResizeNearest},
       {"resize_bilinear", OpKind::ResizeBilinear}, {"reshape", OpKind::Reshape}, {"permute", OpKind::Permute},
-      {"depth_max", OpKind::DepthMax}};
+      {"depth_max", OpKind::DepthMax}, {"lrn", OpKind::Lrn}};
   return t;
 }
 
@@ -339,6 +340,22 @@ Graph build_graph(const std::vector<NodeSpec>& spec) {
                      "': a permute that moves an image axis to the channels needs 'channels' >= 1");
         break;
       }
+      case OpKind::Lrn: {
+        // across channels: y_c = x_c / (k + alpha/size · Σ_{|c' − c| <= size/2} x_c'²)^beta (PyTorch's
+        // LocalResponseNorm, oneDNN's lrn_across_channels); an odd size (a centred window)
+        need_inputs(1, 1);
+        n.channels = in_ch(0);
+        n.lrn_size = a.integer("size", 5);
+        const double al = a.num("alpha", 1e-4), be = a.num("beta", 0.75), kk = a.num("k", 1.0);
+        HALCDL_CHECK(n.lrn_size >= 1 && n.lrn_size % 2 == 1 && n.lrn_size <= 4095, kErrInvalidInputShape, "node '",
+                     s.name, "': lrn size must be odd and in [1, 4095], got ", n.lrn_size);
+        HALCDL_CHECK(std::isfinite(al) && std::isfinite(be) && std::isfinite(kk) && kk > 0, kErrInvalidInputShape,
+                     "node '", s.name, "': lrn alpha, beta must be finite and k > 0");
+        n.lrn_alpha = static_cast<float>(al);
+        n.lrn_beta = static_cast<float>(be);
+        n.lrn_k = static_cast<float>(kk);
+        break;
+      }
       case OpKind::DepthMax:
         // y[n, 0, h, w] = max_c x[n, c, h, w] (argmax: the first c where it is reached)
         need_inputs(1, 1);
@@ -463,6 +480,12 @@ std::vector<Dims> Graph::infer_shapes(const std::vector<Dims>& input_dims) const
                      x[1], "x", x[2], "x", x[3], "), the shape ", n.channels, "x", n.out_h, "x", n.out_w, " needs ",
                      static_cast<int64_t>(n.channels) * n.out_h * n.out_w);
         out[i] = {x[0], n.channels, n.out_h, n.out_w};
+        break;
+      }
+      case OpKind::Lrn: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        out[i] = x;
         break;
       }
       case OpKind::DepthMax: {

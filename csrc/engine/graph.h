@@ -17,7 +17,7 @@ enum class OpKind {
   Input, Conv, BN, Relu, Relu6, MaxPool, AvgPool, GAP, FC, Add, Concat, Dropout, Softmax,
   Deconv, UpNearest, UpBilinear, DetOut,
   // layer-API ops (cpu/shape_ops.cpp, cuda/ops_extra.cpp)
-  Sigmoid, Tanh, DepthToSpace, ResizeNearest, ResizeBilinear, Reshape, Permute, DepthMax
+  Sigmoid, Tanh, DepthToSpace, ResizeNearest, ResizeBilinear, Reshape, Permute, DepthMax, Lrn
 };
 
 const char* op_name(OpKind k);
@@ -63,6 +63,8 @@ struct Node {
   int out_h = 0, out_w = 0;  // resize_*, reshape: output size
   int perm[3] = {0, 1, 2};   // permute: output axis k of (C, H, W) is input axis perm[k]
   bool argmax = false;       // depth_max: the index of the maximum (else its value)
+  int lrn_size = 5;          // lrn: y = x / (k + alpha/size · Σ_window x²)^beta, odd window across channels
+  float lrn_alpha = 1e-4f, lrn_beta = 0.75f, lrn_k = 1.f;
   // parameter indices into Graph::params (-1 when absent)
   int p_weight = -1, p_bias = -1, p_mean = -1, p_var = -1;
 };

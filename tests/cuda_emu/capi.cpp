@@ -271,5 +271,12 @@ int emu_depth_max_forward(const float* x, float* y, int64_t pixels, int64_t c, i
 int emu_depth_max_backward(const float* x, const float* dy, float* dx, int64_t pixels, int64_t c, int argmax) {
   EMU_CALL(k::depth_max_backward(x, dy, dx, pixels, c, argmax, kStream))
 }
+int emu_lrn_forward(const float* x, float* y, size_t n, int64_t c, int size, float alpha, float beta, float k) {
+  EMU_CALL(k::lrn_forward(x, y, n, c, size, alpha, beta, k, kStream))
+}
+int emu_lrn_backward(const float* x, const float* dy, float* dx, size_t n, int64_t c, int size, float alpha, float beta,
+                     float k) {
+  EMU_CALL(k::lrn_backward(x, dy, dx, n, c, size, alpha, beta, k, kStream))
+}
 
 }  // extern "C"

@@ -74,6 +74,7 @@ __all__ = [
     "create_dl_layer_reshape",
     "create_dl_layer_permutation",
     "create_dl_layer_depth_max",
+    "create_dl_layer_lrn",
     "create_dl_model",
     "get_dl_layer_param",
     "get_dl_layer_param_s",
@@ -689,6 +690,36 @@ def create_dl_layer_depth_max(dllayer_input: Any, layer_name: Any, depth_max_mod
     return arg, val
 
 
+@operator
+def create_dl_layer_lrn(dllayer_input: Any, layer_name: Any, local_size: Any, alpha: Any,
+                        beta: Any, k: Any, norm_region: Any, gen_param_name: Any,
+                        gen_param_value: Any) -> DLLayer:
+    """A local response normalization layer (across the depth, as AlexNet's):
+    y_c = x_c / (k + alpha / local_size · Σ_{c' in the window of local_size around c}
+    x_c'^2)^beta, zero outside the depth (PyTorch's LocalResponseNorm).  ``local_size`` odd
+    (an even one: 7914), ``k`` > 0, ``norm_region`` 'across_channels'."""
+    inp = _layer(dllayer_input, 1)
+    name = _name(layer_name, 2)
+    ls = to_scalar(local_size, 3, "one local_size")
+    if not is_int(ls):
+        raise wrong_type(3, f"local_size must be an integer, got {ls!r}")
+    if int(ls) < 1:
+        raise wrong_value(3, f"local_size must be >= 1, got {ls}")
+    if int(ls) % 2 == 0:
+        raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
+                             f"local_size {ls}: halcdl's engine takes an odd window only (a "
+                             f"window centred on the channel)")
+    a = _number(alpha, 4, "alpha")
+    bt = _number(beta, 5, "beta")
+    kk = _number(k, 6, "k")
+    if kk <= 0:
+        raise wrong_value(6, f"k must be > 0, got {kk}")
+    nr = _choice(norm_region, 7, "norm_region", ("across_channels",))
+    gen = _gen(gen_param_name, gen_param_value, 8, {})
+    return _new(name, "lrn", [inp], {"local_size": int(ls), "alpha": a, "beta": bt, "k": kk,
+                                     "norm_region": nr}, gen)
+
+
 def _layer_param(layer: DLLayer, name: str) -> list:
     if name == "name":
         return [layer.name]
@@ -916,6 +947,11 @@ def _emit(b: _Builder, layer: DLLayer) -> None:  # noqa: C901  (one branch per l
         x, (c, h, w) = b.spatial_input(layer)
         b.out[id(layer)] = b.node(layer, layer.name, "depth_max", [x], (1, h, w),
                                   argmax=p["depth_max_mode"] == "argmax")
+        return
+    if t == "lrn":
+        x, shp = b.spatial_input(layer)
+        b.out[id(layer)] = b.node(layer, layer.name, "lrn", [x], shp, size=p["local_size"],
+                                  alpha=p["alpha"], beta=p["beta"], k=p["k"])
         return
     if t in ("zoom_size", "zoom_to_layer_size"):
         x, (c, h, w) = b.spatial_input(layer)
