@@ -1334,3 +1334,23 @@ def test_lrn(K, c, size, alpha, beta, k):
     np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=2e-6, atol=1e-6)
     _, _, dx = K.call("lrn_backward", x, dy, poison(x.shape), x.size, c, size, alpha, beta, k)
     np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("rh,rw,rc", [(0, 0, 1), (1, 1, 0), (1, 0, 1), (1, 1, 1), (0, 1, 0)])
+def test_reduce(K, rh, rw, rc, mode):
+    torch = pytest.importorskip("torch")
+    n, h, w, c = 2, 3, 4, 5
+    rng = np.random.default_rng(rh + 2 * rw + 4 * rc + 8 * mode)
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    dims = tuple(d for d, r in ((1, rh), (2, rw), (3, rc)) if r)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    yt = [xt.sum(dims, keepdim=True), xt.mean(dims, keepdim=True),
+          xt.square().sum(dims, keepdim=True).sqrt()][mode]
+    ys = (n, 1 if rh else h, 1 if rw else w, 1 if rc else c)
+    _, y = K.call("reduce_forward", x, poison(ys), n, h, w, c, rh, rw, rc, mode)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    dy = rng.standard_normal(ys).astype(F32)
+    yt.backward(torch.tensor(dy, dtype=torch.float64))
+    _, _, _, dx = K.call("reduce_backward", x, y, dy, poison(x.shape), n, h, w, c, rh, rw, rc, mode)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-5)

@@ -1,8 +1,9 @@
 """The engine ops added for the layer API (docs/layers.md): sigmoid, tanh, depth_to_space,
-resize_nearest / resize_bilinear, reshape, permute, depth_max, lrn
+resize_nearest / resize_bilinear, reshape, permute, depth_max, lrn, reduce
 (create_dl_layer_activation 'sigmoid'/'tanh', create_dl_layer_depth_to_space,
 create_dl_layer_zoom_size, create_dl_layer_zoom_to_layer_size, create_dl_layer_reshape,
-create_dl_layer_permutation, create_dl_layer_depth_max, create_dl_layer_lrn).
+create_dl_layer_permutation, create_dl_layer_depth_max, create_dl_layer_lrn,
+create_dl_layer_reduce).
 
 - every op (and reshape, permute) forward and backward against PyTorch (float64) through
   core.run_op;
@@ -162,6 +163,27 @@ def test_lrn(shape, size, alpha, beta, k):
              lambda t, _: F.local_response_norm(t[0], size, alpha, beta, k), rng=rng)
 
 
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("axes", [[1], [2, 3], [1, 3], [1, 2, 3], [2]])
+def test_reduce(axes, mode):
+    rng = np.random.default_rng(sum(axes) + 10 * mode)
+    x = randn(rng, 2, 20, 3, 4)   # 20 channels: wider than one SIMD block
+
+    def fn(t, _):
+        v = t[0]
+        return [v.sum(axes, keepdim=True), v.mean(axes, keepdim=True),
+                v.square().sum(axes, keepdim=True).sqrt()][mode]
+    check_op(make_node("reduce", mode=mode, axes=axes), [x], {}, fn, rng=rng)
+
+
+def test_reduce_norm_of_zeros_has_zero_gradient():
+    x = np.zeros((1, 3, 2, 2), np.float32)
+    go = np.ones((1, 1, 2, 2), np.float32)
+    out, gin, _ = core.run_op(make_node("reduce", mode=2, axes=[1]), [x], {}, go, True)
+    assert not np.asarray(out).any() and not np.asarray(gin[0]).any()
+    assert np.isfinite(np.asarray(gin[0])).all()
+
+
 def test_depth_max_ties_take_the_first_index():
     x = np.array([[[[1.0, 2.0]], [[3.0, 2.0]], [[3.0, 0.5]]]], np.float32)   # (1, 3, 1, 2)
     out, _, _ = core.run_op(make_node("depth_max", argmax=True), [x], {}, None, False)
@@ -175,6 +197,9 @@ def test_depth_max_ties_take_the_first_index():
 
 
 @pytest.mark.parametrize("node, why", [
+    (make_node("reduce", axes=[0]), "distinct values"),
+    (make_node("reduce", axes=[1], mode=3), "reduce mode"),
+    (make_node("reduce"), "reduce needs 'axes'"),
     (make_node("lrn", size=4), "lrn size must be odd"),
     (make_node("lrn", size=3, k=0), "k > 0"),
     (make_node("reshape", channels=5, height=1, width=1), "values per sample"),
@@ -241,6 +266,47 @@ def test_new_ops_network_trains_like_pytorch(solver):
     for name in model.param_names():
         assert_close(model.get_param(name), ref_state[name],
                      what=f"{solver}: {name} after {S_STEPS} steps", **PARAM_TOL)
+
+
+# depth_max, lrn and reduce after a 32-channel conv (where oneDNN picks a blocked layout for it,
+# this runs the plain loops' reorders both ways and lrn in the blocked layout), trained like
+# PyTorch
+NEW_OPS2_SPEC = [
+    {"name": "image", "op": "input", "inputs": [], "channels": SC},
+    {"name": "c1", "op": "conv", "inputs": ["image"], "out_channels": 32, "kernel": 3, "pad": 1},
+    {"name": "l1", "op": "lrn", "inputs": ["c1"], "size": 5, "alpha": 0.5, "beta": 0.75, "k": 2.0},
+    {"name": "dm", "op": "depth_max", "inputs": ["c1"]},
+    {"name": "da", "op": "depth_max", "inputs": ["l1"], "argmax": True},
+    {"name": "rl2", "op": "reduce", "inputs": ["c1"], "mode": 2, "axes": [1]},
+    {"name": "rm", "op": "reduce", "inputs": ["l1"], "mode": 1, "axes": [2]},        # 32 × 1×W
+    {"name": "zr", "op": "resize_nearest", "inputs": ["rm"], "height": SH, "width": SW},
+    {"name": "rs", "op": "reduce", "inputs": ["c1"], "mode": 0, "axes": [3]},        # 32 × H×1
+    {"name": "zs", "op": "resize_nearest", "inputs": ["rs"], "height": SH, "width": SW},
+    {"name": "cat", "op": "concat", "inputs": ["l1", "dm", "da", "rl2", "zr", "zs"]},
+    {"name": "cls", "op": "conv", "inputs": ["cat"], "out_channels": len(S_IDS), "kernel": 1},
+]
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_depth_max_lrn_reduce_network_trains_like_pytorch(solver):
+    hp = HPARAMS[solver]
+    model = core.Model(NEW_OPS2_SPEC, 77)
+    model.set_class_ids(S_IDS)
+    model.set_ignore_ids([IGNORE])
+    model.set_hparams(dict(hp, class_weights=S_WEIGHTS, batchnorm_momentum=BN_MOMENTUM))
+    twin = TorchTwin(NEW_OPS2_SPEC, image_hw=(SH, SW), dtype=torch.float64)
+    twin.load_from_halcdl(model)
+    batches = seg_batches(6, S_STEPS, S_BATCH * S_MULT, SH, SW, SC, S_IDS, weights="all")
+    got = [_scalar(model.train_step(b, S_BATCH, S_MULT, SH, SW, SC)["total_loss"])
+           for b in batches]
+    ref, _, ref_state = seg_reference_run(twin, batches, S_IDS, S_WEIGHTS, S_BATCH, S_MULT, hp)
+    assert_close(got, ref, what=f"{solver}: total_loss per step", **LOSS_TOL)
+    for name in model.param_names():
+        # the sums over 32 channels / a row and the L2 norm let the weights grow (|w| up to
+        # ~20): the float32 run's rounding is bounded relative to the largest weight
+        e = np.asarray(ref_state[name], np.float64)
+        assert_close(model.get_param(name), e, what=f"{solver}: {name} after {S_STEPS} steps",
+                     atol=2e-6 * max(1.0, float(np.abs(e).max())), rtol=PARAM_TOL["rtol"])
 
 
 # ---- the layer API ------------------------------------------------------------------------
@@ -401,6 +467,47 @@ def test_lrn_layer_against_pytorch(tmp_path):
     assert info.value.error_code == 7803 and "lrn" in info.value.message
 
 
+def test_reduce_layer_against_pytorch(tmp_path):
+    img = _img(c=3)
+    conv = ha.create_dl_layer_convolution(img, "conv", 3, 1, 1, 32, 1, "half_kernel_size", "none",
+                                          [], [])
+    l2 = ha.create_dl_layer_reduce(conv, "l2", "norm_l2", [2], [], [])          # over the depth
+    mean = ha.create_dl_layer_reduce(conv, "mean", "mean", ["width", "height"], [], [])
+    s = ha.create_dl_layer_reduce(conv, "sum", "sum", [0], [], [])              # over the width
+    z = ha.create_dl_layer_zoom_size(s, "z", 6, 4, "nearest_neighbor", "false", [], [])
+    zm = ha.create_dl_layer_zoom_size(mean, "zm", 6, 4, "nearest_neighbor", "false", [], [])
+    cat = ha.create_dl_layer_concat([l2, z, zm], "cat", "depth", [], [])
+    head = ha.create_dl_layer_convolution(cat, "head", 1, 1, 1, 3, 1, "none", "none", [], [])
+    m = _model_from(ha.create_dl_layer_pooling(head, "gap", [], [], [], "global_average", [], []))
+    assert ha.get_dl_model_layer_param(m, "mean", "axes") == [0, 1]
+    assert ha.get_dl_model_layer_param_s(m, "l2", "operation") == "norm_l2"
+    assert ha.get_dl_layer_param(mean, "axes") == [0, 1]
+    t = {k: torch.from_numpy(ha.get_dl_model_layer_weights(m, layer, wt)).double()
+         for k, layer, wt in (("cw", "conv", "weights"), ("cb", "conv", "bias"),
+                              ("hw", "head", "weights"), ("hb", "head", "bias"))}
+    im = np.random.default_rng(11).standard_normal((4, 6, 3)).astype(np.float32)
+    r = ha.apply_dl_model_s(m, {"image": im}, [])
+    y = F.conv2d(torch.from_numpy(im).permute(2, 0, 1)[None].double(), t["cw"], t["cb"],
+                 padding=1)
+    parts = [y.square().sum(1, keepdim=True).sqrt(),
+             F.interpolate(y.sum(3, keepdim=True), size=(4, 6), mode="nearest-exact"),
+             F.interpolate(y.mean((2, 3), keepdim=True), size=(4, 6), mode="nearest-exact")]
+    p = torch.softmax(F.conv2d(torch.cat(parts, 1), t["hw"], t["hb"]).mean((2, 3)), 1)[0].numpy()
+    np.testing.assert_allclose(r["classification_confidences"], p[r["classification_class_ids"]],
+                               rtol=1e-5, atol=1e-6)
+    path = str(tmp_path / "reduce.hdl")
+    ha.write_dl_model(m, path)
+    m2 = ha.read_dl_model(path)
+    assert ha.get_dl_model_layer_param(m2, "sum", "axes") == [0]
+    r2 = ha.apply_dl_model_s(m2, {"image": im}, [])
+    np.testing.assert_array_equal(np.asarray(r2["classification_confidences"]),
+                                  np.asarray(r["classification_confidences"]))
+    pytest.importorskip("onnx")
+    with pytest.raises(ha.HOperatorError) as info:
+        ha.write_dl_model(m, str(tmp_path / "reduce.onnx"))
+    assert info.value.error_code == 7803 and "reduce" in info.value.message
+
+
 def test_layer_params_of_new_layers():
     img = _img()
     d = ha.create_dl_layer_depth_to_space(img, "d2s", 1, "column_row_depth", [], [])
@@ -455,6 +562,14 @@ def test_layer_params_of_new_layers():
      errors.H_ERR_WIPV7),
     (lambda x: ha.create_dl_layer_lrn(x, "l", [5, 3], 1e-4, 0.75, 1.0, "across_channels", [], []),
      errors.H_ERR_WIPN3),
+    (lambda x: ha.create_dl_layer_reduce(x, "r", "max", [2], [], []), errors.H_ERR_WIPV3),
+    (lambda x: ha.create_dl_layer_reduce(x, "r", "sum", [], [], []), errors.H_ERR_WIPN4),
+    (lambda x: ha.create_dl_layer_reduce(x, "r", "sum", [4], [], []), errors.H_ERR_WIPV4),
+    (lambda x: ha.create_dl_layer_reduce(x, "r", "sum", [1, 1], [], []), errors.H_ERR_WIPV4),
+    (lambda x: ha.create_dl_layer_reduce(x, "r", "sum", ["depthh"], [], []), errors.H_ERR_WIPV4),
+    (lambda x: ha.create_dl_layer_reduce(x, "r", "sum", [1.5], [], []), errors.H_ERR_WIPT4),
+    (lambda x: ha.create_dl_layer_reduce(x, "r", "sum", [2, 3], [], []),
+     errors.H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE),
     (lambda x: ha.create_dl_layer_reshape(x, "r", [2, 2], [], []), errors.H_ERR_WIPN3),
     (lambda x: ha.create_dl_layer_reshape(x, "r", [-1, -1, 2], [], []), errors.H_ERR_WIPV3),
     (lambda x: ha.create_dl_layer_reshape(x, "r", [2, 2, 1.5], [], []), errors.H_ERR_WIPT3),

@@ -11,6 +11,7 @@
 //   reshape: the NCHW values of a sample under new (C, H, W); permute: a transpose of (C, H, W).
 //   depth_max: the maximum over the channels (or its first index); backward to that index.
 //   lrn: oneDNN's lrn_across_channels (PyTorch's LocalResponseNorm for an odd size).
+//   reduce: sum / mean / L2 norm over some of C, H, W on oneDNN's reduction; backward a loop.
 // The data-movement ops run on plain NCHW fp32 (a blocked input is reordered first).
 #include <omp.h>
 
@@ -148,6 +149,95 @@ class Lrn : public CpuNode {
   dnnl::lrn_backward bwd_;
   int ws_buf_ = -1;
   Args fwd_args_, bwd_args_;
+};
+
+// reduce: forward on oneDNN's reduction (sum, mean, norm_lp_sum with p = 2) from the input's
+// layout into a plain output with the reduced axes of size 1; backward (oneDNN has none) a loop
+// on plain NCHW: dx = dy (sum), dy / count (mean), dy · x / y (L2 norm; 0 where y = 0).
+class Reduce : public CpuNode {
+ public:
+  using CpuNode::CpuNode;
+
+  void create(Build& b) override {
+    HALCDL_CHECK(b.adt == dt::f32, kErrRuntimeUnsupported, "node '", node.name,
+                 "' (reduce) runs in float32 only, not with precision 'bfloat16'");
+    const Slot& x = in(b, 0);
+    out(b).md = plain_desc(b.slots[idx].dims);
+    const auto alg = node.reduce_mode == 0   ? dnnl::algorithm::reduction_sum
+                     : node.reduce_mode == 1 ? dnnl::algorithm::reduction_mean
+                                             : dnnl::algorithm::reduction_norm_lp_sum;
+    fwd_pd_ = dnnl::reduction::primitive_desc(b.eng, alg, x.md, out(b).md, node.reduce_mode == 2 ? 2.f : 0.f, 0.f);
+    if (!(b.training && x.need_grad)) return;
+    const memory::desc xp = plain_desc(x.dims);
+    xplain_ = x.md != xp;
+    if (xplain_) {
+      gbuf_ = b.request(xp, b.tb(idx), b.tb(idx));
+      if (node.reduce_mode == 2) xbuf_ = b.request(xp, b.tb(idx), b.tb(idx));
+    }
+  }
+
+  void bind(Build& b) override {
+    const Slot& x = in(b, 0);
+    xd_ = x.dims;
+    yd_ = b.slots[idx].dims;
+    fwd_ = dnnl::reduction(fwd_pd_);
+    fwd_args_ = {{DNNL_ARG_SRC, x.data}, {DNNL_ARG_DST, y}};
+    if (!(gin.size() && gin[0])) return;
+    const memory::desc xp = plain_desc(x.dims);
+    if (xplain_) {
+      gp_ = b.mem(xp, gbuf_);
+      from_plain_ = Reorder(gp_, gin[0]);
+      if (xbuf_ >= 0) {
+        xp_ = b.mem(xp, xbuf_);
+        to_plain_ = Reorder(x.data, xp_);
+      }
+    } else {
+      gp_ = gin[0];
+      xp_ = x.data;
+    }
+  }
+
+  void forward(Exec& e) override { fwd_.execute(e.s, fwd_args_); }
+
+  void backward(Exec& e) override {
+    if (!gp_) return;
+    if (to_plain_) {
+      to_plain_.run(e.s);
+      e.s.wait();
+    }
+    const bool rc = node.reduce_axis[0], rh = node.reduce_axis[1], rw = node.reduce_axis[2];
+    const int64_t N = xd_[0], C = xd_[1], H = xd_[2], W = xd_[3];
+    const int64_t Cy = yd_[1], Hy = yd_[2], Wy = yd_[3];
+    const float inv = 1.f / static_cast<float>((rc ? C : 1) * (rh ? H : 1) * (rw ? W : 1));
+    const float* g = static_cast<const float*>(dy.get_data_handle());
+    const float* yv = static_cast<const float*>(y.get_data_handle());
+    const float* xv = node.reduce_mode == 2 ? static_cast<const float*>(xp_.get_data_handle()) : nullptr;
+    float* dx = static_cast<float*>(gp_.get_data_handle());
+    const int mode = node.reduce_mode;
+#pragma omp parallel for collapse(2)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w) {
+            const int64_t yi = ((n * Cy + (rc ? 0 : c)) * Hy + (rh ? 0 : h)) * Wy + (rw ? 0 : w);
+            const int64_t xi = ((n * C + c) * H + h) * W + w;
+            float v = g[yi];
+            if (mode == 1) v *= inv;
+            else if (mode == 2) v = yv[yi] > 0.f ? v * xv[xi] / yv[yi] : 0.f;
+            dx[xi] = v;
+          }
+    if (from_plain_) from_plain_.run(e.s);
+  }
+
+ private:
+  dnnl::reduction::primitive_desc fwd_pd_;
+  dnnl::reduction fwd_;
+  Args fwd_args_;
+  Dims xd_, yd_;
+  bool xplain_ = false;
+  int xbuf_ = -1, gbuf_ = -1;
+  memory xp_, gp_;
+  Reorder to_plain_, from_plain_;
 };
 
 // The data-movement ops on plain NCHW fp32: a blocked input is reordered to plain first, the
@@ -323,6 +413,7 @@ class DepthMax : public PlainMove {
 
 std::unique_ptr<CpuNode> make_depth_max(const Node& n, int idx) { return std::make_unique<DepthMax>(n, idx); }
 std::unique_ptr<CpuNode> make_lrn(const Node& n, int idx) { return std::make_unique<Lrn>(n, idx); }
+std::unique_ptr<CpuNode> make_reduce(const Node& n, int idx) { return std::make_unique<Reduce>(n, idx); }
 std::unique_ptr<CpuNode> make_act(const Node& n, int idx) { return std::make_unique<Act>(n, idx); }
 std::unique_ptr<CpuNode> make_resize(const Node& n, int idx) { return std::make_unique<Resize>(n, idx); }
 std::unique_ptr<CpuNode> make_depth_to_space(const Node& n, int idx) {

@@ -1425,6 +1425,48 @@ __global__ void lrn_bwd_kernel(const float* __restrict__ x, const float* __restr
   }
 }
 
+// reduce NHWC: x (n, h, w, c) → y (n, hy, wy, cy), a reduced axis of size 1 in y. Forward: one
+// thread per output element over its inputs in a fixed order (no atomics); mode 0 sum, 1 mean,
+// 2 L2 norm. Backward: one thread per input element, dx = dy (sum), dy / count, dy · x / y.
+__global__ void reduce_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t total, int64_t h,
+                                  int64_t w, int64_t c, int rh, int rw, int rc, int mode) {
+  const int64_t hy = rh ? 1 : h, wy = rw ? 1 : w, cy = rc ? 1 : c;
+  const float inv = 1.f / static_cast<float>((rh ? h : 1) * (rw ? w : 1) * (rc ? c : 1));
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t oc = static_cast<int64_t>(t % cy);
+    int64_t p = static_cast<int64_t>(t / cy);
+    const int64_t ox = p % wy;
+    p /= wy;
+    const int64_t oy = p % hy, b = p / hy;
+    float acc = 0.f;
+    for (int64_t iy = rh ? 0 : oy; iy <= (rh ? h - 1 : oy); ++iy)
+      for (int64_t ix = rw ? 0 : ox; ix <= (rw ? w - 1 : ox); ++ix)
+        for (int64_t ic = rc ? 0 : oc; ic <= (rc ? c - 1 : oc); ++ic) {
+          const float v = x[((b * h + iy) * w + ix) * c + ic];
+          acc += mode == 2 ? v * v : v;
+        }
+    y[t] = mode == 1 ? acc * inv : mode == 2 ? sqrtf(acc) : acc;
+  }
+}
+__global__ void reduce_bwd_kernel(const float* __restrict__ x, const float* __restrict__ y,
+                                  const float* __restrict__ dy, float* __restrict__ dx, size_t total, int64_t h,
+                                  int64_t w, int64_t c, int rh, int rw, int rc, int mode) {
+  const int64_t hy = rh ? 1 : h, wy = rw ? 1 : w, cy = rc ? 1 : c;
+  const float inv = 1.f / static_cast<float>((rh ? h : 1) * (rw ? w : 1) * (rc ? c : 1));
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t ic = static_cast<int64_t>(t % c);
+    int64_t p = static_cast<int64_t>(t / c);
+    const int64_t ix = p % w;
+    p /= w;
+    const int64_t iy = p % h, b = p / h;
+    const int64_t yi = ((b * hy + (rh ? 0 : iy)) * wy + (rw ? 0 : ix)) * cy + (rc ? 0 : ic);
+    float v = dy[yi];
+    if (mode == 1) v *= inv;
+    else if (mode == 2) v = y[yi] > 0.f ? v * x[t] / y[yi] : 0.f;
+    dx[t] = v;
+  }
+}
+
 }  // namespace
 
 void sigmoid_forward(const float* x, float* y, size_t n, cudaStream_t s) {
@@ -1519,6 +1561,21 @@ void lrn_backward(const float* x, const float* dy, float* dx, size_t n, int64_t 
                   float k, cudaStream_t s) {
   if (n == 0 || c <= 0) return;
   lrn_bwd_kernel<<<grid_for(n), kBlock, 0, s>>>(x, dy, dx, n, c, size / 2, k, alpha / static_cast<float>(size), beta);
+  CUDA_CHECK_LAUNCH();
+}
+
+void reduce_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int rh, int rw, int rc,
+                    int mode, cudaStream_t s) {
+  const size_t total = static_cast<size_t>(n * (rh ? 1 : h) * (rw ? 1 : w) * (rc ? 1 : c));
+  if (total == 0) return;
+  reduce_fwd_kernel<<<grid_for(total), kBlock, 0, s>>>(x, y, total, h, w, c, rh, rw, rc, mode);
+  CUDA_CHECK_LAUNCH();
+}
+void reduce_backward(const float* x, const float* y, const float* dy, float* dx, int64_t n, int64_t h, int64_t w,
+                     int64_t c, int rh, int rw, int rc, int mode, cudaStream_t s) {
+  const size_t total = static_cast<size_t>(n * h * w * c);
+  if (total == 0) return;
+  reduce_bwd_kernel<<<grid_for(total), kBlock, 0, s>>>(x, y, dy, dx, total, h, w, c, rh, rw, rc, mode);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -187,4 +187,11 @@ void lrn_forward(const float* x, float* y, size_t n, int64_t c, int size, float 
 void lrn_backward(const float* x, const float* dy, float* dx, size_t n, int64_t c, int size, float alpha, float beta,
                   float k, cudaStream_t s);
 
+// reduce over the flagged axes of NHWC x (n, h, w, c) into y (reduced axes of size 1): mode 0
+// sum, 1 mean, 2 L2 norm; backward writes all of dx (the L2 norm's reads x and y).
+void reduce_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int rh, int rw, int rc,
+                    int mode, cudaStream_t s);
+void reduce_backward(const float* x, const float* y, const float* dy, float* dx, int64_t n, int64_t h, int64_t w,
+                     int64_t c, int rh, int rw, int rc, int mode, cudaStream_t s);
+
 }  // namespace halcdl::gpu::k

@@ -1,5 +1,5 @@
 // GPU twins of cpu/shape_ops.cpp (the layer API's ops): sigmoid, tanh, resize_nearest /
-// resize_bilinear to a fixed size, depth_to_space, reshape, permute, depth_max, lrn — all on our kernels (kernels.cuh), NHWC.
+// resize_bilinear to a fixed size, depth_to_space, reshape, permute, depth_max, lrn, reduce — all on our kernels (kernels.cuh), NHWC.
 #include "cuda/gpu_node.h"
 #include "cuda/kernels.cuh"
 
@@ -169,8 +169,34 @@ class Lrn : public GpuNode {
   const float* x_ = nullptr;
 };
 
+// reduce: sum / mean / L2 norm over some of C, H, W (our kernels, deterministic).
+class Reduce : public GpuNode {
+ public:
+  using GpuNode::GpuNode;
+  void create(GBuild& b) override {
+    const GSlot& x = in(b, 0);
+    HALCDL_CHECK(x.dims.size() == 4, kErrInvalidInputShape, "node '", node.name, "' needs a 4-D input");
+    n_ = x.n; h_ = x.h; w_ = x.w; c_ = x.c;
+  }
+  void bind(GBuild& b) override { x_ = in(b, 0).data; }
+  void forward(GExec& e) override {
+    k::reduce_forward(x_, y, n_, h_, w_, c_, rh(), rw(), rc(), node.reduce_mode, e.ctx.stream);
+  }
+  void backward(GExec& e) override {
+    if (gin[0]) k::reduce_backward(x_, y, dy, gin[0], n_, h_, w_, c_, rh(), rw(), rc(), node.reduce_mode, e.ctx.stream);
+  }
+
+ private:
+  int rc() const { return node.reduce_axis[0] ? 1 : 0; }
+  int rh() const { return node.reduce_axis[1] ? 1 : 0; }
+  int rw() const { return node.reduce_axis[2] ? 1 : 0; }
+  int64_t n_ = 0, h_ = 0, w_ = 0, c_ = 0;
+  const float* x_ = nullptr;
+};
+
 }  // namespace
 
+std::unique_ptr<GpuNode> make_reduce(const Node& n, int idx) { return std::make_unique<Reduce>(n, idx); }
 std::unique_ptr<GpuNode> make_lrn(const Node& n, int idx) { return std::make_unique<Lrn>(n, idx); }
 std::unique_ptr<GpuNode> make_depth_max(const Node& n, int idx) { return std::make_unique<DepthMax>(n, idx); }
 std::unique_ptr<GpuNode> make_reshape(const Node& n, int idx) { return std::make_unique<Reshape>(n, idx); }

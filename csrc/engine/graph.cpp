@@ -36,6 +36,7 @@ const char* op_name(OpKind k) {
     case OpKind::Permute: return "permute";
     case OpKind::DepthMax: return "depth_max";
     case OpKind::Lrn: return "lrn";
+    case OpKind::Reduce: return "reduce";
   }
   return "?";
 }
@@ -53,7 +54,7 @@ const std::unordered_map<std::string, OpKind>& op_table() {
       {"detection_output", OpKind::DetOut}, {"sigmoid", OpKind::Sigmoid}, {"tanh", OpKind::Tanh},
       {"depth_to_space", OpKind::DepthToSpace}, {"resize_nearest", OpKind::ResizeNearest},
       {"resize_bilinear", OpKind::ResizeBilinear}, {"reshape", OpKind::Reshape}, {"permute", OpKind::Permute},
-      {"depth_max", OpKind::DepthMax}, {"lrn", OpKind::Lrn}};
+      {"depth_max", OpKind::DepthMax}, {"lrn", OpKind::Lrn}, {"reduce", OpKind::Reduce}};
   return t;
 }
 
@@ -340,6 +341,24 @@ Graph build_graph(const std::vector<NodeSpec>& spec) {
                      "': a permute that moves an image axis to the channels needs 'channels' >= 1");
         break;
       }
+      case OpKind::Reduce: {
+        // sum / mean / L2 norm over a non-empty subset of the axes 1 C, 2 H, 3 W (kept, of size 1)
+        need_inputs(1, 1);
+        n.reduce_mode = a.integer("mode", 0);
+        HALCDL_CHECK(n.reduce_mode >= 0 && n.reduce_mode <= 2, kErrInvalidInputShape, "node '", s.name,
+                     "': reduce mode must be 0 (sum), 1 (mean) or 2 (L2 norm)");
+        auto it = s.attrs.find("axes");
+        HALCDL_CHECK(it != s.attrs.end() && !it->second.empty() && it->second.size() <= 3, kErrInvalidInputShape,
+                     "node '", s.name, "': reduce needs 'axes', 1 to 3 of the axes 1 (C), 2 (H), 3 (W)");
+        for (double d : it->second) {
+          const int v = Attrs::to_int(s, "axes", d);
+          HALCDL_CHECK(v >= 1 && v <= 3 && !n.reduce_axis[v - 1], kErrInvalidInputShape, "node '", s.name,
+                       "': reduce 'axes' must be distinct values of 1 (C), 2 (H), 3 (W), got ", v);
+          n.reduce_axis[v - 1] = true;
+        }
+        n.channels = n.reduce_axis[0] ? 1 : in_ch(0);
+        break;
+      }
       case OpKind::Lrn: {
         // across channels: y_c = x_c / (k + alpha/size · Σ_{|c' − c| <= size/2} x_c'²)^beta (PyTorch's
         // LocalResponseNorm, oneDNN's lrn_across_channels); an odd size (a centred window)
@@ -480,6 +499,12 @@ std::vector<Dims> Graph::infer_shapes(const std::vector<Dims>& input_dims) const
                      x[1], "x", x[2], "x", x[3], "), the shape ", n.channels, "x", n.out_h, "x", n.out_w, " needs ",
                      static_cast<int64_t>(n.channels) * n.out_h * n.out_w);
         out[i] = {x[0], n.channels, n.out_h, n.out_w};
+        break;
+      }
+      case OpKind::Reduce: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        out[i] = {x[0], n.reduce_axis[0] ? 1 : x[1], n.reduce_axis[1] ? 1 : x[2], n.reduce_axis[2] ? 1 : x[3]};
         break;
       }
       case OpKind::Lrn: {

@@ -278,5 +278,13 @@ int emu_lrn_backward(const float* x, const float* dy, float* dx, size_t n, int64
                      float k) {
   EMU_CALL(k::lrn_backward(x, dy, dx, n, c, size, alpha, beta, k, kStream))
 }
+int emu_reduce_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int rh, int rw, int rc,
+                       int mode) {
+  EMU_CALL(k::reduce_forward(x, y, n, h, w, c, rh, rw, rc, mode, kStream))
+}
+int emu_reduce_backward(const float* x, const float* y, const float* dy, float* dx, int64_t n, int64_t h, int64_t w,
+                        int64_t c, int rh, int rw, int rc, int mode) {
+  EMU_CALL(k::reduce_backward(x, y, dy, dx, n, h, w, c, rh, rw, rc, mode, kStream))
+}
 
 }  // extern "C"

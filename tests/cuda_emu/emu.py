@@ -215,6 +215,8 @@ SIGNATURES = {
     "depth_max_backward": [_P, _P, _P, _I64, _I64, _I],
     "lrn_forward": [_P, _P, _SZ, _I64, _I, _F, _F, _F],
     "lrn_backward": [_P, _P, _P, _SZ, _I64, _I, _F, _F, _F],
+    "reduce_forward": [_P, _P, _I64, _I64, _I64, _I64, _I, _I, _I, _I],
+    "reduce_backward": [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I, _I, _I, _I],
 }
 SCHEDULES = {"in_order": 0, "reverse": 1, "random": 2}
 

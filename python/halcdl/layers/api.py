@@ -75,6 +75,7 @@ __all__ = [
     "create_dl_layer_permutation",
     "create_dl_layer_depth_max",
     "create_dl_layer_lrn",
+    "create_dl_layer_reduce",
     "create_dl_model",
     "get_dl_layer_param",
     "get_dl_layer_param_s",
@@ -720,6 +721,47 @@ def create_dl_layer_lrn(dllayer_input: Any, layer_name: Any, local_size: Any, al
                                      "norm_region": nr}, gen)
 
 
+_REDUCE_OPS = {"sum": 0, "mean": 1, "norm_l2": 2}
+_AXIS_NAMES = {"width": 0, "height": 1, "depth": 2, "batch": 3}
+_HAL_TO_ENGINE_AXIS = {0: 3, 1: 2, 2: 1}   # HALCON width, height, depth -> engine W, H, C
+
+
+@operator
+def create_dl_layer_reduce(dllayer_input: Any, layer_name: Any, operation: Any, axes: Any,
+                           gen_param_name: Any, gen_param_value: Any) -> DLLayer:
+    """A reduce layer: ``operation`` 'sum', 'mean' or 'norm_l2' (the square root of the sum
+    of squares) over ``axes``, the axes' numbers as create_dl_layer_permutation's [0 width,
+    1 height, 2 depth, 3 batch] or their names 'width', 'height', 'depth'; each reduced axis
+    keeps size 1.  The batch (3 / 'batch') → 7914 (the engine keeps the batch)."""
+    inp = _layer(dllayer_input, 1)
+    name = _name(layer_name, 2)
+    op = _choice(operation, 3, "operation", tuple(_REDUCE_OPS))
+    vals = to_tuple(axes)
+    if not 1 <= len(vals) <= 4:
+        raise wrong_num(4, f"axes takes 1 to 4 values, got {len(vals)}")
+    out: list[int] = []
+    for v in vals:
+        if is_str(v):
+            if str(v) not in _AXIS_NAMES:
+                raise wrong_value(4, f"axes names must be one of {tuple(_AXIS_NAMES)}, got {v!r}")
+            a = _AXIS_NAMES[str(v)]
+        elif is_int(v):
+            a = int(v)
+            if not 0 <= a <= 3:
+                raise wrong_value(4, f"axes must be in [0, 3] (0 width, 1 height, 2 depth, "
+                                     f"3 batch), got {a}")
+        else:
+            raise wrong_type(4, f"axes must be integers or axis names, got {v!r}")
+        if a in out:
+            raise wrong_value(4, f"axis {a} is given twice")
+        out.append(a)
+    if 3 in out:
+        raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
+                             "reducing over the batch: halcdl's engine keeps the batch axis")
+    gen = _gen(gen_param_name, gen_param_value, 5, {})
+    return _new(name, "reduce", [inp], {"operation": op, "axes": sorted(out)}, gen)
+
+
 def _layer_param(layer: DLLayer, name: str) -> list:
     if name == "name":
         return [layer.name]
@@ -947,6 +989,13 @@ def _emit(b: _Builder, layer: DLLayer) -> None:  # noqa: C901  (one branch per l
         x, (c, h, w) = b.spatial_input(layer)
         b.out[id(layer)] = b.node(layer, layer.name, "depth_max", [x], (1, h, w),
                                   argmax=p["depth_max_mode"] == "argmax")
+        return
+    if t == "reduce":
+        x, (c, h, w) = b.spatial_input(layer)
+        eng = sorted(_HAL_TO_ENGINE_AXIS[a] for a in p["axes"])
+        shp = (1 if 1 in eng else c, 1 if 2 in eng else h, 1 if 3 in eng else w)
+        b.out[id(layer)] = b.node(layer, layer.name, "reduce", [x], shp,
+                                  mode=_REDUCE_OPS[p["operation"]], axes=eng)
         return
     if t == "lrn":
         x, shp = b.spatial_input(layer)
