@@ -168,6 +168,8 @@ HALCON_SIGNATURES = {
                                     "gen_param_name", "gen_param_value"],
     "create_dl_layer_depth_max": ["dllayer_input", "layer_name", "depth_max_mode",
                                   "gen_param_name", "gen_param_value"],
+    "create_dl_layer_matmul": ["dllayer_a", "dllayer_b", "layer_name", "gen_param_name",
+                               "gen_param_value"],
     "create_dl_layer_reduce": ["dllayer_input", "layer_name", "operation", "axes",
                                "gen_param_name", "gen_param_value"],
     "create_dl_layer_lrn": ["dllayer_input", "layer_name", "local_size", "alpha", "beta", "k",

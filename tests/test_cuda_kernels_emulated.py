@@ -1354,3 +1354,18 @@ def test_reduce(K, rh, rw, rc, mode):
     yt.backward(torch.tensor(dy, dtype=torch.float64))
     _, _, _, dx = K.call("reduce_backward", x, y, dy, poison(x.shape), n, h, w, c, rh, rw, rc, mode)
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("lt,rt", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_matmul_nhwc(K, lt, rt):
+    n, c, m, k, p = 2, 3, 4, 5, 6
+    rng = np.random.default_rng(2 * lt + rt)
+    ls = (m, k) if not lt else (k, m)
+    rs = (k, p) if not rt else (p, k)
+    lx = rng.standard_normal((n, *ls, c)).astype(F32)   # NHWC
+    rx = rng.standard_normal((n, *rs, c)).astype(F32)
+    lm = lx.transpose(0, 3, 1, 2).astype(np.float64)
+    rm = rx.transpose(0, 3, 1, 2).astype(np.float64)
+    ref = (lm.swapaxes(2, 3) if lt else lm) @ (rm.swapaxes(2, 3) if rt else rm)   # (n, c, m, p)
+    _, _, out = K.call("matmul_nhwc", lx, lt, *ls, rx, rt, *rs, poison((n, m, p, c)), n, c)
+    np.testing.assert_allclose(out, ref.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)

@@ -77,6 +77,7 @@ MUST_RUN = [
     "test_op_matches_cpu[reshape-train]", "test_op_matches_cpu[depth_max-train]",
     "test_op_matches_cpu[depth_argmax-train]", "test_op_matches_cpu[lrn-train]",
     "test_op_matches_cpu[reduce_l2_cw-train]", "test_op_matches_cpu[reduce_mean_hw-train]",
+    "test_op_matches_cpu[matmul-train]", "test_op_matches_cpu[matmul_tt-train]",
     "test_train_sequence_matches_cpu[pretrained_dl_classifier_compact.hdl-adam]",
     "test_train_sequence_matches_cpu[pretrained_dl_classifier_compact.hdl-sgd]",
     "test_segmentation_matches_cpu",

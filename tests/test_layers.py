@@ -539,7 +539,6 @@ MISSING_ON_PURPOSE = {
     "create_dl_layer_loss_distance": "the engine has one loss: softmax cross-entropy",
     "create_dl_layer_loss_focal": "the engine has one loss: softmax cross-entropy",
     "create_dl_layer_loss_huber": "the engine has one loss: softmax cross-entropy",
-    "create_dl_layer_matmul": "no matmul op",
 }
 # provided by other pieces of work (may be absent from this build)
 ELSEWHERE = {"create_dl_model_detection"}

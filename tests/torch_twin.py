@@ -31,7 +31,8 @@ Op semantics (from docs/internals.md):
            'bilinear' with align_corners=False; reshape (per sample, NCHW order);
   permute (torch.permute of the C, H, W axes by `perm`); depth_max (torch.max over the
            channels, its index as a float with `argmax`); lrn (F.local_response_norm);
-  reduce (sum / mean / L2 norm over `axes` of N C H W by `mode` 0 / 1 / 2, keepdim)
+  reduce (sum / mean / L2 norm over `axes` of N C H W by `mode` 0 / 1 / 2, keepdim);
+  matmul (op(A) @ op(B) over the last two axes, op transposes by trans_a / trans_b)
 The output is flattened to (N, K) when the last node gives (N, K, 1, 1).
 """
 from __future__ import annotations
@@ -54,7 +55,7 @@ SUFFIX_ROLE = {
 OPS = ("input", "conv", "bn", "relu", "relu6", "maxpool", "avgpool", "gap", "fc", "add",
        "concat", "dropout", "softmax", "deconv", "upsample_nearest", "upsample_bilinear",
        "sigmoid", "tanh", "depth_to_space", "resize_nearest", "resize_bilinear", "reshape",
-       "permute", "depth_max", "lrn", "reduce")
+       "permute", "depth_max", "lrn", "reduce", "matmul")
 
 
 def _pair(v) -> tuple:
@@ -257,6 +258,10 @@ class TorchTwin(nn.Module):
                 elif op == "lrn":
                     out = F.local_response_norm(a, int(node.get("size", 5)), float(node.get("alpha", 1e-4)),
                                                 float(node.get("beta", 0.75)), float(node.get("k", 1.0)))
+                elif op == "matmul":
+                    z = vals[ins[1]]
+                    out = ((a.transpose(2, 3) if node.get("trans_a", False) else a)
+                           @ (z.transpose(2, 3) if node.get("trans_b", False) else z))
                 elif op == "reduce":
                     ax = [int(d) for d in node["axes"]]
                     mode = int(node.get("mode", 0))

@@ -156,6 +156,7 @@ std::unique_ptr<CpuNode> make_permute(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_depth_max(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_lrn(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_reduce(const Node& n, int idx);
+std::unique_ptr<CpuNode> make_matmul(const Node& n, int idx);
 
 // Helpers
 memory::desc plain_desc(const Dims& d, dt type = dt::f32);

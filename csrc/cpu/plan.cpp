@@ -114,6 +114,7 @@ std::unique_ptr<CpuNode> make_node(const Node& n, int idx) {
     case OpKind::DepthMax: return make_depth_max(n, idx);
     case OpKind::Lrn: return make_lrn(n, idx);
     case OpKind::Reduce: return make_reduce(n, idx);
+    case OpKind::MatMul: return make_matmul(n, idx);
     case OpKind::Input: return nullptr;
   }
   return nullptr;

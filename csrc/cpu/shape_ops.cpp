@@ -12,6 +12,7 @@
 //   depth_max: the maximum over the channels (or its first index); backward to that index.
 //   lrn: oneDNN's lrn_across_channels (PyTorch's LocalResponseNorm for an odd size).
 //   reduce: sum / mean / L2 norm over some of C, H, W on oneDNN's reduction; backward a loop.
+//   matmul: per (n, c) the H × W matrices multiplied on oneDNN's matmul (backward: two more).
 // The data-movement ops run on plain NCHW fp32 (a blocked input is reordered first).
 #include <omp.h>
 
@@ -240,6 +241,110 @@ class Reduce : public CpuNode {
   Reorder to_plain_, from_plain_;
 };
 
+// matmul on oneDNN's matmul primitive, batched over (N, C) on plain NCHW (a blocked input is
+// reordered first, its gradient back); a transposed operand is a strided view, no copy.
+//   Y = op(A) · op(B);  dA = dY · op(B)ᵀ (or op(B) · dYᵀ stored transposed), dB likewise.
+class MatMul : public CpuNode {
+ public:
+  using CpuNode::CpuNode;
+
+  // the (N, C, R, S) plain tensor `d`, or its view with the last two axes swapped
+  static memory::desc view(const Dims& d, bool t) {
+    const memory::dim n = d[0], c = d[1], r = d[2], s = d[3];
+    if (!t) return memory::desc({n, c, r, s}, dt::f32, memory::dims{c * r * s, r * s, s, 1});
+    return memory::desc({n, c, s, r}, dt::f32, memory::dims{c * r * s, r * s, 1, s});
+  }
+
+  void create(Build& b) override {
+    HALCDL_CHECK(b.adt == dt::f32, kErrRuntimeUnsupported, "node '", node.name,
+                 "' (matmul) runs in float32 only, not with precision 'bfloat16'");
+    const Dims& yd = b.slots[idx].dims;
+    out(b).md = plain_desc(yd);
+    for (int k = 0; k < 2; ++k) {
+      const Slot& x = in(b, k);
+      d_[k] = x.dims;
+      const memory::desc xp = plain_desc(x.dims);
+      plain_[k] = x.md == xp;
+      const bool grad = b.training && x.need_grad;
+      if (!plain_[k]) xbuf_[k] = b.request(xp, b.tf(idx), b.training ? b.tb(idx) : b.tf(idx));
+      if (grad && !plain_[k]) gbuf_[k] = b.request(xp, b.tb(idx), b.tb(idx));
+    }
+    const bool ta = node.trans_a, tb = node.trans_b;
+    fwd_pd_ = dnnl::matmul::primitive_desc(b.eng, view(d_[0], ta), view(d_[1], tb), plain_desc(yd));
+    if (!b.training) return;
+    if (in(b, 0).need_grad)   // dA: A stored (M, K) = dY · op(B)ᵀ; stored (K, M) = op(B) · dYᵀ
+      bwd_pd_[0] = ta ? dnnl::matmul::primitive_desc(b.eng, view(d_[1], tb), view(yd, true), plain_desc(d_[0]))
+                      : dnnl::matmul::primitive_desc(b.eng, view(yd, false), view(d_[1], !tb), plain_desc(d_[0]));
+    if (in(b, 1).need_grad)   // dB: B stored (K, P) = op(A)ᵀ · dY; stored (P, K) = dYᵀ · op(A)
+      bwd_pd_[1] = tb ? dnnl::matmul::primitive_desc(b.eng, view(yd, true), view(d_[0], ta), plain_desc(d_[1]))
+                      : dnnl::matmul::primitive_desc(b.eng, view(d_[0], !ta), view(yd, false), plain_desc(d_[1]));
+  }
+
+  void bind(Build& b) override {
+    memory xp[2];
+    for (int k = 0; k < 2; ++k) {
+      const Slot& x = in(b, k);
+      if (plain_[k]) {
+        xp[k] = x.data;
+      } else {
+        xp[k] = b.mem(plain_desc(x.dims), xbuf_[k]);
+        to_plain_[k] = Reorder(x.data, xp[k]);
+      }
+      if (gin.size() > static_cast<size_t>(k) && gin[k]) {
+        if (plain_[k]) {
+          gp_[k] = gin[k];
+        } else {
+          gp_[k] = b.mem(plain_desc(x.dims), gbuf_[k]);
+          from_plain_[k] = Reorder(gp_[k], gin[k]);
+        }
+      }
+    }
+    const bool ta = node.trans_a, tb = node.trans_b;
+    const Dims& yd = b.slots[idx].dims;
+    auto as = [](const memory& m, const memory::desc& md) { return memory(md, m.get_engine(), m.get_data_handle()); };
+    fwd_ = dnnl::matmul(fwd_pd_);
+    fwd_args_ = {{DNNL_ARG_SRC, as(xp[0], view(d_[0], ta))}, {DNNL_ARG_WEIGHTS, as(xp[1], view(d_[1], tb))},
+                 {DNNL_ARG_DST, y}};
+    if (gp_[0]) {
+      bwd_[0] = dnnl::matmul(bwd_pd_[0]);
+      bwd_args_[0] = ta ? Args{{DNNL_ARG_SRC, as(xp[1], view(d_[1], tb))}, {DNNL_ARG_WEIGHTS, as(dy, view(yd, true))},
+                               {DNNL_ARG_DST, gp_[0]}}
+                        : Args{{DNNL_ARG_SRC, as(dy, view(yd, false))}, {DNNL_ARG_WEIGHTS, as(xp[1], view(d_[1], !tb))},
+                               {DNNL_ARG_DST, gp_[0]}};
+    }
+    if (gp_[1]) {
+      bwd_[1] = dnnl::matmul(bwd_pd_[1]);
+      bwd_args_[1] = tb ? Args{{DNNL_ARG_SRC, as(dy, view(yd, true))}, {DNNL_ARG_WEIGHTS, as(xp[0], view(d_[0], ta))},
+                               {DNNL_ARG_DST, gp_[1]}}
+                        : Args{{DNNL_ARG_SRC, as(xp[0], view(d_[0], !ta))}, {DNNL_ARG_WEIGHTS, as(dy, view(yd, false))},
+                               {DNNL_ARG_DST, gp_[1]}};
+    }
+  }
+
+  void forward(Exec& e) override {
+    for (auto& r : to_plain_)
+      if (r) r.run(e.s);
+    fwd_.execute(e.s, fwd_args_);
+  }
+  void backward(Exec& e) override {
+    for (int k = 0; k < 2; ++k) {
+      if (!bwd_[k]) continue;
+      bwd_[k].execute(e.s, bwd_args_[k]);
+      if (from_plain_[k]) from_plain_[k].run(e.s);
+    }
+  }
+
+ private:
+  Dims d_[2];
+  bool plain_[2] = {true, true};
+  int xbuf_[2] = {-1, -1}, gbuf_[2] = {-1, -1};
+  memory gp_[2];
+  Reorder to_plain_[2], from_plain_[2];
+  dnnl::matmul::primitive_desc fwd_pd_, bwd_pd_[2];
+  dnnl::matmul fwd_, bwd_[2];
+  Args fwd_args_, bwd_args_[2];
+};
+
 // The data-movement ops on plain NCHW fp32: a blocked input is reordered to plain first, the
 // input gradient is computed plain and reordered into the input's layout.
 class PlainMove : public CpuNode {
@@ -414,6 +519,7 @@ class DepthMax : public PlainMove {
 std::unique_ptr<CpuNode> make_depth_max(const Node& n, int idx) { return std::make_unique<DepthMax>(n, idx); }
 std::unique_ptr<CpuNode> make_lrn(const Node& n, int idx) { return std::make_unique<Lrn>(n, idx); }
 std::unique_ptr<CpuNode> make_reduce(const Node& n, int idx) { return std::make_unique<Reduce>(n, idx); }
+std::unique_ptr<CpuNode> make_matmul(const Node& n, int idx) { return std::make_unique<MatMul>(n, idx); }
 std::unique_ptr<CpuNode> make_act(const Node& n, int idx) { return std::make_unique<Act>(n, idx); }
 std::unique_ptr<CpuNode> make_resize(const Node& n, int idx) { return std::make_unique<Resize>(n, idx); }
 std::unique_ptr<CpuNode> make_depth_to_space(const Node& n, int idx) {

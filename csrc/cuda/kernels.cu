@@ -1467,6 +1467,30 @@ __global__ void reduce_bwd_kernel(const float* __restrict__ x, const float* __re
   }
 }
 
+struct MatView {  // strides of a matrix operand: sample, channel, row, column
+  int64_t sn, sc, sr, sk;
+};
+// batched matmul on strided views: out (n, r, s, c) NHWC = Σ_k L[b, ch, i, k] · R[b, ch, k, j]
+// with L, R addressed by their strides (sample, channel, row, column); one thread per output
+// element over k in order (no atomics). A transposed NHWC operand is its view with the row and
+// column strides swapped, so forward and both gradients use this one kernel.
+__global__ void matmul_kernel(const float* __restrict__ l, const float* __restrict__ r, float* __restrict__ out,
+                              size_t total, int64_t rows, int64_t cols, int64_t c, int64_t kk, MatView lv,
+                              MatView rv) {
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t ch = static_cast<int64_t>(t % c);
+    int64_t p = static_cast<int64_t>(t / c);
+    const int64_t j = p % cols;
+    p /= cols;
+    const int64_t i = p % rows, b = p / rows;
+    const float* lp = l + b * lv.sn + ch * lv.sc + i * lv.sr;
+    const float* rp = r + b * rv.sn + ch * rv.sc + j * rv.sk;
+    float acc = 0.f;
+    for (int64_t q = 0; q < kk; ++q) acc += lp[q * lv.sk] * rp[q * rv.sr];
+    out[t] = acc;
+  }
+}
+
 }  // namespace
 
 void sigmoid_forward(const float* x, float* y, size_t n, cudaStream_t s) {
@@ -1576,6 +1600,18 @@ void reduce_backward(const float* x, const float* y, const float* dy, float* dx,
   const size_t total = static_cast<size_t>(n * h * w * c);
   if (total == 0) return;
   reduce_bwd_kernel<<<grid_for(total), kBlock, 0, s>>>(x, y, dy, dx, total, h, w, c, rh, rw, rc, mode);
+  CUDA_CHECK_LAUNCH();
+}
+
+void matmul_nhwc(const float* l, int ltrans, int64_t lh, int64_t lw, const float* r, int rtrans, int64_t rh,
+                 int64_t rw, float* out, int64_t n, int64_t c, cudaStream_t s) {
+  // an NHWC (n, h, w, c) operand: strides n h·w·c, c 1, row w·c, column c (swapped if transposed)
+  const MatView lv{lh * lw * c, 1, ltrans ? c : lw * c, ltrans ? lw * c : c};
+  const MatView rv{rh * rw * c, 1, rtrans ? c : rw * c, rtrans ? rw * c : c};
+  const int64_t rows = ltrans ? lw : lh, kk = ltrans ? lh : lw, cols = rtrans ? rh : rw;
+  const size_t total = static_cast<size_t>(n * rows * cols * c);
+  if (total == 0) return;
+  matmul_kernel<<<grid_for(total), kBlock, 0, s>>>(l, r, out, total, rows, cols, c, kk, lv, rv);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -194,4 +194,9 @@ void reduce_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, i
 void reduce_backward(const float* x, const float* y, const float* dy, float* dx, int64_t n, int64_t h, int64_t w,
                      int64_t c, int rh, int rw, int rc, int mode, cudaStream_t s);
 
+// out (n, rows, cols, c) NHWC = op(L) · op(R) per sample and channel; L is stored NHWC
+// (n, lh, lw, c), R (n, rh, rw, c); op transposes the stored matrix when *trans is set.
+void matmul_nhwc(const float* l, int ltrans, int64_t lh, int64_t lw, const float* r, int rtrans, int64_t rh,
+                 int64_t rw, float* out, int64_t n, int64_t c, cudaStream_t s);
+
 }  // namespace halcdl::gpu::k

@@ -1,5 +1,5 @@
 // GPU twins of cpu/shape_ops.cpp (the layer API's ops): sigmoid, tanh, resize_nearest /
-// resize_bilinear to a fixed size, depth_to_space, reshape, permute, depth_max, lrn, reduce — all on our kernels (kernels.cuh), NHWC.
+// resize_bilinear to a fixed size, depth_to_space, reshape, permute, depth_max, lrn, reduce, matmul — all on our kernels (kernels.cuh), NHWC.
 #include "cuda/gpu_node.h"
 #include "cuda/kernels.cuh"
 
@@ -194,8 +194,48 @@ class Reduce : public GpuNode {
   const float* x_ = nullptr;
 };
 
+// matmul per (n, c) on our strided kernel (cuBLAS's batched gemm needs a unit stride in each
+// matrix, NHWC's is c): Y = op(A)·op(B); dA = dY·op(B)ᵀ or op(B)·dYᵀ; dB = op(A)ᵀ·dY or dYᵀ·op(A).
+class MatMul : public GpuNode {
+ public:
+  using GpuNode::GpuNode;
+  void create(GBuild& b) override {
+    const GSlot& a = in(b, 0);
+    const GSlot& z = in(b, 1);
+    HALCDL_CHECK(a.dims.size() == 4 && z.dims.size() == 4, kErrInvalidInputShape, "node '", node.name,
+                 "' needs 4-D inputs");
+    n_ = a.n; c_ = a.c; ah_ = a.h; aw_ = a.w; bh_ = z.h; bw_ = z.w;
+    yh_ = out(b).h; yw_ = out(b).w;
+  }
+  void bind(GBuild& b) override {
+    a_ = in(b, 0).data;
+    b_ = in(b, 1).data;
+  }
+  void forward(GExec& e) override {
+    k::matmul_nhwc(a_, ta(), ah_, aw_, b_, tb(), bh_, bw_, y, n_, c_, e.ctx.stream);
+  }
+  void backward(GExec& e) override {
+    if (gin[0]) {
+      if (ta()) k::matmul_nhwc(b_, tb(), bh_, bw_, dy, 1, yh_, yw_, gin[0], n_, c_, e.ctx.stream);
+      else k::matmul_nhwc(dy, 0, yh_, yw_, b_, 1 - tb(), bh_, bw_, gin[0], n_, c_, e.ctx.stream);
+    }
+    if (gin[1]) {
+      if (tb()) k::matmul_nhwc(dy, 1, yh_, yw_, a_, ta(), ah_, aw_, gin[1], n_, c_, e.ctx.stream);
+      else k::matmul_nhwc(a_, 1 - ta(), ah_, aw_, dy, 0, yh_, yw_, gin[1], n_, c_, e.ctx.stream);
+    }
+  }
+
+ private:
+  int ta() const { return node.trans_a ? 1 : 0; }
+  int tb() const { return node.trans_b ? 1 : 0; }
+  int64_t n_ = 0, c_ = 0, ah_ = 0, aw_ = 0, bh_ = 0, bw_ = 0, yh_ = 0, yw_ = 0;
+  const float* a_ = nullptr;
+  const float* b_ = nullptr;
+};
+
 }  // namespace
 
+std::unique_ptr<GpuNode> make_matmul(const Node& n, int idx) { return std::make_unique<MatMul>(n, idx); }
 std::unique_ptr<GpuNode> make_reduce(const Node& n, int idx) { return std::make_unique<Reduce>(n, idx); }
 std::unique_ptr<GpuNode> make_lrn(const Node& n, int idx) { return std::make_unique<Lrn>(n, idx); }
 std::unique_ptr<GpuNode> make_depth_max(const Node& n, int idx) { return std::make_unique<DepthMax>(n, idx); }

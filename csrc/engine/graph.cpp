@@ -37,6 +37,7 @@ const char* op_name(OpKind k) {
     case OpKind::DepthMax: return "depth_max";
     case OpKind::Lrn: return "lrn";
     case OpKind::Reduce: return "reduce";
+    case OpKind::MatMul: return "matmul";
   }
   return "?";
 }
@@ -54,7 +55,8 @@ const std::unordered_map<std::string, OpKind>& op_table() {
       {"detection_output", OpKind::DetOut}, {"sigmoid", OpKind::Sigmoid}, {"tanh", OpKind::Tanh},
       {"depth_to_space", OpKind::DepthToSpace}, {"resize_nearest", OpKind::ResizeNearest},
       {"resize_bilinear", OpKind::ResizeBilinear}, {"reshape", OpKind::Reshape}, {"permute", OpKind::Permute},
-      {"depth_max", OpKind::DepthMax}, {"lrn", OpKind::Lrn}, {"reduce", OpKind::Reduce}};
+      {"depth_max", OpKind::DepthMax}, {"lrn", OpKind::Lrn}, {"reduce", OpKind::Reduce},
+      {"matmul", OpKind::MatMul}};
   return t;
 }
 
@@ -341,6 +343,16 @@ Graph build_graph(const std::vector<NodeSpec>& spec) {
                      "': a permute that moves an image axis to the channels needs 'channels' >= 1");
         break;
       }
+      case OpKind::MatMul:
+        // per sample and channel the H × W matrices: Y = op(A) · op(B), op transposes with
+        // trans_a / trans_b; A and B have the same batch and channels (checked in infer_shapes)
+        need_inputs(2, 2);
+        n.trans_a = a.num("trans_a", 0) != 0;
+        n.trans_b = a.num("trans_b", 0) != 0;
+        HALCDL_CHECK(in_ch(0) == in_ch(1), kErrInvalidInputShape, "node '", s.name, "': matmul needs inputs of ",
+                     "the same depth, got ", in_ch(0), " and ", in_ch(1));
+        n.channels = in_ch(0);
+        break;
       case OpKind::Reduce: {
         // sum / mean / L2 norm over a non-empty subset of the axes 1 C, 2 H, 3 W (kept, of size 1)
         need_inputs(1, 1);
@@ -499,6 +511,19 @@ std::vector<Dims> Graph::infer_shapes(const std::vector<Dims>& input_dims) const
                      x[1], "x", x[2], "x", x[3], "), the shape ", n.channels, "x", n.out_h, "x", n.out_w, " needs ",
                      static_cast<int64_t>(n.channels) * n.out_h * n.out_w);
         out[i] = {x[0], n.channels, n.out_h, n.out_w};
+        break;
+      }
+      case OpKind::MatMul: {
+        const Dims& x = in(0);
+        const Dims& z = in(1);
+        HALCDL_CHECK(x.size() == 4 && z.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs 4-D inputs");
+        const int64_t m = n.trans_a ? x[3] : x[2], ka = n.trans_a ? x[2] : x[3];
+        const int64_t kb = n.trans_b ? z[3] : z[2], p = n.trans_b ? z[2] : z[3];
+        HALCDL_CHECK(x[0] == z[0] && x[1] == z[1], kErrInvalidInputShape, "node '", n.name,
+                     "' (matmul): the inputs differ in batch or depth (", x[0], "x", x[1], " and ", z[0], "x", z[1], ")");
+        HALCDL_CHECK(ka == kb, kErrInvalidInputShape, "node '", n.name, "' (matmul): A is ", m, "x", ka,
+                     " (rows x columns), B is ", kb, "x", p, ": A's columns must equal B's rows");
+        out[i] = {x[0], x[1], m, p};
         break;
       }
       case OpKind::Reduce: {

@@ -286,5 +286,9 @@ int emu_reduce_backward(const float* x, const float* y, const float* dy, float* 
                         int64_t c, int rh, int rw, int rc, int mode) {
   EMU_CALL(k::reduce_backward(x, y, dy, dx, n, h, w, c, rh, rw, rc, mode, kStream))
 }
+int emu_matmul_nhwc(const float* l, int ltrans, int64_t lh, int64_t lw, const float* r, int rtrans, int64_t rh,
+                    int64_t rw, float* out, int64_t n, int64_t c) {
+  EMU_CALL(k::matmul_nhwc(l, ltrans, lh, lw, r, rtrans, rh, rw, out, n, c, kStream))
+}
 
 }  // extern "C"

@@ -76,6 +76,7 @@ __all__ = [
     "create_dl_layer_depth_max",
     "create_dl_layer_lrn",
     "create_dl_layer_reduce",
+    "create_dl_layer_matmul",
     "create_dl_model",
     "get_dl_layer_param",
     "get_dl_layer_param_s",
@@ -762,6 +763,23 @@ def create_dl_layer_reduce(dllayer_input: Any, layer_name: Any, operation: Any, 
     return _new(name, "reduce", [inp], {"operation": op, "axes": sorted(out)}, gen)
 
 
+@operator
+def create_dl_layer_matmul(dllayer_a: Any, dllayer_b: Any, layer_name: Any, gen_param_name: Any,
+                           gen_param_value: Any) -> DLLayer:
+    """A matmul layer: per sample and depth the height × width matrices (rows = height,
+    columns = width) multiplied, op(A) · op(B), with gen params 'transpose_a' / 'transpose_b'
+    ('true' / 'false', default 'false').  A and B need the same depth; op(A)'s width must equal
+    op(B)'s height (7732 at create_dl_model).  The model's image size is then fixed."""
+    a = _layer(dllayer_a, 1, "dllayer_a")
+    b = _layer(dllayer_b, 2, "dllayer_b")
+    name = _name(layer_name, 3)
+    gen = _gen(gen_param_name, gen_param_value, 4, {"transpose_a": _bool_str,
+                                                    "transpose_b": _bool_str})
+    p = {"transpose_a": gen.pop("transpose_a", "false"),
+         "transpose_b": gen.pop("transpose_b", "false")}
+    return _new(name, "matmul", [a, b], p, gen)
+
+
 def _layer_param(layer: DLLayer, name: str) -> list:
     if name == "name":
         return [layer.name]
@@ -990,6 +1008,21 @@ def _emit(b: _Builder, layer: DLLayer) -> None:  # noqa: C901  (one branch per l
         b.out[id(layer)] = b.node(layer, layer.name, "depth_max", [x], (1, h, w),
                                   argmax=p["depth_max_mode"] == "argmax")
         return
+    if t == "matmul":
+        xa, (ca, ha_, wa) = b.spatial_input(layer, 0)
+        xb, (cb, hb, wb) = b.spatial_input(layer, 1)
+        ta, tb = p["transpose_a"] == "true", p["transpose_b"] == "true"
+        m, ka = (wa, ha_) if ta else (ha_, wa)
+        kb, n = (wb, hb) if tb else (hb, wb)
+        if ca != cb:
+            raise _fail(H_ERR_DL_LAYER_INPUT, layer, f"its inputs differ in depth ({ca} and {cb})")
+        if ka != kb:
+            raise _fail(H_ERR_DL_LAYER_INPUT, layer,
+                        f"op(A) is {m}x{ka} (height x width), op(B) is {kb}x{n}: A's width "
+                        f"must equal B's height")
+        b.out[id(layer)] = b.node(layer, layer.name, "matmul", [xa, xb], (ca, m, n),
+                                  trans_a=ta, trans_b=tb)
+        return
     if t == "reduce":
         x, (c, h, w) = b.spatial_input(layer)
         eng = sorted(_HAL_TO_ENGINE_AXIS[a] for a in p["axes"])
@@ -1204,7 +1237,7 @@ def build_spec(output_layers: list[DLLayer]) -> dict:
     spec[0]["comment"] = {"halcon_layers": extra}
     return {"spec": spec, "type": kind, "num_classes": int(k), "image": (w, h, c),
             "extra": extra, "momentum": next(iter(momenta)) if momenta else None,
-            "fixed_size": any("in_features" in n or n["op"] == "reshape"
+            "fixed_size": any("in_features" in n or n["op"] in ("reshape", "matmul")
                               or (n["op"] == "permute" and n["perm"][0] != 0) for n in spec),
             "weights": weights,
             "trainable": bool(loss)}

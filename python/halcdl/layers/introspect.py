@@ -56,7 +56,7 @@ _TYPES = {"input": "input", "conv": "convolution", "bn": "batchnorm", "relu": "a
           "sigmoid": "activation", "tanh": "activation", "depth_to_space": "depth_to_space",
           "resize_nearest": "zoom_size", "resize_bilinear": "zoom_size", "reshape": "reshape",
           "permute": "permutation", "depth_max": "depth_max",
-          "lrn": "lrn", "reduce": "reduce"}
+          "lrn": "lrn", "reduce": "reduce", "matmul": "matmul"}
 
 
 def _owner(node_name: str) -> str:
@@ -128,6 +128,9 @@ class _View:
         elif op == "depth_to_space":
             p["block_size"] = int(n.get("block_size", 2))
             p["mode"] = "column_row_depth" if n.get("crd", True) else "depth_column_row"
+        elif op == "matmul":
+            p["transpose_a"] = "true" if n.get("trans_a", False) else "false"
+            p["transpose_b"] = "true" if n.get("trans_b", False) else "false"
         elif op == "reduce":
             p["operation"] = ("sum", "mean", "norm_l2")[int(n.get("mode", 0))]
             p["axes"] = sorted({3: 0, 2: 1, 1: 2}[int(a)] for a in n["axes"])
