@@ -109,6 +109,15 @@ def _op_cases():
     cases.append(("reshape", node("reshape", channels=4, height=5, width=3), [randn(r, 2, 3, 4, 5)], {}))
     cases.append(("permute_hw", node("permute", perm=[0, 2, 1]), [randn(r, 2, 3, 4, 5)], {}))
     cases.append(("permute_cwh", node("permute", perm=[2, 0, 1], channels=5), [randn(r, 2, 3, 4, 5)], {}))
+    cases.append(("depth_max", node("depth_max"), [randn(r, 2, 7, 4, 5)], {}))
+    cases.append(("depth_argmax", node("depth_max", argmax=True), [randn(r, 2, 7, 4, 5)], {}))
+    cases.append(("lrn", node("lrn", size=5, alpha=1e-2, beta=0.75, k=2.0), [randn(r, 2, 7, 4, 5) * 2], {}))
+    cases.append(("reduce_sum_c", node("reduce", mode=0, axes=[1]), [randn(r, 2, 7, 4, 5)], {}))
+    cases.append(("reduce_mean_hw", node("reduce", mode=1, axes=[2, 3]), [randn(r, 2, 7, 4, 5)], {}))
+    cases.append(("reduce_l2_cw", node("reduce", mode=2, axes=[1, 3]), [randn(r, 2, 7, 4, 5)], {}))
+    cases.append(("matmul", node("matmul", 2), [randn(r, 2, 3, 4, 5), randn(r, 2, 3, 5, 6)], {}))
+    cases.append(("matmul_tt", node("matmul", 2, trans_a=True, trans_b=True),
+                  [randn(r, 2, 3, 5, 4), randn(r, 2, 3, 6, 5)], {}))
     # detection_output: two levels of (class head, box head), K = 3, A = 2
     cases.append(("detection_output", node("detection_output", 4, num_classes=3, num_anchors=2,
                                            box_values=4),
@@ -608,7 +617,9 @@ def _rel_max(a, b):
 # them (test_bf16_refuses_ops_without_a_bf16_path); every other op of section 1 has one
 # (softmax, upsampling: fp32 between casts)
 NO_BF16 = ("sigmoid", "tanh", "d2s_crd", "d2s_dcr", "resize_nearest", "resize_bilinear", "reshape",
-           "permute_hw", "permute_cwh", "detection_output")
+           "permute_hw", "permute_cwh", "depth_max", "depth_argmax", "lrn",
+           "reduce_sum_c", "reduce_mean_hw", "reduce_l2_cw", "matmul", "matmul_tt",
+           "detection_output")
 BF16_OPS = [c for c in OP_CASES if c[0] not in NO_BF16]
 BF16_REFUSED = [c for c in OP_CASES if c[0] in NO_BF16]
 BF16_REL = 1.5e-2  # of the reference's largest magnitude: a few bf16 roundings (2^-9 each)

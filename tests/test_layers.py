@@ -535,14 +535,10 @@ set_dict_object set_dict_tuple set_dict_tuple_at read_dict write_dict dict_to_js
 # missing on purpose: each needs new engine ops (C++ CPU and CUDA twins) or engine hooks
 MISSING_ON_PURPOSE = {
     "create_dl_layer_class_id_conversion": "no class-id conversion op in the engine",
-    "create_dl_layer_depth_max": "no depth-max op",
     "create_dl_layer_loss_ctc": "the engine has one loss: softmax cross-entropy",
     "create_dl_layer_loss_distance": "the engine has one loss: softmax cross-entropy",
     "create_dl_layer_loss_focal": "the engine has one loss: softmax cross-entropy",
     "create_dl_layer_loss_huber": "the engine has one loss: softmax cross-entropy",
-    "create_dl_layer_lrn": "no local response normalization op",
-    "create_dl_layer_matmul": "no matmul op",
-    "create_dl_layer_reduce": "no reduce op",
 }
 # provided by other pieces of work (may be absent from this build)
 ELSEWHERE = {"create_dl_model_detection"}

@@ -111,6 +111,10 @@ std::unique_ptr<CpuNode> make_node(const Node& n, int idx) {
     case OpKind::DepthToSpace: return make_depth_to_space(n, idx);
     case OpKind::Reshape: return make_reshape(n, idx);
     case OpKind::Permute: return make_permute(n, idx);
+    case OpKind::DepthMax: return make_depth_max(n, idx);
+    case OpKind::Lrn: return make_lrn(n, idx);
+    case OpKind::Reduce: return make_reduce(n, idx);
+    case OpKind::MatMul: return make_matmul(n, idx);
     case OpKind::Input: return nullptr;
   }
   return nullptr;
