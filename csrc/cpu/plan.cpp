@@ -189,10 +189,7 @@ class CpuPlan : public Plan {
     std::vector<OpKind> post_act(n, OpKind::Input);
     const bool fuse_sum_on = !no_fuse("sum"), fuse_add_relu = !no_fuse("add_relu");
     auto root = [&](int i) { return alias[i] >= 0 ? alias[i] : i; };
-    // Kept layers (introspection) switch the sum fusion off for the whole plan: a chain of
-    // residual blocks fused only in part (a kept member stops it) gives a broken plan.
-    const bool any_kept = std::find(kept_.begin(), kept_.end(), true) != kept_.end();
-    for (int j = 0; j < n && !training && !bf16 && fuse_ && fuse_sum_on && !any_kept; ++j) {
+    for (int j = 0; j < n && !training && !bf16 && fuse_ && fuse_sum_on; ++j) {
       const Node& add = g.nodes[j];
       if (add.op != OpKind::Add || add.inputs.size() != 2) continue;
       for (int k = 0; k < 2; ++k) {
@@ -201,9 +198,6 @@ class CpuPlan : public Plan {
         if (t == o || g.nodes[c].op != OpKind::Conv || fuse_act[c] != OpKind::Input || fuse_sum[c] >= 0) continue;
         if (t == g.output || consumers[t].size() != 1 || dims[t] != dims[o]) continue;
         if (kept_[t] || kept_[j] || kept_[c]) continue;  // a kept output is read after the batch
-        // a conv reading the network input (plain layout) fails to create its primitive with
-        // the sum post-op into another conv's buffer (the layer API's elementwise sum of convs)
-        if (!g.nodes[c].inputs.empty() && g.nodes[g.nodes[c].inputs[0]].op == OpKind::Input) continue;
         if (g.nodes[r].op == OpKind::Input || r >= c || o == g.output) continue;  // o computed before c
         // every other reader of r's group runs (at its root's turn) before the conv, and
         // none is itself an in-place sum (it would overwrite o first)
@@ -219,8 +213,7 @@ class CpuPlan : public Plan {
         }
         if (!ok) continue;
         alias[j] = c;
-        fuse_sum[c] = o;
-        share[c] = share[r] >= 0 ? share[r] : r;
+        fuse_sum[c] = o;  // resolved to its buffer's owner below, once all fusions are known
         int act = sole(j, OpKind::Relu);
         if (act >= 0) {
           alias[act] = c;
@@ -237,6 +230,25 @@ class CpuPlan : public Plan {
       if (r < 0) continue;
       alias[r] = i;
       bn_relu[i] = true;
+    }
+    // The buffer each in-place sum accumulates into, resolved only now: the bn / add → relu
+    // fusion above can still make the residual operand's root a member of another group (a
+    // relu whose add was not summed in place, e.g. a kept layer stopped it, becomes a member of
+    // that add), and a member has neither a buffer nor, before its turn in the layout loop, a
+    // layout. So the owner is the operand's final root (computed before the conv: roots only
+    // move earlier), or, for a chain of in-place sums, the first owner's. Resolving the owner
+    // at the sum loop's time gave a member's data id (-1) or an empty layout (a primitive that
+    // could not be created) whenever a chain was fused only in part.
+    auto final_root = [&](int i) {
+      while (alias[i] >= 0) i = alias[i];
+      return i;
+    };
+    for (int c = 0; c < n; ++c) {
+      if (fuse_sum[c] < 0) continue;
+      const int r = final_root(fuse_sum[c]);
+      HALCDL_CHECK(r < c && alias[c] < 0, kErrRuntimeUnsupported, "internal: in-place sum order");
+      share[c] = share[r] >= 0 ? share[r] : r;
+      fuse_sum[c] = share[c];
     }
     // Timer labels: the root's op and the ops fused into it.
     labels_.resize(n);
