@@ -36,7 +36,10 @@ larger than the GPU → 6021 with the model left on the CPU; every cudaMalloc of
 and of the cold train steps failing in turn (6021, nothing changes, the retried run is bitwise
 the same); reconfiguration mid-training (batch size, optimize_for_inference, determinism, image
 size, GPU → CPU → GPU) against the CPU; two models trained from two threads at once; weights
-that blow up (7720 at the CPU's step, nothing changed; HALCDL_CUDA_DEBUG=2 names the node).
+that blow up (7720 at the CPU's step, nothing changed; HALCDL_CUDA_DEBUG=2 names the node); the
+batch-size searches (optimize_dl_model_batch_size, set_dl_model_param_max_gpu_batch_size) on a
+96 MiB GPU without CuPy: the bound is the free memory with the scratch copy placed, it bites,
+and the chosen size trains.
 
 Environment: HALCDL_EMU_BUILD_DIR (the build cache), CXX; see tests/gpu_emu/build.py.
 """
@@ -170,6 +173,7 @@ def test_gpu_selection_with_the_backend_loaded(emu_lib, tmp_path, machine):
     pytest.param("two_threads", {}, id="two_threads"),
     pytest.param("nonfinite_step", {}, id="nonfinite_step"),
     pytest.param("nonfinite_step", {"HALCDL_CUDA_DEBUG": "2"}, id="nonfinite_step-debug"),
+    pytest.param("batch_size_search", {"HALCDL_EMU_GPU_MEMORY": "96M"}, id="batch_size_search"),
     pytest.param("train_sequence_sgd", {}, id="train_sequence_sgd"),
     pytest.param("train_sequence_adam", {}, id="train_sequence_adam"),
 ])

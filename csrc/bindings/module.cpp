@@ -910,6 +910,15 @@ PYBIND11_MODULE(_core, m) {
              auto lk = lock_model(md);
              return md.engine() ? md.engine()->plan_bytes() : 0;
            })
+      // free memory of the model's GPU (cudaMemGetInfo in the engine's context: no CuPy needed);
+      // 0 for a model on the CPU
+      .def("gpu_free_bytes",
+           [](Model& md) -> size_t {
+             auto lk = lock_model(md);
+             if (!md.engine()) return 0;
+             py::gil_scoped_release nogil;
+             return md.engine()->info().free_bytes;
+           })
       .def("get_precision",
            [](const Model& md) { return md.precision() == Precision::BF16 ? "bfloat16" : "float32"; })
       .def("summary", &Model::summary)
