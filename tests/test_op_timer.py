@@ -6,6 +6,11 @@
   accumulating in place into the residual's buffer; HALCDL_NO_FUSE=sum (read when a plan is
   built) keeps the separate add. Both give the same confidences, and those equal the PyTorch
   twin's; the fused plan actually contains the fused node (seen through the timer's keys).
+- Kept layers (introspection) stop the sum fusion only where they are involved: outputs and
+  kept activations equal the unfused plan's, for chosen places in and around resnet18/50
+  blocks and for random keep sets.
+- Training passes gradients through adds in place (HALCDL_NO_FUSE=grad_share: copies):
+  bit-identical.
 """
 from __future__ import annotations
 
