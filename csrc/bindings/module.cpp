@@ -900,6 +900,11 @@ PYBIND11_MODULE(_core, m) {
              md.set_gpu_options(GpuOptions{deterministic, tf32});
            },
            py::arg("deterministic"), py::arg("tf32"))
+      .def("cpu_plan_bytes",
+           [](Model& md) -> size_t {
+             auto lk = lock_model(md);
+             return md.cpu_plan_bytes();
+           })
       .def("gpu_plan_bytes",
            [](Model& md) -> size_t {
              auto lk = lock_model(md);

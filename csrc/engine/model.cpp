@@ -930,4 +930,11 @@ std::string Model::summary() const {
   return os.str();
 }
 
+size_t Model::cpu_plan_bytes() const {
+  size_t t = 0;
+  for (const auto& kv : plans_) t += kv.second->workspace_bytes();
+  for (const auto& kv : grad_plans_) t += kv.second->workspace_bytes();
+  return t;
+}
+
 }  // namespace halcdl
