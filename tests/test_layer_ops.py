@@ -535,7 +535,8 @@ def test_reduce_layer_against_pytorch(tmp_path):
                                   np.asarray(r["classification_confidences"]))
     onnx = pytest.importorskip("onnx")  # exported (onnxruntime: tests/test_onnx_layer_ops.py)
     ha.write_dl_model(m, str(tmp_path / "reduce.onnx"))
-    assert {"ReduceL2", "ReduceMean", "ReduceSum"} <= {n.op_type for n in onnx.load(str(tmp_path / "reduce.onnx")).graph.node}
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "reduce.onnx")).graph.node}
+    assert {"ReduceL2", "ReduceMean", "ReduceSum"} <= ops
 
 
 def test_matmul_layer_against_pytorch(tmp_path):

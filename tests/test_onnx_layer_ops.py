@@ -170,9 +170,9 @@ def test_matmul(tmp_path):
     assert "MatMul" in ops
 
 
-# (input w, h) → (output w, h): up, down, equal, from 1 × 1, ties (4 → 2, 2 → 3, and 14 → 1,
-# 20 → 6, where onnxruntime's Resize with tf_half_pixel_for_nn rounds its float32 scale to the
-# neighbouring pixel), to 1 × 1
+# (input w, h) → (output w, h): up, down, equal, from 1 × 1, ties (4 → 2, 2 → 3, and
+# 14 → 1, 20 → 6, where onnxruntime's Resize with tf_half_pixel_for_nn rounds its float32
+# scale to the neighbouring pixel), to 1 × 1
 RESIZE_CASES = [((6, 4), (9, 7)), ((6, 6), (3, 4)), ((6, 4), (6, 4)), ((1, 1), (2, 3)),
                 ((4, 2), (2, 3)), ((14, 20), (1, 6)), ((7, 5), (1, 1)), ((5, 10), (13, 4))]
 
@@ -213,3 +213,80 @@ def test_zoom_to_layer_size_segmentation(tmp_path):
                             [])
     conf = np.stack([np.asarray(r["segmentation_confidence"]).reshape(4, 6) for r in res])
     np.testing.assert_allclose(probs.max(1), conf, atol=ATOL, rtol=0)
+
+
+# ---- import: Sigmoid, Tanh, DepthToSpace, LRN read back ----------------------------------
+def test_export_of_sigmoid_tanh_d2s_lrn_reads_back(tmp_path):
+    conv = _conv(_img(c=3), "conv", 16, k=3)
+    t = ha.create_dl_layer_activation(conv, "tanh", "tanh", [], [])
+    lrn = ha.create_dl_layer_lrn(t, "lrn", 3, 0.2, 0.75, 1.5, "across_channels", [], [])
+    d1 = ha.create_dl_layer_depth_to_space(lrn, "crd", 2, "column_row_depth", [], [])
+    d2 = ha.create_dl_layer_depth_to_space(_conv(d1, "c2", 8), "dcr", 2, "depth_column_row",
+                                           [], [])
+    s = ha.create_dl_layer_activation(d2, "sig", "sigmoid", [], [])
+    m = _classifier(s)
+    path = str(tmp_path / "x.onnx")
+    ha.write_dl_model(m, path)
+    m2 = ha.read_dl_model(path)
+    ops = [nd["op"] for nd in m2.spec]
+    for op in ("tanh", "lrn", "depth_to_space", "sigmoid"):
+        assert op in ops, ops
+    x = np.random.default_rng(7).standard_normal((2, 4, 6, 3)).astype(np.float32)
+    r1 = ha.apply_dl_model(m, [{"image": v} for v in x], [])
+    r2 = ha.apply_dl_model(m2, [{"image": v} for v in x], [])
+    for a, b in zip(r1, r2):
+        assert list(a["classification_class_ids"]) == list(b["classification_class_ids"])
+        np.testing.assert_allclose(a["classification_confidences"],
+                                   b["classification_confidences"], atol=1e-6, rtol=0)
+
+
+def test_pytorch_pixel_shuffle_sigmoid_tanh_import_matches_onnxruntime(tmp_path):
+    torch = pytest.importorskip("torch")
+    import io
+    import warnings
+
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Tanh(), nn.PixelShuffle(2),
+                        nn.Conv2d(4, 8, 1), nn.Sigmoid(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 4)).eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), buf, opset_version=17, dynamo=False,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    path = tmp_path / "t.onnx"
+    path.write_bytes(buf.getvalue())
+    assert "DepthToSpace" in {nd.op_type for nd in onnx.load(str(path)).graph.node}
+    m = ha.read_dl_model(str(path))
+    x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    want = e / e.sum(1, keepdims=True)
+    ids = ha.get_dl_model_param(m, "class_ids")
+    res = ha.apply_dl_model(m, [{"image": np.ascontiguousarray(v.transpose(1, 2, 0))} for v in x],
+                            [])
+    got = np.array([[dict(zip(r["classification_class_ids"],
+                              r["classification_confidences"]))[k] for k in ids] for r in res])
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("node, why", [
+    (helper.make_node("LRN", ["x"], ["r"], name="n", size=4), "odd"),
+    (helper.make_node("DepthToSpace", ["x"], ["r"], name="n", blocksize=2), "blocksize"),
+])
+def test_bad_imports_raise_7801(node, why, tmp_path):
+    # 3 channels: not divisible by blocksize² = 4
+    gap = helper.make_node("GlobalAveragePool", ["r"], ["y"], name="gap")
+    g = helper.make_graph([node, gap], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    mdl = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    mdl.ir_version = 8
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(mdl.SerializeToString())
+    with pytest.raises(ha.HOperatorError) as info:
+        ha.read_dl_model(str(path))
+    assert info.value.error_code == 7801 and why in info.value.message

@@ -36,7 +36,7 @@ _INF = 3.0e38  # |x| above this counts as an absent Clip bound (PyTorch writes Â
 
 # what the converter maps (op_* methods below); the helper ops only fold constants and shapes
 SUPPORTED_OPS = ("Conv", "ConvTranspose", "Resize", "Upsample", "BatchNormalization", "Relu",
-                 "Clip", "MaxPool", "AveragePool",
+                 "Clip", "Sigmoid", "Tanh", "DepthToSpace", "LRN", "MaxPool", "AveragePool",
                  "GlobalAveragePool", "ReduceMean", "Gemm", "MatMul", "Add", "Concat",
                  "Flatten", "Reshape", "Softmax", "LogSoftmax", "Dropout", "Identity",
                  "Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Cast")
@@ -594,6 +594,40 @@ class _Converter:
     def op_Relu(self, node, idx, a) -> None:
         self._unary(node, idx, "relu")
 
+    def op_Sigmoid(self, node, idx, a) -> None:
+        self._unary(node, idx, "sigmoid")
+
+    def op_Tanh(self, node, idx, a) -> None:
+        self._unary(node, idx, "tanh")
+
+    def op_DepthToSpace(self, node, idx, a) -> None:
+        x = self.act4(node.input[0])
+        b = int(a.get("blocksize", 0))
+        mode = self._text(a.get("mode"), "DCR")
+        c, h, w = x.shape
+        if b < 1 or c % (b * b):
+            raise _Unsupported(f"blocksize {b} must be >= 1 and divide the {c} channels into "
+                               f"blocksizeÂ² groups")
+        if mode not in ("DCR", "CRD"):
+            raise _Unsupported(f"mode must be DCR or CRD, got {mode!r}")
+        name = self.node_name(node, idx)
+        self.add_node(name, "depth_to_space", [x], block_size=b, crd=mode == "CRD")
+        shape = (c // (b * b), h * b, w * b)
+        self.acts[node.output[0]] = _Act(name, shape, shape)
+
+    def op_LRN(self, node, idx, a) -> None:
+        x = self.act4(node.input[0])
+        size = int(a.get("size", 0))
+        bias = float(a.get("bias", 1.0))
+        if size < 1 or size % 2 == 0:
+            raise _Unsupported(f"size must be odd (a centred window), got {size}")
+        if bias <= 0:
+            raise _Unsupported(f"bias must be > 0, got {bias}")
+        name = self.node_name(node, idx)
+        self.add_node(name, "lrn", [x], size=size, alpha=float(a.get("alpha", 1e-4)),
+                      beta=float(a.get("beta", 0.75)), k=bias)
+        self.acts[node.output[0]] = _Act(name, x.shape, x.eshape)
+
     def op_Clip(self, node, idx, a) -> None:
         if self.opset < 11:
             lo, hi = a.get("min"), a.get("max")
@@ -891,6 +925,8 @@ def _size_multiple(spec: list) -> int:
             f /= max(st) if isinstance(st, list) else st
         elif op in ("upsample_nearest", "upsample_bilinear"):
             f /= n.get("scale", 2)
+        elif op == "depth_to_space":
+            f /= n.get("block_size", 2)
         factor[n["name"]] = f
         worst = max(worst, f)
     return max(1, int(math.ceil(worst - 1e-9)))
