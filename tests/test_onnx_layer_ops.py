@@ -276,12 +276,16 @@ def test_pytorch_pixel_shuffle_sigmoid_tanh_import_matches_onnxruntime(tmp_path)
 @pytest.mark.parametrize("node, why", [
     (helper.make_node("LRN", ["x"], ["r"], name="n", size=4), "odd"),
     (helper.make_node("DepthToSpace", ["x"], ["r"], name="n", blocksize=2), "blocksize"),
+    (helper.make_node("Transpose", ["x"], ["r"], name="n", perm=[1, 0, 2, 3]), "batch"),
+    (helper.make_node("ReduceL2", ["x"], ["r"], name="n", axes=[0, 1]), "axes 1"),
+    (helper.make_node("ReduceMax", ["x"], ["r"], name="n", axes=[2]), "channels"),
+    (helper.make_node("MatMul", ["x", "x"], ["r"], name="n"), "do not fit"),
 ])
 def test_bad_imports_raise_7801(node, why, tmp_path):
-    # 3 channels: not divisible by blocksize² = 4
+    # 3 channels: not divisible by blocksize² = 4; 8 × 6 matrices: x · x does not fit
     gap = helper.make_node("GlobalAveragePool", ["r"], ["y"], name="gap")
     g = helper.make_graph([node, gap], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])],
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 6])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     mdl = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     mdl.ir_version = 8
@@ -290,3 +294,41 @@ def test_bad_imports_raise_7801(node, why, tmp_path):
     with pytest.raises(ha.HOperatorError) as info:
         ha.read_dl_model(str(path))
     assert info.value.error_code == 7801 and why in info.value.message
+
+
+def _mm_net(img):
+    q, k = _conv(img, "q", 8), _conv(img, "k", 8)
+    return ha.create_dl_layer_matmul(q, k, "mm", ["transpose_b"], ["true"])
+
+
+READ_BACK = {
+    "permute": (lambda img: ha.create_dl_layer_permutation(_conv(img, "c", 4), "p", [1, 2, 0, 3],
+                                                           [], []), {"permute"}),
+    "reduce_sum": (lambda img: ha.create_dl_layer_reduce(_conv(img, "c", 4), "r", "sum", [0],
+                                                         [], []), {"reduce"}),
+    "reduce_mean_c": (lambda img: ha.create_dl_layer_reduce(_conv(img, "c", 4), "r", "mean",
+                                                            [2, 1], [], []), {"reduce"}),
+    "reduce_l2": (lambda img: ha.create_dl_layer_reduce(_conv(img, "c", 4), "r", "norm_l2",
+                                                        [2], [], []), {"reduce"}),
+    "depth_max_value": (lambda img: ha.create_dl_layer_depth_max(_conv(img, "c", 4), "d",
+                                                                 "value", [], [])[1],
+                        {"depth_max"}),
+    "matmul": (_mm_net, {"matmul", "permute"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(READ_BACK))
+def test_export_reads_back(case, tmp_path):
+    build, want = READ_BACK[case]
+    m = _classifier(build(_img(c=3)))
+    path = str(tmp_path / "x.onnx")
+    ha.write_dl_model(m, path)
+    m2 = ha.read_dl_model(path)
+    assert want <= {nd["op"] for nd in m2.spec}, m2.spec
+    x = np.random.default_rng(3).standard_normal((2, 4, 6, 3)).astype(np.float32)
+    r1 = ha.apply_dl_model(m, [{"image": v} for v in x], [])
+    r2 = ha.apply_dl_model(m2, [{"image": v} for v in x], [])
+    for a, b in zip(r1, r2):
+        assert list(a["classification_class_ids"]) == list(b["classification_class_ids"])
+        np.testing.assert_allclose(a["classification_confidences"],
+                                   b["classification_confidences"], atol=1e-6, rtol=0)
