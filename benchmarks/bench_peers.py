@@ -18,8 +18,11 @@ Sections (--threads threads everywhere, default 2):
           where the CPU has bf16 instructions; elsewhere they are reported as not available.
   train   train_dl_model_batch against torch.compile (inductor) of the PyTorch twin, forward +
           cross-entropy + backward + SGD(momentum, weight_decay), resnet18 and mobilenet_v2 bs16
-          (compiled in an untimed first call); plus `halcdl_no_add_relu_fusion` (a plan built
-          under HALCDL_NO_FUSE=add_relu): the before/after of the training fusion.
+          (compiled in an untimed first call; --no-compile skips it); plus
+          `halcdl_no_add_relu_fusion` and `halcdl_no_grad_share` (plans built under
+          HALCDL_NO_FUSE=add_relu / grad_share): the before/after of the training add → relu
+          fusion and of the add's gradients shared in place, with each plan's workspace bytes.
+          --models picks among resnet18, mobilenet_v2.
   peak    the machine's fp32 convolution rate: a oneDNN forward convolution micro-benchmark
           (benchmarks/conv_peak.cpp, compiled here with g++ against the oneDNN halcdl uses).
   ops     the engine's per-op timer (HALCDL_OP_TIMER / halcdl._native core.set_op_timer) on
@@ -252,7 +255,10 @@ def section_train(cfg):
     import torch.nn.functional as F
     from torch_twin import from_model, images_to_nchw
     rows = []
-    for name, bs in TRAIN[:1] if cfg.quick else TRAIN:
+    todo = TRAIN[:1] if cfg.quick else TRAIN
+    if cfg.models:
+        todo = [t for t in TRAIN if t[0] in cfg.models.split(",")]
+    for name, bs in todo:
         model = make(name, bs)
         samples = make_samples(bs, *hw(model))
         twin = from_model(model)
@@ -260,10 +266,13 @@ def section_train(cfg):
         opt = torch.optim.SGD([p for _, _, p in twin.named_trainable()], lr=LR,
                               momentum=MOMENTUM, weight_decay=WP)
         err = None
-        try:
-            compiled = torch.compile(twin)
-        except Exception as e:  # noqa: BLE001  (reported, not hidden)
-            compiled, err = None, f"{type(e).__name__}: {e}"
+        if not cfg.compile:
+            compiled, err = None, "torch.compile skipped (--no-compile)"
+        else:
+            try:
+                compiled = torch.compile(twin)
+            except Exception as e:  # noqa: BLE001  (reported, not hidden)
+                compiled, err = None, f"{type(e).__name__}: {e}"
 
         def t_step():
             twin.train()
@@ -281,16 +290,19 @@ def section_train(cfg):
                 err = f"{type(e).__name__}: {str(e)[:300]}"
         compile_s = time.perf_counter() - t0
         fns = {"halcdl": lambda: ha.train_dl_model_batch(model, samples)}
-        unfused = None
+        befores = {}  # candidate -> model whose plans were built without one fusion
         if cfg.before and any(n["op"] == "add" for n in model.spec):
-            # before/after of the training add → relu fusion in this run
-            os.environ["HALCDL_NO_FUSE"] = "add_relu"
-            try:
-                unfused = make(name, bs)
-                ha.train_dl_model_batch(unfused, samples)      # builds its plan now
-            finally:
-                del os.environ["HALCDL_NO_FUSE"]
-            fns["halcdl_no_add_relu_fusion"] = lambda: ha.train_dl_model_batch(unfused, samples)
+            # before/after of the training add → relu fusion and of the gradients shared in
+            # place through the adds (no copies in the add backward), in this run
+            for cand, what in (("halcdl_no_add_relu_fusion", "add_relu"),
+                               ("halcdl_no_grad_share", "grad_share")):
+                os.environ["HALCDL_NO_FUSE"] = what
+                try:
+                    befores[cand] = make(name, bs)
+                    ha.train_dl_model_batch(befores[cand], samples)  # builds its plan now
+                finally:
+                    del os.environ["HALCDL_NO_FUSE"]
+                fns[cand] = (lambda m: lambda: ha.train_dl_model_batch(m, samples))(befores[cand])
         if err is None:
             fns["torch_compile"] = t_step
         ts = interleaved(fns, cfg.warmup, cfg.train_repeats)
@@ -298,14 +310,21 @@ def section_train(cfg):
              "compile_s": compile_s, "img_s": {k: bs / med(v) for k, v in ts.items()}}
         if "torch_compile" in ts:
             r["ratio"] = med(ts["torch_compile"]) / med(ts["halcdl"])
-        if unfused is not None:
+        if befores:
             r["fusion_speedup"] = med(ts["halcdl_no_add_relu_fusion"]) / med(ts["halcdl"])
-            ha.clear_dl_model(unfused)
+            r["grad_share_speedup"] = med(ts["halcdl_no_grad_share"]) / med(ts["halcdl"])
+            r["plan_bytes"] = {"halcdl": core_of(model).cpu_plan_bytes(),
+                               **{k: core_of(m).cpu_plan_bytes() for k, m in befores.items()}}
+            for m in befores.values():
+                ha.clear_dl_model(m)
         LOG(f"  train {name:12s} bs{bs:<3d} " + "  ".join(
             f"{k} {v:6.1f} img/s" for k, v in r["img_s"].items())
             + (f"  ratio {r['ratio']:.2f}  (compile {compile_s:.0f} s)" if "ratio" in r
                else f"  [{err}]")
-            + (f"  add+relu fusion x{r['fusion_speedup']:.2f}" if "fusion_speedup" in r else ""))
+            + (f"  add+relu fusion x{r['fusion_speedup']:.2f}" if "fusion_speedup" in r else "")
+            + (f"  grad share x{r['grad_share_speedup']:.2f}, plan MB "
+               + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in r["plan_bytes"].items())
+               if "grad_share_speedup" in r else ""))
         rows.append(r)
         ha.clear_dl_model(model)
     return rows
@@ -439,7 +458,9 @@ def main(argv=None):
     p.add_argument("--json")
     p.add_argument("--ops-models", default="resnet18,mobilenet_v2")
     p.add_argument("--no-before", dest="before", action="store_false",
-                   help="skip the halcdl_no_sum_fusion candidate (HALCDL_NO_FUSE=sum)")
+                   help="skip the before/after candidates (HALCDL_NO_FUSE=sum, add_relu, grad_share)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="train: skip the torch.compile row (halcdl and its before/after only)")
     cfg = p.parse_args(argv)
     cfg.warmup = cfg.warmup if cfg.warmup is not None else (1 if cfg.quick else 3)
     cfg.repeats = cfg.repeats or (4 if cfg.quick else 15)

@@ -1300,3 +1300,72 @@ def test_permute_nhwc(K, perm):
     inv = [perm.index(k) for k in range(3)]
     _, back = K.call("permute_nhwc", y, poison(x.shape), n, *ref.shape[1:], *inv)
     assert_bits_equal(back, x, "permute_nhwc by the inverse permutation inverts it")
+
+
+@pytest.mark.parametrize("argmax", [0, 1])
+@pytest.mark.parametrize("n,h,w,c", [(2, 3, 4, 5), (1, 1, 1, 1), (3, 2, 5, 17)])
+def test_depth_max(K, n, h, w, c, argmax):
+    rng = np.random.default_rng(n * 100 + c + argmax)
+    x = rng.integers(-3, 4, (n, h, w, c)).astype(F32)   # small integers: ties, the first one wins
+    best = np.argmax(x, axis=3)                          # numpy: the first maximum
+    _, y = K.call("depth_max_forward", x, poison((n, h, w)), n * h * w, c, argmax)
+    ref = best.astype(F32) if argmax else np.take_along_axis(x, best[..., None], 3)[..., 0]
+    assert_bits_equal(y, ref, f"depth_max_forward argmax={argmax}")
+    dy = rng.standard_normal((n, h, w)).astype(F32)
+    _, _, dx = K.call("depth_max_backward", x, dy, poison(x.shape), n * h * w, c, argmax)
+    want = np.zeros_like(x)
+    if not argmax:
+        np.put_along_axis(want, best[..., None], dy[..., None], 3)
+    assert_bits_equal(dx, want, f"depth_max_backward argmax={argmax}: dy at the first maximum, 0 elsewhere")
+
+
+@pytest.mark.parametrize("c,size,alpha,beta,k", [(7, 5, 1e-2, 0.75, 2.0), (3, 1, 0.5, 0.5, 1.0),
+                                                 (4, 9, 1.0, 1.5, 0.5)])
+def test_lrn(K, c, size, alpha, beta, k):
+    torch = pytest.importorskip("torch")
+    n, h, w = 2, 3, 4
+    rng = np.random.default_rng(c + size)
+    x = (rng.standard_normal((n, h, w, c)) * 2).astype(F32)
+    dy = rng.standard_normal((n, h, w, c)).astype(F32)
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64, requires_grad=True)
+    yt = torch.nn.functional.local_response_norm(xt, size, alpha, beta, k)
+    yt.backward(torch.tensor(dy.transpose(0, 3, 1, 2), dtype=torch.float64))
+    _, y = K.call("lrn_forward", x, poison(x.shape), x.size, c, size, alpha, beta, k)
+    np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=2e-6, atol=1e-6)
+    _, _, dx = K.call("lrn_backward", x, dy, poison(x.shape), x.size, c, size, alpha, beta, k)
+    np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("rh,rw,rc", [(0, 0, 1), (1, 1, 0), (1, 0, 1), (1, 1, 1), (0, 1, 0)])
+def test_reduce(K, rh, rw, rc, mode):
+    torch = pytest.importorskip("torch")
+    n, h, w, c = 2, 3, 4, 5
+    rng = np.random.default_rng(rh + 2 * rw + 4 * rc + 8 * mode)
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    dims = tuple(d for d, r in ((1, rh), (2, rw), (3, rc)) if r)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    yt = [xt.sum(dims, keepdim=True), xt.mean(dims, keepdim=True),
+          xt.square().sum(dims, keepdim=True).sqrt()][mode]
+    ys = (n, 1 if rh else h, 1 if rw else w, 1 if rc else c)
+    _, y = K.call("reduce_forward", x, poison(ys), n, h, w, c, rh, rw, rc, mode)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    dy = rng.standard_normal(ys).astype(F32)
+    yt.backward(torch.tensor(dy, dtype=torch.float64))
+    _, _, _, dx = K.call("reduce_backward", x, y, dy, poison(x.shape), n, h, w, c, rh, rw, rc, mode)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("lt,rt", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_matmul_nhwc(K, lt, rt):
+    n, c, m, k, p = 2, 3, 4, 5, 6
+    rng = np.random.default_rng(2 * lt + rt)
+    ls = (m, k) if not lt else (k, m)
+    rs = (k, p) if not rt else (p, k)
+    lx = rng.standard_normal((n, *ls, c)).astype(F32)   # NHWC
+    rx = rng.standard_normal((n, *rs, c)).astype(F32)
+    lm = lx.transpose(0, 3, 1, 2).astype(np.float64)
+    rm = rx.transpose(0, 3, 1, 2).astype(np.float64)
+    ref = (lm.swapaxes(2, 3) if lt else lm) @ (rm.swapaxes(2, 3) if rt else rm)   # (n, c, m, p)
+    _, _, out = K.call("matmul_nhwc", lx, lt, *ls, rx, rt, *rs, poison((n, m, p, c)), n, c)
+    np.testing.assert_allclose(out, ref.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)

@@ -308,6 +308,26 @@ def sample2(rng, boxes=((20, 20, 12, 6, 0.4), (40, 44, 10, 8, -1.0)), labels=(0,
             "bbox_phi": b[:, 4].tolist(), "bbox_label_id": list(labels)}
 
 
+def test_rectangle2_raw_rows_hold_five_box_values():
+    """infer_detection_raw of a rectangle2 model: (n, anchors, K + 5) rows (the array once had
+    K + 4 columns and the engine wrote past its end), the same for any batch size, and its
+    best row decodes (docs/detection.md) to apply_dl_model's top detection."""
+    m = small2()
+    rng = np.random.default_rng(4)
+    ha.train_dl_model_batch(m, [sample2(rng)])
+    imgs = [{"image": sample2(rng)["image"]} for _ in range(3)]
+    raw = m.core.infer_detection_raw(imgs, 2, 64, 64, 3)
+    a, _ = m.core.det_anchors(64, 64)
+    assert raw.shape == (3, a.shape[0], 2 + 5)
+    assert np.array_equal(raw, m.core.infer_detection_raw(imgs, 1, 64, 64, 3))
+    assert np.array_equal(raw, m.core.infer_detection_raw(imgs, 3, 64, 64, 3))
+    ha.set_dl_model_param(m, "min_confidence", 0.0)
+    r = ha.apply_dl_model(m, imgs[:1], [])[0]
+    best = int(np.argmax(raw[0, :, :2].max(1)))
+    conf = 1 / (1 + np.exp(-raw[0, best, :2].astype(np.float64)))
+    assert abs(r["bbox_confidence"][0] - conf.max()) < 1e-5
+
+
 def test_create_rectangle2_params_and_results():
     m = small2(ignore_direction="true", class_ids_no_orientation=[1])
     g = lambda k: ha.get_dl_model_param(m, k)  # noqa: E731
@@ -603,3 +623,76 @@ def test_determine_detection_param_from_rectangle2_labels():
     m = ha.create_dl_model_detection("pretrained_dl_classifier_compact.hdl", 2,
                                      {**p, "capacity": "low"})
     assert ha.get_dl_model_param(m, "anchor_angles") == p["anchor_angles"]
+
+
+def _np_wrap(phi, ignore_direction):
+    period = math.pi if ignore_direction else 2 * math.pi
+    x = math.fmod(0.5 * period - phi, period)
+    if x < 0:
+        x += period
+    r = 0.5 * period - x
+    return 0.5 * period if r <= -0.5 * period else r
+
+
+def _np_decode2(a, t, oriented, ignore_direction):
+    """docs/onnx.md's rectangle2 decoding, written from the text in float64."""
+    clip = math.log(1000 / 16)
+    if not oriented:
+        t = [t[0], t[1], t[2], t[3], 0.0]
+    s, co = math.sin(a[4]), math.cos(a[4])
+    d2, d1 = t[0] * 2 * a[3], t[1] * 2 * a[2]
+    b = [a[0] - s * d1 + co * d2, a[1] + co * d1 + s * d2, math.exp(min(t[2], clip)) * a[2],
+         math.exp(min(t[3], clip)) * a[3], _np_wrap(a[4] + t[4], ignore_direction and oriented)]
+    if not oriented:
+        if round(a[4] / (math.pi / 2)) % 2:
+            b[2], b[3] = b[3], b[2]
+        b[4] = 0.0
+    return b
+
+
+@pytest.mark.parametrize("over", [{}, {"ignore_direction": "true", "class_ids_no_orientation": [1]}],
+                         ids=["oriented", "ignore_direction+no_orientation"])
+def test_rectangle2_onnx_export_matches_the_engine(tmp_path, over):
+    """A rectangle2 detector exports up to its raw heads as rectangle1 does: onnxruntime's
+    class_logits / box_deltas (5 values) equal the engine's rows, the anchors (row, col,
+    length1, length2, phi) equal det_anchors, and the documented decoding of the best row
+    gives apply_dl_model's top detection (also for a class without orientation)."""
+    import json
+
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    m = small2(**over)
+    rng = np.random.default_rng(6)
+    ha.set_dl_model_param(m, "batch_size", 2)
+    ha.train_dl_model_batch(m, [sample2(rng), sample2(rng)])
+    path = tmp_path / "det2.onnx"
+    ha.write_dl_model(m, str(path))
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    param = json.loads(props["halcdl.detection.param"])
+    assert param["instance_type"] == "rectangle2"
+    assert param["ignore_direction"] == over.get("ignore_direction", "false")
+    imgs = [sample2(rng)["image"] for _ in range(3)]
+    raw = m.core.infer_detection_raw([{"image": x} for x in imgs], 2, 64, 64, 3)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.stack(imgs).transpose(0, 3, 1, 2).astype(np.float32)
+    cls, box, anc = sess.run(["class_logits", "box_deltas", "anchors"], {"image": x})
+    assert cls.shape == raw.shape[:2] + (2,) and box.shape == raw.shape[:2] + (5,)
+    assert np.abs(cls - raw[..., :2]).max() <= 2e-4 and np.abs(box - raw[..., 2:]).max() <= 2e-4
+    a_ref, _ = m.core.det_anchors(64, 64)
+    assert np.array_equal(anc, a_ref)
+    ha.set_dl_model_param(m, "min_confidence", 0.0)
+    ha.set_dl_model_param(m, "max_num_detections", 5)
+    no_orient = set(over.get("class_ids_no_orientation", []))
+    seen = set()
+    for i in range(3):
+        res = ha.apply_dl_model(m, [{"image": imgs[i]}], [])[0]
+        best = int(np.argmax(cls[i], axis=None))
+        ai, ci = divmod(best, 2)
+        assert res["bbox_class_id"][0] == ci
+        seen.add(ci)
+        dec = _np_decode2(anc[ai].astype(np.float64).tolist(), box[i, ai].astype(np.float64).tolist(),
+                          ci not in no_orient, over.get("ignore_direction") == "true")
+        got = [res[k][0] for k in ("bbox_row", "bbox_col", "bbox_length1", "bbox_length2", "bbox_phi")]
+        assert np.allclose(got, dec, atol=2e-3, rtol=1e-4), (got, dec)
+    assert not no_orient or seen & no_orient, "no top detection of a class without orientation"

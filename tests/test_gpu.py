@@ -109,6 +109,15 @@ def _op_cases():
     cases.append(("reshape", node("reshape", channels=4, height=5, width=3), [randn(r, 2, 3, 4, 5)], {}))
     cases.append(("permute_hw", node("permute", perm=[0, 2, 1]), [randn(r, 2, 3, 4, 5)], {}))
     cases.append(("permute_cwh", node("permute", perm=[2, 0, 1], channels=5), [randn(r, 2, 3, 4, 5)], {}))
+    cases.append(("depth_max", node("depth_max"), [randn(r, 2, 7, 4, 5)], {}))
+    cases.append(("depth_argmax", node("depth_max", argmax=True), [randn(r, 2, 7, 4, 5)], {}))
+    cases.append(("lrn", node("lrn", size=5, alpha=1e-2, beta=0.75, k=2.0), [randn(r, 2, 7, 4, 5) * 2], {}))
+    cases.append(("reduce_sum_c", node("reduce", mode=0, axes=[1]), [randn(r, 2, 7, 4, 5)], {}))
+    cases.append(("reduce_mean_hw", node("reduce", mode=1, axes=[2, 3]), [randn(r, 2, 7, 4, 5)], {}))
+    cases.append(("reduce_l2_cw", node("reduce", mode=2, axes=[1, 3]), [randn(r, 2, 7, 4, 5)], {}))
+    cases.append(("matmul", node("matmul", 2), [randn(r, 2, 3, 4, 5), randn(r, 2, 3, 5, 6)], {}))
+    cases.append(("matmul_tt", node("matmul", 2, trans_a=True, trans_b=True),
+                  [randn(r, 2, 3, 5, 4), randn(r, 2, 3, 6, 5)], {}))
     # detection_output: two levels of (class head, box head), K = 3, A = 2
     cases.append(("detection_output", node("detection_output", 4, num_classes=3, num_anchors=2,
                                            box_values=4),
@@ -524,6 +533,57 @@ def test_detection_train_and_apply_match_cpu(solver):
             assert_close(dg[k][0], dc[k][0], atol=1e-3, rtol=1e-3, what=k)
 
 
+def _det_samples2(rng, n):
+    """rectangle2 samples: oriented boxes (row, col, phi, length1, length2), some empty images."""
+    out = []
+    boxes_all = [(10, 9, 0.4, 8, 4), (16, 16, -1.2, 12, 6), (20, 22, 2.5, 7, 5)]
+    for i in range(n):
+        b = np.asarray([] if i % 4 == 3 else boxes_all[: 1 + i % 3], np.float64).reshape(-1, 5)
+        out.append({"image": rng.normal(0, 1, (DET_SIZE, DET_SIZE, 3)).astype(np.float32),
+                    "bbox_row": b[:, 0].tolist(), "bbox_col": b[:, 1].tolist(),
+                    "bbox_phi": b[:, 2].tolist(), "bbox_length1": b[:, 3].tolist(),
+                    "bbox_length2": b[:, 4].tolist(),
+                    "bbox_label_id": [j % 2 for j in range(len(b))]})
+    return out
+
+
+# rectangle2 (box_values 5): the oriented matching and encoding run on the host as on the CPU,
+# the 5-value Huber term on the device; class 1 without orientation (no angle term)
+@pytest.mark.parametrize("variant", ["oriented", "no_orientation", "ignore_direction"])
+def test_detection_rectangle2_matches_cpu(variant):
+    over = {"instance_type": "rectangle2", "anchor_angles": [0.0, 0.8]}
+    if variant == "no_orientation":
+        over["class_ids_no_orientation"] = [1]
+    if variant == "ignore_direction":
+        over["ignore_direction"] = "true"
+    cpu, gpu = _detector("cpu", **over), _detector("gpu", **over)
+    assert gpu.core.device() == 0
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        b = _det_samples2(rng, 4)
+        rc, rg = ha.train_dl_model_batch(cpu, b), ha.train_dl_model_batch(gpu, b)
+        assert set(rc) == set(rg)
+        for k in rc:
+            assert_close(np.ravel(rg[k]), np.ravel(rc[k]), atol=1e-5, rtol=1e-4, what=k)
+    pc, pg = _params(cpu), _params(gpu)
+    for n in pc:
+        assert_close(pg[n], pc[n], atol=3e-4, rtol=1e-3, what=f"rectangle2 {variant} {n}")
+    test = _det_samples2(np.random.default_rng(9), 3)
+    imgs = [{"image": s["image"]} for s in test]
+    raw_c = cpu.core.infer_detection_raw(imgs, 2, DET_SIZE, DET_SIZE, 3)
+    raw_g = gpu.core.infer_detection_raw(imgs, 2, DET_SIZE, DET_SIZE, 3)
+    assert raw_c.shape[2] == 2 + 5
+    assert_close(raw_g, raw_c, atol=1e-4, rtol=1e-3, what="raw detection_output")
+    for m in (cpu, gpu):
+        ha.set_dl_model_param(m, "min_confidence", 0.0)
+        ha.set_dl_model_param(m, "max_num_detections", 3)
+    for dc, dg in zip(ha.apply_dl_model(cpu, test, []), ha.apply_dl_model(gpu, test, [])):
+        assert len(dg["bbox_confidence"]) == len(dc["bbox_confidence"]) == 3
+        assert dg["bbox_class_id"][0] == dc["bbox_class_id"][0]
+        for k in ("bbox_row", "bbox_col", "bbox_phi", "bbox_length1", "bbox_length2", "bbox_confidence"):
+            assert_close(dg[k][0], dc[k][0], atol=1e-3, rtol=1e-3, what=k)
+
+
 def test_detection_gpu_refusals_leave_the_model_unchanged():
     # freeze_backbone_level: frozen parameters have no GPU path yet (7742, still on the CPU)
     m = _detector("cpu", freeze_backbone_level=2)
@@ -557,7 +617,9 @@ def _rel_max(a, b):
 # them (test_bf16_refuses_ops_without_a_bf16_path); every other op of section 1 has one
 # (softmax, upsampling: fp32 between casts)
 NO_BF16 = ("sigmoid", "tanh", "d2s_crd", "d2s_dcr", "resize_nearest", "resize_bilinear", "reshape",
-           "permute_hw", "permute_cwh", "detection_output")
+           "permute_hw", "permute_cwh", "depth_max", "depth_argmax", "lrn",
+           "reduce_sum_c", "reduce_mean_hw", "reduce_l2_cw", "matmul", "matmul_tt",
+           "detection_output")
 BF16_OPS = [c for c in OP_CASES if c[0] not in NO_BF16]
 BF16_REFUSED = [c for c in OP_CASES if c[0] in NO_BF16]
 BF16_REL = 1.5e-2  # of the reference's largest magnitude: a few bf16 roundings (2^-9 each)

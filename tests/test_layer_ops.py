@@ -1,7 +1,9 @@
 """The engine ops added for the layer API (docs/layers.md): sigmoid, tanh, depth_to_space,
-resize_nearest / resize_bilinear, reshape, permute (create_dl_layer_activation
-'sigmoid'/'tanh', create_dl_layer_depth_to_space, create_dl_layer_zoom_size,
-create_dl_layer_zoom_to_layer_size, create_dl_layer_reshape, create_dl_layer_permutation).
+resize_nearest / resize_bilinear, reshape, permute, depth_max, lrn, reduce, matmul
+(create_dl_layer_activation 'sigmoid'/'tanh', create_dl_layer_depth_to_space,
+create_dl_layer_zoom_size, create_dl_layer_zoom_to_layer_size, create_dl_layer_reshape,
+create_dl_layer_permutation, create_dl_layer_depth_max, create_dl_layer_lrn,
+create_dl_layer_reduce, create_dl_layer_matmul).
 
 - every op (and reshape, permute) forward and backward against PyTorch (float64) through
   core.run_op;
@@ -134,7 +136,97 @@ def test_permute(perm):
              fwd=dict(atol=0, rtol=0), bwd=dict(atol=0, rtol=0))
 
 
+@pytest.mark.parametrize("argmax", [False, True])
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 1, 2, 3), (3, 17, 1, 1)])
+def test_depth_max(shape, argmax):
+    rng = np.random.default_rng(sum(shape) + argmax)
+    x = randn(rng, *shape)
+
+    def fn(t, _):
+        if argmax:  # an index: no gradient (0 · x keeps torch's graph for the zero gradient)
+            return torch.argmax(t[0], 1, keepdim=True).double() + 0 * t[0].sum()
+        return torch.max(t[0], 1, keepdim=True).values   # the gradient to the maximum
+    check_op(make_node("depth_max", argmax=argmax), [x], {}, fn, rng=rng,
+             fwd=dict(atol=0, rtol=0), bwd=dict(atol=0, rtol=0))
+
+
+@pytest.mark.parametrize("shape, size, alpha, beta, k", [
+    ((2, 7, 3, 4), 5, 1e-2, 0.75, 2.0),     # AlexNet-like window
+    ((1, 3, 2, 2), 1, 0.5, 0.5, 1.0),       # a window of one channel
+    ((2, 4, 3, 3), 9, 1.0, 1.5, 0.5),       # wider than the depth
+    ((2, 32, 2, 3), 3, 1e-1, 0.75, 1.0),    # a deeper input
+])
+def test_lrn(shape, size, alpha, beta, k):
+    rng = np.random.default_rng(sum(shape) + size)
+    x = randn(rng, *shape, scale=2.0)
+    check_op(make_node("lrn", size=size, alpha=alpha, beta=beta, k=k), [x], {},
+             lambda t, _: F.local_response_norm(t[0], size, alpha, beta, k), rng=rng)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("axes", [[1], [2, 3], [1, 3], [1, 2, 3], [2]])
+def test_reduce(axes, mode):
+    rng = np.random.default_rng(sum(axes) + 10 * mode)
+    x = randn(rng, 2, 20, 3, 4)   # 20 channels: wider than one SIMD block
+
+    def fn(t, _):
+        v = t[0]
+        return [v.sum(axes, keepdim=True), v.mean(axes, keepdim=True),
+                v.square().sum(axes, keepdim=True).sqrt()][mode]
+    check_op(make_node("reduce", mode=mode, axes=axes), [x], {}, fn, rng=rng)
+
+
+def test_reduce_norm_of_zeros_has_zero_gradient():
+    x = np.zeros((1, 3, 2, 2), np.float32)
+    go = np.ones((1, 1, 2, 2), np.float32)
+    out, gin, _ = core.run_op(make_node("reduce", mode=2, axes=[1]), [x], {}, go, True)
+    assert not np.asarray(out).any() and not np.asarray(gin[0]).any()
+    assert np.isfinite(np.asarray(gin[0])).all()
+
+
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("n, c, m, k, p", [(2, 3, 4, 5, 6), (1, 1, 1, 7, 1), (2, 17, 3, 2, 4)])
+def test_matmul(n, c, m, k, p, ta, tb):
+    rng = np.random.default_rng(n + c + m + k + p + 2 * ta + tb)
+    a = randn(rng, n, c, *((k, m) if ta else (m, k)))
+    b = randn(rng, n, c, *((p, k) if tb else (k, p)))
+
+    def fn(t, _):
+        x, z = t
+        return (x.transpose(2, 3) if ta else x) @ (z.transpose(2, 3) if tb else z)
+    check_op(make_node("matmul", 2, trans_a=ta, trans_b=tb), [a, b], {}, fn, rng=rng)
+
+
+@pytest.mark.parametrize("shapes, why", [
+    (((1, 2, 3, 4), (1, 2, 3, 4)), "A's columns must equal B's rows"),
+    (((1, 2, 3, 4), (2, 2, 4, 4)), "differ in batch or depth"),
+    (((1, 2, 3, 4), (1, 3, 4, 4)), "the same depth"),
+])
+def test_matmul_bad_shapes(shapes, why):
+    rng = np.random.default_rng(0)
+    with pytest.raises(ha.HOperatorError) as info:
+        core.run_op(make_node("matmul", 2), [randn(rng, *s) for s in shapes], {}, None, False)
+    assert why in info.value.message
+
+
+def test_depth_max_ties_take_the_first_index():
+    x = np.array([[[[1.0, 2.0]], [[3.0, 2.0]], [[3.0, 0.5]]]], np.float32)   # (1, 3, 1, 2)
+    out, _, _ = core.run_op(make_node("depth_max", argmax=True), [x], {}, None, False)
+    np.testing.assert_array_equal(np.asarray(out).ravel(), [1.0, 0.0])
+    go = np.array([[[[5.0, 7.0]]]], np.float32)
+    out, gin, _ = core.run_op(make_node("depth_max"), [x], {}, go, True)
+    np.testing.assert_array_equal(np.asarray(out).ravel(), [3.0, 2.0])
+    want = np.zeros_like(x)
+    want[0, 1, 0, 0], want[0, 0, 0, 1] = 5.0, 7.0
+    np.testing.assert_array_equal(np.asarray(gin[0]), want)
+
+
 @pytest.mark.parametrize("node, why", [
+    (make_node("reduce", axes=[0]), "distinct values"),
+    (make_node("reduce", axes=[1], mode=3), "reduce mode"),
+    (make_node("reduce"), "reduce needs 'axes'"),
+    (make_node("lrn", size=4), "lrn size must be odd"),
+    (make_node("lrn", size=3, k=0), "k > 0"),
     (make_node("reshape", channels=5, height=1, width=1), "values per sample"),
     (make_node("reshape", channels=6, height=0, width=1), "reshape needs"),
     (make_node("permute", perm=[0, 1, 1]), "permutation of"),
@@ -201,6 +293,54 @@ def test_new_ops_network_trains_like_pytorch(solver):
                      what=f"{solver}: {name} after {S_STEPS} steps", **PARAM_TOL)
 
 
+# depth_max, lrn, reduce and matmul after 32-channel convs (where oneDNN picks a blocked layout for it,
+# this runs the plain loops' reorders both ways and lrn in the blocked layout), trained like
+# PyTorch
+NEW_OPS2_SPEC = [
+    {"name": "image", "op": "input", "inputs": [], "channels": SC},
+    {"name": "c1", "op": "conv", "inputs": ["image"], "out_channels": 32, "kernel": 3, "pad": 1},
+    {"name": "l1", "op": "lrn", "inputs": ["c1"], "size": 5, "alpha": 0.5, "beta": 0.75, "k": 2.0},
+    {"name": "dm", "op": "depth_max", "inputs": ["c1"]},
+    {"name": "da", "op": "depth_max", "inputs": ["l1"], "argmax": True},
+    {"name": "rl2", "op": "reduce", "inputs": ["c1"], "mode": 2, "axes": [1]},
+    {"name": "rm", "op": "reduce", "inputs": ["l1"], "mode": 1, "axes": [2]},        # 32 × 1×W
+    {"name": "zr", "op": "resize_nearest", "inputs": ["rm"], "height": SH, "width": SW},
+    {"name": "rs", "op": "reduce", "inputs": ["c1"], "mode": 0, "axes": [3]},        # 32 × H×1
+    {"name": "zs", "op": "resize_nearest", "inputs": ["rs"], "height": SH, "width": SW},
+    {"name": "c2", "op": "conv", "inputs": ["image"], "out_channels": 32, "kernel": 1},
+    {"name": "t2", "op": "tanh", "inputs": ["c2"]},
+    {"name": "t1", "op": "tanh", "inputs": ["c1"]},
+    {"name": "mmA", "op": "matmul", "inputs": ["t2", "t1"], "trans_b": True},       # 32 × H×H
+    {"name": "mmB", "op": "resize_bilinear", "inputs": ["mmA"], "height": SH, "width": SW},
+    {"name": "cat", "op": "concat", "inputs": ["l1", "dm", "da", "rl2", "zr", "zs", "mmB"]},
+    {"name": "cls", "op": "conv", "inputs": ["cat"], "out_channels": len(S_IDS), "kernel": 1},
+]
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_depth_max_lrn_reduce_network_trains_like_pytorch(solver):
+    hp = HPARAMS[solver]
+    model = core.Model(NEW_OPS2_SPEC, 77)
+    model.set_class_ids(S_IDS)
+    model.set_ignore_ids([IGNORE])
+    model.set_hparams(dict(hp, class_weights=S_WEIGHTS, batchnorm_momentum=BN_MOMENTUM))
+    twin = TorchTwin(NEW_OPS2_SPEC, image_hw=(SH, SW), dtype=torch.float64)
+    twin.load_from_halcdl(model)
+    batches = seg_batches(6, S_STEPS, S_BATCH * S_MULT, SH, SW, SC, S_IDS, weights="all")
+    got = [_scalar(model.train_step(b, S_BATCH, S_MULT, SH, SW, SC)["total_loss"])
+           for b in batches]
+    ref, _, ref_state = seg_reference_run(twin, batches, S_IDS, S_WEIGHTS, S_BATCH, S_MULT, hp)
+    assert_close(got, ref, what=f"{solver}: total_loss per step", **LOSS_TOL)
+    for name in model.param_names():
+        # the sums over 32 channels / a row, the L2 norm and the matmul's 12-term products
+        # amplify float32 rounding (weights up to ~20; SGD's c2 off by 2.2e-5 where the bound
+        # 2e-6·max was enough without the matmul): bounded relative to the largest weight (the
+        # ops' gradients themselves are checked against float64 PyTorch above, test_matmul etc.)
+        e = np.asarray(ref_state[name], np.float64)
+        assert_close(model.get_param(name), e, what=f"{solver}: {name} after {S_STEPS} steps",
+                     atol=5e-5 * max(1.0, float(np.abs(e).max())), rtol=PARAM_TOL["rtol"])
+
+
 # ---- the layer API ------------------------------------------------------------------------
 def _img(w=6, h=4, c=2):
     return ha.create_dl_layer_input("image", [w, h, c], [], [])
@@ -265,6 +405,190 @@ def test_reshape_and_permutation_layers_against_pytorch():
                                rtol=1e-5, atol=1e-6)
 
 
+def _depth_max_model(c=3):
+    img = _img(c=c)
+    conv = ha.create_dl_layer_convolution(img, "conv", 1, 1, 1, 5, 1, "none", "none", [], [])
+    arg, val = ha.create_dl_layer_depth_max(conv, "dm", "argmax_and_value", [], [])
+    cat = ha.create_dl_layer_concat([val, arg], "cat", "depth", [], [])
+    head = ha.create_dl_layer_convolution(cat, "head", 1, 1, 1, 3, 1, "none", "none", [], [])
+    return _model_from(ha.create_dl_layer_pooling(head, "gap", [], [], [], "global_average",
+                                                  [], []))
+
+
+def test_depth_max_layer_against_pytorch():
+    img = _img()
+    conv = ha.create_dl_layer_convolution(img, "c0", 1, 1, 1, 4, 1, "none", "none", [], [])
+    arg, val = ha.create_dl_layer_depth_max(conv, "v", "value", [], [])
+    assert arg is None and ha.get_dl_layer_param_s(val, "depth_max_mode") == "value"
+    arg, none = ha.create_dl_layer_depth_max(conv, "a", "argmax", [], [])
+    assert none is None and ha.get_dl_layer_param_s(arg, "type") == "depth_max"
+    m = _depth_max_model()
+    assert ha.get_dl_model_layer_param_s(m, "dm", "depth_max_mode") == "value"
+    assert ha.get_dl_model_layer_param_s(m, "dm_argmax", "depth_max_mode") == "argmax"
+    assert ha.get_dl_model_layer_param(m, "cat", "input_layer") == ["dm", "dm_argmax"]
+    t = {k: torch.from_numpy(ha.get_dl_model_layer_weights(m, layer, wt)).double()
+         for k, layer, wt in (("cw", "conv", "weights"), ("cb", "conv", "bias"),
+                              ("hw", "head", "weights"), ("hb", "head", "bias"))}
+    im = np.random.default_rng(3).standard_normal((4, 6, 3)).astype(np.float32)
+    r = ha.apply_dl_model_s(m, {"image": im}, [])
+    y = F.conv2d(torch.from_numpy(im).permute(2, 0, 1)[None].double(), t["cw"], t["cb"])
+    v, i = torch.max(y, 1, keepdim=True)
+    z = F.conv2d(torch.cat([v, i.double()], 1), t["hw"], t["hb"]).mean((2, 3))
+    p = torch.softmax(z, 1)[0].numpy()
+    np.testing.assert_allclose(r["classification_confidences"], p[r["classification_class_ids"]],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_depth_max_model_file_round_trip(tmp_path):
+    m = _depth_max_model()
+    path = str(tmp_path / "dm.hdl")
+    ha.write_dl_model(m, path)
+    m2 = ha.read_dl_model(path)
+    assert ha.get_dl_model_layer_param_s(m2, "dm_argmax", "depth_max_mode") == "argmax"
+    im = np.random.default_rng(4).standard_normal((4, 6, 3)).astype(np.float32)
+    a1 = ha.apply_dl_model_s(m, {"image": im}, [])
+    a2 = ha.apply_dl_model_s(m2, {"image": im}, [])
+    np.testing.assert_array_equal(np.asarray(a1["classification_confidences"]),
+                                  np.asarray(a2["classification_confidences"]))
+
+
+def test_depth_max_exports_to_onnx(tmp_path):
+    # onnxruntime against the engine: tests/test_onnx_layer_ops.py
+    onnx = pytest.importorskip("onnx")
+    m = _depth_max_model()
+    ha.write_dl_model(m, str(tmp_path / "dm.onnx"))
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "dm.onnx")).graph.node}
+    assert {"ArgMax", "ReduceMax"} <= ops
+
+
+def test_lrn_layer_against_pytorch(tmp_path):
+    img = _img(c=3)
+    # 32 channels: the conv's output (and so the lrn) may take oneDNN's blocked layout
+    conv = ha.create_dl_layer_convolution(img, "conv", 3, 1, 1, 32, 1, "half_kernel_size", "relu",
+                                          [], [])
+    lrn = ha.create_dl_layer_lrn(conv, "lrn", 3, 0.2, 0.75, 1.5, "across_channels", [], [])
+    head = ha.create_dl_layer_convolution(lrn, "head", 1, 1, 1, 3, 1, "none", "none", [], [])
+    m = _model_from(ha.create_dl_layer_pooling(head, "gap", [], [], [], "global_average", [], []))
+    for key, want in (("local_size", 3), ("alpha", 0.2), ("beta", 0.75), ("k", 1.5),
+                      ("norm_region", "across_channels"), ("type", "lrn")):
+        got = ha.get_dl_model_layer_param_s(m, "lrn", key)
+        assert got == (pytest.approx(want) if isinstance(want, float) else want), key
+        assert ha.get_dl_layer_param_s(lrn, key) == want, key
+    t = {k: torch.from_numpy(ha.get_dl_model_layer_weights(m, layer, wt)).double()
+         for k, layer, wt in (("cw", "conv", "weights"), ("cb", "conv", "bias"),
+                              ("hw", "head", "weights"), ("hb", "head", "bias"))}
+    im = np.random.default_rng(9).standard_normal((4, 6, 3)).astype(np.float32)
+    r = ha.apply_dl_model_s(m, {"image": im}, [])
+    y = F.relu(F.conv2d(torch.from_numpy(im).permute(2, 0, 1)[None].double(), t["cw"], t["cb"],
+                        padding=1))
+    y = F.local_response_norm(y, 3, 0.2, 0.75, 1.5)
+    p = torch.softmax(F.conv2d(y, t["hw"], t["hb"]).mean((2, 3)), 1)[0].numpy()
+    np.testing.assert_allclose(r["classification_confidences"], p[r["classification_class_ids"]],
+                               rtol=1e-5, atol=1e-6)
+    # the model file keeps the layer and its outputs
+    path = str(tmp_path / "lrn.hdl")
+    ha.write_dl_model(m, path)
+    m2 = ha.read_dl_model(path)
+    assert ha.get_dl_model_layer_param_s(m2, "lrn", "local_size") == 3
+    r2 = ha.apply_dl_model_s(m2, {"image": im}, [])
+    np.testing.assert_array_equal(np.asarray(r2["classification_confidences"]),
+                                  np.asarray(r["classification_confidences"]))
+    onnx = pytest.importorskip("onnx")  # exported (onnxruntime: tests/test_onnx_layer_ops.py)
+    ha.write_dl_model(m, str(tmp_path / "lrn.onnx"))
+    assert {"LRN"} <= {n.op_type for n in onnx.load(str(tmp_path / "lrn.onnx")).graph.node}
+
+
+def test_reduce_layer_against_pytorch(tmp_path):
+    img = _img(c=3)
+    conv = ha.create_dl_layer_convolution(img, "conv", 3, 1, 1, 32, 1, "half_kernel_size", "none",
+                                          [], [])
+    l2 = ha.create_dl_layer_reduce(conv, "l2", "norm_l2", [2], [], [])          # over the depth
+    mean = ha.create_dl_layer_reduce(conv, "mean", "mean", ["width", "height"], [], [])
+    s = ha.create_dl_layer_reduce(conv, "sum", "sum", [0], [], [])              # over the width
+    z = ha.create_dl_layer_zoom_size(s, "z", 6, 4, "nearest_neighbor", "false", [], [])
+    zm = ha.create_dl_layer_zoom_size(mean, "zm", 6, 4, "nearest_neighbor", "false", [], [])
+    cat = ha.create_dl_layer_concat([l2, z, zm], "cat", "depth", [], [])
+    head = ha.create_dl_layer_convolution(cat, "head", 1, 1, 1, 3, 1, "none", "none", [], [])
+    m = _model_from(ha.create_dl_layer_pooling(head, "gap", [], [], [], "global_average", [], []))
+    assert ha.get_dl_model_layer_param(m, "mean", "axes") == [0, 1]
+    assert ha.get_dl_model_layer_param_s(m, "l2", "operation") == "norm_l2"
+    assert ha.get_dl_layer_param(mean, "axes") == [0, 1]
+    t = {k: torch.from_numpy(ha.get_dl_model_layer_weights(m, layer, wt)).double()
+         for k, layer, wt in (("cw", "conv", "weights"), ("cb", "conv", "bias"),
+                              ("hw", "head", "weights"), ("hb", "head", "bias"))}
+    im = np.random.default_rng(11).standard_normal((4, 6, 3)).astype(np.float32)
+    r = ha.apply_dl_model_s(m, {"image": im}, [])
+    y = F.conv2d(torch.from_numpy(im).permute(2, 0, 1)[None].double(), t["cw"], t["cb"],
+                 padding=1)
+    parts = [y.square().sum(1, keepdim=True).sqrt(),
+             F.interpolate(y.sum(3, keepdim=True), size=(4, 6), mode="nearest-exact"),
+             F.interpolate(y.mean((2, 3), keepdim=True), size=(4, 6), mode="nearest-exact")]
+    p = torch.softmax(F.conv2d(torch.cat(parts, 1), t["hw"], t["hb"]).mean((2, 3)), 1)[0].numpy()
+    np.testing.assert_allclose(r["classification_confidences"], p[r["classification_class_ids"]],
+                               rtol=1e-5, atol=1e-6)
+    path = str(tmp_path / "reduce.hdl")
+    ha.write_dl_model(m, path)
+    m2 = ha.read_dl_model(path)
+    assert ha.get_dl_model_layer_param(m2, "sum", "axes") == [0]
+    r2 = ha.apply_dl_model_s(m2, {"image": im}, [])
+    np.testing.assert_array_equal(np.asarray(r2["classification_confidences"]),
+                                  np.asarray(r["classification_confidences"]))
+    onnx = pytest.importorskip("onnx")  # exported (onnxruntime: tests/test_onnx_layer_ops.py)
+    ha.write_dl_model(m, str(tmp_path / "reduce.onnx"))
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "reduce.onnx")).graph.node}
+    assert {"ReduceL2", "ReduceMean", "ReduceSum"} <= ops
+
+
+def test_matmul_layer_against_pytorch(tmp_path):
+    img = _img(c=3)
+    # 32 channels: the convs' outputs may take oneDNN's blocked layout (the matmul reorders)
+    qa = ha.create_dl_layer_convolution(img, "qa", 1, 1, 1, 32, 1, "none", "none", [], [])
+    kb = ha.create_dl_layer_convolution(img, "kb", 1, 1, 1, 32, 1, "none", "none", [], [])
+    mm = ha.create_dl_layer_matmul(qa, kb, "mm", ["transpose_b"], ["true"])     # (h × w)(w × h)
+    m2_ = ha.create_dl_layer_matmul(mm, qa, "mm2", {"transpose_a": "true"}, [])  # (h × h)(h × w)
+    head = ha.create_dl_layer_convolution(m2_, "head", 1, 1, 1, 3, 1, "none", "none", [], [])
+    m = _model_from(ha.create_dl_layer_pooling(head, "gap", [], [], [], "global_average", [], []))
+    assert ha.get_dl_model_layer_param_s(m, "mm", "transpose_b") == "true"
+    assert ha.get_dl_model_layer_param_s(m, "mm2", "transpose_b") == "false"
+    assert ha.get_dl_model_layer_param(m, "mm2", "input_layer") == ["mm", "qa"]
+    assert ha.get_dl_layer_param_s(mm, "transpose_a") == "false"
+    t = {k: torch.from_numpy(ha.get_dl_model_layer_weights(m, layer, wt)).double()
+         for k, layer, wt in (("qw", "qa", "weights"), ("qb", "qa", "bias"), ("kw", "kb", "weights"),
+                              ("kb", "kb", "bias"), ("hw", "head", "weights"),
+                              ("hb", "head", "bias"))}
+    im = np.random.default_rng(12).standard_normal((4, 6, 3)).astype(np.float32)
+    r = ha.apply_dl_model_s(m, {"image": im}, [])
+    x = torch.from_numpy(im).permute(2, 0, 1)[None].double()
+    q, k = F.conv2d(x, t["qw"], t["qb"]), F.conv2d(x, t["kw"], t["kb"])
+    y = (q @ k.transpose(2, 3)).transpose(2, 3) @ q
+    p = torch.softmax(F.conv2d(y, t["hw"], t["hb"]).mean((2, 3)), 1)[0].numpy()
+    np.testing.assert_allclose(r["classification_confidences"], p[r["classification_class_ids"]],
+                               rtol=1e-5, atol=1e-6)
+    path = str(tmp_path / "matmul.hdl")
+    ha.write_dl_model(m, path)
+    m2 = ha.read_dl_model(path)
+    assert ha.get_dl_model_layer_param_s(m2, "mm2", "transpose_a") == "true"
+    r2 = ha.apply_dl_model_s(m2, {"image": im}, [])
+    np.testing.assert_array_equal(np.asarray(r2["classification_confidences"]),
+                                  np.asarray(r["classification_confidences"]))
+    onnx = pytest.importorskip("onnx")  # exported (onnxruntime: tests/test_onnx_layer_ops.py)
+    ha.write_dl_model(m, str(tmp_path / "matmul.onnx"))
+    assert {"MatMul"} <= {n.op_type for n in onnx.load(str(tmp_path / "matmul.onnx")).graph.node}
+
+
+def test_matmul_shapes_that_do_not_fit_fail_at_create_dl_model():
+    img = _img(w=6, h=4)
+    mm = ha.create_dl_layer_matmul(img, img, "mm", [], [])      # (4 × 6)(4 × 6)
+    with pytest.raises(ha.HOperatorError) as info:
+        _model_from(mm)
+    assert info.value.error_code == errors.H_ERR_DL_LAYER_INPUT and "mm" in info.value.message
+    c = ha.create_dl_layer_convolution(img, "c", 1, 1, 1, 3, 1, "none", "none", [], [])
+    mm = ha.create_dl_layer_matmul(img, c, "mm", ["transpose_b"], ["true"])
+    with pytest.raises(ha.HOperatorError) as info:
+        _model_from(mm)
+    assert info.value.error_code == errors.H_ERR_DL_LAYER_INPUT and "depth" in info.value.message
+
+
 def test_layer_params_of_new_layers():
     img = _img()
     d = ha.create_dl_layer_depth_to_space(img, "d2s", 1, "column_row_depth", [], [])
@@ -298,6 +622,39 @@ def test_layer_params_of_new_layers():
      errors.H_ERR_WIPV5),
     (lambda x: ha.create_dl_layer_zoom_to_layer_size(x, 3, "z", "bilinear", "false", [], []),
      errors.H_ERR_WIPT2),
+    (lambda x: ha.create_dl_layer_depth_max(x, "d", "max", [], []), errors.H_ERR_WIPV3),
+    (lambda x: ha.create_dl_layer_depth_max(x, "d", 1, [], []), errors.H_ERR_WIPT3),
+    (lambda x: ha.create_dl_layer_depth_max(x, "", "value", [], []), errors.H_ERR_WIPV2),
+    (lambda x: ha.create_dl_layer_depth_max(x, "d", "value", ["k"], [1]), errors.H_ERR_WIPV4),
+    (lambda x: ha.create_dl_layer_depth_max(3, "d", "value", [], []), errors.H_ERR_WIPT1),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", 2, 1e-4, 0.75, 1.0, "across_channels", [], []),
+     errors.H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", 0, 1e-4, 0.75, 1.0, "across_channels", [], []),
+     errors.H_ERR_WIPV3),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", 2.5, 1e-4, 0.75, 1.0, "across_channels", [], []),
+     errors.H_ERR_WIPT3),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", 5, "a", 0.75, 1.0, "across_channels", [], []),
+     errors.H_ERR_WIPT4),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", 5, 1e-4, float("nan"), 1.0, "across_channels", [],
+                                      []), errors.H_ERR_WIPV5),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", 5, 1e-4, 0.75, 0.0, "across_channels", [], []),
+     errors.H_ERR_WIPV6),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", 5, 1e-4, 0.75, 1.0, "within_channel", [], []),
+     errors.H_ERR_WIPV7),
+    (lambda x: ha.create_dl_layer_lrn(x, "l", [5, 3], 1e-4, 0.75, 1.0, "across_channels", [], []),
+     errors.H_ERR_WIPN3),
+    (lambda x: ha.create_dl_layer_reduce(x, "r", "max", [2], [], []), errors.H_ERR_WIPV3),
+    (lambda x: ha.create_dl_layer_reduce(x, "r", "sum", [], [], []), errors.H_ERR_WIPN4),
+    (lambda x: ha.create_dl_layer_reduce(x, "r", "sum", [4], [], []), errors.H_ERR_WIPV4),
+    (lambda x: ha.create_dl_layer_reduce(x, "r", "sum", [1, 1], [], []), errors.H_ERR_WIPV4),
+    (lambda x: ha.create_dl_layer_reduce(x, "r", "sum", ["depthh"], [], []), errors.H_ERR_WIPV4),
+    (lambda x: ha.create_dl_layer_reduce(x, "r", "sum", [1.5], [], []), errors.H_ERR_WIPT4),
+    (lambda x: ha.create_dl_layer_reduce(x, "r", "sum", [2, 3], [], []),
+     errors.H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE),
+    (lambda x: ha.create_dl_layer_matmul(x, 2, "m", [], []), errors.H_ERR_WIPT2),
+    (lambda x: ha.create_dl_layer_matmul(x, x, "m", ["transpose_c"], ["true"]), errors.H_ERR_WIPV4),
+    (lambda x: ha.create_dl_layer_matmul(x, x, "m", ["transpose_a"], ["yes"]), errors.H_ERR_WIPV5),
+    (lambda x: ha.create_dl_layer_matmul(x, x, "m", ["transpose_a"], []), errors.H_ERR_WIPN5),
     (lambda x: ha.create_dl_layer_reshape(x, "r", [2, 2], [], []), errors.H_ERR_WIPN3),
     (lambda x: ha.create_dl_layer_reshape(x, "r", [-1, -1, 2], [], []), errors.H_ERR_WIPV3),
     (lambda x: ha.create_dl_layer_reshape(x, "r", [2, 2, 1.5], [], []), errors.H_ERR_WIPT3),
@@ -328,6 +685,15 @@ def test_reshape_count_mismatch_fails_at_create_dl_model():
         _model_from(ha.create_dl_layer_dense(r, "fc", 2, [], []))
     assert info.value.error_code == errors.H_ERR_DL_LAYER_INPUT
     assert "rs" in info.value.message
+
+
+def test_depth_max_of_flat_features_fails_at_create_dl_model():
+    d = ha.create_dl_layer_dense(_img(), "fc", 4, [], [])
+    _, v = ha.create_dl_layer_depth_max(d, "dm", "value", [], [])
+    with pytest.raises(ha.HOperatorError) as info:
+        _model_from(v)
+    assert info.value.error_code == errors.H_ERR_DL_LAYER_INPUT
+    assert "dm" in info.value.message
 
 
 def test_zoom_to_a_label_input_fails_at_create_dl_model():

@@ -29,7 +29,10 @@ Op semantics (from docs/internals.md):
   sigmoid, tanh; depth_to_space (crd: F.pixel_shuffle, else ONNX's DCR order);
   resize_nearest / resize_bilinear   F.interpolate(size=(height, width)), 'nearest-exact' /
            'bilinear' with align_corners=False; reshape (per sample, NCHW order);
-  permute (torch.permute of the C, H, W axes by `perm`)
+  permute (torch.permute of the C, H, W axes by `perm`); depth_max (torch.max over the
+           channels, its index as a float with `argmax`); lrn (F.local_response_norm);
+  reduce (sum / mean / L2 norm over `axes` of N C H W by `mode` 0 / 1 / 2, keepdim);
+  matmul (op(A) @ op(B) over the last two axes, op transposes by trans_a / trans_b)
 The output is flattened to (N, K) when the last node gives (N, K, 1, 1).
 """
 from __future__ import annotations
@@ -52,7 +55,7 @@ SUFFIX_ROLE = {
 OPS = ("input", "conv", "bn", "relu", "relu6", "maxpool", "avgpool", "gap", "fc", "add",
        "concat", "dropout", "softmax", "deconv", "upsample_nearest", "upsample_bilinear",
        "sigmoid", "tanh", "depth_to_space", "resize_nearest", "resize_bilinear", "reshape",
-       "permute")
+       "permute", "depth_max", "lrn", "reduce", "matmul")
 
 
 def _pair(v) -> tuple:
@@ -118,6 +121,8 @@ def param_shapes(spec: List[dict], in_channels: int | None = None) -> Dict[str, 
             chans[name] = int(node["channels"])
         elif op == "permute":
             chans[name] = int(node.get("channels", chans[ins[0]]))
+        elif op == "depth_max" or (op == "reduce" and 1 in node["axes"]):
+            chans[name] = 1
         elif op in OPS:
             chans[name] = chans[ins[0]]
         else:
@@ -247,6 +252,21 @@ class TorchTwin(nn.Module):
                                     int(node["width"]))
                 elif op == "permute":
                     out = a.permute(0, *[1 + int(p) for p in node["perm"]])
+                elif op == "depth_max":
+                    v, i = torch.max(a, 1, keepdim=True)
+                    out = i.to(a.dtype) if node.get("argmax", False) else v
+                elif op == "lrn":
+                    out = F.local_response_norm(a, int(node.get("size", 5)), float(node.get("alpha", 1e-4)),
+                                                float(node.get("beta", 0.75)), float(node.get("k", 1.0)))
+                elif op == "matmul":
+                    z = vals[ins[1]]
+                    out = ((a.transpose(2, 3) if node.get("trans_a", False) else a)
+                           @ (z.transpose(2, 3) if node.get("trans_b", False) else z))
+                elif op == "reduce":
+                    ax = [int(d) for d in node["axes"]]
+                    mode = int(node.get("mode", 0))
+                    out = (a.sum(ax, keepdim=True) if mode == 0 else a.mean(ax, keepdim=True) if mode == 1
+                           else a.square().sum(ax, keepdim=True).sqrt())
                 elif op in ("resize_nearest", "resize_bilinear"):
                     size = (int(node["height"]), int(node["width"]))
                     out = (F.interpolate(a, size=size, mode="nearest-exact") if op == "resize_nearest"

@@ -907,10 +907,24 @@ PYBIND11_MODULE(_core, m) {
              md.set_gpu_options(GpuOptions{deterministic, tf32});
            },
            py::arg("deterministic"), py::arg("tf32"))
+      .def("cpu_plan_bytes",
+           [](Model& md) -> size_t {
+             auto lk = lock_model(md);
+             return md.cpu_plan_bytes();
+           })
       .def("gpu_plan_bytes",
            [](Model& md) -> size_t {
              auto lk = lock_model(md);
              return md.engine() ? md.engine()->plan_bytes() : 0;
+           })
+      // free memory of the model's GPU (cudaMemGetInfo in the engine's context: no CuPy needed);
+      // 0 for a model on the CPU
+      .def("gpu_free_bytes",
+           [](Model& md) -> size_t {
+             auto lk = lock_model(md);
+             if (!md.engine()) return 0;
+             py::gil_scoped_release nogil;
+             return md.engine()->info().free_bytes;
            })
       .def("get_precision",
            [](const Model& md) { return md.precision() == Precision::BF16 ? "bfloat16" : "float32"; })
@@ -1056,7 +1070,7 @@ PYBIND11_MODULE(_core, m) {
              md.anchors(height, width, &ls);
              Batch b = gather(md, samples, channels, height, width, Labels::None);
              const int n = static_cast<int>(samples.size());
-             py::array_t<float> out({int64_t(n), ls.back(), int64_t(md.num_classes() + 4)});
+             py::array_t<float> out({int64_t(n), ls.back(), int64_t(md.num_classes() + md.detection().box_dim())});
              float* o = out.mutable_data();
              {
                py::gil_scoped_release nogil;

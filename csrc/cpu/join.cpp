@@ -45,7 +45,8 @@ class Add : public CpuNode {
     prim_ = dnnl::binary(pd_);
     args_ = {{DNNL_ARG_SRC_0, a.data}, {DNNL_ARG_SRC_1, src1}, {DNNL_ARG_DST, y}};
     if (relu_bwd_pd_) {
-      // g goes straight into the first gradient target in the output's layout, is copied to the other
+      // g goes straight into the first gradient target in the output's layout, is copied to the
+      // other; where the plan shares a target with dy's buffer, g is computed in place there
       memory g = gin[0] ? gin[0] : g_buf_ >= 0 ? b.mem(a.md, g_buf_) : gin[1];
       relu_bwd_ = dnnl::eltwise_backward(relu_bwd_pd_);
       relu_args_ = {{DNNL_ARG_DST, y}, {DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_SRC, g}};
@@ -53,8 +54,9 @@ class Add : public CpuNode {
         if (gin[k] && gin[k].get_data_handle() != g.get_data_handle()) back_[k] = Reorder(g, gin[k]);
       return;
     }
+    // an input gradient the plan placed in dy's own buffer (shared in place) needs no copy
     for (size_t k = 0; k < 2; ++k)
-      if (gin[k]) back_[k] = Reorder(dy, gin[k]);
+      if (gin[k] && gin[k].get_data_handle() != dy.get_data_handle()) back_[k] = Reorder(dy, gin[k]);
   }
 
   void forward(Exec& e) override {

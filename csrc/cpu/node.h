@@ -153,6 +153,10 @@ std::unique_ptr<CpuNode> make_resize(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_depth_to_space(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_reshape(const Node& n, int idx);
 std::unique_ptr<CpuNode> make_permute(const Node& n, int idx);
+std::unique_ptr<CpuNode> make_depth_max(const Node& n, int idx);
+std::unique_ptr<CpuNode> make_lrn(const Node& n, int idx);
+std::unique_ptr<CpuNode> make_reduce(const Node& n, int idx);
+std::unique_ptr<CpuNode> make_matmul(const Node& n, int idx);
 
 // Helpers
 memory::desc plain_desc(const Dims& d, dt type = dt::f32);

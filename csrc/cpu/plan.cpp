@@ -77,7 +77,7 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 
 namespace {
 
-// HALCDL_NO_FUSE=sum,add_relu: the plans built from now on skip those fusions (for
+// HALCDL_NO_FUSE=sum,add_relu,grad_share: the plans built from now on skip those fusions (for
 // before/after benchmarks in one process; read when a plan is built).
 bool no_fuse(const char* what) {
   const char* v = std::getenv("HALCDL_NO_FUSE");
@@ -111,6 +111,10 @@ std::unique_ptr<CpuNode> make_node(const Node& n, int idx) {
     case OpKind::DepthToSpace: return make_depth_to_space(n, idx);
     case OpKind::Reshape: return make_reshape(n, idx);
     case OpKind::Permute: return make_permute(n, idx);
+    case OpKind::DepthMax: return make_depth_max(n, idx);
+    case OpKind::Lrn: return make_lrn(n, idx);
+    case OpKind::Reduce: return make_reduce(n, idx);
+    case OpKind::MatMul: return make_matmul(n, idx);
     case OpKind::Input: return nullptr;
   }
   return nullptr;
@@ -189,10 +193,7 @@ class CpuPlan : public Plan {
     std::vector<OpKind> post_act(n, OpKind::Input);
     const bool fuse_sum_on = !no_fuse("sum"), fuse_add_relu = !no_fuse("add_relu");
     auto root = [&](int i) { return alias[i] >= 0 ? alias[i] : i; };
-    // Kept layers (introspection) switch the sum fusion off for the whole plan: a chain of
-    // residual blocks fused only in part (a kept member stops it) gives a broken plan.
-    const bool any_kept = std::find(kept_.begin(), kept_.end(), true) != kept_.end();
-    for (int j = 0; j < n && !training && !bf16 && fuse_ && fuse_sum_on && !any_kept; ++j) {
+    for (int j = 0; j < n && !training && !bf16 && fuse_ && fuse_sum_on; ++j) {
       const Node& add = g.nodes[j];
       if (add.op != OpKind::Add || add.inputs.size() != 2) continue;
       for (int k = 0; k < 2; ++k) {
@@ -201,9 +202,6 @@ class CpuPlan : public Plan {
         if (t == o || g.nodes[c].op != OpKind::Conv || fuse_act[c] != OpKind::Input || fuse_sum[c] >= 0) continue;
         if (t == g.output || consumers[t].size() != 1 || dims[t] != dims[o]) continue;
         if (kept_[t] || kept_[j] || kept_[c]) continue;  // a kept output is read after the batch
-        // a conv reading the network input (plain layout) fails to create its primitive with
-        // the sum post-op into another conv's buffer (the layer API's elementwise sum of convs)
-        if (!g.nodes[c].inputs.empty() && g.nodes[g.nodes[c].inputs[0]].op == OpKind::Input) continue;
         if (g.nodes[r].op == OpKind::Input || r >= c || o == g.output) continue;  // o computed before c
         // every other reader of r's group runs (at its root's turn) before the conv, and
         // none is itself an in-place sum (it would overwrite o first)
@@ -219,8 +217,7 @@ class CpuPlan : public Plan {
         }
         if (!ok) continue;
         alias[j] = c;
-        fuse_sum[c] = o;
-        share[c] = share[r] >= 0 ? share[r] : r;
+        fuse_sum[c] = o;  // resolved to its buffer's owner below, once all fusions are known
         int act = sole(j, OpKind::Relu);
         if (act >= 0) {
           alias[act] = c;
@@ -237,6 +234,25 @@ class CpuPlan : public Plan {
       if (r < 0) continue;
       alias[r] = i;
       bn_relu[i] = true;
+    }
+    // The buffer each in-place sum accumulates into, resolved only now: the bn / add → relu
+    // fusion above can still make the residual operand's root a member of another group (a
+    // relu whose add was not summed in place, e.g. a kept layer stopped it, becomes a member of
+    // that add), and a member has neither a buffer nor, before its turn in the layout loop, a
+    // layout. So the owner is the operand's final root (computed before the conv: roots only
+    // move earlier), or, for a chain of in-place sums, the first owner's. Resolving the owner
+    // at the sum loop's time gave a member's data id (-1) or an empty layout (a primitive that
+    // could not be created) whenever a chain was fused only in part.
+    auto final_root = [&](int i) {
+      while (alias[i] >= 0) i = alias[i];
+      return i;
+    };
+    for (int c = 0; c < n; ++c) {
+      if (fuse_sum[c] < 0) continue;
+      const int r = final_root(fuse_sum[c]);
+      HALCDL_CHECK(r < c && alias[c] < 0, kErrRuntimeUnsupported, "internal: in-place sum order");
+      share[c] = share[r] >= 0 ? share[r] : r;
+      fuse_sum[c] = share[c];
     }
     // Timer labels: the root's op and the ops fused into it.
     labels_.resize(n);
@@ -301,25 +317,72 @@ class CpuPlan : public Plan {
     // Gradient buffers and targets: the consumer whose backward runs first (the latest one)
     // writes the tensor's gradient; the others write scratch that is added afterwards.
     std::vector<std::vector<int>> scratch(n);  // per node and input: scratch buffer id or -1
+    // first writer of root i's gradient: the latest consumer, its first use of the tensor
+    auto first_writer = [&](int i) {
+      return *std::max_element(gcons[i].begin(), gcons[i].end(), [](auto& a, auto& c) {
+        return a.first != c.first ? a.first < c.first : a.second > c.second;
+      });
+    };
+    // Gradients passed through an add in place: an add's backward only hands its gradient on
+    // (dx_k = dy; with the fused relu g = [y > 0]·dy, computed in place), so an input whose
+    // gradient the add writes first (the add is its latest consumer) and that has the add's
+    // layout uses the add's own gradient buffer, and the copy into it is skipped. All sharers
+    // of one add read the same values, so at most one of them may have other consumers (whose
+    // scratch is added into the shared buffer), and only if every other sharer's backward runs
+    // before theirs (it reads the buffer before they add into it). An add that is a sharer is
+    // no owner (no chains). Kept layers and the output keep buffers of their own.
+    // HALCDL_NO_FUSE=grad_share turns it off.
+    std::vector<int> gshare(n, -1), gend(n, -1);
+    bwd_in_place_.assign(n, false);
+    for (int a = n - 1; a >= 0 && training && fuse_ && !no_fuse("grad_share"); --a) {
+      const Node& nd = g.nodes[a];
+      if (nd.op != OpKind::Add || nd.inputs.size() != 2 || alias[a] >= 0 || !slots_[a].need_grad) continue;
+      if (gshare[a] >= 0 || gkeep[a] || gout[a] || gcons[a].empty()) continue;
+      const int r0 = final_root(nd.inputs[0]), r1 = final_root(nd.inputs[1]);
+      if (r0 == r1) continue;
+      std::vector<int> sh;
+      for (int k = 0; k < 2; ++k) {
+        const int r = k == 0 ? r0 : r1;
+        if (!slots_[r].need_grad || g.nodes[r].op == OpKind::Input || gout[r] || gkeep[r] || gshare[r] >= 0) continue;
+        if (slots_[r].md != slots_[a].md || first_writer(r) != std::make_pair(a, k)) continue;
+        sh.push_back(r);
+      }
+      if (sh.size() == 2) {  // both: the one with other consumers (if any) adds into it last
+        auto others = [&](int r) { return gcons[r].size() > 1; };
+        auto latest_other = [&](int r) {  // the latest consumer of r besides the add
+          int m = -1;
+          for (auto& c : gcons[r])
+            if (c.first != a) m = std::max(m, c.first);
+          return m;
+        };
+        if (others(sh[0]) && others(sh[1])) sh.pop_back();
+        else if (others(sh[0]) && !(sh[1] > latest_other(sh[0]))) sh.pop_back();
+        else if (others(sh[1]) && !(sh[0] > latest_other(sh[1]))) sh.erase(sh.begin());
+      }
+      if (!sh.empty()) bwd_in_place_[a] = true;
+      for (int r : sh) {
+        gshare[r] = a;
+        gend[a] = std::max(gend[a], b.tb(r));
+      }
+    }
     if (training) {
       for (int i = 0; i < n; ++i) scratch[i].assign(g.nodes[i].inputs.size(), -1);
       for (int i = 0; i < n; ++i) {
         Slot& s = slots_[i];
-        if (!s.need_grad || alias[i] >= 0) continue;
+        if (!s.need_grad || alias[i] >= 0 || gshare[i] >= 0) continue;
         int t0 = b.tb(i);
         for (auto& c : gcons[i]) t0 = std::min(t0, b.tb(c.first));
         // the output's gradient is copied in, a dangling tensor's zeroed, when the backward starts
         if (gout[i] || gcons[i].empty()) t0 = n - 1;
-        s.grad_id = b.request(s.md, t0, gkeep[i] ? b.t_end() : b.tb(i));
+        s.grad_id = b.request(s.md, t0, gkeep[i] ? b.t_end() : std::max(b.tb(i), gend[i]));
         if (gcons[i].empty() && !gout[i]) zero_grads_.push_back(i);
       }
+      for (int i = 0; i < n; ++i)
+        if (gshare[i] >= 0) slots_[i].grad_id = slots_[gshare[i]].grad_id;
       for (int i = 0; i < n; ++i) {
         auto& cs = gcons[i];
         if (!slots_[i].need_grad || alias[i] >= 0 || cs.empty()) continue;
-        // first writer: the latest consumer, its first use of the tensor
-        auto first = *std::max_element(cs.begin(), cs.end(), [](auto& a, auto& c) {
-          return a.first != c.first ? a.first < c.first : a.second > c.second;
-        });
+        const auto first = first_writer(i);
         for (auto& c : cs)
           if (c != first) scratch[c.first][c.second] = b.request(slots_[i].md, b.tb(c.first), b.tb(c.first));
       }
@@ -442,7 +505,7 @@ class CpuPlan : public Plan {
         clamp_negative(nodes_[i]->gin[0]);
       if (timed) {
         strm_.wait();
-        timer_add("train_bwd:" + labels_[i], since(t0));
+        timer_add("train_bwd:" + labels_[i] + (bwd_in_place_[i] ? "(in place)" : ""), since(t0));
         t0 = Clock::now();
       }
       for (auto& a : accum_[i]) add_into(a.dst, a.src, a.bytes, bf16_);
@@ -514,6 +577,7 @@ class CpuPlan : public Plan {
   std::vector<BNStats> bn_stats_;
   std::vector<Dims> input_dims_;
   std::vector<std::string> labels_;  // per root node: "Conv+BN+Relu" (the per-op timer's keys)
+  std::vector<bool> bwd_in_place_;   // per add: an input's gradient shares its buffer (timer: "(in place)")
   std::vector<float*> in_ptr_;
   Buffer out_plain_, gout_plain_;
   std::vector<Buffer> in_f32_;

@@ -53,10 +53,10 @@ __device__ __forceinline__ float det_sigmoid(float z) {
 
 __global__ void det_focal_huber_kernel(const float* __restrict__ out, const int* __restrict__ target,
                                        const float* __restrict__ tbox, const float* __restrict__ class_w,
-                                       int64_t rows, int k, float gamma, float beta, float gc, float gb,
-                                       float* __restrict__ dout, double* __restrict__ row_cls,
+                                       int64_t rows, int k, int nd, float gamma, float beta, float gc,
+                                       float gb, float* __restrict__ dout, double* __restrict__ row_cls,
                                        double* __restrict__ row_box) {
-  const int64_t stride = k + 4;
+  const int64_t stride = k + nd;
   for (size_t ia = det_tid(); ia < static_cast<size_t>(rows); ia += det_stride()) {
     const float* z = out + ia * stride;
     float* d = dout + ia * stride;
@@ -78,14 +78,17 @@ __global__ void det_focal_huber_kernel(const float* __restrict__ out, const int*
         d[j] = gc * w * g;
       }
       if (mt >= 0) {
-        const float* tg = tbox + ia * 4;
-        for (int j = 0; j < 4; ++j) {
+        const float* tg = tbox + ia * nd;
+        // rectangle2, a class without orientation: no angle term (NaN marks it)
+        const int nt = nd == 5 && isnan(tg[4]) ? 4 : nd;
+        for (int j = 0; j < nt; ++j) {
           const float x = z[k + j] - tg[j], ax = fabsf(x);
           sb += ax < beta ? 0.5 * x * x / beta : ax - 0.5 * beta;
           d[k + j] = gb * (ax < beta ? x / beta : (x > 0 ? 1.f : x < 0 ? -1.f : 0.f));
         }
+        for (int j = nt; j < nd; ++j) d[k + j] = 0.f;
       } else {
-        for (int j = 0; j < 4; ++j) d[k + j] = 0.f;
+        for (int j = 0; j < nd; ++j) d[k + j] = 0.f;
       }
     }
     row_cls[ia] = sc;
@@ -112,11 +115,11 @@ void det_scatter(const float* rows, float* head, int64_t n, int64_t hw, int a, i
 }
 
 void det_focal_huber(const float* out, const int* target, const float* tbox, const float* class_w, int64_t rows,
-                     int k, float gamma, float beta, float gc, float gb, float* dout, double* row_cls,
+                     int k, int nd, float gamma, float beta, float gc, float gb, float* dout, double* row_cls,
                      double* row_box, cudaStream_t s) {
   if (rows <= 0) return;
   det_focal_huber_kernel<<<det_grid(static_cast<size_t>(rows)), kDetBlock, 0, s>>>(
-      out, target, tbox, class_w, rows, k, gamma, beta, gc, gb, dout, row_cls, row_box);
+      out, target, tbox, class_w, rows, k, nd, gamma, beta, gc, gb, dout, row_cls, row_box);
   CUDA_CHECK_LAUNCH();
 }
 

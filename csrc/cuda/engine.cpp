@@ -465,9 +465,9 @@ class CudaEngine final : public DeviceEngine {
                                    std::vector<double>& cls_level, std::vector<double>& box_level) override {
     HALCDL_CHECK(bs > 0 && m > 0 && t.na > 0, kErrInvalidValue, "invalid batch size ", bs, " x ", m);
     const Node& o = g_.nodes[g_.output];
-    HALCDL_CHECK(o.op == OpKind::DetOut && o.det_box == 4, kErrRuntimeUnsupported,
-                 "this detection model does not run on the GPU (only instance_type 'rectangle1')");
-    const int kc = num_classes();
+    HALCDL_CHECK(o.op == OpKind::DetOut && (o.det_box == 4 || o.det_box == 5), kErrRuntimeUnsupported,
+                 "this detection model does not run on the GPU (box values ", o.det_box, ")");
+    const int kc = num_classes(), nd = o.det_box;
     HALCDL_CHECK(hp.class_weights.empty() || static_cast<int>(hp.class_weights.size()) == kc, kErrInvalidValue,
                  "class_weights needs ", kc, " values, got ", hp.class_weights.size());
     DeviceGuard guard(dev_);
@@ -485,9 +485,9 @@ class CudaEngine final : public DeviceEngine {
 
     if (m > 1 && !T_.bytes()) T_.resize(nt * sizeof(float));
     if (adam && !M2_.bytes()) M2_.resize(nt * sizeof(float));
-    ensure(dlogits_, rows * (kc + 4) * sizeof(float));
+    ensure(dlogits_, rows * (kc + nd) * sizeof(float));
     ensure(det_tgt_, m * rows * sizeof(int));
-    ensure(det_tbox_, m * rows * 4 * sizeof(float));
+    ensure(det_tbox_, m * rows * nd * sizeof(float));
     ensure(det_rows_, 2 * m * rows * sizeof(double));
     if (!hp.class_weights.empty()) ensure(classw_d_, kc * sizeof(float));
     ensure(stage_, static_cast<size_t>(m) * bs * img * sizeof(float));
@@ -505,7 +505,7 @@ class CudaEngine final : public DeviceEngine {
 
     h2d(ctx_, stage_.v(), images, static_cast<size_t>(m) * bs * img * sizeof(float));
     h2d(ctx_, det_tgt_.v(), t.target, m * rows * sizeof(int));
-    h2d(ctx_, det_tbox_.v(), t.tbox, m * rows * 4 * sizeof(float));
+    h2d(ctx_, det_tbox_.v(), t.tbox, m * rows * nd * sizeof(float));
     const float* cw = nullptr;
     if (!hp.class_weights.empty()) {
       h2d(ctx_, classw_d_.v(), hp.class_weights.data(), kc * sizeof(float));
@@ -519,8 +519,8 @@ class CudaEngine final : public DeviceEngine {
       p.forward(dp, rng_base + s);
       // det::loss's gradient factors: scale / norm (float), times the head weight
       const float gs = static_cast<float>((1.f / m) / t.norm[s]);  // det::loss: scale / norm
-      k::det_focal_huber(p.output(), det_tgt_.i() + s * rows, det_tbox_.f() + s * rows * 4, cw,
-                         static_cast<int64_t>(rows), kc, t.gamma, t.beta, gs * t.class_heads_weight,
+      k::det_focal_huber(p.output(), det_tgt_.i() + s * rows, det_tbox_.f() + s * rows * nd, cw,
+                         static_cast<int64_t>(rows), kc, nd, t.gamma, t.beta, gs * t.class_heads_weight,
                          gs * t.bbox_heads_weight, dlogits_.f(), row_cls + s * rows, row_box + s * rows, st);
       p.backward(dp, dlogits_.f(), s == 0 ? G_.f() : T_.f());
       if (s > 0 && nt) k::accumulate(G_.f(), T_.f(), nt, st);

@@ -183,6 +183,10 @@ std::unique_ptr<GpuNode> make_resize(const Node& n, int idx);     // resize_near
 std::unique_ptr<GpuNode> make_depth_to_space(const Node& n, int idx);
 std::unique_ptr<GpuNode> make_reshape(const Node& n, int idx);
 std::unique_ptr<GpuNode> make_permute(const Node& n, int idx);
+std::unique_ptr<GpuNode> make_depth_max(const Node& n, int idx);
+std::unique_ptr<GpuNode> make_lrn(const Node& n, int idx);
+std::unique_ptr<GpuNode> make_reduce(const Node& n, int idx);
+std::unique_ptr<GpuNode> make_matmul(const Node& n, int idx);
 // detection.cpp
 std::unique_ptr<GpuNode> make_detout(const Node& n, int idx);
 

@@ -1371,6 +1371,126 @@ __global__ void permute_kernel(const float* __restrict__ src, float* __restrict_
   }
 }
 
+// depth_max NHWC: one thread per pixel t of the n·h·w, over its c contiguous channels; the
+// first maximum wins (as the CPU twin). Backward writes every channel of the pixel: dy at the
+// maximum (value mode), zero elsewhere (and everywhere in argmax mode).
+__global__ void depth_max_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t total, int64_t c,
+                                     int argmax) {
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const float* xs = x + t * c;
+    int64_t best = 0;
+    for (int64_t k = 1; k < c; ++k)
+      if (xs[k] > xs[best]) best = k;
+    y[t] = argmax ? static_cast<float>(best) : xs[best];
+  }
+}
+__global__ void depth_max_bwd_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+                                     float* __restrict__ dx, size_t total, int64_t c, int argmax) {
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const float* xs = x + t * c;
+    int64_t best = 0;
+    for (int64_t k = 1; k < c; ++k)
+      if (xs[k] > xs[best]) best = k;
+    for (int64_t k = 0; k < c; ++k) dx[t * c + k] = (!argmax && k == best) ? dy[t] : 0.f;
+  }
+}
+
+// lrn across the c contiguous channels of NHWC, a centred window of `size` (odd), zero outside:
+// s_c = k + alpha/size · Σ_{|j − c| <= size/2} x_j², y_c = x_c · s_c^−beta. One thread per element.
+__device__ __forceinline__ float lrn_scale(const float* xs, int64_t c, int64_t ch, int half, float k, float an) {
+  const int64_t lo = ch - half < 0 ? 0 : ch - half, hi = ch + half >= c ? c - 1 : ch + half;
+  float acc = 0.f;
+  for (int64_t j = lo; j <= hi; ++j) acc += xs[j] * xs[j];
+  return k + an * acc;
+}
+__global__ void lrn_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t total, int64_t c, int half,
+                               float k, float an, float beta) {
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t ch = static_cast<int64_t>(t % c);
+    const float* xs = x + (t - ch);
+    y[t] = x[t] * powf(lrn_scale(xs, c, ch, half, k, an), -beta);
+  }
+}
+// dx_i = dy_i · s_i^−beta − 2·alpha/size·beta · x_i · Σ_{|c − i| <= size/2} dy_c · x_c · s_c^(−beta−1)
+__global__ void lrn_bwd_kernel(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx,
+                               size_t total, int64_t c, int half, float k, float an, float beta) {
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t ch = static_cast<int64_t>(t % c);
+    const float* xs = x + (t - ch);
+    const float* ds = dy + (t - ch);
+    const int64_t lo = ch - half < 0 ? 0 : ch - half, hi = ch + half >= c ? c - 1 : ch + half;
+    float acc = 0.f;
+    for (int64_t j = lo; j <= hi; ++j) acc += ds[j] * xs[j] * powf(lrn_scale(xs, c, j, half, k, an), -beta - 1.f);
+    dx[t] = dy[t] * powf(lrn_scale(xs, c, ch, half, k, an), -beta) - 2.f * an * beta * x[t] * acc;
+  }
+}
+
+// reduce NHWC: x (n, h, w, c) → y (n, hy, wy, cy), a reduced axis of size 1 in y. Forward: one
+// thread per output element over its inputs in a fixed order (no atomics); mode 0 sum, 1 mean,
+// 2 L2 norm. Backward: one thread per input element, dx = dy (sum), dy / count, dy · x / y.
+__global__ void reduce_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, size_t total, int64_t h,
+                                  int64_t w, int64_t c, int rh, int rw, int rc, int mode) {
+  const int64_t hy = rh ? 1 : h, wy = rw ? 1 : w, cy = rc ? 1 : c;
+  const float inv = 1.f / static_cast<float>((rh ? h : 1) * (rw ? w : 1) * (rc ? c : 1));
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t oc = static_cast<int64_t>(t % cy);
+    int64_t p = static_cast<int64_t>(t / cy);
+    const int64_t ox = p % wy;
+    p /= wy;
+    const int64_t oy = p % hy, b = p / hy;
+    float acc = 0.f;
+    for (int64_t iy = rh ? 0 : oy; iy <= (rh ? h - 1 : oy); ++iy)
+      for (int64_t ix = rw ? 0 : ox; ix <= (rw ? w - 1 : ox); ++ix)
+        for (int64_t ic = rc ? 0 : oc; ic <= (rc ? c - 1 : oc); ++ic) {
+          const float v = x[((b * h + iy) * w + ix) * c + ic];
+          acc += mode == 2 ? v * v : v;
+        }
+    y[t] = mode == 1 ? acc * inv : mode == 2 ? sqrtf(acc) : acc;
+  }
+}
+__global__ void reduce_bwd_kernel(const float* __restrict__ x, const float* __restrict__ y,
+                                  const float* __restrict__ dy, float* __restrict__ dx, size_t total, int64_t h,
+                                  int64_t w, int64_t c, int rh, int rw, int rc, int mode) {
+  const int64_t hy = rh ? 1 : h, wy = rw ? 1 : w, cy = rc ? 1 : c;
+  const float inv = 1.f / static_cast<float>((rh ? h : 1) * (rw ? w : 1) * (rc ? c : 1));
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t ic = static_cast<int64_t>(t % c);
+    int64_t p = static_cast<int64_t>(t / c);
+    const int64_t ix = p % w;
+    p /= w;
+    const int64_t iy = p % h, b = p / h;
+    const int64_t yi = ((b * hy + (rh ? 0 : iy)) * wy + (rw ? 0 : ix)) * cy + (rc ? 0 : ic);
+    float v = dy[yi];
+    if (mode == 1) v *= inv;
+    else if (mode == 2) v = y[yi] > 0.f ? v * x[t] / y[yi] : 0.f;
+    dx[t] = v;
+  }
+}
+
+struct MatView {  // strides of a matrix operand: sample, channel, row, column
+  int64_t sn, sc, sr, sk;
+};
+// batched matmul on strided views: out (n, r, s, c) NHWC = Σ_k L[b, ch, i, k] · R[b, ch, k, j]
+// with L, R addressed by their strides (sample, channel, row, column); one thread per output
+// element over k in order (no atomics). A transposed NHWC operand is its view with the row and
+// column strides swapped, so forward and both gradients use this one kernel.
+__global__ void matmul_kernel(const float* __restrict__ l, const float* __restrict__ r, float* __restrict__ out,
+                              size_t total, int64_t rows, int64_t cols, int64_t c, int64_t kk, MatView lv,
+                              MatView rv) {
+  for (size_t t = gtid(); t < total; t += gstride()) {
+    const int64_t ch = static_cast<int64_t>(t % c);
+    int64_t p = static_cast<int64_t>(t / c);
+    const int64_t j = p % cols;
+    p /= cols;
+    const int64_t i = p % rows, b = p / rows;
+    const float* lp = l + b * lv.sn + ch * lv.sc + i * lv.sr;
+    const float* rp = r + b * rv.sn + ch * rv.sc + j * rv.sk;
+    float acc = 0.f;
+    for (int64_t q = 0; q < kk; ++q) acc += lp[q * lv.sk] * rp[q * rv.sr];
+    out[t] = acc;
+  }
+}
+
 }  // namespace
 
 void sigmoid_forward(const float* x, float* y, size_t n, cudaStream_t s) {
@@ -1438,6 +1558,60 @@ void permute_nhwc(const float* src, float* dst, int64_t n, int64_t c, int64_t h,
   if (n <= 0 || a0 <= 0 || a1 <= 0 || a2 <= 0) return;
   const size_t total = static_cast<size_t>(n * a0 * a1 * a2);
   permute_kernel<<<grid_for(total), kBlock, 0, s>>>(src, dst, total, a0, a1, a2, st[p0], st[p1], st[p2]);
+  CUDA_CHECK_LAUNCH();
+}
+
+void depth_max_forward(const float* x, float* y, int64_t pixels, int64_t c, int argmax, cudaStream_t s) {
+  if (pixels <= 0 || c <= 0) return;
+  depth_max_fwd_kernel<<<grid_for(static_cast<size_t>(pixels)), kBlock, 0, s>>>(x, y, static_cast<size_t>(pixels),
+                                                                                  c, argmax);
+  CUDA_CHECK_LAUNCH();
+}
+void depth_max_backward(const float* x, const float* dy, float* dx, int64_t pixels, int64_t c, int argmax,
+                        cudaStream_t s) {
+  if (pixels <= 0 || c <= 0) return;
+  depth_max_bwd_kernel<<<grid_for(static_cast<size_t>(pixels)), kBlock, 0, s>>>(x, dy, dx,
+                                                                                  static_cast<size_t>(pixels), c, argmax);
+  CUDA_CHECK_LAUNCH();
+}
+
+void lrn_forward(const float* x, float* y, size_t n, int64_t c, int size, float alpha, float beta, float k,
+                 cudaStream_t s) {
+  if (n == 0 || c <= 0) return;
+  lrn_fwd_kernel<<<grid_for(n), kBlock, 0, s>>>(x, y, n, c, size / 2, k, alpha / static_cast<float>(size), beta);
+  CUDA_CHECK_LAUNCH();
+}
+void lrn_backward(const float* x, const float* dy, float* dx, size_t n, int64_t c, int size, float alpha, float beta,
+                  float k, cudaStream_t s) {
+  if (n == 0 || c <= 0) return;
+  lrn_bwd_kernel<<<grid_for(n), kBlock, 0, s>>>(x, dy, dx, n, c, size / 2, k, alpha / static_cast<float>(size), beta);
+  CUDA_CHECK_LAUNCH();
+}
+
+void reduce_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int rh, int rw, int rc,
+                    int mode, cudaStream_t s) {
+  const size_t total = static_cast<size_t>(n * (rh ? 1 : h) * (rw ? 1 : w) * (rc ? 1 : c));
+  if (total == 0) return;
+  reduce_fwd_kernel<<<grid_for(total), kBlock, 0, s>>>(x, y, total, h, w, c, rh, rw, rc, mode);
+  CUDA_CHECK_LAUNCH();
+}
+void reduce_backward(const float* x, const float* y, const float* dy, float* dx, int64_t n, int64_t h, int64_t w,
+                     int64_t c, int rh, int rw, int rc, int mode, cudaStream_t s) {
+  const size_t total = static_cast<size_t>(n * h * w * c);
+  if (total == 0) return;
+  reduce_bwd_kernel<<<grid_for(total), kBlock, 0, s>>>(x, y, dy, dx, total, h, w, c, rh, rw, rc, mode);
+  CUDA_CHECK_LAUNCH();
+}
+
+void matmul_nhwc(const float* l, int ltrans, int64_t lh, int64_t lw, const float* r, int rtrans, int64_t rh,
+                 int64_t rw, float* out, int64_t n, int64_t c, cudaStream_t s) {
+  // an NHWC (n, h, w, c) operand: strides n h·w·c, c 1, row w·c, column c (swapped if transposed)
+  const MatView lv{lh * lw * c, 1, ltrans ? c : lw * c, ltrans ? lw * c : c};
+  const MatView rv{rh * rw * c, 1, rtrans ? c : rw * c, rtrans ? rw * c : c};
+  const int64_t rows = ltrans ? lw : lh, kk = ltrans ? lh : lw, cols = rtrans ? rh : rw;
+  const size_t total = static_cast<size_t>(n * rows * cols * c);
+  if (total == 0) return;
+  matmul_kernel<<<grid_for(total), kBlock, 0, s>>>(l, r, out, total, rows, cols, c, kk, lv, rv);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -174,4 +174,29 @@ void reshape_nhwc(const float* src, float* dst, int64_t n, int64_t h, int64_t w,
 void permute_nhwc(const float* src, float* dst, int64_t n, int64_t c, int64_t h, int64_t w, int p0, int p1, int p2,
                   cudaStream_t s);
 
+// depth_max over the channels of NHWC (pixels = n·h·w): y (pixels) the maximum or (argmax) the
+// first index reaching it; backward writes all of dx (dy at that index for the value, else 0).
+void depth_max_forward(const float* x, float* y, int64_t pixels, int64_t c, int argmax, cudaStream_t s);
+void depth_max_backward(const float* x, const float* dy, float* dx, int64_t pixels, int64_t c, int argmax,
+                        cudaStream_t s);
+
+// lrn across the channels of NHWC (n elements, c channels, odd size): y = x / (k + alpha/size ·
+// Σ_window x²)^beta; backward recomputes the scales from x.
+void lrn_forward(const float* x, float* y, size_t n, int64_t c, int size, float alpha, float beta, float k,
+                 cudaStream_t s);
+void lrn_backward(const float* x, const float* dy, float* dx, size_t n, int64_t c, int size, float alpha, float beta,
+                  float k, cudaStream_t s);
+
+// reduce over the flagged axes of NHWC x (n, h, w, c) into y (reduced axes of size 1): mode 0
+// sum, 1 mean, 2 L2 norm; backward writes all of dx (the L2 norm's reads x and y).
+void reduce_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int rh, int rw, int rc,
+                    int mode, cudaStream_t s);
+void reduce_backward(const float* x, const float* y, const float* dy, float* dx, int64_t n, int64_t h, int64_t w,
+                     int64_t c, int rh, int rw, int rc, int mode, cudaStream_t s);
+
+// out (n, rows, cols, c) NHWC = op(L) · op(R) per sample and channel; L is stored NHWC
+// (n, lh, lw, c), R (n, rh, rw, c); op transposes the stored matrix when *trans is set.
+void matmul_nhwc(const float* l, int ltrans, int64_t lh, int64_t lw, const float* r, int rtrans, int64_t rh,
+                 int64_t rw, float* out, int64_t n, int64_t c, cudaStream_t s);
+
 }  // namespace halcdl::gpu::k

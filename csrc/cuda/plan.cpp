@@ -55,6 +55,10 @@ std::unique_ptr<GpuNode> make_node(const Node& n, int idx) {
     case OpKind::DepthToSpace: return make_depth_to_space(n, idx);
     case OpKind::Reshape: return make_reshape(n, idx);
     case OpKind::Permute: return make_permute(n, idx);
+    case OpKind::DepthMax: return make_depth_max(n, idx);
+    case OpKind::Lrn: return make_lrn(n, idx);
+    case OpKind::Reduce: return make_reduce(n, idx);
+    case OpKind::MatMul: return make_matmul(n, idx);
     case OpKind::DetOut: return make_detout(n, idx);  // cuda/detection.cpp
     case OpKind::Input: return nullptr;  // its slot is the plan's input buffer
   }

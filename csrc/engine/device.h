@@ -80,7 +80,7 @@ class DeviceEngine {
   // the sub-batches (each / m) in cls_level / box_level.
   struct DetTargets {
     const int* target = nullptr;    // host, m·bs·na
-    const float* tbox = nullptr;    // host, m·bs·na·4
+    const float* tbox = nullptr;    // host, m·bs·na·D (D box values; rectangle2: NaN angle = no angle term)
     const double* norm = nullptr;   // host, m
     const int64_t* level_start = nullptr;
     int nlevels = 0;
@@ -95,7 +95,7 @@ class DeviceEngine {
     (void)cls_level, (void)box_level;
     HALCDL_THROW(kErrRuntimeUnsupported, "this GPU backend does not train detection models");
   }
-  // The detection_output rows (n, A_total, K + 4) of an inference forward, host images and
+  // The detection_output rows (n, A_total, K + D) of an inference forward, host images and
   // host `out` (decoding and NMS then run on the host: det::detect).
   virtual void infer_detection_raw(const float* images, int n, int bs, int c, int h, int w, float* out) {
     (void)images, (void)n, (void)bs, (void)c, (void)h, (void)w, (void)out;
@@ -128,7 +128,7 @@ struct RunResult {
   std::vector<float> bn_mean, bn_var;  // when the last node is a training bn (biased variance)
 };
 
-constexpr int kCudaAbiVersion = 3;  // 2: train_step takes a StepHook; 3: detection
+constexpr int kCudaAbiVersion = 4;  // 2: train_step takes a StepHook; 3: detection; 4: rectangle2 targets
 
 // The table libhalcdl_cuda.so exports through `extern "C" const CudaApi* halcdl_cuda_api()`.
 // Every function may throw halcdl::Error.

@@ -34,6 +34,10 @@ const char* op_name(OpKind k) {
     case OpKind::ResizeBilinear: return "resize_bilinear";
     case OpKind::Reshape: return "reshape";
     case OpKind::Permute: return "permute";
+    case OpKind::DepthMax: return "depth_max";
+    case OpKind::Lrn: return "lrn";
+    case OpKind::Reduce: return "reduce";
+    case OpKind::MatMul: return "matmul";
   }
   return "?";
 }
@@ -50,7 +54,9 @@ const std::unordered_map<std::string, OpKind>& op_table() {
       {"upsample_nearest", OpKind::UpNearest}, {"upsample_bilinear", OpKind::UpBilinear},
       {"detection_output", OpKind::DetOut}, {"sigmoid", OpKind::Sigmoid}, {"tanh", OpKind::Tanh},
       {"depth_to_space", OpKind::DepthToSpace}, {"resize_nearest", OpKind::ResizeNearest},
-      {"resize_bilinear", OpKind::ResizeBilinear}, {"reshape", OpKind::Reshape}, {"permute", OpKind::Permute}};
+      {"resize_bilinear", OpKind::ResizeBilinear}, {"reshape", OpKind::Reshape}, {"permute", OpKind::Permute},
+      {"depth_max", OpKind::DepthMax}, {"lrn", OpKind::Lrn}, {"reduce", OpKind::Reduce},
+      {"matmul", OpKind::MatMul}};
   return t;
 }
 
@@ -337,6 +343,56 @@ Graph build_graph(const std::vector<NodeSpec>& spec) {
                      "': a permute that moves an image axis to the channels needs 'channels' >= 1");
         break;
       }
+      case OpKind::MatMul:
+        // per sample and channel the H × W matrices: Y = op(A) · op(B), op transposes with
+        // trans_a / trans_b; A and B have the same batch and channels (checked in infer_shapes)
+        need_inputs(2, 2);
+        n.trans_a = a.num("trans_a", 0) != 0;
+        n.trans_b = a.num("trans_b", 0) != 0;
+        HALCDL_CHECK(in_ch(0) == in_ch(1), kErrInvalidInputShape, "node '", s.name, "': matmul needs inputs of ",
+                     "the same depth, got ", in_ch(0), " and ", in_ch(1));
+        n.channels = in_ch(0);
+        break;
+      case OpKind::Reduce: {
+        // sum / mean / L2 norm over a non-empty subset of the axes 1 C, 2 H, 3 W (kept, of size 1)
+        need_inputs(1, 1);
+        n.reduce_mode = a.integer("mode", 0);
+        HALCDL_CHECK(n.reduce_mode >= 0 && n.reduce_mode <= 2, kErrInvalidInputShape, "node '", s.name,
+                     "': reduce mode must be 0 (sum), 1 (mean) or 2 (L2 norm)");
+        auto it = s.attrs.find("axes");
+        HALCDL_CHECK(it != s.attrs.end() && !it->second.empty() && it->second.size() <= 3, kErrInvalidInputShape,
+                     "node '", s.name, "': reduce needs 'axes', 1 to 3 of the axes 1 (C), 2 (H), 3 (W)");
+        for (double d : it->second) {
+          const int v = Attrs::to_int(s, "axes", d);
+          HALCDL_CHECK(v >= 1 && v <= 3 && !n.reduce_axis[v - 1], kErrInvalidInputShape, "node '", s.name,
+                       "': reduce 'axes' must be distinct values of 1 (C), 2 (H), 3 (W), got ", v);
+          n.reduce_axis[v - 1] = true;
+        }
+        n.channels = n.reduce_axis[0] ? 1 : in_ch(0);
+        break;
+      }
+      case OpKind::Lrn: {
+        // across channels: y_c = x_c / (k + alpha/size · Σ_{|c' − c| <= size/2} x_c'²)^beta (PyTorch's
+        // LocalResponseNorm, oneDNN's lrn_across_channels); an odd size (a centred window)
+        need_inputs(1, 1);
+        n.channels = in_ch(0);
+        n.lrn_size = a.integer("size", 5);
+        const double al = a.num("alpha", 1e-4), be = a.num("beta", 0.75), kk = a.num("k", 1.0);
+        HALCDL_CHECK(n.lrn_size >= 1 && n.lrn_size % 2 == 1 && n.lrn_size <= 4095, kErrInvalidInputShape, "node '",
+                     s.name, "': lrn size must be odd and in [1, 4095], got ", n.lrn_size);
+        HALCDL_CHECK(std::isfinite(al) && std::isfinite(be) && std::isfinite(kk) && kk > 0, kErrInvalidInputShape,
+                     "node '", s.name, "': lrn alpha, beta must be finite and k > 0");
+        n.lrn_alpha = static_cast<float>(al);
+        n.lrn_beta = static_cast<float>(be);
+        n.lrn_k = static_cast<float>(kk);
+        break;
+      }
+      case OpKind::DepthMax:
+        // y[n, 0, h, w] = max_c x[n, c, h, w] (argmax: the first c where it is reached)
+        need_inputs(1, 1);
+        n.argmax = a.num("argmax", 0) != 0;
+        n.channels = 1;
+        break;
       case OpKind::Add:
         need_inputs(2, 2);
         n.channels = in_ch(0);
@@ -455,6 +511,37 @@ std::vector<Dims> Graph::infer_shapes(const std::vector<Dims>& input_dims) const
                      x[1], "x", x[2], "x", x[3], "), the shape ", n.channels, "x", n.out_h, "x", n.out_w, " needs ",
                      static_cast<int64_t>(n.channels) * n.out_h * n.out_w);
         out[i] = {x[0], n.channels, n.out_h, n.out_w};
+        break;
+      }
+      case OpKind::MatMul: {
+        const Dims& x = in(0);
+        const Dims& z = in(1);
+        HALCDL_CHECK(x.size() == 4 && z.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs 4-D inputs");
+        const int64_t m = n.trans_a ? x[3] : x[2], ka = n.trans_a ? x[2] : x[3];
+        const int64_t kb = n.trans_b ? z[3] : z[2], p = n.trans_b ? z[2] : z[3];
+        HALCDL_CHECK(x[0] == z[0] && x[1] == z[1], kErrInvalidInputShape, "node '", n.name,
+                     "' (matmul): the inputs differ in batch or depth (", x[0], "x", x[1], " and ", z[0], "x", z[1], ")");
+        HALCDL_CHECK(ka == kb, kErrInvalidInputShape, "node '", n.name, "' (matmul): A is ", m, "x", ka,
+                     " (rows x columns), B is ", kb, "x", p, ": A's columns must equal B's rows");
+        out[i] = {x[0], x[1], m, p};
+        break;
+      }
+      case OpKind::Reduce: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        out[i] = {x[0], n.reduce_axis[0] ? 1 : x[1], n.reduce_axis[1] ? 1 : x[2], n.reduce_axis[2] ? 1 : x[3]};
+        break;
+      }
+      case OpKind::Lrn: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        out[i] = x;
+        break;
+      }
+      case OpKind::DepthMax: {
+        const Dims& x = in(0);
+        HALCDL_CHECK(x.size() == 4, kErrInvalidInputShape, "node '", n.name, "' needs a 4-D input");
+        out[i] = {x[0], 1, x[2], x[3]};
         break;
       }
       case OpKind::Permute: {

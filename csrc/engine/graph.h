@@ -17,7 +17,7 @@ enum class OpKind {
   Input, Conv, BN, Relu, Relu6, MaxPool, AvgPool, GAP, FC, Add, Concat, Dropout, Softmax,
   Deconv, UpNearest, UpBilinear, DetOut,
   // layer-API ops (cpu/shape_ops.cpp, cuda/ops_extra.cpp)
-  Sigmoid, Tanh, DepthToSpace, ResizeNearest, ResizeBilinear, Reshape, Permute
+  Sigmoid, Tanh, DepthToSpace, ResizeNearest, ResizeBilinear, Reshape, Permute, DepthMax, Lrn, Reduce, MatMul
 };
 
 const char* op_name(OpKind k);
@@ -62,6 +62,12 @@ struct Node {
   bool crd = true;
   int out_h = 0, out_w = 0;  // resize_*, reshape: output size
   int perm[3] = {0, 1, 2};   // permute: output axis k of (C, H, W) is input axis perm[k]
+  bool argmax = false;       // depth_max: the index of the maximum (else its value)
+  int lrn_size = 5;          // lrn: y = x / (k + alpha/size · Σ_window x²)^beta, odd window across channels
+  float lrn_alpha = 1e-4f, lrn_beta = 0.75f, lrn_k = 1.f;
+  int reduce_mode = 0;       // reduce: 0 sum, 1 mean, 2 L2 norm (sqrt of the sum of squares)
+  bool reduce_axis[3] = {false, false, false};  // reduce: over C, H, W (each reduced to 1)
+  bool trans_a = false, trans_b = false;  // matmul: per (n, c) Y = op(A) · op(B) of the H × W matrices
   // parameter indices into Graph::params (-1 when absent)
   int p_weight = -1, p_bias = -1, p_mean = -1, p_var = -1;
 };

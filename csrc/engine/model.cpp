@@ -301,8 +301,6 @@ void Model::set_device(int gpu) {
   }
   HALCDL_CHECK(g_.ties.empty() || g_.is_detection(), kErrRuntimeUnsupported,
                "shared (tied) parameters run on the GPU only in detection models; use runtime 'cpu'");
-  HALCDL_CHECK(!g_.is_detection() || g_.nodes[g_.output].det_box == 4, kErrRuntimeUnsupported,
-               "object detection with instance_type 'rectangle2' does not run on the GPU yet; use runtime 'cpu'");
   HALCDL_CHECK(frozen_.empty(), kErrRuntimeUnsupported,
                "frozen parameters (freeze_backbone_level) are not supported on the GPU yet; use runtime 'cpu'");
   const CudaApi& api = cuda_api();  // 7742 / 7709 / 7717 / 7718
@@ -664,16 +662,26 @@ TrainResult Model::train_step_detection(const float* images, const float* boxes,
   return res;
 }
 
-// The GPU step: the anchor assignment here (det::match, det::encode: the CPU's code), the
+// The GPU step: the anchor assignment here (det::match, det::encode / encode2: the CPU's code), the
 // network, losses, backward, ties and update on the device (DeviceEngine::train_step_detection).
 TrainResult Model::train_step_detection_gpu(const float* images, const float* boxes, const int* labels,
                                             const int64_t* box_off, int bs, int m, int c, int h, int w,
                                             const std::vector<float>& anc, const std::vector<int64_t>& ls) {
   const int64_t na = ls.back();
   const int nl = static_cast<int>(ls.size()) - 1;
+  const int D = det_.box_dim();
   const size_t rows = static_cast<size_t>(bs) * na;
+  // rectangle2: the boxes of classes without orientation become axis-parallel (phi 0) before
+  // matching, as in det::loss
+  std::vector<float> ap;
+  if (det_.oriented && !det_.no_orientation.empty()) {
+    ap.assign(boxes, boxes + D * box_off[m * bs]);
+    for (int64_t j = box_off[0]; j < box_off[m * bs]; ++j)
+      if (!det_.has_orientation(labels[j])) det::axis_parallel2(boxes + D * j, ap.data() + D * j);
+    boxes = ap.data();
+  }
   std::vector<int> tgt(m * rows);
-  std::vector<float> tbox(m * rows * 4, 0.f);
+  std::vector<float> tbox(m * rows * D, 0.f);
   std::vector<double> norm(m);
   for (int s = 0; s < m; ++s) {
     int64_t fg = 0;
@@ -681,11 +689,24 @@ TrainResult Model::train_step_detection_gpu(const float* images, const float* bo
       const int64_t b0 = box_off[s * bs + i];
       const int nb = static_cast<int>(box_off[s * bs + i + 1] - b0);
       int* mt = tgt.data() + s * rows + static_cast<size_t>(i) * na;
-      det::match(anc.data(), na, boxes + 4 * b0, nb, det_, mt);
+      det::match(anc.data(), na, boxes + D * b0, nb, det_, mt);
       for (int64_t a = 0; a < na; ++a) {
         if (mt[a] < 0) continue;
-        det::encode(anc.data() + 4 * a, boxes + 4 * (b0 + mt[a]), tbox.data() + 4 * (s * rows + i * na + a));
-        mt[a] = labels[b0 + mt[a]];
+        const float* gb = boxes + D * (b0 + mt[a]);
+        const float* an = anc.data() + D * a;
+        float* tg = tbox.data() + D * (s * rows + i * na + a);
+        const int cls = labels[b0 + mt[a]];
+        if (!det_.oriented) {
+          det::encode(an, gb, tg);
+        } else if (det_.has_orientation(cls)) {
+          det::encode2(an, gb, tg, det_.ignore_direction);
+        } else {  // the axis-parallel target, no angle term (NaN: det_kernels.cuh)
+          float nbx[5];
+          det::no_orientation_target(an, gb, nbx);
+          det::encode2(an, nbx, tg, false);
+          tg[4] = std::numeric_limits<float>::quiet_NaN();
+        }
+        mt[a] = cls;
         ++fg;
       }
     }
@@ -730,7 +751,7 @@ std::vector<std::vector<det::Detection>> Model::infer_detection(const float* ima
   const size_t img = static_cast<size_t>(c) * h * w;
   std::vector<std::vector<det::Detection>> out(n);
   if (dev_) {  // the network on the GPU, decoding and NMS here (docs/gpu.md)
-    const size_t row = static_cast<size_t>(na) * (k + 4);
+    const size_t row = static_cast<size_t>(na) * (k + det_.box_dim());
     std::vector<float> raw(static_cast<size_t>(std::min(n, bs)) * row);
     for (int start = 0; start < n; start += bs) {
       const int cnt = std::min(bs, n - start);
@@ -759,7 +780,7 @@ void Model::infer_detection_raw(const float* images, int n, int bs, int c, int h
   HALCDL_CHECK(bs > 0, kErrInvalidValue, "invalid batch size ", bs);
   std::vector<int64_t> ls;
   anchors(h, w, &ls);  // checks the image size (7730)
-  const size_t row = static_cast<size_t>(ls.back()) * (num_classes() + 4);
+  const size_t row = static_cast<size_t>(ls.back()) * (num_classes() + det_.box_dim());
   const size_t img = static_cast<size_t>(c) * h * w;
   apply_threads();
   if (dev_) return dev_->infer_detection_raw(images, n, bs, c, h, w, out);
@@ -938,6 +959,13 @@ std::string Model::summary() const {
   }
   os << "trainable parameters: " << g_.n_trainable << "\n";
   return os.str();
+}
+
+size_t Model::cpu_plan_bytes() const {
+  size_t t = 0;
+  for (const auto& kv : plans_) t += kv.second->workspace_bytes();
+  for (const auto& kv : grad_plans_) t += kv.second->workspace_bytes();
+  return t;
 }
 
 }  // namespace halcdl

@@ -158,6 +158,9 @@ class Model {
                                   bool guided = false);
   void grad_backward(const float* grad_output, size_t n);
   std::vector<float> grad_input(Dims* dims);  // guided plans only
+  // Workspace bytes (activations, gradients, op buffers) of the cached CPU plans: tests and
+  // benchmarks compare plans by it.
+  size_t cpu_plan_bytes() const;
 
  private:
   Plan& plan(int n, int c, int h, int w, bool training);

@@ -265,5 +265,30 @@ int emu_permute_nhwc(const float* src, float* dst, int64_t n, int64_t c, int64_t
                      int p2) {
   EMU_CALL(k::permute_nhwc(src, dst, n, c, h, w, p0, p1, p2, kStream))
 }
+int emu_depth_max_forward(const float* x, float* y, int64_t pixels, int64_t c, int argmax) {
+  EMU_CALL(k::depth_max_forward(x, y, pixels, c, argmax, kStream))
+}
+int emu_depth_max_backward(const float* x, const float* dy, float* dx, int64_t pixels, int64_t c, int argmax) {
+  EMU_CALL(k::depth_max_backward(x, dy, dx, pixels, c, argmax, kStream))
+}
+int emu_lrn_forward(const float* x, float* y, size_t n, int64_t c, int size, float alpha, float beta, float k) {
+  EMU_CALL(k::lrn_forward(x, y, n, c, size, alpha, beta, k, kStream))
+}
+int emu_lrn_backward(const float* x, const float* dy, float* dx, size_t n, int64_t c, int size, float alpha, float beta,
+                     float k) {
+  EMU_CALL(k::lrn_backward(x, dy, dx, n, c, size, alpha, beta, k, kStream))
+}
+int emu_reduce_forward(const float* x, float* y, int64_t n, int64_t h, int64_t w, int64_t c, int rh, int rw, int rc,
+                       int mode) {
+  EMU_CALL(k::reduce_forward(x, y, n, h, w, c, rh, rw, rc, mode, kStream))
+}
+int emu_reduce_backward(const float* x, const float* y, const float* dy, float* dx, int64_t n, int64_t h, int64_t w,
+                        int64_t c, int rh, int rw, int rc, int mode) {
+  EMU_CALL(k::reduce_backward(x, y, dy, dx, n, h, w, c, rh, rw, rc, mode, kStream))
+}
+int emu_matmul_nhwc(const float* l, int ltrans, int64_t lh, int64_t lw, const float* r, int rtrans, int64_t rh,
+                    int64_t rw, float* out, int64_t n, int64_t c) {
+  EMU_CALL(k::matmul_nhwc(l, ltrans, lh, lw, r, rtrans, rh, rw, out, n, c, kStream))
+}
 
 }  // extern "C"

@@ -211,6 +211,13 @@ SIGNATURES = {
     "depth_to_space_backward": [_P, _P, _I64, _I64, _I64, _I64, _I, _I],
     "reshape_nhwc": [_P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _I64],
     "permute_nhwc": [_P, _P, _I64, _I64, _I64, _I64, _I, _I, _I],
+    "depth_max_forward": [_P, _P, _I64, _I64, _I],
+    "depth_max_backward": [_P, _P, _P, _I64, _I64, _I],
+    "lrn_forward": [_P, _P, _SZ, _I64, _I, _F, _F, _F],
+    "lrn_backward": [_P, _P, _P, _SZ, _I64, _I, _F, _F, _F],
+    "reduce_forward": [_P, _P, _I64, _I64, _I64, _I64, _I, _I, _I, _I],
+    "reduce_backward": [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I, _I, _I, _I],
+    "matmul_nhwc": [_P, _I, _I64, _I64, _P, _I, _I64, _I64, _P, _I64, _I64],
 }
 SCHEDULES = {"in_order": 0, "reverse": 1, "random": 2}
 

@@ -19,6 +19,11 @@ Each scenario raises (exit status 1, traceback on stderr) or prints "OK NAME".
   two_threads           two GPU models trained from two threads at once: bitwise as sequential
   nonfinite_step        weights blown up: 7720 at the same step as the CPU, nothing changes
                         (with HALCDL_CUDA_DEBUG=2: the message names the node)
+  batch_size_search     optimize_dl_model_batch_size (training, inference) and
+                        set_dl_model_param_max_gpu_batch_size on a small GPU
+                        (HALCDL_EMU_GPU_MEMORY=96M) without CuPy: the bound is 80 % of the free
+                        memory with the scratch copy on the GPU, it bites, the search holds one
+                        candidate's plan at a time, the chosen size trains, nothing leaks
   train_sequence_sgd    test_gpu.py's train-sequence comparison (5 steps, GPU vs CPU: losses,
   train_sequence_adam   weights, optimizer state, confidences) at a learning rate where the run
                         is well conditioned (see test_gpu_emulated.py for why not 0.01)
@@ -359,6 +364,52 @@ def nonfinite_step() -> None:
     assert failed_at["gpu"] == failed_at["cpu"], failed_at
 
 
+def batch_size_search() -> None:
+    lib = fake_runtime()
+    for f in ("fake_cudart_peak_bytes",):
+        getattr(lib, f).restype = ctypes.c_ulonglong
+    total = core.gpu_device_info(0)["total_bytes"]
+    m = model("gpu")
+    static = lib.fake_cudart_live_bytes()  # weights, optimizer state, workspaces; no plan yet
+    p0 = params(m)
+    for mode in ("training", "inference"):
+        bs, t = ha.optimize_dl_model_batch_size(
+            m, mode, {"max_batch_size": 64, "num_iterations": 1, "warmup_iterations": 0})
+        # the scratch copy (as large as the model) is on the GPU when the free memory is read
+        assert t["memory_bound"] == int(0.8 * (total - 2 * static)), (t, total, static)
+        sizes, mem = t["batch_size"], t["memory_bytes"]
+        assert sizes == [1 << k for k in range(len(sizes))] and sizes[-1] < 64, t
+        per = (mem[-1] - mem[-2]) / (sizes[-1] - sizes[-2])  # the estimate's bytes per sample
+        assert mem[-1] <= t["memory_bound"] < mem[-1] + sizes[-1] * per, t  # the bound bites
+        speeds = t["images_per_second"]
+        assert bs == sizes[speeds.index(max(speeds))], t
+        assert ha.get_dl_model_param(m, "batch_size") == [bs]
+        assert ha.get_dl_model_param(m, "runtime") == ["gpu"]
+        gc.collect()
+        assert lib.fake_cudart_live_bytes() <= static + m.core.gpu_plan_bytes() + (1 << 20), \
+            "the scratch copy was left on the GPU"
+        p1 = params(m)
+        assert all(np.array_equal(p0[n], p1[n]) for n in p0), f"{mode}: the search changed the weights"
+        print(mode, "bound", t["memory_bound"], "sizes", sizes, "chosen", bs,
+              "peak", lib.fake_cudart_peak_bytes(), "static", static)
+    # one candidate's plan at a time: the training search's peak stayed within the model, the
+    # scratch copy and one candidate's plan (its estimate) plus per-call buffers
+    assert lib.fake_cudart_peak_bytes() <= 2 * static + max(mem) + (8 << 20), lib.fake_cudart_peak_bytes()
+    # what was chosen trains at that size (no 6021)
+    ha.set_dl_model_param(m, "batch_size", sizes[-1])
+    ha.set_dl_model_param(m, "batch_size_multiplier", 1)
+    rng = np.random.default_rng(3)
+    ha.train_dl_model_batch(m, make_samples(sizes[-1], SIZE, SIZE, 3, CLASS_IDS, rng))
+    # set_dl_model_param_max_gpu_batch_size: the largest power of two whose plan fits the free
+    # memory; the model's cached plan counts as used
+    free = total - lib.fake_cudart_live_bytes()
+    ha.set_dl_model_param_max_gpu_batch_size(m, 1024)
+    b = ha.get_dl_model_param(m, "batch_size")[0]
+    assert b & (b - 1) == 0 and b * per * 0.9 <= free < 2 * b * per * 1.1, (b, per, free)
+    ha.train_dl_model_batch(m, make_samples(b, SIZE, SIZE, 3, CLASS_IDS, rng))
+    assert "cupy" not in sys.modules, "the GPU batch-size search imported CuPy"
+
+
 def train_sequence_sgd() -> None:
     _train_sequence("sgd", 1e-3)
 
@@ -368,7 +419,7 @@ def train_sequence_adam() -> None:
 
 
 SCENARIOS = {f.__name__: f for f in (warm_step_no_malloc, no_driver, upload_oom, malloc_fault_sweep,
-                                     reconfigure_and_move, two_threads, nonfinite_step, train_sequence_sgd,
+                                     reconfigure_and_move, two_threads, nonfinite_step, batch_size_search, train_sequence_sgd,
                                      train_sequence_adam)}
 
 

@@ -84,6 +84,7 @@ def build_onnx(m: DLModel):
     bn_momentum = 1.0 - float(p["batchnorm_momentum"])
 
     det_heads: list[str] = []
+    shapes = _LazyShapes(core, h, w)
     for n in spec[1:]:
         op, name = n["op"], n["name"]
         xs = [tensor[i] for i in n["inputs"]]
@@ -164,6 +165,9 @@ def build_onnx(m: DLModel):
             det_heads = _detection_heads(n, xs, fresh, nodes, inits, numpy_helper, helper,
                                          core, h, w)
             out = xs[0]
+        elif op in _LAYER_OPS:
+            r = _layer_op(n, xs, [rank[i] for i in n["inputs"]], out, fresh, nodes, inits,
+                          numpy_helper, helper, shapes)
         else:
             raise HOperatorError(H_ERR_DL_WRITE_ONNX,
                                  f"node {name!r}: op {op!r} has no ONNX export yet")
@@ -171,9 +175,6 @@ def build_onnx(m: DLModel):
         rank[name] = r
 
     if p.get("type") == "detection":
-        if p.get("instance_type", "rectangle1") != "rectangle1":
-            raise HOperatorError(H_ERR_DL_WRITE_ONNX, "the ONNX export of a detector supports "
-                                 "instance_type 'rectangle1' only")
         return _finish_detection(onnx, helper, TensorProto, nodes, inits, det_heads, p, c, h, w,
                                  core)
     last = spec[-1]["name"]
@@ -222,9 +223,145 @@ def build_onnx(m: DLModel):
     return model
 
 
+_LAYER_OPS = frozenset(("sigmoid", "tanh", "depth_to_space", "resize_nearest", "resize_bilinear",
+                        "reshape", "permute", "depth_max", "lrn", "reduce", "matmul"))
+
+
+class _LazyShapes:
+    """core.node_shapes(h, w) (spec node → (N, C, H, W)), computed on first use."""
+
+    def __init__(self, core, h, w):
+        self._core, self._h, self._w, self._s = core, h, w, None
+
+    def __getitem__(self, node: str):
+        if self._s is None:
+            self._s = self._core.node_shapes(self._h, self._w)
+        return [int(v) for v in self._s[node]]
+
+
+def _num(n, key, default):
+    v = n.get(key, default)
+    if isinstance(v, (list, tuple)):
+        v = v[0]
+    return v
+
+
+def _layer_op(n, xs, ranks, out, fresh, nodes, inits, numpy_helper, helper, shapes) -> int:
+    """The layer-API engine ops (csrc/cpu/shape_ops.cpp) as standard ONNX ops; the engine's
+    tensors are (N, C, H, W), a dense layer's (N, F) is (N, F, 1, 1) to them.  Returns the
+    output's rank (4, or the input's for the elementwise activations)."""
+    op, name = n["op"], n["name"]
+    r = ranks[0]
+
+    def const(base, values, dtype=np.int64):
+        cname = fresh(f"{name}.{base}")
+        inits.append(numpy_helper.from_array(np.asarray(values, dtype), cname))
+        return cname
+
+    def as4(x, rank):  # (N, F) → (N, F, 1, 1)
+        if rank == 4:
+            return x
+        y = fresh(f"{name}.unsqueeze")
+        nodes.append(helper.make_node("Unsqueeze", [x, const("unsqueeze_axes", [2, 3])], [y],
+                                      name=y))
+        return y
+
+    if op in ("sigmoid", "tanh"):
+        nodes.append(helper.make_node(op.capitalize(), xs, [out], name=name))
+        return r
+    if op == "reshape":  # (N, C·H·W values in NCHW order) → (N, channels, height, width)
+        shape = const("shape", [0, int(_num(n, "channels", 0)), int(_num(n, "height", 0)),
+                                int(_num(n, "width", 0))])
+        nodes.append(helper.make_node("Reshape", [xs[0], shape], [out], name=name))
+        return 4
+    x = as4(xs[0], r)
+    if op == "depth_to_space":
+        nodes.append(helper.make_node(
+            "DepthToSpace", [x], [out], name=name, blocksize=int(_num(n, "block_size", 2)),
+            mode="CRD" if float(_num(n, "crd", 1)) != 0 else "DCR"))
+    elif op == "permute":  # numpy's transpose of (C, H, W)
+        perm = [int(v) for v in n["perm"]]
+        nodes.append(helper.make_node("Transpose", [x], [out], name=name,
+                                      perm=[0] + [1 + v for v in perm]))
+    elif op == "depth_max":  # value: the maximum over C; argmax: its first index, as a float
+        if float(_num(n, "argmax", 0)) != 0:
+            idx = fresh(f"{name}.argmax")
+            nodes.append(helper.make_node("ArgMax", [x], [idx], name=idx, axis=1, keepdims=1,
+                                          select_last_index=0))
+            nodes.append(helper.make_node("Cast", [idx], [out], name=name, to=1))  # float
+        else:
+            nodes.append(helper.make_node("ReduceMax", [x], [out], name=name, axes=[1],
+                                          keepdims=1))
+    elif op == "lrn":  # ONNX's LRN: the same centred window and alpha/size scaling (odd size)
+        nodes.append(helper.make_node(
+            "LRN", [x], [out], name=name, size=int(_num(n, "size", 5)),
+            alpha=float(_num(n, "alpha", 1e-4)), beta=float(_num(n, "beta", 0.75)),
+            bias=float(_num(n, "k", 1.0))))
+    elif op == "reduce":  # axes 1 C, 2 H, 3 W of NCHW, kept with size 1
+        axes = sorted(int(v) for v in n["axes"])
+        mode = int(_num(n, "mode", 0))
+        if mode == 0:  # ReduceSum takes its axes as an input since opset 13
+            nodes.append(helper.make_node("ReduceSum", [x, const("axes", axes)], [out],
+                                          name=name, keepdims=1))
+        else:
+            nodes.append(helper.make_node("ReduceMean" if mode == 1 else "ReduceL2", [x], [out],
+                                          name=name, axes=axes, keepdims=1))
+    elif op == "matmul":  # per (n, c): op(A) · op(B) of the H × W matrices
+        ins = [x, as4(xs[1], ranks[1])]
+        for i, key in enumerate(("trans_a", "trans_b")):
+            if float(_num(n, key, 0)) != 0:
+                t = fresh(f"{name}.{key}")
+                nodes.append(helper.make_node("Transpose", [ins[i]], [t], name=t,
+                                              perm=[0, 1, 3, 2]))
+                ins[i] = t
+        nodes.append(helper.make_node("MatMul", ins, [out], name=name))
+    elif op == "resize_nearest":
+        _resize_nearest(n, x, out, const, fresh, nodes, helper, shapes)
+    elif op == "resize_bilinear":
+        _resize_bilinear(n, x, out, const, fresh, nodes, helper)
+    return 4
+
+
+def _resize_nearest(n, x, out, const, fresh, nodes, helper, shapes):
+    """Nearest with half-pixel centres (PyTorch's 'nearest-exact'): output row o reads input row
+    floor((o + 0.5) · in / out).  As two Gathers of those indices, computed here in exact
+    integer arithmetic: ONNX's Resize (tf_half_pixel_for_nn + floor, or half_pixel +
+    round_prefer_ceil) has the same formula in exact arithmetic, but runtimes evaluate it with
+    the float32 scale out / in and can pick the neighbouring row at ties (onnxruntime's
+    tf_half_pixel_for_nn: 14 → 1 and 20 → 6)."""
+    name = n["name"]
+    _, _, ih, iw = shapes[n["inputs"][0]]
+    oh, ow = int(_num(n, "height", 0)), int(_num(n, "width", 0))
+    y = x
+    for axis, (i_, o_) in ((2, (ih, oh)), (3, (iw, ow))):
+        idx = [min(((2 * o + 1) * i_) // (2 * o_), i_ - 1) for o in range(o_)]
+        if idx == list(range(i_)):
+            continue  # the identity along this axis
+        g = out if axis == 3 else fresh(f"{name}.rows")
+        nodes.append(helper.make_node("Gather", [y, const(f"index{axis}", idx)], [g], name=g,
+                                      axis=axis))
+        y = g
+    if y != out:  # the identity on both axes (or only the rows gathered)
+        nodes.append(helper.make_node("Identity", [y], [out], name=name))
+
+
+def _resize_bilinear(n, x, out, const, fresh, nodes, helper):
+    """Bilinear with half-pixel centres (PyTorch's align_corners=False, source coordinates
+    below 0 clamped): ONNX's Resize linear / half_pixel to the sizes (N, C, height, width), N
+    taken from the input at run time (opset 17's sizes name every axis)."""
+    name = n["name"]
+    oh, ow = int(_num(n, "height", 0)), int(_num(n, "width", 0))
+    nc, sizes = fresh(f"{name}.nc"), fresh(f"{name}.sizes")
+    nodes.append(helper.make_node("Shape", [x], [nc], name=nc, start=0, end=2))
+    nodes.append(helper.make_node("Concat", [nc, const("hw", [oh, ow])], [sizes], name=sizes,
+                                  axis=0))
+    nodes.append(helper.make_node("Resize", [x, "", "", sizes], [out], name=name, mode="linear",
+                                  coordinate_transformation_mode="half_pixel"))
+
+
 def _detection_heads(n, xs, fresh, nodes, inits, numpy_helper, helper, core, h, w):
     """detection_output as ONNX: per level, the class head (N, A·K, H, W) and the box head
-    (N, A·4, H, W) reshaped to anchor rows (N, H·W·A, K) / (N, H·W·A, 4) in the engine's
+    (N, A·D, H, W) reshaped to anchor rows (N, H·W·A, K) / (N, H·W·A, D) in the engine's
     anchor order (row, column, anchor), then the levels concatenated.  Returns the two
     concatenated tensor names."""
     k, a, bv = int(n["num_classes"]), int(n["num_anchors"]), int(n.get("box_values", 4))
@@ -256,14 +393,16 @@ def _detection_heads(n, xs, fresh, nodes, inits, numpy_helper, helper, core, h, 
 
 def _finish_detection(onnx, helper, TensorProto, nodes, inits, det_heads, p, c, h, w, core):
     """The graph of a detector: outputs ``class_logits`` (N, A_total, K), ``box_deltas``
-    (N, A_total, 4) (raw head outputs, before sigmoid / decoding) and the constant
-    ``anchors`` (A_total, 4) (row1, col1, row2, col2); decoding and NMS are documented in
+    (N, A_total, D) (raw head outputs, before sigmoid / decoding) and the constant
+    ``anchors`` (A_total, D): D = 4, (row1, col1, row2, col2), for rectangle1; D = 5,
+    (row, col, length1, length2, phi), for rectangle2.  Decoding and NMS are documented in
     docs/onnx.md, not part of the graph."""
     from onnx import numpy_helper
 
     anchors, level_start = core.det_anchors(h, w)
     anchors = np.asarray(anchors, np.float32)
-    na, k = anchors.shape[0], len(p["class_ids"])
+    na, k, bv = anchors.shape[0], len(p["class_ids"]), anchors.shape[1]
+    rect2 = bv == 5
     nodes.append(helper.make_node(
         "Constant", [], ["anchors"], name="anchors",
         value=numpy_helper.from_array(anchors, "anchors.value")))
@@ -271,21 +410,25 @@ def _finish_detection(onnx, helper, TensorProto, nodes, inits, det_heads, p, c, 
         nodes, "halcdl",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", c, h, w])],
         [helper.make_tensor_value_info("class_logits", TensorProto.FLOAT, ["N", na, k]),
-         helper.make_tensor_value_info("box_deltas", TensorProto.FLOAT, ["N", na, 4]),
-         helper.make_tensor_value_info("anchors", TensorProto.FLOAT, [na, 4])],
+         helper.make_tensor_value_info("box_deltas", TensorProto.FLOAT, ["N", na, bv]),
+         helper.make_tensor_value_info("anchors", TensorProto.FLOAT, [na, bv])],
         initializer=inits)
     model = helper.make_model(graph, producer_name="halcdl", producer_version=_version(),
                               opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
+    coding = ("'box_deltas' (N, A, 5) encoded (d2, d1, dlength1, dlength2, dphi) against "
+              "'anchors' (A, 5) (row, col, length1, length2, phi)" if rect2 else
+              "'box_deltas' (N, A, 4) encoded (dy, dx, dh, dw) against 'anchors' (A, 4) "
+              "(row1, col1, row2, col2)")
     model.doc_string = (
         "halcdl detector up to the raw head outputs: input 'image' float32 (N, C, H, W), "
         "already preprocessed; outputs 'class_logits' (N, A, K) (sigmoid gives the class "
-        "scores), 'box_deltas' (N, A, 4) encoded (dy, dx, dh, dw) against 'anchors' (A, 4) "
-        "(row1, col1, row2, col2); anchors level by level (halcdl.detection.level_start), then "
+        f"scores), {coding}; anchors level by level (halcdl.detection.level_start), then "
         "row, column, anchor. Decoding and NMS: docs/onnx.md (not in the graph)")
     det_keys = ("min_level", "max_level", "anchor_num_subscales", "anchor_aspect_ratios",
                 "min_confidence", "max_overlap", "max_overlap_class_agnostic",
-                "max_num_detections", "instance_type")
+                "max_num_detections", "instance_type", "anchor_angles", "ignore_direction",
+                "class_ids_no_orientation")
     det = {key: p[key] for key in det_keys if key in p}
     helper.set_model_props(model, {
         "halcdl.type": "detection",
@@ -296,7 +439,7 @@ def _finish_detection(onnx, helper, TensorProto, nodes, inits, det_heads, p, c, 
         "halcdl.meta_data": json.dumps(dict(p["meta_data"])),
         "halcdl.detection.level_start": json.dumps([int(v) for v in level_start]),
         "halcdl.detection.box_coding": json.dumps(
-            {"weights": [1.0, 1.0, 1.0, 1.0], "clamp_log": float(np.log(1000.0 / 16.0))}),
+            {"weights": [1.0] * bv, "clamp_log": float(np.log(1000.0 / 16.0))}),
         "halcdl.detection.param": json.dumps(det),
     })
     try:

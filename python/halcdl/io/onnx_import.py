@@ -36,7 +36,8 @@ _INF = 3.0e38  # |x| above this counts as an absent Clip bound (PyTorch writes �
 
 # what the converter maps (op_* methods below); the helper ops only fold constants and shapes
 SUPPORTED_OPS = ("Conv", "ConvTranspose", "Resize", "Upsample", "BatchNormalization", "Relu",
-                 "Clip", "MaxPool", "AveragePool",
+                 "Clip", "Sigmoid", "Tanh", "DepthToSpace", "LRN", "Transpose", "ReduceSum",
+                 "ReduceL2", "ReduceMax", "MaxPool", "AveragePool",
                  "GlobalAveragePool", "ReduceMean", "Gemm", "MatMul", "Add", "Concat",
                  "Flatten", "Reshape", "Softmax", "LogSoftmax", "Dropout", "Identity",
                  "Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Cast")
@@ -594,6 +595,40 @@ class _Converter:
     def op_Relu(self, node, idx, a) -> None:
         self._unary(node, idx, "relu")
 
+    def op_Sigmoid(self, node, idx, a) -> None:
+        self._unary(node, idx, "sigmoid")
+
+    def op_Tanh(self, node, idx, a) -> None:
+        self._unary(node, idx, "tanh")
+
+    def op_DepthToSpace(self, node, idx, a) -> None:
+        x = self.act4(node.input[0])
+        b = int(a.get("blocksize", 0))
+        mode = self._text(a.get("mode"), "DCR")
+        c, h, w = x.shape
+        if b < 1 or c % (b * b):
+            raise _Unsupported(f"blocksize {b} must be >= 1 and divide the {c} channels into "
+                               f"blocksize² groups")
+        if mode not in ("DCR", "CRD"):
+            raise _Unsupported(f"mode must be DCR or CRD, got {mode!r}")
+        name = self.node_name(node, idx)
+        self.add_node(name, "depth_to_space", [x], block_size=b, crd=mode == "CRD")
+        shape = (c // (b * b), h * b, w * b)
+        self.acts[node.output[0]] = _Act(name, shape, shape)
+
+    def op_LRN(self, node, idx, a) -> None:
+        x = self.act4(node.input[0])
+        size = int(a.get("size", 0))
+        bias = float(a.get("bias", 1.0))
+        if size < 1 or size % 2 == 0:
+            raise _Unsupported(f"size must be odd (a centred window), got {size}")
+        if bias <= 0:
+            raise _Unsupported(f"bias must be > 0, got {bias}")
+        name = self.node_name(node, idx)
+        self.add_node(name, "lrn", [x], size=size, alpha=float(a.get("alpha", 1e-4)),
+                      beta=float(a.get("beta", 0.75)), k=bias)
+        self.acts[node.output[0]] = _Act(name, x.shape, x.eshape)
+
     def op_Clip(self, node, idx, a) -> None:
         if self.opset < 11:
             lo, hi = a.get("min"), a.get("max")
@@ -659,10 +694,59 @@ class _Converter:
 
     def op_ReduceMean(self, node, idx, a) -> None:
         axes = self._axes(node, a)
-        if axes is None or sorted(ax % 4 for ax in axes) != [2, 3]:
+        if axes is not None and sorted(ax % 4 for ax in axes) == [2, 3]:
+            self._gap(node, idx, bool(int(a.get("keepdims", 1))))
+            return
+        if axes is None or not int(a.get("keepdims", 1)):
             raise _Unsupported(f"only ReduceMean over the spatial axes [2, 3] (global "
-                               f"average pooling) is supported, got axes {axes}")
-        self._gap(node, idx, bool(int(a.get("keepdims", 1))))
+                               f"average pooling), or with keepdims over channel and spatial "
+                               f"axes, is supported, got axes {axes}")
+        self._reduce(node, idx, a, 1)
+
+    def _reduce(self, node, idx, a, mode: int) -> None:
+        """ReduceSum / ReduceMean / ReduceL2 of a 4-D activation over some of the axes 1, 2, 3,
+        keepdims: the engine's reduce (sum 0, mean 1, L2 2)."""
+        x = self.act4(node.input[0])
+        axes = self._axes(node, a)
+        if axes is None or not axes:
+            raise _Unsupported("the axes must be given (not every axis: the batch stays)")
+        axes = sorted({ax % 4 for ax in axes})
+        if 0 in axes or not int(a.get("keepdims", 1)) or int(a.get("noop_with_empty_axes", 0)):
+            raise _Unsupported(f"only reductions over the axes 1 (C), 2 (H), 3 (W) with "
+                               f"keepdims 1 are supported, got axes {axes}")
+        name = self.node_name(node, idx)
+        self.add_node(name, "reduce", [x], mode=mode, axes=axes)
+        shape = tuple(1 if i + 1 in axes else v for i, v in enumerate(x.shape))
+        self.acts[node.output[0]] = _Act(name, shape, shape)
+
+    def op_ReduceSum(self, node, idx, a) -> None:
+        self._reduce(node, idx, a, 0)
+
+    def op_ReduceL2(self, node, idx, a) -> None:
+        self._reduce(node, idx, a, 2)
+
+    def op_ReduceMax(self, node, idx, a) -> None:
+        x = self.act4(node.input[0])
+        axes = self._axes(node, a)
+        if axes is None or [ax % 4 for ax in axes] != [1] or not int(a.get("keepdims", 1)):
+            raise _Unsupported(f"only ReduceMax over the channels (axes [1], keepdims 1) is "
+                               f"supported, got axes {axes}")
+        name = self.node_name(node, idx)
+        self.add_node(name, "depth_max", [x], argmax=False)
+        shape = (1,) + x.shape[1:]
+        self.acts[node.output[0]] = _Act(name, shape, shape)
+
+    def op_Transpose(self, node, idx, a) -> None:
+        x = self.act4(node.input[0])
+        perm = [int(v) for v in a.get("perm", [])]
+        if len(perm) != 4 or perm[0] != 0 or sorted(perm) != [0, 1, 2, 3]:
+            raise _Unsupported(f"only a Transpose of a 4-D tensor that keeps the batch axis "
+                               f"first is supported, got perm {perm}")
+        p3 = [v - 1 for v in perm[1:]]
+        shape = tuple(x.shape[v] for v in p3)
+        name = self.node_name(node, idx)
+        self.add_node(name, "permute", [x], perm=p3, channels=int(shape[0]))
+        self.acts[node.output[0]] = _Act(name, shape, shape)
 
     def _fc(self, node, idx, x: _Act, weight: np.ndarray, bias, wname: str | None) -> str:
         o, i = weight.shape
@@ -709,6 +793,18 @@ class _Converter:
 
     def op_MatMul(self, node, idx, a) -> None:
         x = self.act(node.input[0])
+        if node.input[1] in self.acts:  # two activations: per (n, c) the H × W matrices
+            x = self.act4(node.input[0], "the first operand")
+            y = self.act4(node.input[1], "the second operand")
+            if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[1]:
+                raise _Unsupported(f"operands (N, {', '.join(map(str, x.shape))}) and (N, "
+                                   f"{', '.join(map(str, y.shape))}) do not fit (same channels, "
+                                   f"no broadcasting)")
+            name = self.node_name(node, idx)
+            self.add_node(name, "matmul", [x, y], trans_a=False, trans_b=False)
+            shape = (x.shape[0], x.shape[1], y.shape[2])
+            self.acts[node.output[0]] = _Act(name, shape, shape)
+            return
         b = self.const(node.input[1], "the second operand (the weight)")
         if b.ndim != 2:
             raise _Unsupported(f"the weight must be 2-D, got {b.shape}")
@@ -891,6 +987,8 @@ def _size_multiple(spec: list) -> int:
             f /= max(st) if isinstance(st, list) else st
         elif op in ("upsample_nearest", "upsample_bilinear"):
             f /= n.get("scale", 2)
+        elif op == "depth_to_space":
+            f /= n.get("block_size", 2)
         factor[n["name"]] = f
         worst = max(worst, f)
     return max(1, int(math.ceil(worst - 1e-9)))

@@ -73,6 +73,10 @@ __all__ = [
     "create_dl_layer_depth_to_space",
     "create_dl_layer_reshape",
     "create_dl_layer_permutation",
+    "create_dl_layer_depth_max",
+    "create_dl_layer_lrn",
+    "create_dl_layer_reduce",
+    "create_dl_layer_matmul",
     "create_dl_model",
     "get_dl_layer_param",
     "get_dl_layer_param_s",
@@ -661,6 +665,121 @@ def create_dl_layer_permutation(dllayer_input: Any, layer_name: Any, permutation
     return _new(name, "permutation", [inp], {"permutation": perm}, gen)
 
 
+_DEPTH_MAX_MODES = ("argmax", "value", "argmax_and_value")
+
+
+@operator
+def create_dl_layer_depth_max(dllayer_input: Any, layer_name: Any, depth_max_mode: Any,
+                              gen_param_name: Any, gen_param_value: Any) -> tuple:
+    """A depth max layer: per pixel the maximum over the depth (``depth_max_mode`` 'value')
+    and/or the depth index of the first maximum, as a float ('argmax'), each of depth 1.
+    Returns (dllayer_depth_max_arg, dllayer_depth_max_value); the output not asked for is
+    None.  With 'argmax_and_value' the two are separate layers: the value under
+    ``layer_name``, the index under ``layer_name`` + '_argmax' (halcdl's convention).  The
+    value's gradient goes to the first maximum; the index has none."""
+    inp = _layer(dllayer_input, 1)
+    name = _name(layer_name, 2)
+    mode = _choice(depth_max_mode, 3, "depth_max_mode", _DEPTH_MAX_MODES)
+    gen = _gen(gen_param_name, gen_param_value, 4, {})
+    arg = val = None
+    if mode == "argmax":
+        arg = _new(name, "depth_max", [inp], {"depth_max_mode": "argmax"}, gen)
+    elif mode == "value":
+        val = _new(name, "depth_max", [inp], {"depth_max_mode": "value"}, gen)
+    else:
+        val = _new(name, "depth_max", [inp], {"depth_max_mode": "value"}, gen)
+        arg = _new(f"{name}_argmax", "depth_max", [inp], {"depth_max_mode": "argmax"}, gen)
+    return arg, val
+
+
+@operator
+def create_dl_layer_lrn(dllayer_input: Any, layer_name: Any, local_size: Any, alpha: Any,
+                        beta: Any, k: Any, norm_region: Any, gen_param_name: Any,
+                        gen_param_value: Any) -> DLLayer:
+    """A local response normalization layer (across the depth, as AlexNet's):
+    y_c = x_c / (k + alpha / local_size · Σ_{c' in the window of local_size around c}
+    x_c'^2)^beta, zero outside the depth (PyTorch's LocalResponseNorm).  ``local_size`` odd
+    (an even one: 7914), ``k`` > 0, ``norm_region`` 'across_channels'."""
+    inp = _layer(dllayer_input, 1)
+    name = _name(layer_name, 2)
+    ls = to_scalar(local_size, 3, "one local_size")
+    if not is_int(ls):
+        raise wrong_type(3, f"local_size must be an integer, got {ls!r}")
+    if int(ls) < 1:
+        raise wrong_value(3, f"local_size must be >= 1, got {ls}")
+    if int(ls) % 2 == 0:
+        raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
+                             f"local_size {ls}: halcdl's engine takes an odd window only (a "
+                             f"window centred on the channel)")
+    a = _number(alpha, 4, "alpha")
+    bt = _number(beta, 5, "beta")
+    kk = _number(k, 6, "k")
+    if kk <= 0:
+        raise wrong_value(6, f"k must be > 0, got {kk}")
+    nr = _choice(norm_region, 7, "norm_region", ("across_channels",))
+    gen = _gen(gen_param_name, gen_param_value, 8, {})
+    return _new(name, "lrn", [inp], {"local_size": int(ls), "alpha": a, "beta": bt, "k": kk,
+                                     "norm_region": nr}, gen)
+
+
+_REDUCE_OPS = {"sum": 0, "mean": 1, "norm_l2": 2}
+_AXIS_NAMES = {"width": 0, "height": 1, "depth": 2, "batch": 3}
+_HAL_TO_ENGINE_AXIS = {0: 3, 1: 2, 2: 1}   # HALCON width, height, depth -> engine W, H, C
+
+
+@operator
+def create_dl_layer_reduce(dllayer_input: Any, layer_name: Any, operation: Any, axes: Any,
+                           gen_param_name: Any, gen_param_value: Any) -> DLLayer:
+    """A reduce layer: ``operation`` 'sum', 'mean' or 'norm_l2' (the square root of the sum
+    of squares) over ``axes``, the axes' numbers as create_dl_layer_permutation's [0 width,
+    1 height, 2 depth, 3 batch] or their names 'width', 'height', 'depth'; each reduced axis
+    keeps size 1.  The batch (3 / 'batch') → 7914 (the engine keeps the batch)."""
+    inp = _layer(dllayer_input, 1)
+    name = _name(layer_name, 2)
+    op = _choice(operation, 3, "operation", tuple(_REDUCE_OPS))
+    vals = to_tuple(axes)
+    if not 1 <= len(vals) <= 4:
+        raise wrong_num(4, f"axes takes 1 to 4 values, got {len(vals)}")
+    out: list[int] = []
+    for v in vals:
+        if is_str(v):
+            if str(v) not in _AXIS_NAMES:
+                raise wrong_value(4, f"axes names must be one of {tuple(_AXIS_NAMES)}, got {v!r}")
+            a = _AXIS_NAMES[str(v)]
+        elif is_int(v):
+            a = int(v)
+            if not 0 <= a <= 3:
+                raise wrong_value(4, f"axes must be in [0, 3] (0 width, 1 height, 2 depth, "
+                                     f"3 batch), got {a}")
+        else:
+            raise wrong_type(4, f"axes must be integers or axis names, got {v!r}")
+        if a in out:
+            raise wrong_value(4, f"axis {a} is given twice")
+        out.append(a)
+    if 3 in out:
+        raise HOperatorError(H_ERR_DL_MODEL_UNSUPPORTED_GENVALUE,
+                             "reducing over the batch: halcdl's engine keeps the batch axis")
+    gen = _gen(gen_param_name, gen_param_value, 5, {})
+    return _new(name, "reduce", [inp], {"operation": op, "axes": sorted(out)}, gen)
+
+
+@operator
+def create_dl_layer_matmul(dllayer_a: Any, dllayer_b: Any, layer_name: Any, gen_param_name: Any,
+                           gen_param_value: Any) -> DLLayer:
+    """A matmul layer: per sample and depth the height × width matrices (rows = height,
+    columns = width) multiplied, op(A) · op(B), with gen params 'transpose_a' / 'transpose_b'
+    ('true' / 'false', default 'false').  A and B need the same depth; op(A)'s width must equal
+    op(B)'s height (7732 at create_dl_model).  The model's image size is then fixed."""
+    a = _layer(dllayer_a, 1, "dllayer_a")
+    b = _layer(dllayer_b, 2, "dllayer_b")
+    name = _name(layer_name, 3)
+    gen = _gen(gen_param_name, gen_param_value, 4, {"transpose_a": _bool_str,
+                                                    "transpose_b": _bool_str})
+    p = {"transpose_a": gen.pop("transpose_a", "false"),
+         "transpose_b": gen.pop("transpose_b", "false")}
+    return _new(name, "matmul", [a, b], p, gen)
+
+
 def _layer_param(layer: DLLayer, name: str) -> list:
     if name == "name":
         return [layer.name]
@@ -884,6 +1003,38 @@ def _emit(b: _Builder, layer: DLLayer) -> None:  # noqa: C901  (one branch per l
             attrs["channels"] = oshape[0]
         b.out[id(layer)] = b.node(layer, layer.name, "permute", [x], oshape, **attrs)
         return
+    if t == "depth_max":
+        x, (c, h, w) = b.spatial_input(layer)
+        b.out[id(layer)] = b.node(layer, layer.name, "depth_max", [x], (1, h, w),
+                                  argmax=p["depth_max_mode"] == "argmax")
+        return
+    if t == "matmul":
+        xa, (ca, ha_, wa) = b.spatial_input(layer, 0)
+        xb, (cb, hb, wb) = b.spatial_input(layer, 1)
+        ta, tb = p["transpose_a"] == "true", p["transpose_b"] == "true"
+        m, ka = (wa, ha_) if ta else (ha_, wa)
+        kb, n = (wb, hb) if tb else (hb, wb)
+        if ca != cb:
+            raise _fail(H_ERR_DL_LAYER_INPUT, layer, f"its inputs differ in depth ({ca} and {cb})")
+        if ka != kb:
+            raise _fail(H_ERR_DL_LAYER_INPUT, layer,
+                        f"op(A) is {m}x{ka} (height x width), op(B) is {kb}x{n}: A's width "
+                        f"must equal B's height")
+        b.out[id(layer)] = b.node(layer, layer.name, "matmul", [xa, xb], (ca, m, n),
+                                  trans_a=ta, trans_b=tb)
+        return
+    if t == "reduce":
+        x, (c, h, w) = b.spatial_input(layer)
+        eng = sorted(_HAL_TO_ENGINE_AXIS[a] for a in p["axes"])
+        shp = (1 if 1 in eng else c, 1 if 2 in eng else h, 1 if 3 in eng else w)
+        b.out[id(layer)] = b.node(layer, layer.name, "reduce", [x], shp,
+                                  mode=_REDUCE_OPS[p["operation"]], axes=eng)
+        return
+    if t == "lrn":
+        x, shp = b.spatial_input(layer)
+        b.out[id(layer)] = b.node(layer, layer.name, "lrn", [x], shp, size=p["local_size"],
+                                  alpha=p["alpha"], beta=p["beta"], k=p["k"])
+        return
     if t in ("zoom_size", "zoom_to_layer_size"):
         x, (c, h, w) = b.spatial_input(layer)
         if t == "zoom_size":
@@ -1086,7 +1237,7 @@ def build_spec(output_layers: list[DLLayer]) -> dict:
     spec[0]["comment"] = {"halcon_layers": extra}
     return {"spec": spec, "type": kind, "num_classes": int(k), "image": (w, h, c),
             "extra": extra, "momentum": next(iter(momenta)) if momenta else None,
-            "fixed_size": any("in_features" in n or n["op"] == "reshape"
+            "fixed_size": any("in_features" in n or n["op"] in ("reshape", "matmul")
                               or (n["op"] == "permute" and n["perm"][0] != 0) for n in spec),
             "weights": weights,
             "trainable": bool(loss)}

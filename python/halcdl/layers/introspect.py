@@ -55,7 +55,8 @@ _TYPES = {"input": "input", "conv": "convolution", "bn": "batchnorm", "relu": "a
           "upsample_nearest": "zoom_factor", "upsample_bilinear": "zoom_factor",
           "sigmoid": "activation", "tanh": "activation", "depth_to_space": "depth_to_space",
           "resize_nearest": "zoom_size", "resize_bilinear": "zoom_size", "reshape": "reshape",
-          "permute": "permutation"}
+          "permute": "permutation", "depth_max": "depth_max",
+          "lrn": "lrn", "reduce": "reduce", "matmul": "matmul"}
 
 
 def _owner(node_name: str) -> str:
@@ -127,6 +128,20 @@ class _View:
         elif op == "depth_to_space":
             p["block_size"] = int(n.get("block_size", 2))
             p["mode"] = "column_row_depth" if n.get("crd", True) else "depth_column_row"
+        elif op == "matmul":
+            p["transpose_a"] = "true" if n.get("trans_a", False) else "false"
+            p["transpose_b"] = "true" if n.get("trans_b", False) else "false"
+        elif op == "reduce":
+            p["operation"] = ("sum", "mean", "norm_l2")[int(n.get("mode", 0))]
+            p["axes"] = sorted({3: 0, 2: 1, 1: 2}[int(a)] for a in n["axes"])
+        elif op == "lrn":
+            p["local_size"] = int(n.get("size", 5))
+            p["alpha"] = float(n.get("alpha", 1e-4))
+            p["beta"] = float(n.get("beta", 0.75))
+            p["k"] = float(n.get("k", 1.0))
+            p["norm_region"] = "across_channels"
+        elif op == "depth_max":
+            p["depth_max_mode"] = "argmax" if n.get("argmax", False) else "value"
         elif op == "reshape":
             p["shape"] = [int(n["width"]), int(n["height"]), int(n["channels"]), 0]
         elif op == "permute":

@@ -4,7 +4,10 @@ Candidates are the powers of two from 1 up to ``max_batch_size`` (and the bound 
 long as the estimated memory of a step fits the memory bound: ``max_memory`` (bytes) when
 given, else 80 % of the free device memory (GPU) or of MemAvailable (/proc/meminfo, CPU).
 The memory of a step is estimated as in set_dl_model_param_max_gpu_batch_size (steps at
-batch sizes 1 and 2 on a scratch copy, extrapolated linearly).  Each candidate is timed on a
+batch sizes 1 and 2 on a scratch copy, extrapolated linearly).  On the GPU the free memory is
+read (cudaMemGetInfo, no CuPy needed) after the scratch copy is placed and the model's cached
+training plans are released, and each training candidate's plan is released before the next
+is built, so the bound is what one candidate's plan may take.  Each candidate is timed on a
 scratch copy of the network (the model's weights, optimizer state and every parameter but
 batch_size stay as they were): ``warmup_iterations`` untimed steps, then
 ``num_iterations`` timed ones (time.perf_counter); images/s = batch / median step time.  The
@@ -106,19 +109,26 @@ def _step(m: Any, core: Any, mode: str, samples: list, batch: int) -> None:
         core.infer(samples, batch, h, w, c)
 
 
-def _memory_bound(m: Any, gp: dict) -> tuple[int, int, int]:
-    """(bound, fixed bytes, bytes per sample) of a training step."""
+def _memory_bound(m: Any, gp: dict) -> tuple[int, int, int, Any]:
+    """(bound, fixed bytes, bytes per sample) of a training step, and the scratch copy the
+    candidates are timed on.
+
+    On the GPU the scratch copy (weights, optimizer state, workspaces) is placed before the
+    free memory is read, so the bound is what its plans may take; the model's own cached
+    training plans are released first (they are rebuilt by its next step)."""
     from . import train as _train  # noqa: PLC0415
 
-    device = m.core.device()
-    if device >= 0:
-        bound = gp.get("max_memory") or int(0.8 * _train._gpu_free_bytes(device))
+    if m.core.device() >= 0:
         b1, b2 = _train._gpu_probe(m, 1), _train._gpu_probe(m, 2)
+        m.core.release_training_plans()
+        scratch = _scratch(m)
+        bound = gp.get("max_memory") or int(0.8 * _train._gpu_free_bytes(scratch))
     else:
         bound = gp.get("max_memory") or int(0.8 * _train._meminfo_available())
         b1, b2 = _train._probe_bytes(m, 1), _train._probe_bytes(m, 2)
+        scratch = _scratch(m)
     per = b2 - b1 if b2 > b1 else max(b2 // 2, 1)
-    return bound, max(0, b1 - per), per
+    return bound, max(0, b1 - per), per, scratch
 
 
 @operator
@@ -147,15 +157,16 @@ def optimize_dl_model_batch_size(dlmodel_handle: Any, mode: Any, gen_param: Any
     details = gp.get("details", "table")
     with m.lock:
         check_model(m)
-        bound, fixed, per = _memory_bound(m, gp)
+        bound, fixed, per, core = _memory_bound(m, gp)
         cands = sorted({1 << k for k in range(upper.bit_length()) if (1 << k) <= upper}
                        | {upper})
         fits = [b for b in cands if fixed + b * per <= bound] or [1]
-        core = _scratch(m)
         one = _sample(m)
         rows = []
         for b in fits:
             samples = [one] * b
+            if mode == "training":  # one candidate's plan at a time, as the bound assumes
+                core.release_training_plans()
             for _ in range(warm):
                 _step(m, core, mode, samples, b)
             secs = []

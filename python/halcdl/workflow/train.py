@@ -1097,7 +1097,7 @@ def set_dl_model_param_max_gpu_batch_size(dlmodel_handle: Any,
     with m.lock:
         device = m.core.device()
         if device >= 0:
-            free = _gpu_free_bytes(device)
+            free = _gpu_free_bytes(m.core)
             b1, b2 = _gpu_probe(m, 1), _gpu_probe(m, 2)
         else:
             free = int(0.8 * _meminfo_available())
@@ -1112,13 +1112,10 @@ def set_dl_model_param_max_gpu_batch_size(dlmodel_handle: Any,
     set_dl_model_param(m, "batch_size", best)
 
 
-def _gpu_free_bytes(device: int) -> int:
-    from .. import _gpu  # noqa: PLC0415
-
-    cp = _gpu.cupy()
-    with cp.cuda.Device(device):
-        free, _total = cp.cuda.runtime.memGetInfo()
-    return int(free)
+def _gpu_free_bytes(core_model: Any) -> int:
+    """Free memory of the GPU a core model is on (cudaMemGetInfo in its engine's context; no
+    CuPy needed)."""
+    return int(core_model.gpu_free_bytes())
 
 
 def _gpu_probe(m: Any, batch: int) -> int:
